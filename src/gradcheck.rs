@@ -1,0 +1,228 @@
+//! Centred finite differences in `f64`: the independent witness of the analytic gradients.
+//!
+//! The loss is re-evaluated on the host in `f64` with one parameter or input entry moved by
+//! `+h` and `-h`; `(L(+h) - L(-h)) / 2h` approximates the derivative with error `O(h^2)`.
+
+use burn::prelude::*;
+
+use crate::error::Result;
+use crate::gradients::HeadGradients;
+use crate::head::LinearSoftmax;
+use crate::host::{to_host_f64, to_host_i64};
+use crate::options::LossOptions;
+use crate::targets::Targets;
+
+/// Default step `h`: balances truncation error `O(h^2)` against `f64` round-off `O(eps / h)`.
+pub const DEFAULT_STEP: f64 = 1e-5;
+
+/// How far an analytic gradient is from its reference.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ErrorStats {
+    /// `max_k |a_k - n_k|`.
+    pub max_abs: f64,
+    /// Norm-wise relative error `max_k |a_k - n_k| / max_k |n_k|` (an element-wise ratio
+    /// explodes on entries that are nearly 0).
+    pub max_rel: f64,
+}
+
+impl ErrorStats {
+    /// Compares `actual` with `reference`, entry by entry.
+    pub fn between(actual: &[f64], reference: &[f64]) -> Self {
+        assert_eq!(
+            actual.len(),
+            reference.len(),
+            "compared tensors differ in size"
+        );
+        let max_abs = actual
+            .iter()
+            .zip(reference)
+            .map(|(a, r)| (a - r).abs())
+            .fold(0.0, f64::max);
+        let scale = reference.iter().map(|r| r.abs()).fold(0.0, f64::max);
+        let max_rel = if scale > 0.0 {
+            max_abs / scale
+        } else {
+            max_abs
+        };
+        Self { max_abs, max_rel }
+    }
+}
+
+/// Finite-difference error of each analytic gradient.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GradcheckReport {
+    /// `dW` against finite differences.
+    pub d_weight: ErrorStats,
+    /// `db` against finite differences (when the head has a bias).
+    pub d_bias: Option<ErrorStats>,
+    /// `dX` against finite differences.
+    pub d_input: ErrorStats,
+}
+
+impl GradcheckReport {
+    /// The largest relative error over all gradients.
+    pub fn max_rel(&self) -> f64 {
+        [Some(self.d_weight), self.d_bias, Some(self.d_input)]
+            .into_iter()
+            .flatten()
+            .map(|stats| stats.max_rel)
+            .fold(0.0, f64::max)
+    }
+}
+
+/// The loss and its gradients as host `f64` vectors (row-major), as finite differences see them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HostGradients {
+    /// The loss at the unperturbed point.
+    pub loss: f64,
+    /// `dL/dW`, `D * C` entries.
+    pub d_weight: Vec<f64>,
+    /// `dL/db`, `C` entries.
+    pub d_bias: Option<Vec<f64>>,
+    /// `dL/dX`, `N * D` entries.
+    pub d_input: Vec<f64>,
+}
+
+impl HostGradients {
+    /// Reads analytic gradients back to the host.
+    pub fn from_tensors(gradients: &HeadGradients) -> Result<Self> {
+        Ok(Self {
+            loss: to_host_f64(&gradients.loss)?[0],
+            d_weight: to_host_f64(&gradients.d_weight)?,
+            d_bias: gradients.d_bias.as_ref().map(to_host_f64).transpose()?,
+            d_input: to_host_f64(&gradients.d_input)?,
+        })
+    }
+}
+
+/// A batch and the head's parameters on the host in `f64`.
+struct HostProblem {
+    x: Vec<f64>,
+    weight: Vec<f64>,
+    bias: Option<Vec<f64>>,
+    labels: Vec<usize>,
+    d_input: usize,
+    n_classes: usize,
+    l2: f64,
+}
+
+impl HostProblem {
+    fn new(
+        head: &LinearSoftmax,
+        x: &Tensor<2>,
+        targets: &Targets,
+        options: &LossOptions,
+    ) -> Result<Self> {
+        options.validate()?;
+        head.check_batch(x, targets)?;
+        let labels = to_host_i64(targets.indices())?;
+        Ok(Self {
+            x: to_host_f64(x)?,
+            weight: to_host_f64(&head.weight())?,
+            bias: head.bias().as_ref().map(to_host_f64).transpose()?,
+            // Validated in `Targets`: every label lies in `0..C`.
+            labels: labels.into_iter().map(|label| label as usize).collect(),
+            d_input: head.d_input(),
+            n_classes: head.n_classes(),
+            l2: options.l2,
+        })
+    }
+
+    /// The loss in `f64`, straight from the definition (stable log-sum-exp).
+    fn loss(&self) -> f64 {
+        let (d, c) = (self.d_input, self.n_classes);
+        let mut total = 0.0;
+        let mut logits = vec![0.0; c];
+        for (row, &label) in self.labels.iter().enumerate() {
+            let x_row = &self.x[row * d..(row + 1) * d];
+            for (k, logit) in logits.iter_mut().enumerate() {
+                *logit = self.bias.as_ref().map_or(0.0, |b| b[k])
+                    + x_row
+                        .iter()
+                        .enumerate()
+                        .map(|(j, x)| x * self.weight[j * c + k])
+                        .sum::<f64>();
+            }
+            let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let log_sum_exp = max + logits.iter().map(|s| (s - max).exp()).sum::<f64>().ln();
+            total += log_sum_exp - logits[label];
+        }
+        let penalty = self.l2 * self.weight.iter().map(|w| w * w).sum::<f64>();
+        total / self.labels.len() as f64 + penalty
+    }
+}
+
+/// Centred differences of `loss` with respect to every entry selected by `entries`.
+fn centred_differences(
+    problem: &mut HostProblem,
+    step: f64,
+    len: usize,
+    entry: fn(&mut HostProblem, usize) -> &mut f64,
+) -> Vec<f64> {
+    (0..len)
+        .map(|index| {
+            let original = *entry(problem, index);
+            *entry(problem, index) = original + step;
+            let plus = problem.loss();
+            *entry(problem, index) = original - step;
+            let minus = problem.loss();
+            *entry(problem, index) = original;
+            (plus - minus) / (2.0 * step)
+        })
+        .collect()
+}
+
+/// Numerical gradients of the loss by centred differences with step `step`, in `f64`.
+pub fn numerical_gradients(
+    head: &LinearSoftmax,
+    x: &Tensor<2>,
+    targets: &Targets,
+    options: &LossOptions,
+    step: f64,
+) -> Result<HostGradients> {
+    let mut problem = HostProblem::new(head, x, targets, options)?;
+    let loss = problem.loss();
+    let (n_weight, n_input) = (problem.weight.len(), problem.x.len());
+    let n_bias = problem.bias.as_ref().map(Vec::len);
+    let d_weight = centred_differences(&mut problem, step, n_weight, |p, i| &mut p.weight[i]);
+    let d_bias = n_bias.map(|len| {
+        centred_differences(&mut problem, step, len, |p, i| {
+            &mut p.bias.as_mut().expect("the head has a bias")[i]
+        })
+    });
+    let d_input = centred_differences(&mut problem, step, n_input, |p, i| &mut p.x[i]);
+    Ok(HostGradients {
+        loss,
+        d_weight,
+        d_bias,
+        d_input,
+    })
+}
+
+/// Compares analytic gradients with centred finite differences (step [`DEFAULT_STEP`]).
+///
+/// Cast the head and `x` to `f64` first: `f32` round-off swamps the differences.
+pub fn gradcheck(
+    head: &LinearSoftmax,
+    x: &Tensor<2>,
+    targets: &Targets,
+    options: &LossOptions,
+    analytic: &HeadGradients,
+) -> Result<GradcheckReport> {
+    let numerical = numerical_gradients(head, x, targets, options, DEFAULT_STEP)?;
+    let analytic = HostGradients::from_tensors(analytic)?;
+    Ok(compare(&analytic, &numerical))
+}
+
+/// Per-tensor errors of `actual` against `reference`.
+pub fn compare(actual: &HostGradients, reference: &HostGradients) -> GradcheckReport {
+    GradcheckReport {
+        d_weight: ErrorStats::between(&actual.d_weight, &reference.d_weight),
+        d_bias: actual
+            .d_bias
+            .as_ref()
+            .zip(reference.d_bias.as_ref())
+            .map(|(a, r)| ErrorStats::between(a, r)),
+        d_input: ErrorStats::between(&actual.d_input, &reference.d_input),
+    }
+}

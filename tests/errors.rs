@@ -1,0 +1,177 @@
+//! Every error the crate reports, produced on purpose, with its message checked.
+
+mod common;
+
+use burn::prelude::*;
+use burn::tensor::DType;
+use common::problem;
+use linear_softmax::{
+    Error, LinearSoftmax, LinearSoftmaxConfig, LossOptions, Targets, autodiff, manual,
+};
+
+fn device() -> Device {
+    Device::flex()
+}
+
+#[test]
+fn labels_out_of_range_name_the_first_bad_index_and_value() {
+    let err = Targets::from_indices(&[0, 1, 5, 7], 3, &device()).unwrap_err();
+    assert_eq!(
+        err,
+        Error::LabelOutOfRange {
+            index: 2,
+            value: 5,
+            n_classes: 3
+        }
+    );
+    assert_eq!(
+        err.to_string(),
+        "label 5 at index 2 is out of range: expected a class in 0..3"
+    );
+
+    let err = Targets::from_indices(&[0, -1], 3, &device()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "label -1 at index 1 is out of range: expected a class in 0..3"
+    );
+
+    let tensor = Tensor::<1, Int>::from_data(TensorData::new(vec![2i64, 3], [2]), &device());
+    let err = Targets::from_tensor(tensor, 3).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "label 3 at index 1 is out of range: expected a class in 0..3"
+    );
+}
+
+/// Each path must reject the same bad batch with the same error.
+fn for_each_path(
+    head: &LinearSoftmax,
+    x: Tensor<2>,
+    targets: &Targets,
+    options: &LossOptions,
+    expected: &str,
+) {
+    let results = [
+        (
+            "manual",
+            manual::loss_and_gradients(head, x.clone(), targets, options).map(|_| ()),
+        ),
+        (
+            "autodiff",
+            autodiff::loss_and_gradients(head, x.clone(), targets, options).map(|_| ()),
+        ),
+        (
+            "autodiff graph",
+            autodiff::loss(head, x, targets, options).map(|_| ()),
+        ),
+    ];
+    for (path, result) in results {
+        let err = result.expect_err(path);
+        assert_eq!(err.to_string(), expected, "{path}");
+    }
+}
+
+#[test]
+fn wrong_number_of_targets() {
+    let p = problem([4, 3, 5], true, DType::F32, &device(), 1);
+    let targets = Targets::from_indices(&[0, 1, 2], 5, &device()).unwrap();
+    for_each_path(
+        &p.head,
+        p.x,
+        &targets,
+        &LossOptions::new(),
+        "targets have 3 rows but the input has 4 rows",
+    );
+}
+
+#[test]
+fn targets_for_another_class_count() {
+    let p = problem([2, 3, 5], true, DType::F32, &device(), 1);
+    let targets = Targets::from_indices(&[0, 1], 4, &device()).unwrap();
+    for_each_path(
+        &p.head,
+        p.x,
+        &targets,
+        &LossOptions::new(),
+        "targets are for 4 classes but the head has 5 classes",
+    );
+}
+
+#[test]
+fn input_width_mismatch() {
+    let p = problem([2, 3, 5], true, DType::F32, &device(), 1);
+    let x = Tensor::<2>::ones([2, 4], &device());
+    for_each_path(
+        &p.head,
+        x.clone(),
+        &p.targets,
+        &LossOptions::new(),
+        "input has 4 features per row but the head expects 3",
+    );
+    assert_eq!(
+        p.head.forward(x).unwrap_err().to_string(),
+        "input has 4 features per row but the head expects 3"
+    );
+}
+
+#[test]
+fn empty_batch() {
+    let p = problem([2, 3, 5], true, DType::F32, &device(), 1);
+    let x = Tensor::<2>::zeros([0, 3], &device());
+    let targets = Targets::from_indices(&[], 5, &device()).unwrap();
+    for_each_path(
+        &p.head,
+        x.clone(),
+        &targets,
+        &LossOptions::new(),
+        "empty batch: the input has no rows",
+    );
+    assert_eq!(p.head.predict(x).unwrap_err(), Error::EmptyBatch);
+}
+
+#[test]
+fn non_finite_input_names_the_first_bad_row() {
+    let p = problem([4, 3, 5], true, DType::F32, &device(), 1);
+    let mut values = vec![0.5f32; 12];
+    values[7] = f32::NAN; // row 2
+    values[10] = f32::INFINITY; // row 3
+    let x = Tensor::<2>::from_data(TensorData::new(values, [4, 3]), &device());
+    let err = manual::loss_and_gradients(&p.head, x, &p.targets, &LossOptions::new()).unwrap_err();
+    assert!(
+        matches!(err, Error::NonFiniteLoss { row: 2, .. }),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "non-finite loss NaN in row 2: the inputs or parameters contain NaN or infinity, or overflow"
+    );
+}
+
+#[test]
+fn bad_options_and_configs() {
+    let p = problem([2, 3, 5], true, DType::F32, &device(), 1);
+    for l2 in [-0.5, f64::NAN] {
+        let options = LossOptions::new().with_l2(l2);
+        for_each_path(
+            &p.head,
+            p.x.clone(),
+            &p.targets,
+            &options,
+            &format!("invalid l2 = {l2}: a finite coefficient >= 0"),
+        );
+    }
+    let err = LinearSoftmaxConfig::new(3, 0).init(&device()).unwrap_err();
+    assert_eq!(err.to_string(), "invalid n_classes = 0: at least 1");
+    let err = LinearSoftmaxConfig::new(0, 3).init(&device()).unwrap_err();
+    assert_eq!(err.to_string(), "invalid d_input = 0: at least 1");
+}
+
+#[test]
+fn parameters_of_mismatched_shapes() {
+    let err = LinearSoftmax::from_tensors(
+        Tensor::<2>::zeros([3, 5], &device()),
+        Some(Tensor::<1>::zeros([4], &device())),
+    )
+    .unwrap_err();
+    assert_eq!(err.to_string(), "bias: expected shape [5], got [4]");
+}
