@@ -1,24 +1,98 @@
 //! Path 1, the reference: the loss built from ordinary tensor ops, differentiated by Burn's
 //! autograd.
 //!
-//! `S = X W + b`, `logp = log_softmax(S)` (stable: the row maximum is subtracted),
-//! `L = -(1/N) sum_i logp_{i, y_i} + lambda sum(W^2)`.
+//! A direct transcription of PyTorch's `F.cross_entropy` (see [`LossOptions`]):
+//! `S = X W + b`, `S' = c tanh(S / c)` (softcap), `logp = log_softmax(S')` (stable: the row
+//! maximum is subtracted),
+//! `l_i = v_i [(1 - eps) w_{y_i} (-logp_{i,y_i}) + (eps / C) sum_k w_k (-logp_ik)] + beta v_i lse_i^2`,
+//! reduced by mean, sum or none, plus `lambda sum(W^2)`.
 
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 
 use crate::error::Result;
 use crate::gradients::HeadGradients;
-use crate::head::LinearSoftmax;
-use crate::manual::linear_forward;
+use crate::head::{LinearSoftmax, log_sum_exp};
+use crate::manual::{linear_forward, reduction_forward};
 use crate::options::LossOptions;
 use crate::targets::Targets;
 
-/// Mean softmax cross-entropy of `logits` `[N, C]` against `targets`, as a `[1]` tensor.
+/// The per-row losses `l_i` `[N]` of `logits` `[N, C]` and the mean's denominator `[1]`.
+///
+/// `logits` are taken as they are: apply the softcap first if wanted.
+pub fn cross_entropy_rows(
+    logits: Tensor<2>,
+    targets: &Targets,
+    options: &LossOptions,
+) -> (Tensor<1>, Tensor<1>) {
+    let [rows, n_classes] = logits.dims();
+    let (device, dtype) = (logits.device(), logits.dtype());
+    let log_probabilities = log_softmax(logits.clone(), 1);
+    let eps = options.label_smoothing;
+    let class_weights = options.class_weights(&device, dtype);
+    let (row_losses, denominator, valid) = match targets.class_rows(options, &device, dtype) {
+        Some(class_rows) => {
+            let labels = class_rows.labels;
+            let nll = log_probabilities
+                .clone()
+                .gather(1, labels.clone())
+                .neg()
+                .squeeze_dim::<1>(1);
+            let ones = Tensor::<1>::ones([rows], (&device, dtype));
+            let label_weights = match &class_weights {
+                Some(w) => w.clone().select(0, labels.squeeze_dim(1)),
+                None => ones.clone(),
+            };
+            let valid = class_rows.valid.unwrap_or(ones);
+            let row_weights = label_weights * valid.clone();
+            let mut losses = nll * row_weights.clone() * (1.0 - eps);
+            if eps > 0.0 {
+                let weighted = match &class_weights {
+                    Some(w) => log_probabilities * w.clone().unsqueeze_dim(0),
+                    None => log_probabilities,
+                };
+                let smooth = weighted.sum_dim(1).squeeze_dim::<1>(1).neg() * valid.clone();
+                losses = losses + smooth * (eps / n_classes as f64);
+            }
+            (losses, row_weights.sum(), Some(valid))
+        }
+        None => {
+            let probabilities = targets
+                .probabilities(&device, dtype)
+                .expect("targets are classes or probabilities");
+            let mut smoothed = probabilities * (1.0 - eps) + eps / n_classes as f64;
+            if let Some(w) = &class_weights {
+                smoothed = smoothed * w.clone().unsqueeze_dim(0);
+            }
+            let losses = (log_probabilities * smoothed)
+                .sum_dim(1)
+                .squeeze_dim(1)
+                .neg();
+            (
+                losses,
+                Tensor::full([1], rows as f64, (&device, dtype)),
+                None,
+            )
+        }
+    };
+    let row_losses = if options.z_loss > 0.0 {
+        let z = log_sum_exp(logits).square() * options.z_loss;
+        row_losses
+            + match valid {
+                Some(v) => z * v,
+                None => z,
+            }
+    } else {
+        row_losses
+    };
+    (row_losses, denominator)
+}
+
+/// Mean softmax cross-entropy of `logits` `[N, C]` against class-index `targets`, `[1]`.
 pub fn cross_entropy(logits: Tensor<2>, targets: &Targets) -> Tensor<1> {
-    let log_probabilities = log_softmax(logits, 1);
-    let labels = targets.index_column(&log_probabilities.device());
-    log_probabilities.gather(1, labels).neg().mean()
+    let options = LossOptions::new();
+    let (rows, denominator) = cross_entropy_rows(logits, targets, &options);
+    reduction_forward(rows, denominator, options.reduction)
 }
 
 /// The loss of `head` on `(x, targets)` as a graph of ordinary ops.
@@ -27,41 +101,66 @@ pub fn cross_entropy(logits: Tensor<2>, targets: &Targets) -> Tensor<1> {
 /// `x` and whatever produced it) its gradient.
 ///
 /// # Shapes
-/// - `x`: `[N, D]`, `targets`: `[N]`, result: `[1]`
+/// - `x`: `[N, D]`, `targets`: `[N]` or `[N, C]`, result: `[1]` (`[N]` with reduction none)
 pub fn loss(
     head: &LinearSoftmax,
     x: Tensor<2>,
     targets: &Targets,
     options: &LossOptions,
 ) -> Result<Tensor<1>> {
-    options.validate()?;
-    head.check_batch(&x, targets)?;
-    Ok(loss_of_parts(
-        x,
-        head.weight(),
-        head.bias(),
-        targets,
-        options,
-    ))
+    check(head, &x, targets, options)?;
+    Ok(loss_of_parts(x, head.weight(), head.bias(), targets, options).0)
 }
 
-/// The loss from explicit parameters (no checks; the callers check).
+/// The loss of a sequence batch `x` `[B, T, D]` (an LM head), as `N = B * T` rows; build the
+/// targets with [`Targets::from_sequence_tensor`].
+pub fn sequence_loss(
+    head: &LinearSoftmax,
+    x: Tensor<3>,
+    targets: &Targets,
+    options: &LossOptions,
+) -> Result<Tensor<1>> {
+    let [batch, time, features] = x.dims();
+    loss(head, x.reshape([batch * time, features]), targets, options)
+}
+
+fn check(
+    head: &LinearSoftmax,
+    x: &Tensor<2>,
+    targets: &Targets,
+    options: &LossOptions,
+) -> Result<()> {
+    options.validate_for(head.n_classes())?;
+    head.check_batch(x, targets)?;
+    targets.check_options(options)
+}
+
+/// The loss (and the per-row log-sum-exp) from explicit parameters; the callers check.
 pub(crate) fn loss_of_parts(
     x: Tensor<2>,
     weight: Tensor<2>,
     bias: Option<Tensor<1>>,
     targets: &Targets,
     options: &LossOptions,
-) -> Tensor<1> {
-    let loss = cross_entropy(linear_forward(x, weight.clone(), bias), targets);
-    if options.l2 == 0.0 {
+) -> (Tensor<1>, Tensor<2>) {
+    let mut logits = linear_forward(x, weight.clone(), bias);
+    if let Some(cap) = options.softcap {
+        // `* (1 / c)`, not `/ c`: Burn 0.22.1's autodiff `div_scalar` backward rounds the
+        // scalar to f32, which would cost f64 gradients 8 digits.
+        logits = (logits * (1.0 / cap)).tanh() * cap;
+    }
+    let (rows, denominator) = cross_entropy_rows(logits.clone(), targets, options);
+    let loss = reduction_forward(rows, denominator, options.reduction);
+    let loss = if options.l2 == 0.0 {
         loss
     } else {
         loss + weight.square().sum() * options.l2
-    }
+    };
+    (loss, logits)
 }
 
-/// The loss and the gradients `dW, db, dX` that Burn's autograd derives.
+/// The loss and the gradients `dW, db, dX` that Burn's autograd derives (the loss's every
+/// entry seeded with 1, as `loss.backward()` does).
 ///
 /// `head` and `x` may live on a plain device: detached copies get autodiff enabled, so the
 /// caller's tensors are not touched. The gradients come back as plain tensors.
@@ -71,16 +170,15 @@ pub fn loss_and_gradients(
     targets: &Targets,
     options: &LossOptions,
 ) -> Result<HeadGradients> {
-    options.validate()?;
-    head.check_batch(&x, targets)?;
+    check(head, &x, targets, options)?;
     let track = |tensor: Tensor<2>| tensor.detach().autodiff().require_grad();
     let x = track(x);
     let weight = track(head.weight());
     let bias = head
         .bias()
         .map(|bias| bias.detach().autodiff().require_grad());
-    let loss = loss_of_parts(x.clone(), weight.clone(), bias.clone(), targets, options);
-    let grads = loss.backward();
+    let (loss, logits) = loss_of_parts(x.clone(), weight.clone(), bias.clone(), targets, options);
+    let grads = loss.clone().sum().backward();
     let gradient = |tensor: &Tensor<2>| {
         tensor
             .grad(&grads)
@@ -91,5 +189,8 @@ pub fn loss_and_gradients(
         d_bias: bias.map(|bias| bias.grad(&grads).expect("the tracked bias has a gradient")),
         d_input: gradient(&x),
         loss: loss.inner(),
+        log_sum_exp: options
+            .return_log_sum_exp
+            .then(|| log_sum_exp(logits.inner())),
     })
 }

@@ -74,6 +74,22 @@ pub enum Error {
         /// What a valid value looks like.
         expected: &'static str,
     },
+    /// A probability or multi-label target row that is not a distribution.
+    #[error("target row {row}: {message}")]
+    InvalidTarget {
+        /// The first bad row.
+        row: usize,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// Targets of a kind the options do not apply to.
+    #[error("{option} needs {expected}")]
+    TargetKind {
+        /// The option that needs another kind of targets.
+        option: &'static str,
+        /// The kind it needs.
+        expected: &'static str,
+    },
     /// A tensor could not be read back to the host.
     #[error("cannot read a tensor back to the host: {0}")]
     ReadBack(String),

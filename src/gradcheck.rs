@@ -9,8 +9,8 @@ use crate::error::Result;
 use crate::gradients::HeadGradients;
 use crate::head::LinearSoftmax;
 use crate::host::{to_host_f64, to_host_i64};
-use crate::options::LossOptions;
-use crate::targets::Targets;
+use crate::options::{LossOptions, Reduction};
+use crate::targets::{TargetKind, Targets};
 
 /// Default step `h`: balances truncation error `O(h^2)` against `f64` round-off `O(eps / h)`.
 pub const DEFAULT_STEP: f64 = 1e-5;
@@ -87,7 +87,8 @@ impl HostGradients {
     /// Reads analytic gradients back to the host.
     pub fn from_tensors(gradients: &HeadGradients) -> Result<Self> {
         Ok(Self {
-            loss: to_host_f64(&gradients.loss)?[0],
+            // Reduction none: the per-row losses, summed as `loss.backward()` seeds them.
+            loss: to_host_f64(&gradients.loss)?.iter().sum(),
             d_weight: to_host_f64(&gradients.d_weight)?,
             d_bias: gradients.d_bias.as_ref().map(to_host_f64).transpose()?,
             d_input: to_host_f64(&gradients.d_input)?,
@@ -95,15 +96,21 @@ impl HostGradients {
     }
 }
 
-/// A batch and the head's parameters on the host in `f64`.
+/// Targets on the host.
+enum HostTargets {
+    Classes(Vec<i64>),
+    Probabilities(Vec<f64>),
+}
+
+/// A batch, the head's parameters and the options on the host in `f64`.
 struct HostProblem {
     x: Vec<f64>,
     weight: Vec<f64>,
     bias: Option<Vec<f64>>,
-    labels: Vec<usize>,
+    targets: HostTargets,
     d_input: usize,
     n_classes: usize,
-    l2: f64,
+    options: LossOptions,
 }
 
 impl HostProblem {
@@ -113,42 +120,88 @@ impl HostProblem {
         targets: &Targets,
         options: &LossOptions,
     ) -> Result<Self> {
-        options.validate()?;
+        options.validate_for(head.n_classes())?;
         head.check_batch(x, targets)?;
-        let labels = to_host_i64(targets.indices())?;
+        targets.check_options(options)?;
+        let targets = match targets.kind() {
+            TargetKind::Classes { indices, .. } => HostTargets::Classes(to_host_i64(indices)?),
+            TargetKind::Probabilities(p) => HostTargets::Probabilities(to_host_f64(p)?),
+        };
         Ok(Self {
             x: to_host_f64(x)?,
             weight: to_host_f64(&head.weight())?,
             bias: head.bias().as_ref().map(to_host_f64).transpose()?,
-            // Validated in `Targets`: every label lies in `0..C`.
-            labels: labels.into_iter().map(|label| label as usize).collect(),
+            targets,
             d_input: head.d_input(),
             n_classes: head.n_classes(),
-            l2: options.l2,
+            options: options.clone(),
         })
     }
 
-    /// The loss in `f64`, straight from the definition (stable log-sum-exp).
+    /// The loss in `f64`, straight from the definition in [`LossOptions`], one row at a time
+    /// (reduction none is summed, as `loss.backward()` seeds every entry with 1).
     fn loss(&self) -> f64 {
         let (d, c) = (self.d_input, self.n_classes);
-        let mut total = 0.0;
+        let options = &self.options;
+        let eps = options.label_smoothing;
+        let class_weight = |k: usize| options.weights.as_ref().map_or(1.0, |w| w[k]);
+        let ignored = |label: i64| {
+            options.ignore_index == Some(label)
+                || options
+                    .pad_tokens
+                    .iter()
+                    .flatten()
+                    .any(|&pad| pad as i64 == label)
+        };
+        let rows = self.x.len() / d;
+        let (mut total, mut denominator) = (0.0, 0.0);
         let mut logits = vec![0.0; c];
-        for (row, &label) in self.labels.iter().enumerate() {
+        for row in 0..rows {
             let x_row = &self.x[row * d..(row + 1) * d];
             for (k, logit) in logits.iter_mut().enumerate() {
-                *logit = self.bias.as_ref().map_or(0.0, |b| b[k])
+                let score = self.bias.as_ref().map_or(0.0, |b| b[k])
                     + x_row
                         .iter()
                         .enumerate()
                         .map(|(j, x)| x * self.weight[j * c + k])
                         .sum::<f64>();
+                *logit = options
+                    .softcap
+                    .map_or(score, |cap| cap * (score / cap).tanh());
             }
             let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-            let log_sum_exp = max + logits.iter().map(|s| (s - max).exp()).sum::<f64>().ln();
-            total += log_sum_exp - logits[label];
+            let lse = max + logits.iter().map(|s| (s - max).exp()).sum::<f64>().ln();
+            // Weighted target P_i: the loss is sum_k P_ik (lse - S_ik).
+            let target: Vec<f64> = match &self.targets {
+                HostTargets::Classes(labels) => {
+                    let label = labels[row];
+                    if ignored(label) {
+                        continue;
+                    }
+                    let label = label as usize;
+                    denominator += class_weight(label);
+                    (0..c)
+                        .map(|k| {
+                            let hot = if k == label { 1.0 - eps } else { 0.0 };
+                            hot * class_weight(label) + eps / c as f64 * class_weight(k)
+                        })
+                        .collect()
+                }
+                HostTargets::Probabilities(p) => {
+                    denominator += 1.0;
+                    (0..c)
+                        .map(|k| class_weight(k) * ((1.0 - eps) * p[row * c + k] + eps / c as f64))
+                        .collect()
+                }
+            };
+            total += (0..c).map(|k| target[k] * (lse - logits[k])).sum::<f64>()
+                + options.z_loss * lse * lse;
         }
-        let penalty = self.l2 * self.weight.iter().map(|w| w * w).sum::<f64>();
-        total / self.labels.len() as f64 + penalty
+        let reduced = match options.reduction {
+            Reduction::Mean if denominator != 0.0 => total / denominator,
+            _ => total,
+        };
+        reduced + options.l2 * self.weight.iter().map(|w| w * w).sum::<f64>()
     }
 }
 

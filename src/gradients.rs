@@ -5,7 +5,7 @@ use burn::prelude::*;
 /// The loss and its gradients with respect to the head's parameters and its input.
 ///
 /// # Shapes
-/// - `loss`: `[1]`
+/// - `loss`: `[1]` (`[N]` with reduction none)
 /// - `d_weight`: `[D, C]`
 /// - `d_bias`: `[C]` (absent when the head has no bias)
 /// - `d_input`: `[N, D]`, what a final layer hands to the layers below it
@@ -19,4 +19,8 @@ pub struct HeadGradients {
     pub d_bias: Option<Tensor<1>>,
     /// `dL/dX`.
     pub d_input: Tensor<2>,
+    /// Per-row log-sum-exp `[N]`, when [`LossOptions::return_log_sum_exp`] is set.
+    ///
+    /// [`LossOptions::return_log_sum_exp`]: crate::LossOptions::return_log_sum_exp
+    pub log_sum_exp: Option<Tensor<1>>,
 }

@@ -40,8 +40,8 @@ pub use error::{Error, Result};
 pub use gradients::HeadGradients;
 pub use head::{LinearSoftmax, LinearSoftmaxConfig, log_sum_exp};
 pub use host::{to_host_f64, to_host_i64};
-pub use options::LossOptions;
-pub use targets::Targets;
+pub use options::{LossOptions, Reduction};
+pub use targets::{PROBABILITY_SUM_TOLERANCE, TargetKind, Targets};
 pub mod report;
 pub mod train;
 

@@ -1,19 +1,80 @@
-//! Loss options shared by every path.
+//! Loss options shared by every path, with PyTorch's `F.cross_entropy` conventions.
 
 use burn::prelude::*;
+use burn::tensor::DType;
 
 use crate::error::{Error, Result};
 
+/// How the per-row losses `l_i` are combined.
+#[derive(Config, Debug, Copy, PartialEq, Eq)]
+pub enum Reduction {
+    /// `sum_i l_i / denominator`: the number of non-ignored rows, or the sum of their class
+    /// weights when class weights are given (PyTorch's weighted mean), or `N` for probability
+    /// targets.
+    Mean,
+    /// `sum_i l_i`.
+    Sum,
+    /// The per-row losses `[N]`; the upstream gradient is then per row.
+    None,
+}
+
 /// Options of the softmax cross-entropy loss, accepted by every path.
 ///
-/// The loss is
-/// `L = (1/N) sum_i (lse_i - S_{i, y_i}) + l2 * sum(W * W)`,
-/// where `l2` is cs231n's `reg` (the bias is not regularised).
+/// With `S' = c tanh(S / c)` (softcap `c`, else `S' = S`), `logp = log_softmax(S')`,
+/// `lse_i = log sum_k exp(S'_ik)`, class weights `w` (all 1 when absent), label smoothing
+/// `eps`, z-loss coefficient `beta`, and `v_i = 1` unless row `i` is ignored:
+///
+/// ```text
+/// class indices:  l_i = v_i [ (1 - eps) w_{y_i} (-logp_{i,y_i}) + (eps / C) sum_k w_k (-logp_ik) ] + beta v_i lse_i^2
+/// probabilities:  l_i = sum_k w_k ((1 - eps) T_ik + eps / C) (-logp_ik) + beta lse_i^2
+/// mean:           L = sum_i l_i / sum_i v_i w_{y_i}   (N for probability targets)
+/// ```
+/// plus `l2 * sum(W^2)` for the L2 option. The z-loss is averaged with the same denominator as
+/// the main loss. When the denominator is 0 (every row ignored) the loss and the gradients are
+/// 0, where PyTorch and Burn return NaN.
+///
+/// | option | PyTorch `F.cross_entropy` | Burn `CrossEntropyLossConfig` |
+/// |---|---|---|
+/// | `reduction` | `reduction` | mean only |
+/// | `ignore_index` | `ignore_index` (default -100) | - |
+/// | `pad_tokens` | - | `pad_tokens` |
+/// | `weights` | `weight` | `weights` |
+/// | `label_smoothing` | `label_smoothing` | `smoothing` |
+/// | `z_loss` | - (Liger's `lse_square_scale`) | - |
+/// | `softcap` | - (Gemma 2's final-logit soft-capping) | - |
+/// | `l2` | - (cs231n's `reg`) | - |
 #[derive(Config, Debug, PartialEq)]
 pub struct LossOptions {
-    /// Coefficient `lambda` of the L2 penalty `lambda * sum(W^2)` on the weight (not the bias).
+    /// How the per-row losses are combined.
+    #[config(default = "Reduction::Mean")]
+    pub reduction: Reduction,
+    /// Rows whose label equals this value are ignored (PyTorch's `ignore_index`). A value outside
+    /// `0..C` (PyTorch's -100) must also be given to the [`Targets`](crate::Targets) constructor.
+    #[config(default = "None")]
+    pub ignore_index: Option<i64>,
+    /// Rows whose label is one of these classes are ignored (Burn's `pad_tokens`).
+    #[config(default = "None")]
+    pub pad_tokens: Option<Vec<usize>>,
+    /// Class weights `w` `[C]`, finite and `>= 0` (PyTorch's `weight`).
+    #[config(default = "None")]
+    pub weights: Option<Vec<f64>>,
+    /// Label smoothing `eps` in `[0, 1]`.
+    #[config(default = 0.0)]
+    pub label_smoothing: f64,
+    /// z-loss coefficient `beta >= 0` of `beta * lse^2` (PaLM; Liger's `lse_square_scale`).
+    #[config(default = 0.0)]
+    pub z_loss: f64,
+    /// Logit soft-capping `c > 0`: the loss sees `c tanh(S / c)` (Gemma 2).
+    #[config(default = "None")]
+    pub softcap: Option<f64>,
+    /// Coefficient `lambda >= 0` of the L2 penalty `lambda * sum(W^2)` on the weight (not the
+    /// bias); a scalar, so it needs reduction mean or sum.
     #[config(default = 0.0)]
     pub l2: f64,
+    /// Also return the per-row log-sum-exp `lse_i` `[N]` of the (capped) logits, e.g. for a
+    /// z-loss monitor or a later sampling step.
+    #[config(default = false)]
+    pub return_log_sum_exp: bool,
 }
 
 impl Default for LossOptions {
@@ -22,16 +83,89 @@ impl Default for LossOptions {
     }
 }
 
+fn invalid(name: &'static str, value: impl ToString, expected: &'static str) -> Error {
+    Error::InvalidOption {
+        name,
+        value: value.to_string(),
+        expected,
+    }
+}
+
 impl LossOptions {
     /// Checks every option's range; each path calls this before computing anything.
     pub fn validate(&self) -> Result<()> {
         if !(self.l2.is_finite() && self.l2 >= 0.0) {
-            return Err(Error::InvalidOption {
-                name: "l2",
-                value: self.l2.to_string(),
-                expected: "a finite coefficient >= 0",
-            });
+            return Err(invalid("l2", self.l2, "a finite coefficient >= 0"));
+        }
+        if self.l2 != 0.0 && self.reduction == Reduction::None {
+            return Err(invalid(
+                "l2",
+                self.l2,
+                "0 with reduction none (the penalty is a scalar: use mean or sum)",
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.label_smoothing) {
+            return Err(invalid(
+                "label_smoothing",
+                self.label_smoothing,
+                "a value in [0, 1]",
+            ));
+        }
+        if !(self.z_loss.is_finite() && self.z_loss >= 0.0) {
+            return Err(invalid("z_loss", self.z_loss, "a finite coefficient >= 0"));
+        }
+        if let Some(cap) = self.softcap
+            && !(cap.is_finite() && cap > 0.0)
+        {
+            return Err(invalid("softcap", cap, "a finite cap > 0"));
+        }
+        if let Some(weights) = &self.weights
+            && let Some(bad) = weights.iter().find(|w| !(w.is_finite() && **w >= 0.0))
+        {
+            return Err(invalid("class weight", bad, "finite weights >= 0"));
         }
         Ok(())
+    }
+
+    /// Checks the options against a head with `n_classes` classes.
+    pub(crate) fn validate_for(&self, n_classes: usize) -> Result<()> {
+        self.validate()?;
+        if let Some(weights) = &self.weights
+            && weights.len() != n_classes
+        {
+            return Err(Error::ShapeMismatch {
+                what: "class weights",
+                expected: vec![n_classes],
+                got: vec![weights.len()],
+            });
+        }
+        if let Some(pad) = self
+            .pad_tokens
+            .iter()
+            .flatten()
+            .find(|&&pad| pad >= n_classes)
+        {
+            return Err(invalid(
+                "pad token",
+                pad,
+                "a class index below the number of classes",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The class weights as a `[C]` tensor of `dtype` on `device`.
+    pub(crate) fn class_weights(&self, device: &Device, dtype: DType) -> Option<Tensor<1>> {
+        self.weights.as_ref().map(|weights| {
+            Tensor::from_data(
+                TensorData::new(weights.clone(), [weights.len()]),
+                (device, dtype),
+            )
+        })
+    }
+
+    /// Whether any row can be ignored.
+    pub(crate) fn ignores_rows(&self) -> bool {
+        self.ignore_index.is_some() || self.pad_tokens.as_ref().is_some_and(|p| !p.is_empty())
     }
 }

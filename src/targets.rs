@@ -1,17 +1,23 @@
-//! Validated classification targets.
+//! Validated targets: class indices, class probabilities (soft targets) or multi-label rows.
 //!
-//! Labels are checked once, where they enter (host data or an Int tensor), so the loss paths
-//! never need a per-step host round trip to know they are in range.
+//! Targets are checked once, where they enter (host data, or an Int/Float tensor read back
+//! once), so the loss paths never need a per-step host round trip to know they are valid.
 
 use burn::prelude::*;
+use burn::tensor::DType;
 
 use crate::error::{Error, Result};
-use crate::host::to_host_i64;
+use crate::host::{to_host_f64, to_host_i64};
+use crate::options::LossOptions;
 
-/// Class-index targets known to lie in `0..n_classes`.
+/// How far a probability row's sum may stray from 1 (f32 data summed over many classes).
+pub const PROBABILITY_SUM_TOLERANCE: f64 = 1e-4;
+
+/// What the loss compares the logits with.
 ///
 /// # Shapes
-/// - `indices`: `[N]` (Int)
+/// - class indices: `[N]` (Int)
+/// - probabilities: `[N, C]`
 ///
 /// # Example
 /// ```
@@ -23,36 +29,181 @@ use crate::host::to_host_i64;
 /// assert_eq!(targets.len(), 3);
 /// let err = Targets::from_indices(&[0, 3], 3, &device).unwrap_err();
 /// assert!(err.to_string().contains("label 3 at index 1"));
+///
+/// // PyTorch's ignore_index: -100 marks rows that do not count.
+/// let padded = Targets::from_indices_with_ignore(&[0, -100, 1], 3, -100, &device).unwrap();
+/// assert_eq!(padded.len(), 3);
 /// ```
 #[derive(Clone, Debug)]
 pub struct Targets {
-    indices: Tensor<1, Int>,
+    kind: TargetKind,
     n_classes: usize,
 }
 
+/// The kinds of targets.
+#[derive(Clone, Debug)]
+pub enum TargetKind {
+    /// One class index per row, `[N]`; labels equal to `ignore_index` (which may lie outside
+    /// `0..C`) were accepted as ignored rows.
+    Classes {
+        /// The labels.
+        indices: Tensor<1, Int>,
+        /// The out-of-range label value accepted as "ignored", if any.
+        ignore_index: Option<i64>,
+    },
+    /// A class distribution per row, `[N, C]`: non-negative, each row summing to 1.
+    Probabilities(Tensor<2>),
+}
+
+/// Class-index targets prepared for one batch: labels safe to gather with (ignored rows point
+/// at class 0) and the `0/1` mask of rows that count.
+pub(crate) struct ClassRows {
+    /// `[N, 1]` labels, ignored rows replaced by 0.
+    pub labels: Tensor<2, Int>,
+    /// `[N]`, 1 for rows that count, 0 for ignored rows (absent when no row can be ignored).
+    pub valid: Option<Tensor<1>>,
+}
+
 impl Targets {
-    /// Validates host labels and puts them on `device`.
+    /// Validates host class labels and puts them on `device`.
     ///
     /// Returns [`Error::LabelOutOfRange`] naming the first label outside `0..n_classes`.
     pub fn from_indices(labels: &[i64], n_classes: usize, device: &Device) -> Result<Self> {
-        validate_labels(labels, n_classes)?;
-        let indices =
-            Tensor::<1, Int>::from_data(TensorData::new(labels.to_vec(), [labels.len()]), device);
-        Ok(Self { indices, n_classes })
+        Self::classes(labels, n_classes, None, device)
     }
 
-    /// Validates an Int tensor of labels (one read back to the host, here and only here).
-    pub fn from_tensor(labels: Tensor<1, Int>, n_classes: usize) -> Result<Self> {
-        validate_labels(&to_host_i64(&labels)?, n_classes)?;
+    /// Like [`from_indices`](Self::from_indices), but labels equal to `ignore_index` (e.g.
+    /// PyTorch's -100) mark ignored rows; pass the same value as
+    /// [`LossOptions::ignore_index`].
+    pub fn from_indices_with_ignore(
+        labels: &[i64],
+        n_classes: usize,
+        ignore_index: i64,
+        device: &Device,
+    ) -> Result<Self> {
+        Self::classes(labels, n_classes, Some(ignore_index), device)
+    }
+
+    fn classes(
+        labels: &[i64],
+        n_classes: usize,
+        ignore_index: Option<i64>,
+        device: &Device,
+    ) -> Result<Self> {
+        validate_labels(labels, n_classes, ignore_index)?;
+        let indices =
+            Tensor::<1, Int>::from_data(TensorData::new(labels.to_vec(), [labels.len()]), device);
         Ok(Self {
-            indices: labels,
+            kind: TargetKind::Classes {
+                indices,
+                ignore_index,
+            },
             n_classes,
         })
     }
 
+    /// Validates an Int tensor of labels (one read back to the host, here and only here).
+    pub fn from_tensor(labels: Tensor<1, Int>, n_classes: usize) -> Result<Self> {
+        validate_labels(&to_host_i64(&labels)?, n_classes, None)?;
+        Ok(Self {
+            kind: TargetKind::Classes {
+                indices: labels,
+                ignore_index: None,
+            },
+            n_classes,
+        })
+    }
+
+    /// `[B, T]` labels of a sequence batch (an LM head), flattened to `N = B * T` rows in the
+    /// same order as `x.reshape([B * T, D])`; `ignore_index` as in
+    /// [`from_indices_with_ignore`](Self::from_indices_with_ignore).
+    pub fn from_sequence_tensor(
+        labels: Tensor<2, Int>,
+        n_classes: usize,
+        ignore_index: Option<i64>,
+    ) -> Result<Self> {
+        let [batch, time] = labels.dims();
+        let labels = labels.reshape([batch * time]);
+        validate_labels(&to_host_i64(&labels)?, n_classes, ignore_index)?;
+        Ok(Self {
+            kind: TargetKind::Classes {
+                indices: labels,
+                ignore_index,
+            },
+            n_classes,
+        })
+    }
+
+    /// Validates class probabilities `[N, C]` given row-major on the host: every entry finite
+    /// and `>= 0`, every row summing to 1 within [`PROBABILITY_SUM_TOLERANCE`]. Stored in f64;
+    /// the loss casts them to the logits' float type.
+    pub fn from_probabilities(
+        values: &[f64],
+        [rows, n_classes]: [usize; 2],
+        device: &Device,
+    ) -> Result<Self> {
+        if values.len() != rows * n_classes {
+            return Err(Error::ShapeMismatch {
+                what: "probability targets",
+                expected: vec![rows, n_classes],
+                got: vec![values.len()],
+            });
+        }
+        validate_probabilities(values, n_classes)?;
+        let probabilities = Tensor::<2>::from_data(
+            TensorData::new(values.to_vec(), [rows, n_classes]),
+            (device, DType::F64),
+        );
+        Ok(Self {
+            kind: TargetKind::Probabilities(probabilities),
+            n_classes,
+        })
+    }
+
+    /// Validates a probability tensor `[N, C]` (one read back to the host).
+    pub fn from_probability_tensor(probabilities: Tensor<2>) -> Result<Self> {
+        let [_, n_classes] = probabilities.dims();
+        validate_probabilities(&to_host_f64(&probabilities)?, n_classes)?;
+        Ok(Self {
+            kind: TargetKind::Probabilities(probabilities),
+            n_classes,
+        })
+    }
+
+    /// Multi-label targets: a multi-hot row with `m` classes set becomes the distribution
+    /// `multi_hot / m` (the seed's multi-label case). Every row needs at least one class.
+    pub fn from_multi_hot(
+        multi_hot: &[bool],
+        [rows, n_classes]: [usize; 2],
+        device: &Device,
+    ) -> Result<Self> {
+        if multi_hot.len() != rows * n_classes || n_classes == 0 {
+            return Err(Error::ShapeMismatch {
+                what: "multi-hot targets",
+                expected: vec![rows, n_classes],
+                got: vec![multi_hot.len()],
+            });
+        }
+        let mut values = Vec::with_capacity(multi_hot.len());
+        for (row, hot) in multi_hot.chunks(n_classes).enumerate() {
+            let set = hot.iter().filter(|&&h| h).count();
+            if set == 0 {
+                return Err(Error::InvalidTarget {
+                    row,
+                    message: "a multi-label row has no class set".into(),
+                });
+            }
+            values.extend(hot.iter().map(|&h| if h { 1.0 / set as f64 } else { 0.0 }));
+        }
+        Self::from_probabilities(&values, [rows, n_classes], device)
+    }
+
     /// Number of targets (rows).
     pub fn len(&self) -> usize {
-        self.indices.dims()[0]
+        match &self.kind {
+            TargetKind::Classes { indices, .. } => indices.dims()[0],
+            TargetKind::Probabilities(probabilities) => probabilities.dims()[0],
+        }
     }
 
     /// Whether there are no targets.
@@ -60,37 +211,119 @@ impl Targets {
         self.len() == 0
     }
 
-    /// Number of classes the labels were validated against.
+    /// Number of classes the targets were validated against.
     pub fn n_classes(&self) -> usize {
         self.n_classes
     }
 
-    /// The class indices, `[N]`.
-    pub fn indices(&self) -> &Tensor<1, Int> {
-        &self.indices
+    /// The kind of targets and their tensor.
+    pub fn kind(&self) -> &TargetKind {
+        &self.kind
     }
 
-    /// The class indices as a `[N, 1]` column on `device`, the layout `gather` and `scatter`
-    /// along the class dimension need.
-    pub(crate) fn index_column(&self, device: &Device) -> Tensor<2, Int> {
-        self.indices.clone().to_device(device).unsqueeze_dim(1)
+    /// The class indices `[N]`, for class-index targets.
+    pub fn indices(&self) -> Option<&Tensor<1, Int>> {
+        match &self.kind {
+            TargetKind::Classes { indices, .. } => Some(indices),
+            TargetKind::Probabilities(_) => None,
+        }
+    }
+
+    /// The same targets with probabilities stored as `dtype` (to avoid a cast at every step).
+    pub fn cast(self, dtype: DType) -> Self {
+        let kind = match self.kind {
+            TargetKind::Probabilities(p) => TargetKind::Probabilities(p.cast(dtype)),
+            classes => classes,
+        };
+        Self { kind, ..self }
     }
 
     /// The same targets on another device.
     pub fn to_device(self, device: &Device) -> Self {
-        Self {
-            indices: self.indices.to_device(device),
-            n_classes: self.n_classes,
+        let kind = match self.kind {
+            TargetKind::Classes {
+                indices,
+                ignore_index,
+            } => TargetKind::Classes {
+                indices: indices.to_device(device),
+                ignore_index,
+            },
+            TargetKind::Probabilities(p) => TargetKind::Probabilities(p.to_device(device)),
+        };
+        Self { kind, ..self }
+    }
+
+    /// Checks that these targets can be used with `options` (no per-row work).
+    pub(crate) fn check_options(&self, options: &LossOptions) -> Result<()> {
+        match &self.kind {
+            TargetKind::Classes { ignore_index, .. } => {
+                if let Some(accepted) = ignore_index
+                    && options.ignore_index != Some(*accepted)
+                {
+                    return Err(Error::InvalidOption {
+                        name: "ignore_index",
+                        value: format!("{:?}", options.ignore_index),
+                        expected: "the ignore index the targets were built with",
+                    });
+                }
+                Ok(())
+            }
+            TargetKind::Probabilities(_) if options.ignores_rows() => Err(Error::TargetKind {
+                option: "ignore_index / pad_tokens",
+                expected: "class-index targets",
+            }),
+            TargetKind::Probabilities(_) => Ok(()),
+        }
+    }
+
+    /// The class-index targets of a batch prepared for `gather`/`scatter` on `device`, with
+    /// the mask of rows that count under `options` (as floats of `dtype`).
+    pub(crate) fn class_rows(
+        &self,
+        options: &LossOptions,
+        device: &Device,
+        dtype: DType,
+    ) -> Option<ClassRows> {
+        let TargetKind::Classes { indices, .. } = &self.kind else {
+            return None;
+        };
+        let indices = indices.clone().to_device(device);
+        let ignored_values = options
+            .ignore_index
+            .into_iter()
+            .chain(options.pad_tokens.iter().flatten().map(|&pad| pad as i64));
+        let ignored = ignored_values
+            .map(|value| indices.clone().equal_elem(value))
+            .reduce(|a, b| a.bool_or(b));
+        Some(match ignored {
+            None => ClassRows {
+                labels: indices.unsqueeze_dim(1),
+                valid: None,
+            },
+            Some(ignored) => ClassRows {
+                valid: Some(ignored.clone().bool_not().float().cast(dtype)),
+                labels: indices.mask_fill(ignored, 0).unsqueeze_dim(1),
+            },
+        })
+    }
+
+    /// The probability targets `[N, C]` on `device` as `dtype`.
+    pub(crate) fn probabilities(&self, device: &Device, dtype: DType) -> Option<Tensor<2>> {
+        match &self.kind {
+            TargetKind::Probabilities(p) => {
+                let p = p.clone().to_device(device);
+                Some(if p.dtype() == dtype { p } else { p.cast(dtype) })
+            }
+            TargetKind::Classes { .. } => None,
         }
     }
 }
 
-fn validate_labels(labels: &[i64], n_classes: usize) -> Result<()> {
-    match labels
-        .iter()
-        .enumerate()
-        .find(|(_, label)| !(0..n_classes as i64).contains(label))
-    {
+fn validate_labels(labels: &[i64], n_classes: usize, ignore_index: Option<i64>) -> Result<()> {
+    let bad = labels.iter().enumerate().find(|&(_, &label)| {
+        !(0..n_classes as i64).contains(&label) && Some(label) != ignore_index
+    });
+    match bad {
         Some((index, &value)) => Err(Error::LabelOutOfRange {
             index,
             value,
@@ -98,4 +331,29 @@ fn validate_labels(labels: &[i64], n_classes: usize) -> Result<()> {
         }),
         None => Ok(()),
     }
+}
+
+fn validate_probabilities(values: &[f64], n_classes: usize) -> Result<()> {
+    for (row, probabilities) in values.chunks(n_classes.max(1)).enumerate() {
+        if let Some((class, &value)) = probabilities
+            .iter()
+            .enumerate()
+            .find(|(_, p)| !(p.is_finite() && **p >= 0.0))
+        {
+            return Err(Error::InvalidTarget {
+                row,
+                message: format!("probability {value} of class {class} is not a finite value >= 0"),
+            });
+        }
+        let sum: f64 = probabilities.iter().sum();
+        if (sum - 1.0).abs() > PROBABILITY_SUM_TOLERANCE {
+            return Err(Error::InvalidTarget {
+                row,
+                message: format!(
+                    "probabilities sum to {sum}, not 1 (tolerance {PROBABILITY_SUM_TOLERANCE})"
+                ),
+            });
+        }
+    }
+    Ok(())
 }

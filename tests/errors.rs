@@ -175,3 +175,113 @@ fn parameters_of_mismatched_shapes() {
     .unwrap_err();
     assert_eq!(err.to_string(), "bias: expected shape [5], got [4]");
 }
+
+#[test]
+fn bad_loss_options_name_the_value() {
+    let p = problem([2, 3, 5], true, DType::F32, &device(), 1);
+    let cases = [
+        (
+            LossOptions::new().with_label_smoothing(1.5),
+            "invalid label_smoothing = 1.5: a value in [0, 1]",
+        ),
+        (
+            LossOptions::new().with_label_smoothing(-0.1),
+            "invalid label_smoothing = -0.1: a value in [0, 1]",
+        ),
+        (
+            LossOptions::new().with_z_loss(-1.0),
+            "invalid z_loss = -1: a finite coefficient >= 0",
+        ),
+        (
+            LossOptions::new().with_softcap(Some(0.0)),
+            "invalid softcap = 0: a finite cap > 0",
+        ),
+        (
+            LossOptions::new().with_softcap(Some(-3.0)),
+            "invalid softcap = -3: a finite cap > 0",
+        ),
+        (
+            LossOptions::new().with_weights(Some(vec![1.0, -2.0, 1.0, 1.0, 1.0])),
+            "invalid class weight = -2: finite weights >= 0",
+        ),
+        (
+            LossOptions::new().with_weights(Some(vec![1.0, f64::INFINITY, 1.0, 1.0, 1.0])),
+            "invalid class weight = inf: finite weights >= 0",
+        ),
+        (
+            LossOptions::new().with_weights(Some(vec![1.0; 4])),
+            "class weights: expected shape [5], got [4]",
+        ),
+        (
+            LossOptions::new().with_pad_tokens(Some(vec![7])),
+            "invalid pad token = 7: a class index below the number of classes",
+        ),
+        (
+            LossOptions::new()
+                .with_l2(0.1)
+                .with_reduction(linear_softmax::Reduction::None),
+            "invalid l2 = 0.1: 0 with reduction none (the penalty is a scalar: use mean or sum)",
+        ),
+    ];
+    for (options, expected) in cases {
+        for_each_path(&p.head, p.x.clone(), &p.targets, &options, expected);
+    }
+}
+
+#[test]
+fn bad_probability_targets_name_the_row() {
+    let err = Targets::from_probabilities(&[0.5, 0.5, 0.0, 1.2, -0.2, 0.0], [2, 3], &device())
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "target row 1: probability -0.2 of class 1 is not a finite value >= 0"
+    );
+    let err = Targets::from_probabilities(&[0.5, 0.5, 0.0, 0.3, 0.3, 0.3], [2, 3], &device())
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("target row 1: probabilities sum to 0.8999"),
+        "{err}"
+    );
+    let err = Targets::from_probabilities(&[0.5, 0.5], [2, 3], &device()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "probability targets: expected shape [2, 3], got [2]"
+    );
+    let err = Targets::from_multi_hot(&[true, false, false, false], [2, 2], &device()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "target row 1: a multi-label row has no class set"
+    );
+}
+
+#[test]
+fn targets_of_the_wrong_kind_for_the_options() {
+    let p = problem([2, 3, 3], true, DType::F32, &device(), 1);
+    let soft =
+        Targets::from_probabilities(&[0.5, 0.5, 0.0, 0.2, 0.3, 0.5], [2, 3], &device()).unwrap();
+    let options = LossOptions::new().with_ignore_index(Some(-100));
+    for_each_path(
+        &p.head,
+        p.x.clone(),
+        &soft,
+        &options,
+        "ignore_index / pad_tokens needs class-index targets",
+    );
+
+    // -100 is only a label when the targets were built to accept it...
+    let err = Targets::from_indices(&[0, -100], 3, &device()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "label -100 at index 1 is out of range: expected a class in 0..3"
+    );
+    // ...and the options must then ignore that same value.
+    let padded = Targets::from_indices_with_ignore(&[0, -100], 3, -100, &device()).unwrap();
+    for_each_path(
+        &p.head,
+        p.x.clone(),
+        &padded,
+        &LossOptions::new(),
+        "invalid ignore_index = None: the ignore index the targets were built with",
+    );
+}

@@ -25,6 +25,16 @@ fn both_paths(
     ]
 }
 
+/// `dL/dl_i = 1/N` for every row: the mean's upstream gradient.
+fn mean_seed(logits: &Tensor<2>) -> Tensor<1> {
+    let rows = logits.dims()[0];
+    Tensor::full(
+        [rows],
+        1.0 / rows as f64,
+        (&logits.device(), logits.dtype()),
+    )
+}
+
 #[test]
 fn zero_parameters_give_log_c() {
     for (backend, device) in backends() {
@@ -64,9 +74,16 @@ fn shifting_a_rows_logits_changes_nothing() {
                 &device,
             );
             let shifted = logits.clone() + shifts;
-            let (losses, cache) = manual::softmax_cross_entropy_forward(logits.clone(), &p.targets);
-            let (shifted_losses, shifted_cache) =
-                manual::softmax_cross_entropy_forward(shifted.clone(), &p.targets);
+            let (losses, cache) = manual::softmax_cross_entropy_forward(
+                logits.clone(),
+                &p.targets,
+                &LossOptions::new(),
+            );
+            let (shifted_losses, shifted_cache) = manual::softmax_cross_entropy_forward(
+                shifted.clone(),
+                &p.targets,
+                &LossOptions::new(),
+            );
             let context = format!("{backend} {dtype:?}");
             assert_close(
                 &format!("{context} manual row losses"),
@@ -76,8 +93,14 @@ fn shifting_a_rows_logits_changes_nothing() {
             );
             assert_close(
                 &format!("{context} manual dS"),
-                &host(&manual::softmax_cross_entropy_backward(shifted_cache, 1.0)),
-                &host(&manual::softmax_cross_entropy_backward(cache, 1.0)),
+                &host(&manual::softmax_cross_entropy_backward(
+                    shifted_cache,
+                    mean_seed(&logits),
+                )),
+                &host(&manual::softmax_cross_entropy_backward(
+                    cache,
+                    mean_seed(&logits),
+                )),
                 tolerance,
             );
             assert_close(
@@ -124,11 +147,13 @@ fn rows_of_d_logits_sum_to_zero() {
     for (backend, device) in backends() {
         for (dtype, tolerance) in dtypes() {
             let p = problem([47, 31, 123], true, dtype, &device, 5);
+            let logits = p.head.forward(p.x.clone()).unwrap();
             let (_, cache) = manual::softmax_cross_entropy_forward(
-                p.head.forward(p.x.clone()).unwrap(),
+                logits.clone(),
                 &p.targets,
+                &LossOptions::new(),
             );
-            let d_logits = manual::softmax_cross_entropy_backward(cache, 1.0);
+            let d_logits = manual::softmax_cross_entropy_backward(cache, mean_seed(&logits));
             let row_sums = host(&d_logits.sum_dim(1));
             // Entries of dS are at most 1/N in size; the row sums must vanish to round-off.
             let scale = 1.0 / 47.0;

@@ -1,0 +1,156 @@
+"""Writes tests/fixtures/*.json: inputs, options and PyTorch's loss, dW, db and dX in float64.
+
+Run by hand (never by the tests or CI), in a virtual environment with torch from pip:
+
+    python3 -m venv /tmp/torch-env && /tmp/torch-env/bin/pip install torch
+    /tmp/torch-env/bin/python scripts/pytorch_reference.py
+
+Every case goes through torch.nn.functional.cross_entropy with the PyTorch arguments that
+match LossOptions; the options PyTorch lacks are written as torch expressions of their
+formula: z-loss `beta * logsumexp(S)^2` averaged with the main loss's denominator, softcap
+`c * tanh(S / c)` applied to the logits, L2 `lambda * sum(W^2)`. Burn's pad_tokens is
+PyTorch's ignore_index with that class.
+"""
+
+import json
+import pathlib
+
+import torch
+import torch.nn.functional as F
+
+OUT = pathlib.Path(__file__).resolve().parent.parent / "tests" / "fixtures"
+IGNORE = -100
+
+
+def f32_exact(t):
+    # Values representable in f32, so the f32 tests start from the same numbers.
+    return t.float().double()
+
+
+def make_case(name, n, d, c, seed, bias=True, reduction="mean", ignore_index=None,
+              ignored_rows=(), pad_tokens=None, weights=False, smoothing=0.0, targets="classes",
+              z_loss=0.0, softcap=None, l2=0.0, scale=1.0):
+    g = torch.Generator().manual_seed(seed)
+    x = f32_exact(torch.rand(n, d, generator=g, dtype=torch.float64) * 4 - 2).requires_grad_()
+    w = f32_exact((torch.rand(d, c, generator=g, dtype=torch.float64) * 2 - 1) * scale).requires_grad_()
+    b = f32_exact(torch.rand(c, generator=g, dtype=torch.float64) - 0.5).requires_grad_() if bias else None
+    labels = torch.randint(0, c, (n,), generator=g)
+    class_weights = f32_exact(0.25 + torch.rand(c, generator=g, dtype=torch.float64) * 2) if weights else None
+    probabilities = None
+    if targets == "probabilities":
+        p = torch.rand(n, c, generator=g, dtype=torch.float64)
+        probabilities = p / p.sum(1, keepdim=True)
+    elif targets == "multi_hot":
+        hot = torch.rand(n, c, generator=g) < 0.3
+        hot[torch.arange(n), labels] = True
+        probabilities = hot.double() / hot.double().sum(1, keepdim=True)
+    for row in ignored_rows:
+        labels[row] = ignore_index
+
+    logits = x @ w + (b if b is not None else 0.0)
+    if softcap is not None:
+        logits = softcap * torch.tanh(logits / softcap)
+    # PyTorch's ignore_index; Burn's pad_tokens (one class) maps onto it.
+    torch_ignore = ignore_index if ignore_index is not None else (pad_tokens[0] if pad_tokens else -100)
+    if probabilities is not None:
+        rows = F.cross_entropy(logits, probabilities, weight=class_weights, reduction="none",
+                               label_smoothing=smoothing)
+        valid = torch.ones(n, dtype=torch.float64)
+        denominator = torch.tensor(float(n), dtype=torch.float64)
+    else:
+        rows = F.cross_entropy(logits, labels, weight=class_weights, reduction="none",
+                               ignore_index=torch_ignore, label_smoothing=smoothing)
+        valid = (labels != torch_ignore).double()
+        safe = torch.where(labels == torch_ignore, 0, labels)
+        label_weights = class_weights[safe] if class_weights is not None else torch.ones(n, dtype=torch.float64)
+        denominator = (label_weights * valid).sum()
+    # The reductions as F.cross_entropy computes them (checked below against its own mean).
+    if z_loss:
+        rows = rows + z_loss * torch.logsumexp(logits, 1) ** 2 * valid
+    if reduction == "mean":
+        loss = rows.sum() / denominator
+    elif reduction == "sum":
+        loss = rows.sum()
+    else:
+        loss = rows
+    if not z_loss and reduction != "none":
+        kwargs = dict(weight=class_weights, reduction=reduction, label_smoothing=smoothing)
+        if probabilities is None:
+            kwargs["ignore_index"] = torch_ignore
+        direct = F.cross_entropy(logits, probabilities if probabilities is not None else labels, **kwargs)
+        assert torch.allclose(direct, loss, rtol=1e-13, atol=0), (name, direct, loss)
+    if l2:
+        loss = loss + l2 * (w ** 2).sum()
+    loss.sum().backward()
+
+    flat = lambda t: t.detach().reshape(-1).tolist()
+    return {
+        "name": name,
+        "torch_version": torch.__version__,
+        "shape": [n, d, c],
+        "x": flat(x),
+        "weight": flat(w),
+        "bias": flat(b) if b is not None else None,
+        "labels": labels.tolist() if probabilities is None else None,
+        "probabilities": flat(probabilities) if targets == "probabilities" else None,
+        "multi_hot": [bool(v) for v in flat(probabilities > 0)] if targets == "multi_hot" else None,
+        "options": {
+            "reduction": reduction,
+            "ignore_index": ignore_index,
+            "pad_tokens": pad_tokens,
+            "weights": flat(class_weights) if class_weights is not None else None,
+            "label_smoothing": smoothing,
+            "z_loss": z_loss,
+            "softcap": softcap,
+            "l2": l2,
+        },
+        "loss": flat(loss.reshape(-1)),
+        "d_weight": flat(w.grad),
+        "d_bias": flat(b.grad) if b is not None else None,
+        "d_input": flat(x.grad),
+    }
+
+
+CASES = [
+    dict(name="plain", n=7, d=31, c=10),
+    dict(name="one_row_one_feature", n=1, d=1, c=2),
+    dict(name="no_bias_large_c", n=47, d=31, c=123, bias=False),
+    dict(name="sum", n=7, d=5, c=10, reduction="sum"),
+    dict(name="none", n=7, d=5, c=10, reduction="none"),
+    dict(name="ignore_index", n=9, d=5, c=6, ignore_index=IGNORE, ignored_rows=(1, 4)),
+    dict(name="ignore_index_in_range", n=9, d=5, c=6, ignore_index=2, ignored_rows=(0, 3)),
+    dict(name="pad_tokens", n=9, d=5, c=6, pad_tokens=[1], ignored_rows=()),
+    dict(name="weights_mean", n=9, d=5, c=6, weights=True),
+    dict(name="weights_sum", n=9, d=5, c=6, weights=True, reduction="sum"),
+    dict(name="weights_none", n=9, d=5, c=6, weights=True, reduction="none"),
+    dict(name="smoothing", n=9, d=5, c=6, smoothing=0.1),
+    dict(name="smoothing_one", n=9, d=5, c=6, smoothing=1.0),
+    dict(name="weights_ignore_smoothing", n=9, d=5, c=6, weights=True, ignore_index=IGNORE,
+         ignored_rows=(2, 5), smoothing=0.2),
+    dict(name="weights_ignore_smoothing_sum", n=9, d=5, c=6, weights=True, ignore_index=IGNORE,
+         ignored_rows=(2, 5), smoothing=0.2, reduction="sum"),
+    dict(name="none_ignore", n=9, d=5, c=6, ignore_index=IGNORE, ignored_rows=(0, 8), reduction="none"),
+    dict(name="probabilities", n=9, d=5, c=6, targets="probabilities"),
+    dict(name="probabilities_weights_smoothing", n=9, d=5, c=6, targets="probabilities", weights=True,
+         smoothing=0.3),
+    dict(name="probabilities_none", n=9, d=5, c=6, targets="probabilities", reduction="none"),
+    dict(name="multi_label", n=9, d=5, c=6, targets="multi_hot"),
+    dict(name="z_loss", n=9, d=5, c=6, z_loss=0.01),
+    dict(name="softcap", n=9, d=5, c=6, softcap=1.5, scale=3.0),
+    dict(name="softcap_z_loss_ignore", n=9, d=5, c=6, softcap=2.0, z_loss=0.05, ignore_index=IGNORE,
+         ignored_rows=(3,)),
+    dict(name="l2", n=7, d=5, c=10, l2=0.05),
+    dict(name="large_logits_smoothing", n=7, d=5, c=10, scale=100.0, smoothing=0.1),
+]
+
+
+def main():
+    OUT.mkdir(parents=True, exist_ok=True)
+    for seed, spec in enumerate(CASES):
+        case = make_case(seed=seed, **spec)
+        (OUT / f"{case['name']}.json").write_text(json.dumps(case) + "\n")
+    print(f"wrote {len(CASES)} cases with torch {torch.__version__} to {OUT}")
+
+
+if __name__ == "__main__":
+    main()

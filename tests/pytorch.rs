@@ -1,0 +1,168 @@
+//! Values pinned from PyTorch: both paths reproduce `F.cross_entropy`'s loss and gradients
+//! (and the torch expressions of z-loss, softcap and L2) for every option.
+//!
+//! The fixtures in `tests/fixtures/` were written by `scripts/pytorch_reference.py` (torch
+//! version recorded in each file); the tests never run Python.
+
+mod common;
+
+use std::path::Path;
+
+use burn::prelude::*;
+use burn::tensor::DType;
+use common::{assert_close, backends, host, tensor};
+use linear_softmax::{
+    HeadGradients, LinearSoftmax, LossOptions, Reduction, Targets, autodiff, manual,
+};
+use serde_json::Value;
+
+/// f64 against PyTorch's f64: different summation orders and `log_softmax` formulations.
+const PYTORCH_F64: f64 = 1e-10;
+/// f32 computation against PyTorch's f64 result on the same (f32-representable) inputs.
+const PYTORCH_F32: f64 = 1e-5;
+/// The script writes at least this many cases.
+const MIN_CASES: usize = 20;
+
+fn floats(value: &Value) -> Option<Vec<f64>> {
+    value
+        .as_array()
+        .map(|a| a.iter().map(|v| v.as_f64().expect("a number")).collect())
+}
+
+struct Fixture {
+    name: String,
+    head: LinearSoftmax,
+    x: Tensor<2>,
+    targets: Targets,
+    options: LossOptions,
+    loss: Vec<f64>,
+    d_weight: Vec<f64>,
+    d_bias: Option<Vec<f64>>,
+    d_input: Vec<f64>,
+}
+
+fn load(path: &Path, device: &Device, dtype: DType) -> Fixture {
+    let json: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    assert!(
+        json["torch_version"].as_str().unwrap().starts_with("2."),
+        "{path:?}"
+    );
+    let shape: Vec<usize> = json["shape"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as usize)
+        .collect();
+    let [n, d, c] = [shape[0], shape[1], shape[2]];
+    let o = &json["options"];
+    let options = LossOptions::new()
+        .with_reduction(match o["reduction"].as_str().unwrap() {
+            "mean" => Reduction::Mean,
+            "sum" => Reduction::Sum,
+            _ => Reduction::None,
+        })
+        .with_ignore_index(o["ignore_index"].as_i64())
+        .with_pad_tokens(
+            o["pad_tokens"]
+                .as_array()
+                .map(|a| a.iter().map(|v| v.as_u64().unwrap() as usize).collect()),
+        )
+        .with_weights(floats(&o["weights"]))
+        .with_label_smoothing(o["label_smoothing"].as_f64().unwrap())
+        .with_z_loss(o["z_loss"].as_f64().unwrap())
+        .with_softcap(o["softcap"].as_f64())
+        .with_l2(o["l2"].as_f64().unwrap());
+    let targets = if let Some(labels) = json["labels"].as_array() {
+        let labels: Vec<i64> = labels.iter().map(|v| v.as_i64().unwrap()).collect();
+        match options.ignore_index {
+            Some(ignore) => Targets::from_indices_with_ignore(&labels, c, ignore, device),
+            None => Targets::from_indices(&labels, c, device),
+        }
+    } else if let Some(probabilities) = floats(&json["probabilities"]) {
+        Targets::from_probabilities(&probabilities, [n, c], device)
+    } else {
+        let hot: Vec<bool> = json["multi_hot"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_bool().unwrap())
+            .collect();
+        Targets::from_multi_hot(&hot, [n, c], device)
+    }
+    .unwrap();
+    Fixture {
+        name: json["name"].as_str().unwrap().to_string(),
+        head: LinearSoftmax::from_tensors(
+            tensor(floats(&json["weight"]).unwrap(), [d, c], dtype, device),
+            floats(&json["bias"]).map(|b| tensor(b, [c], dtype, device)),
+        )
+        .unwrap(),
+        x: tensor(floats(&json["x"]).unwrap(), [n, d], dtype, device),
+        targets,
+        options,
+        loss: floats(&json["loss"]).unwrap(),
+        d_weight: floats(&json["d_weight"]).unwrap(),
+        d_bias: floats(&json["d_bias"]),
+        d_input: floats(&json["d_input"]).unwrap(),
+    }
+}
+
+fn fixtures() -> Vec<std::path::PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let mut paths: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    paths.sort();
+    paths
+}
+
+#[test]
+fn both_paths_match_pytorch() {
+    let paths = fixtures();
+    assert!(paths.len() >= MIN_CASES, "only {} fixtures", paths.len());
+    for (backend, device) in backends() {
+        for (dtype, tolerance) in [(DType::F64, PYTORCH_F64), (DType::F32, PYTORCH_F32)] {
+            for path in &paths {
+                let f = load(path, &device, dtype);
+                let results: [(&str, HeadGradients); 2] = [
+                    (
+                        "manual",
+                        manual::loss_and_gradients(&f.head, f.x.clone(), &f.targets, &f.options)
+                            .unwrap(),
+                    ),
+                    (
+                        "autodiff",
+                        autodiff::loss_and_gradients(&f.head, f.x.clone(), &f.targets, &f.options)
+                            .unwrap(),
+                    ),
+                ];
+                for (path_name, got) in results {
+                    let context = format!("{}: {path_name} {backend} {dtype:?}", f.name);
+                    assert_close(
+                        &format!("{context} loss"),
+                        &host(&got.loss),
+                        &f.loss,
+                        tolerance,
+                    );
+                    assert_close(
+                        &format!("{context} dW"),
+                        &host(&got.d_weight),
+                        &f.d_weight,
+                        tolerance,
+                    );
+                    assert_close(
+                        &format!("{context} dX"),
+                        &host(&got.d_input),
+                        &f.d_input,
+                        tolerance,
+                    );
+                    assert_eq!(got.d_bias.is_some(), f.d_bias.is_some(), "{context}");
+                    if let (Some(got), Some(expected)) = (&got.d_bias, &f.d_bias) {
+                        assert_close(&format!("{context} db"), &host(got), expected, tolerance);
+                    }
+                }
+            }
+        }
+    }
+}
