@@ -74,8 +74,8 @@ impl LinearSoftmaxConfig {
 /// A linear layer followed by a softmax over classes: `S = X W + b`, `A = softmax(S)`.
 ///
 /// The weight is `[D, C]` (Burn's row layout), so the scores are exactly `X W + b`. Training
-/// goes through one of the three loss paths: [`crate::autodiff`], [`crate::manual`] (and the
-/// fused op).
+/// goes through one of the three loss paths: [`crate::autodiff`], [`crate::manual`] and
+/// [`crate::fused`] (see [`Path`] and [`LinearSoftmax::loss`]).
 ///
 /// # Shapes
 /// - input `x`: `[N, D]`

@@ -3,8 +3,8 @@
 //! [`FusedLinearCrossEntropyOps`] is a Burn backend extension: the `#[backend_extension]` macro
 //! generates the `Dispatch` routing, so a [`Tensor`](burn::Tensor) on a Flex or NdArray device
 //! (plain or autodiff) reaches the implementation of its backend. The plain backends run the
-//! row-chunk kernel of [`super::chunked`]; `Autodiff<B, C>` is implemented by hand in
-//! [`super::autodiff`].
+//! row-chunk kernel of `fused/chunked.rs`; `Autodiff<B, C>` is implemented by hand in
+//! `fused/autodiff.rs`.
 
 use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{Backend, ExtensionType, Flex, NdArray, backend_extension};
@@ -120,7 +120,7 @@ impl<B: Backend> FusedGradients<B> {
 /// Linear layer + mean softmax cross-entropy, evaluated `chunk_rows` rows at a time.
 ///
 /// `L = (1/N) sum_i (lse_i - S_{i, y_i})` with `S = X W + b`; the `[N, C]` logits are never
-/// materialised (see [`super::chunked`]). Inputs are trusted: shapes and labels are checked by
+/// materialised (see `fused/chunked.rs`). Inputs are trusted: shapes and labels are checked by
 /// the callers in [`super`].
 ///
 /// # Shapes

@@ -18,6 +18,12 @@
 //! Only the gradients of tracked inputs are computed: a frozen head (`W`, `b` untracked) gets
 //! no `dW`; an untracked `x` gets no `dX`; with nothing tracked the op is a forward pass.
 //!
+//! Not yet fused: `reduction = none` (the options issue). Its upstream gradient is a vector
+//! `g_i`, which must scale row `i` of `dS` before `dW = X^T dS` is summed, so the gradients
+//! cannot be finished in the forward pass; the plan is Liger-Kernel's: keep only `X` and the
+//! per-row log-sum-exp `[N]` from the forward pass and recompute each chunk's `S_r` in the
+//! backward (one more GEMM per chunk, still `O(R C)` memory).
+//!
 //! The op lives in [`backend`] (a Burn backend extension implemented for Flex and NdArray, and by
 //! hand for `Autodiff<B, C>` in `autodiff.rs`); the row loop is isolated in `chunked.rs`.
 //!
