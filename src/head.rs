@@ -7,7 +7,29 @@ use burn::tensor::DType;
 use burn::tensor::activation::softmax;
 
 use crate::error::{Error, Result};
+use crate::options::LossOptions;
 use crate::targets::Targets;
+use crate::{autodiff, fused, manual};
+
+/// Which of the three paths computes a [`LinearSoftmax::loss_with_path`].
+///
+/// All three give the same loss and, on an autodiff device, the same gradients through
+/// `loss.backward()`; they differ in how (and at what memory cost) the gradients come about.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Path {
+    /// Ordinary tensor ops differentiated by Burn's autograd ([`crate::autodiff`]): keeps
+    /// several `[N, C]` tensors for the backward pass.
+    Autodiff,
+    /// The forward functions of [`crate::manual`] (`linear_forward`,
+    /// `softmax_cross_entropy_forward`, `l2_forward`). Their loss is differentiated by Burn's
+    /// autograd like [`Path::Autodiff`]'s; the hand-derived gradients themselves come from
+    /// [`manual::loss_and_gradients`].
+    Manual,
+    /// The fused op ([`crate::fused`]): chunked over rows, gradients computed in the forward
+    /// pass, never an `[N, C]` tensor. The default.
+    #[default]
+    Fused,
+}
 
 /// Configuration of a [`LinearSoftmax`] head, created with [`init`](LinearSoftmaxConfig::init).
 #[derive(Config, Debug)]
@@ -52,8 +74,8 @@ impl LinearSoftmaxConfig {
 /// A linear layer followed by a softmax over classes: `S = X W + b`, `A = softmax(S)`.
 ///
 /// The weight is `[D, C]` (Burn's row layout), so the scores are exactly `X W + b`. Training
-/// goes through one of the three loss paths: [`crate::autodiff`], [`crate::manual`] (and the
-/// fused op).
+/// goes through one of the three loss paths: [`crate::autodiff`], [`crate::manual`] and
+/// [`crate::fused`] (see [`Path`] and [`LinearSoftmax::loss`]).
 ///
 /// # Shapes
 /// - input `x`: `[N, D]`
@@ -167,6 +189,50 @@ impl LinearSoftmax {
     /// `lse_i = log sum_k exp(S_ik)`, computed stably (row maximum subtracted), `[N]`.
     pub fn log_sum_exp(&self, x: Tensor<2>) -> Result<Tensor<1>> {
         Ok(log_sum_exp(self.forward(x)?))
+    }
+
+    /// The training loss `L = (1/N) sum_i (lse_i - S_{i, y_i}) + l2 sum(W^2)`, through the
+    /// fused op ([`Path::Fused`]).
+    ///
+    /// On an autodiff device (`head.train()`, or `x` produced by tracked layers),
+    /// `loss.backward()` gives every tracked tensor its gradient.
+    ///
+    /// # Shapes
+    /// - `x`: `[N, D]`, `targets`: `[N]`, result: `[1]`
+    pub fn loss(
+        &self,
+        x: Tensor<2>,
+        targets: &Targets,
+        options: &LossOptions,
+    ) -> Result<Tensor<1>> {
+        self.loss_with_path(x, targets, options, Path::default())
+    }
+
+    /// [`loss`](Self::loss) through a chosen [`Path`], to compare the paths.
+    pub fn loss_with_path(
+        &self,
+        x: Tensor<2>,
+        targets: &Targets,
+        options: &LossOptions,
+        path: Path,
+    ) -> Result<Tensor<1>> {
+        match path {
+            Path::Autodiff => autodiff::loss(self, x, targets, options),
+            Path::Fused => fused::loss(self, x, targets, options),
+            Path::Manual => {
+                options.validate()?;
+                self.check_batch(&x, targets)?;
+                let weight = self.weight();
+                let logits = manual::linear_forward(x, weight.clone(), self.bias());
+                let (row_losses, _cache) = manual::softmax_cross_entropy_forward(logits, targets);
+                let loss = row_losses.mean();
+                Ok(if options.l2 == 0.0 {
+                    loss
+                } else {
+                    loss + manual::l2_forward(weight, options.l2)
+                })
+            }
+        }
     }
 }
 

@@ -6,7 +6,10 @@
 //! 1. [`autodiff`]: ordinary tensor ops, differentiated by Burn's autograd (the reference);
 //! 2. [`manual`]: the hand-derived backward `dS = (A - Y) / N`, `dW = X^T dS`,
 //!    `db = colsum(dS)`, `dX = dS W^T`, as explicit tensor code;
-//! 3. [`gradcheck`]: centred finite differences in `f64`, the independent witness.
+//! 3. [`fused`]: one custom autodiff op, chunked over rows, whose gradients are computed in the
+//!    forward pass and never need the `[N, C]` logits (the default of [`LinearSoftmax::loss`]);
+//!
+//! and [`gradcheck`]: centred finite differences in `f64`, the independent witness.
 //!
 //! ```
 //! use burn::prelude::*;
@@ -28,6 +31,7 @@
 pub mod autodiff;
 pub mod data;
 mod error;
+pub mod fused;
 pub mod gradcheck;
 mod gradients;
 mod head;
@@ -37,8 +41,9 @@ mod options;
 mod targets;
 
 pub use error::{Error, Result};
+pub use fused::Chunking;
 pub use gradients::HeadGradients;
-pub use head::{LinearSoftmax, LinearSoftmaxConfig, log_sum_exp};
+pub use head::{LinearSoftmax, LinearSoftmaxConfig, Path, log_sum_exp};
 pub use host::{to_host_f64, to_host_i64};
 pub use options::{LossOptions, Reduction};
 pub use targets::{PROBABILITY_SUM_TOLERANCE, TargetKind, Targets};

@@ -1,0 +1,214 @@
+//! Path 3, the fused head: linear layer + softmax cross-entropy as one custom autodiff op whose
+//! gradients are computed in the forward pass, `R` rows at a time.
+//!
+//! ```text
+//! for each chunk of R rows:   S_r = X_r W + b            (the only [R, C] buffer)
+//!                             L  += sum_i (lse_i - S_{i, y_i})
+//!                             S_r <- dS_r = (softmax(S_r) - Y_r) / N      (in place)
+//!                             dW += X_r^T dS_r,  db += colsum(dS_r),  dX_r = dS_r W^T
+//! backward:                   dW, db, dX  <-  g * (dW, db, dX)           (g: upstream gradient)
+//! ```
+//!
+//! Burn's autograd over the composed ops (the [`crate::autodiff`] path, or `Linear` +
+//! `CrossEntropyLoss`) keeps several `[N, C]` tensors alive between the forward and the
+//! backward pass; for a language-model head (`C` = 32k..256k) they dominate memory and time.
+//! The fused op never holds more than one chunk's `[R, C]` logits, which is the trick of
+//! Liger-Kernel's `FusedLinearCrossEntropy` and Apple's Cut Cross-Entropy.
+//!
+//! Only the gradients of tracked inputs are computed: a frozen head (`W`, `b` untracked) gets
+//! no `dW`; an untracked `x` gets no `dX`; with nothing tracked the op is a forward pass.
+//!
+//! Not yet fused: `reduction = none` (the options issue). Its upstream gradient is a vector
+//! `g_i`, which must scale row `i` of `dS` before `dW = X^T dS` is summed, so the gradients
+//! cannot be finished in the forward pass; the plan is Liger-Kernel's: keep only `X` and the
+//! per-row log-sum-exp `[N]` from the forward pass and recompute each chunk's `S_r` in the
+//! backward (one more GEMM per chunk, still `O(R C)` memory).
+//!
+//! The op lives in [`backend`] (a Burn backend extension implemented for Flex and NdArray, and by
+//! hand for `Autodiff<B, C>` in `autodiff.rs`); the row loop is isolated in `chunked.rs`.
+//!
+//! ```
+//! use burn::prelude::*;
+//! use linear_softmax::{LinearSoftmaxConfig, LossOptions, Targets, autodiff, fused};
+//!
+//! let device = Device::flex();
+//! let head = LinearSoftmaxConfig::new(3, 4).init(&device)?;
+//! let x = Tensor::<2>::from_data([[0.5, -1.0, 2.0], [1.5, 0.0, -0.5]], &device);
+//! let targets = Targets::from_indices(&[3, 0], 4, &device)?;
+//! let options = LossOptions::new();
+//!
+//! let fused = fused::loss_and_gradients(&head, x.clone(), &targets, &options)?;
+//! let reference = autodiff::loss_and_gradients(&head, x, &targets, &options)?;
+//! let difference = (fused.d_weight - reference.d_weight).abs().max().into_scalar::<f32>();
+//! assert!(difference < 1e-6);
+//! # Ok::<(), linear_softmax::Error>(())
+//! ```
+
+mod autodiff;
+// NdArray is deprecated upstream in favour of Flex; this crate still serves both.
+#[allow(deprecated)]
+pub mod backend;
+mod chunked;
+
+use burn::backend::Dispatch;
+use burn::prelude::*;
+use burn::tensor::DType;
+
+pub use backend::{Bias, FusedLinearCrossEntropyOps, WantedGradients};
+
+use crate::error::{Error, Result};
+use crate::gradients::HeadGradients;
+use crate::head::LinearSoftmax;
+use crate::options::LossOptions;
+use crate::targets::Targets;
+
+/// How many rows the fused kernel processes at a time.
+///
+/// With `rows` unset, `R` follows from `memory_budget`, the bytes one chunk's `[R, C]` working
+/// set may take. A chunk holds the logits buffer (turned into `dS` in place) and at most one
+/// transient of the same size (a broadcast subtraction or multiplication that a backend does
+/// not run in place), so
+///
+/// ```text
+/// R = clamp(floor(memory_budget / (2 * C * bytes_per_element)), 1, N)
+/// ```
+///
+/// The default budget, 64 MiB, gives `R = 256` for `C = 32768` in `f32`, and the whole batch
+/// in one chunk for small `C` (e.g. `C = 10` up to 838 860 rows). Larger chunks make fewer,
+/// larger GEMMs; the peak extra memory of the op is about `memory_budget` plus the `[D, C]`
+/// gradient (and, on NdArray, one contiguous copy of `W^T`).
+#[derive(Config, Debug, PartialEq)]
+pub struct Chunking {
+    /// Rows per chunk `R`; `None` derives it from `memory_budget`.
+    #[config(default = "None")]
+    pub rows: Option<usize>,
+    /// Bytes one chunk's `[R, C]` working set may use when `rows` is `None`.
+    #[config(default = 67108864)]
+    pub memory_budget: usize,
+}
+
+impl Default for Chunking {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Chunking {
+    /// The chunk size `R` for a batch of `n_rows` rows, `n_classes` classes, in `dtype`.
+    ///
+    /// Returns [`Error::InvalidOption`] when `rows` is `Some(0)`.
+    pub fn rows_for(&self, n_rows: usize, n_classes: usize, dtype: DType) -> Result<usize> {
+        let rows = match self.rows {
+            Some(0) => {
+                return Err(Error::InvalidOption {
+                    name: "chunk rows",
+                    value: "0".into(),
+                    expected: "at least 1 row per chunk",
+                });
+            }
+            Some(rows) => rows,
+            None => {
+                let bytes_per_row = 2 * n_classes.max(1) * dtype.size();
+                self.memory_budget / bytes_per_row
+            }
+        };
+        Ok(rows.clamp(1, n_rows.max(1)))
+    }
+}
+
+/// The fused loss of `head` on `(x, targets)`, with the default [`Chunking`].
+///
+/// The same loss as [`crate::autodiff::loss`]; on an autodiff device `loss.backward()` gives the
+/// same gradients to every tracked tensor (the head's parameters, `x` and whatever produced it),
+/// computed in this call and only scaled by the upstream gradient in the backward pass.
+///
+/// # Shapes
+/// - `x`: `[N, D]`, `targets`: `[N]`, result: `[1]`
+pub fn loss(
+    head: &LinearSoftmax,
+    x: Tensor<2>,
+    targets: &Targets,
+    options: &LossOptions,
+) -> Result<Tensor<1>> {
+    loss_with_chunking(head, x, targets, options, &Chunking::new())
+}
+
+/// [`loss`] with an explicit [`Chunking`].
+pub fn loss_with_chunking(
+    head: &LinearSoftmax,
+    x: Tensor<2>,
+    targets: &Targets,
+    options: &LossOptions,
+    chunking: &Chunking,
+) -> Result<Tensor<1>> {
+    options.validate()?;
+    head.check_batch(&x, targets)?;
+    let chunk_rows = chunking.rows_for(x.dims()[0], head.n_classes(), x.dtype())?;
+    let labels = targets.indices().clone().to_device(&x.device());
+    let loss = Tensor::from_dispatch(Dispatch::linear_cross_entropy(
+        x.into_dispatch(),
+        head.weight().into_dispatch(),
+        Bias::from(head.bias().map(Tensor::into_dispatch)),
+        labels.into_dispatch(),
+        chunk_rows,
+    ));
+    Ok(with_l2(loss, head, options))
+}
+
+/// The fused loss and its gradients `dW, db, dX` as plain values (no graph), with the default
+/// [`Chunking`]: the fused counterpart of [`crate::manual::loss_and_gradients`].
+pub fn loss_and_gradients(
+    head: &LinearSoftmax,
+    x: Tensor<2>,
+    targets: &Targets,
+    options: &LossOptions,
+) -> Result<HeadGradients> {
+    loss_and_gradients_with_chunking(head, x, targets, options, &Chunking::new())
+}
+
+/// [`loss_and_gradients`] with an explicit [`Chunking`].
+pub fn loss_and_gradients_with_chunking(
+    head: &LinearSoftmax,
+    x: Tensor<2>,
+    targets: &Targets,
+    options: &LossOptions,
+    chunking: &Chunking,
+) -> Result<HeadGradients> {
+    options.validate()?;
+    head.check_batch(&x, targets)?;
+    let chunk_rows = chunking.rows_for(x.dims()[0], head.n_classes(), x.dtype())?;
+    let labels = targets.indices().clone().to_device(&x.device());
+    let weight = head.weight().detach();
+    let (loss, d_input, d_weight, d_bias) = Dispatch::linear_cross_entropy_with_gradients(
+        x.detach().into_dispatch(),
+        weight.clone().into_dispatch(),
+        Bias::from(head.bias().map(|bias| bias.detach().into_dispatch())),
+        labels.into_dispatch(),
+        chunk_rows,
+        WantedGradients::ALL,
+    );
+    let computed = "the kernel computes every wanted gradient";
+    let mut loss = Tensor::<1>::from_dispatch(loss);
+    let mut d_weight = Tensor::<2>::from_dispatch(d_weight.expect(computed));
+    if options.l2 != 0.0 {
+        // L = L_ce + lambda sum(W^2): dW += 2 lambda W.
+        loss = loss + weight.clone().square().sum() * options.l2;
+        d_weight = d_weight + weight * (2.0 * options.l2);
+    }
+    Ok(HeadGradients {
+        loss,
+        d_weight,
+        d_bias: d_bias.map(Tensor::from_dispatch),
+        d_input: Tensor::from_dispatch(d_input.expect(computed)),
+    })
+}
+
+/// `L + lambda sum(W^2)`, as ordinary (differentiable) tensor ops: the penalty does not touch
+/// the `[N, C]` logits, so it needs no fusing.
+fn with_l2(loss: Tensor<1>, head: &LinearSoftmax, options: &LossOptions) -> Tensor<1> {
+    if options.l2 == 0.0 {
+        loss
+    } else {
+        loss + head.weight().square().sum() * options.l2
+    }
+}
