@@ -107,7 +107,11 @@ impl Method {
             Self::OurAutodiff => head.loss_with_path(x, targets, &options, Path::Autodiff),
             Self::BurnCrossEntropy => {
                 let logits = head.linear.forward(x);
-                let labels = targets.indices().clone().to_device(&logits.device());
+                let labels = targets
+                    .indices()
+                    .expect("class-index targets")
+                    .clone()
+                    .to_device(&logits.device());
                 Ok(CrossEntropyLossConfig::new()
                     .init(&logits.device())
                     .forward(logits, labels))

@@ -145,6 +145,7 @@ pub(crate) fn loss_of_parts(
 ) -> (Tensor<1>, Tensor<2>) {
     let mut logits = linear_forward(x, weight.clone(), bias);
     if let Some(cap) = options.softcap {
+        // Written out rather than calling `manual::softcap_forward`: this path is the reference.
         // `* (1 / c)`, not `/ c`: Burn 0.22.1's autodiff `div_scalar` backward rounds the
         // scalar to f32, which would cost f64 gradients 8 digits.
         logits = (logits * (1.0 / cap)).tanh() * cap;

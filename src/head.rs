@@ -191,14 +191,14 @@ impl LinearSoftmax {
         Ok(log_sum_exp(self.forward(x)?))
     }
 
-    /// The training loss `L = (1/N) sum_i (lse_i - S_{i, y_i}) + l2 sum(W^2)`, through the
-    /// fused op ([`Path::Fused`]).
+    /// The training loss (`L = (1/N) sum_i (lse_i - S_{i, y_i})` without options; see
+    /// [`LossOptions`] for the rest), through the fused op ([`Path::Fused`]).
     ///
     /// On an autodiff device (`head.train()`, or `x` produced by tracked layers),
     /// `loss.backward()` gives every tracked tensor its gradient.
     ///
     /// # Shapes
-    /// - `x`: `[N, D]`, `targets`: `[N]`, result: `[1]`
+    /// - `x`: `[N, D]`, `targets`: `[N]` or `[N, C]`, result: `[1]` (`[N]` with reduction none)
     pub fn loss(
         &self,
         x: Tensor<2>,
@@ -219,19 +219,7 @@ impl LinearSoftmax {
         match path {
             Path::Autodiff => autodiff::loss(self, x, targets, options),
             Path::Fused => fused::loss(self, x, targets, options),
-            Path::Manual => {
-                options.validate()?;
-                self.check_batch(&x, targets)?;
-                let weight = self.weight();
-                let logits = manual::linear_forward(x, weight.clone(), self.bias());
-                let (row_losses, _cache) = manual::softmax_cross_entropy_forward(logits, targets);
-                let loss = row_losses.mean();
-                Ok(if options.l2 == 0.0 {
-                    loss
-                } else {
-                    loss + manual::l2_forward(weight, options.l2)
-                })
-            }
+            Path::Manual => manual::loss(self, x, targets, options),
         }
     }
 }

@@ -76,7 +76,9 @@ pub fn linear_backward(
 
 /// Soft-capping `S' = c tanh(S / c)` (Gemma 2): logits bounded by `c`, unchanged near 0.
 pub fn softcap_forward(logits: Tensor<2>, cap: f64) -> Tensor<2> {
-    (logits / cap).tanh() * cap
+    // `* (1 / c)`, not `/ c`: on an autodiff device, Burn 0.22.1's `div_scalar` backward rounds
+    // the scalar to f32, which would cost f64 gradients 8 digits.
+    (logits * (1.0 / cap)).tanh() * cap
 }
 
 /// Backward of [`softcap_forward`] from its output: `dS = dS' (1 - (S' / c)^2)`.
@@ -360,6 +362,31 @@ pub fn l2_forward(weight: Tensor<2>, lambda: f64) -> Tensor<1> {
 /// Backward of [`l2_forward`]: `2 lambda W`, `[D, C]`.
 pub fn l2_backward(weight: Tensor<2>, lambda: f64) -> Tensor<2> {
     weight * (2.0 * lambda)
+}
+
+/// The loss alone, composed of this module's forward functions (on an autodiff device, Burn's
+/// autograd differentiates it: [`crate::Path::Manual`]).
+pub fn loss(
+    head: &LinearSoftmax,
+    x: Tensor<2>,
+    targets: &Targets,
+    options: &LossOptions,
+) -> Result<Tensor<1>> {
+    options.validate_for(head.n_classes())?;
+    head.check_batch(&x, targets)?;
+    targets.check_options(options)?;
+    let weight = head.weight();
+    let mut logits = linear_forward(x, weight.clone(), head.bias());
+    if let Some(cap) = options.softcap {
+        logits = softcap_forward(logits, cap);
+    }
+    let (row_losses, cache) = softmax_cross_entropy_forward(logits, targets, options);
+    let loss = reduction_forward(row_losses, cache.denominator, options.reduction);
+    Ok(if options.l2 == 0.0 {
+        loss
+    } else {
+        loss + l2_forward(weight, options.l2)
+    })
 }
 
 /// The loss and its hand-derived gradients `dW, db, dX` (upstream gradient 1 for every entry

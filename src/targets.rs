@@ -253,6 +253,24 @@ impl Targets {
         Self { kind, ..self }
     }
 
+    /// Rows `range` of these targets (a chunk of the batch).
+    pub(crate) fn slice_rows(&self, range: core::ops::Range<usize>) -> Self {
+        let kind = match &self.kind {
+            TargetKind::Classes {
+                indices,
+                ignore_index,
+            } => TargetKind::Classes {
+                indices: indices.clone().slice([range]),
+                ignore_index: *ignore_index,
+            },
+            TargetKind::Probabilities(p) => TargetKind::Probabilities(p.clone().slice([range])),
+        };
+        Self {
+            kind,
+            n_classes: self.n_classes,
+        }
+    }
+
     /// Checks that these targets can be used with `options` (no per-row work).
     pub(crate) fn check_options(&self, options: &LossOptions) -> Result<()> {
         match &self.kind {

@@ -10,7 +10,7 @@ use burn::tensor::DType;
 use common::{
     F64_AGREEMENT, Problem, assert_close, backends, dtypes, host, problem, shapes, tensor,
 };
-use linear_softmax::fused::{self, Bias, FusedLinearCrossEntropyOps, WantedGradients};
+use linear_softmax::fused::{self, Bias, FusedLinearCrossEntropyOps, RowUpstream, WantedGradients};
 use linear_softmax::{Chunking, Error, HeadGradients, LossOptions, Path, autodiff};
 
 fn assert_gradients_close(
@@ -57,6 +57,7 @@ fn fused_graph_gradients(p: &Problem, options: &LossOptions, chunking: &Chunking
             .map(|bias| bias.grad(&grads).expect("b is tracked")),
         d_input: x.grad(&grads).expect("x is tracked"),
         loss: loss.inner(),
+        log_sum_exp: None,
     }
 }
 
@@ -249,20 +250,22 @@ fn nothing_tracked_gives_the_loss_alone() {
 fn the_kernel_computes_exactly_the_wanted_gradients() {
     for (backend, device) in backends() {
         let p = problem([7, 5, 10], true, DType::F64, &device, 12);
-        let labels = p.targets.indices().clone();
         let run = |wanted: WantedGradients, bias: bool| {
             Dispatch::linear_cross_entropy_with_gradients(
                 p.x.clone().into_dispatch(),
                 p.head.weight().into_dispatch(),
                 Bias::from(bias.then(|| p.head.bias().unwrap().into_dispatch())),
-                labels.clone().into_dispatch(),
+                p.targets.clone(),
+                LossOptions::new(),
                 3,
                 wanted,
+                RowUpstream::Ones,
             )
         };
-        let presence = |(_, d_input, d_weight, d_bias): (_, Option<_>, Option<_>, Option<_>)| {
-            [d_input.is_some(), d_weight.is_some(), d_bias.is_some()]
-        };
+        let presence =
+            |(_, d_input, d_weight, d_bias, _): (_, Option<_>, Option<_>, Option<_>, Option<_>)| {
+                [d_input.is_some(), d_weight.is_some(), d_bias.is_some()]
+            };
         let cases = [
             (WantedGradients::NONE, true, [false, false, false]),
             (WantedGradients::ALL, true, [true, true, true]),

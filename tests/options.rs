@@ -7,7 +7,9 @@ use burn::prelude::*;
 use burn::tensor::DType;
 use common::{FINITE_DIFFERENCE, Problem, assert_close, backends, dtypes, host, problem};
 use linear_softmax::gradcheck::{DEFAULT_STEP, HostGradients, compare, numerical_gradients};
-use linear_softmax::{HeadGradients, LossOptions, Reduction, Targets, autodiff, manual};
+use linear_softmax::{
+    Chunking, HeadGradients, LossOptions, Reduction, Targets, autodiff, fused, manual,
+};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
@@ -164,6 +166,50 @@ fn cases(c: usize) -> Vec<(&'static str, LossOptions, Kind)> {
     ]
 }
 
+/// Chunks of 3 rows: several chunks, the last one short, for every shape tested here.
+fn small_chunks() -> Chunking {
+    Chunking::new().with_rows(Some(3))
+}
+
+/// The gradients `.backward()` gives through the fused op (reduction none: recomputed in the
+/// backward pass with the per-row upstream gradient).
+fn fused_graph(p: &Problem, targets: &Targets, options: &LossOptions) -> HeadGradients {
+    let head = p.head.clone().train();
+    let x = p.x.clone().detach().autodiff().require_grad();
+    let loss =
+        fused::loss_with_chunking(&head, x.clone(), targets, options, &small_chunks()).unwrap();
+    let grads = loss.clone().sum().backward();
+    HeadGradients {
+        d_weight: head.linear.weight.grad(&grads).unwrap(),
+        d_bias: head.linear.bias.as_ref().map(|b| b.grad(&grads).unwrap()),
+        d_input: x.grad(&grads).unwrap(),
+        loss: loss.inner(),
+        log_sum_exp: None,
+    }
+}
+
+/// Every path's loss and gradients, the autodiff reference last.
+fn all_paths(
+    p: &Problem,
+    targets: &Targets,
+    options: &LossOptions,
+) -> Vec<(&'static str, HeadGradients)> {
+    let fused = fused::loss_and_gradients_with_chunking(
+        &p.head,
+        p.x.clone(),
+        targets,
+        options,
+        &small_chunks(),
+    );
+    let [manual, autodiff] = both_paths(p, targets, options);
+    vec![
+        manual,
+        ("fused", fused.unwrap()),
+        ("fused graph", fused_graph(p, targets, options)),
+        autodiff,
+    ]
+}
+
 fn both_paths(
     p: &Problem,
     targets: &Targets,
@@ -237,7 +283,7 @@ fn finite_differences_confirm_every_option() {
             let targets = targets(kind, &p, [7, 6], &device, seed as u64);
             let numerical =
                 numerical_gradients(&p.head, &p.x, &targets, &options, DEFAULT_STEP).unwrap();
-            for (path, gradients) in both_paths(&p, &targets, &options) {
+            for (path, gradients) in all_paths(&p, &targets, &options) {
                 let analytic = HostGradients::from_tensors(&gradients).unwrap();
                 let report = compare(&analytic, &numerical);
                 let context = format!("{name}: {path} {backend}");
@@ -318,7 +364,18 @@ fn log_sum_exp_is_returned_on_request() {
             .with_softcap(Some(3.0));
         let capped = manual::softcap_forward(p.head.forward(p.x.clone()).unwrap(), 3.0);
         let expected = host(&linear_softmax::log_sum_exp(capped));
-        for (path, gradients) in both_paths(&p, &p.targets, &options) {
+        let fused = fused::loss_and_gradients_with_chunking(
+            &p.head,
+            p.x.clone(),
+            &p.targets,
+            &options,
+            &small_chunks(),
+        )
+        .unwrap();
+        for (path, gradients) in both_paths(&p, &p.targets, &options)
+            .into_iter()
+            .chain([("fused", fused)])
+        {
             let lse = gradients
                 .log_sum_exp
                 .unwrap_or_else(|| panic!("{path} {backend}: no lse"));

@@ -1,4 +1,4 @@
-//! Values pinned from PyTorch: both paths reproduce `F.cross_entropy`'s loss and gradients
+//! Values pinned from PyTorch: all three paths reproduce `F.cross_entropy`'s loss and gradients
 //! (and the torch expressions of z-loss, softcap and L2) for every option.
 //!
 //! The fixtures in `tests/fixtures/` were written by `scripts/pytorch_reference.py` (torch

@@ -12,12 +12,15 @@ use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, NodeGuard, Ops, OpsKind};
-use burn::backend::tensor::{FloatTensor, IntTensor};
+use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, AutodiffBackend, Backend, Scalar, TensorMetadata, try_read_sync};
 
 use super::backend::{
-    Bias, FusedGradients, FusedGradientsTuple, FusedLinearCrossEntropyOps, WantedGradients,
+    Bias, FusedGradients, FusedGradientsTuple, FusedLinearCrossEntropyOps, RowUpstream,
+    WantedGradients,
 };
+use crate::options::{LossOptions, Reduction};
+use crate::targets::Targets;
 
 impl<B: FusedLinearCrossEntropyOps, C: CheckpointStrategy> FusedLinearCrossEntropyOps
     for Autodiff<B, C>
@@ -26,7 +29,8 @@ impl<B: FusedLinearCrossEntropyOps, C: CheckpointStrategy> FusedLinearCrossEntro
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         bias: Bias<Self>,
-        labels: IntTensor<Self>,
+        targets: Targets,
+        options: LossOptions,
         chunk_rows: usize,
     ) -> FloatTensor<Self> {
         // Which gradients to compute must be known before the kernel runs: ask each input
@@ -38,44 +42,68 @@ impl<B: FusedLinearCrossEntropyOps, C: CheckpointStrategy> FusedLinearCrossEntro
         };
         let (x, x_node) = x.into_parts();
         let (weight, weight_node) = weight.into_parts();
-        match bias {
+        let (bias, bias_node) = match bias {
             Bias::Present(bias) => {
-                let (bias, bias_node) = bias.into_parts();
-                let FusedGradients {
-                    loss,
-                    d_input,
-                    d_weight,
-                    d_bias,
-                } = FusedGradients::<B>::from_tuple(B::linear_cross_entropy_with_gradients(
-                    x,
-                    weight,
-                    Bias::Present(bias),
-                    labels,
-                    chunk_rows,
-                    wanted,
-                ));
-                record::<B, C, 3>(
+                let (bias, node) = bias.into_parts();
+                (Some(bias), Some(node))
+            }
+            Bias::Absent => (None, None),
+        };
+        if options.reduction == Reduction::None && wanted.any() {
+            // The upstream gradient is a vector g_i that must scale row i of dS before
+            // dW = X^T dS is summed: the forward computes the losses only, and the backward
+            // recomputes the chunks with g (Liger-Kernel's scheme; one more pass of GEMMs,
+            // still O(R C) memory).
+            let state = RecomputeState {
+                x: x.clone(),
+                weight: weight.clone(),
+                bias: bias.clone(),
+                targets: targets.clone(),
+                options: options.clone(),
+                chunk_rows,
+                wanted,
+            };
+            let loss =
+                B::linear_cross_entropy(x, weight, Bias::from(bias), targets, options, chunk_rows);
+            return match bias_node {
+                Some(bias_node) => record::<B, C, 3, _>(
+                    RecomputeBackward,
                     [x_node, weight_node, bias_node],
                     loss,
-                    [d_input, d_weight, d_bias],
-                )
-            }
-            Bias::Absent => {
-                let FusedGradients {
-                    loss,
-                    d_input,
-                    d_weight,
-                    ..
-                } = FusedGradients::<B>::from_tuple(B::linear_cross_entropy_with_gradients(
-                    x,
-                    weight,
-                    Bias::Absent,
-                    labels,
-                    chunk_rows,
-                    wanted,
-                ));
-                record::<B, C, 2>([x_node, weight_node], loss, [d_input, d_weight])
-            }
+                    state,
+                ),
+                None => record::<B, C, 2, _>(RecomputeBackward, [x_node, weight_node], loss, state),
+            };
+        }
+        let FusedGradients {
+            loss,
+            d_input,
+            d_weight,
+            d_bias,
+            ..
+        } = FusedGradients::<B>::from_tuple(B::linear_cross_entropy_with_gradients(
+            x,
+            weight,
+            Bias::from(bias),
+            targets,
+            options,
+            chunk_rows,
+            wanted,
+            RowUpstream::Ones,
+        ));
+        match bias_node {
+            Some(bias_node) => record::<B, C, 3, _>(
+                PrecomputedBackward,
+                [x_node, weight_node, bias_node],
+                loss,
+                [d_input, d_weight, d_bias],
+            ),
+            None => record::<B, C, 2, _>(
+                PrecomputedBackward,
+                [x_node, weight_node],
+                loss,
+                [d_input, d_weight],
+            ),
         }
     }
 
@@ -83,44 +111,107 @@ impl<B: FusedLinearCrossEntropyOps, C: CheckpointStrategy> FusedLinearCrossEntro
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         bias: Bias<Self>,
-        labels: IntTensor<Self>,
+        targets: Targets,
+        options: LossOptions,
         chunk_rows: usize,
         wanted: WantedGradients,
+        upstream: RowUpstream<Self>,
     ) -> FusedGradientsTuple<Self> {
         // Explicit gradients are values, not graph nodes: run the inner kernel and hand its
         // results back as untracked tensors.
         let constant = <Self as AutodiffBackend>::from_inner;
-        let (loss, d_input, d_weight, d_bias) = B::linear_cross_entropy_with_gradients(
+        let (loss, d_input, d_weight, d_bias, log_sum_exp) = B::linear_cross_entropy_with_gradients(
             x.into_primitive(),
             weight.into_primitive(),
             Bias::from(bias.into_option().map(|bias| bias.into_primitive())),
-            labels,
+            targets,
+            options,
             chunk_rows,
             wanted,
+            match upstream {
+                RowUpstream::Ones => RowUpstream::Ones,
+                RowUpstream::Rows(rows) => RowUpstream::Rows(rows.into_primitive()),
+            },
         );
         (
             constant(loss),
             d_input.map(constant),
             d_weight.map(constant),
             d_bias.map(constant),
+            log_sum_exp.map(constant),
         )
     }
 }
 
-/// Registers the fused op in the graph with the precomputed gradients of its `N` inputs
-/// (`[x, W]` or `[x, W, b]`) as its backward state.
-fn record<B: Backend, C: CheckpointStrategy, const N: usize>(
+/// What the backward of reduction none needs to recompute the chunks.
+#[derive(Clone, Debug)]
+struct RecomputeState<B: Backend> {
+    x: FloatTensor<B>,
+    weight: FloatTensor<B>,
+    bias: Option<FloatTensor<B>>,
+    targets: Targets,
+    options: LossOptions,
+    chunk_rows: usize,
+    wanted: WantedGradients,
+}
+
+/// Backward of the fused loss with reduction none: the chunks recomputed with the per-row
+/// upstream gradient `g_i`.
+#[derive(Debug)]
+struct RecomputeBackward;
+
+impl<B: FusedLinearCrossEntropyOps, const N: usize> Backward<B, N> for RecomputeBackward {
+    type State = RecomputeState<B>;
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, N>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
+        let upstream = grads.consume::<B>(&ops.node);
+        let RecomputeState {
+            x,
+            weight,
+            bias,
+            targets,
+            options,
+            chunk_rows,
+            wanted,
+        } = ops.state;
+        let (_, d_input, d_weight, d_bias, _) = B::linear_cross_entropy_with_gradients(
+            x,
+            weight,
+            Bias::from(bias),
+            targets,
+            options,
+            chunk_rows,
+            wanted,
+            RowUpstream::Rows(upstream),
+        );
+        for (parent, gradient) in ops.parents.into_iter().zip([d_input, d_weight, d_bias]) {
+            if let (Some(node), Some(gradient)) = (parent, gradient) {
+                grads.register::<B>(node.id, gradient);
+            }
+        }
+    }
+}
+
+/// Registers the fused op in the graph with its `N` inputs (`[x, W]` or `[x, W, b]`) and the
+/// backward state of `op`.
+fn record<B: Backend, C: CheckpointStrategy, const N: usize, Op: Backward<B, N>>(
+    op: Op,
     nodes: [NodeGuard; N],
     loss: FloatTensor<B>,
-    gradients: [Option<FloatTensor<B>>; N],
+    state: Op::State,
 ) -> FloatTensor<Autodiff<B, C>> {
-    match PrecomputedBackward
+    match op
         .prepare::<C>(nodes)
         // Recomputing the kernel would cost three GEMMs: never do it for checkpointing.
         .compute_bound()
         .stateful()
     {
-        OpsKind::Tracked(prep) => prep.finish(gradients, loss),
+        OpsKind::Tracked(prep) => prep.finish(state, loss),
         OpsKind::UnTracked(prep) => prep.finish(loss),
     }
 }

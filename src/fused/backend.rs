@@ -6,10 +6,12 @@
 //! row-chunk kernel of `fused/chunked.rs`; `Autodiff<B, C>` is implemented by hand in
 //! `fused/autodiff.rs`.
 
-use burn::backend::tensor::{FloatTensor, IntTensor};
+use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, ExtensionType, Flex, NdArray, backend_extension};
 
-use super::chunked::{self, WeightTranspose};
+use super::chunked::{self, PlainBackend};
+use crate::options::LossOptions;
+use crate::targets::Targets;
 
 /// Which gradients the fused kernel computes alongside the loss.
 ///
@@ -45,12 +47,11 @@ impl WantedGradients {
     }
 }
 
-/// The loss and the gradients the kernel was asked for, as backend primitives.
-///
-/// The gradients are those of the mean loss itself (upstream gradient 1).
+/// The loss, the gradients the kernel was asked for and the per-row log-sum-exp, as backend
+/// primitives.
 #[derive(Clone, Debug)]
 pub struct FusedGradients<B: Backend> {
-    /// `L = (1/N) sum_i (lse_i - S_{i, y_i})`, `[1]`.
+    /// The reduced loss (without the L2 term): `[1]`, or `[N]` for reduction none.
     pub loss: FloatTensor<B>,
     /// `dX = dS W^T`, `[N, D]`.
     pub d_input: Option<FloatTensor<B>>,
@@ -58,6 +59,17 @@ pub struct FusedGradients<B: Backend> {
     pub d_weight: Option<FloatTensor<B>>,
     /// `db = colsum(dS)`, `[C]`.
     pub d_bias: Option<FloatTensor<B>>,
+    /// `lse_i`, `[N]`, when `LossOptions::return_log_sum_exp` is set.
+    pub log_sum_exp: Option<FloatTensor<B>>,
+}
+
+/// The upstream gradient of the per-row losses, for reduction none.
+#[derive(Clone, Debug, ExtensionType)]
+pub enum RowUpstream<B: Backend> {
+    /// `loss.backward()`'s seed: 1 for every entry of the loss.
+    Ones,
+    /// `g_i`, `[N]`: scales row `i` of `dS` before `dW` is summed.
+    Rows(FloatTensor<B>),
 }
 
 /// The optional bias `b` of the linear layer.
@@ -92,128 +104,159 @@ impl<B: Backend> Bias<B> {
 }
 
 /// The tuple form of [`FusedGradients`] that crosses the `Dispatch` boundary (the extension
-/// macro maps tuples and options of tensors, not named structs): `(loss, dX, dW, db)`.
+/// macro maps tuples and options of tensors, not named structs): `(loss, dX, dW, db, lse)`.
 pub type FusedGradientsTuple<B> = (
     FloatTensor<B>,
+    Option<FloatTensor<B>>,
     Option<FloatTensor<B>>,
     Option<FloatTensor<B>>,
     Option<FloatTensor<B>>,
 );
 
 impl<B: Backend> FusedGradients<B> {
-    /// `(loss, dX, dW, db)`.
+    /// `(loss, dX, dW, db, lse)`.
     pub fn into_tuple(self) -> FusedGradientsTuple<B> {
-        (self.loss, self.d_input, self.d_weight, self.d_bias)
+        (
+            self.loss,
+            self.d_input,
+            self.d_weight,
+            self.d_bias,
+            self.log_sum_exp,
+        )
     }
 
     /// The inverse of [`into_tuple`](Self::into_tuple).
-    pub fn from_tuple((loss, d_input, d_weight, d_bias): FusedGradientsTuple<B>) -> Self {
+    pub fn from_tuple(
+        (loss, d_input, d_weight, d_bias, log_sum_exp): FusedGradientsTuple<B>,
+    ) -> Self {
         Self {
             loss,
             d_input,
             d_weight,
             d_bias,
+            log_sum_exp,
         }
     }
 }
 
-/// Linear layer + mean softmax cross-entropy, evaluated `chunk_rows` rows at a time.
+/// Linear layer + softmax cross-entropy with every [`LossOptions`] option (but the L2 term,
+/// which the callers add as ordinary ops), evaluated `chunk_rows` rows at a time.
 ///
-/// `L = (1/N) sum_i (lse_i - S_{i, y_i})` with `S = X W + b`; the `[N, C]` logits are never
-/// materialised (see `fused/chunked.rs`). Inputs are trusted: shapes and labels are checked by
-/// the callers in [`super`].
+/// The `[N, C]` logits are never materialised (see `fused/chunked.rs`). Inputs are trusted:
+/// shapes, targets and options are checked by the callers in [`super`].
 ///
 /// # Shapes
-/// - `x`: `[N, D]`, `weight`: `[D, C]`, `bias`: `[C]`, `labels`: `[N]` (Int, in `0..C`)
-/// - loss: `[1]`
+/// - `x`: `[N, D]`, `weight`: `[D, C]`, `bias`: `[C]`, `targets`: `[N]` or `[N, C]`
+/// - loss: `[1]` (`[N]` for reduction none)
 #[backend_extension(Flex, NdArray, Autodiff)]
 pub trait FusedLinearCrossEntropyOps: Backend {
-    /// The mean loss `[1]`.
+    /// The loss.
     ///
     /// On a plain backend this is the forward pass alone. On `Autodiff<B, C>` the gradients
     /// of the tracked inputs are computed in the same pass and kept for the backward, which
-    /// only scales them by the upstream gradient.
+    /// only scales them by the upstream gradient (reduction none: the backward recomputes the
+    /// chunks with the per-row upstream gradient).
     fn linear_cross_entropy(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         #[extension_type] bias: Bias<Self>,
-        labels: IntTensor<Self>,
+        targets: Targets,
+        options: LossOptions,
         chunk_rows: usize,
     ) -> FloatTensor<Self> {
         Self::linear_cross_entropy_with_gradients(
             x,
             weight,
             bias,
-            labels,
+            targets,
+            options,
             chunk_rows,
             WantedGradients::NONE,
+            RowUpstream::Ones,
         )
         .0
     }
 
-    /// The mean loss and the `wanted` gradients as plain values, `(loss, dX, dW, db)`.
+    /// The loss, the `wanted` gradients (for the upstream `upstream`) and the per-row
+    /// log-sum-exp as plain values, `(loss, dX, dW, db, lse)`.
     ///
     /// On `Autodiff<B, C>` the results are constants (not part of any graph).
     // The tuple is spelled out: the extension macro reads the output type syntactically and
     // would not see through the `FusedGradientsTuple` alias.
-    #[allow(clippy::type_complexity)]
+    #[allow(clippy::type_complexity, clippy::too_many_arguments)]
     fn linear_cross_entropy_with_gradients(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         #[extension_type] bias: Bias<Self>,
-        labels: IntTensor<Self>,
+        targets: Targets,
+        options: LossOptions,
         chunk_rows: usize,
         wanted: WantedGradients,
+        #[extension_type] upstream: RowUpstream<Self>,
     ) -> (
         FloatTensor<Self>,
+        Option<FloatTensor<Self>>,
         Option<FloatTensor<Self>>,
         Option<FloatTensor<Self>>,
         Option<FloatTensor<Self>>,
     );
 }
 
-impl FusedLinearCrossEntropyOps for Flex {
-    fn linear_cross_entropy_with_gradients(
-        x: FloatTensor<Self>,
-        weight: FloatTensor<Self>,
-        bias: Bias<Self>,
-        labels: IntTensor<Self>,
-        chunk_rows: usize,
-        wanted: WantedGradients,
-    ) -> FusedGradientsTuple<Self> {
-        // Flex's GEMM reads strided operands directly: `W^T` stays a view.
-        chunked::linear_cross_entropy::<Self>(
-            x,
-            weight,
-            bias.into_option(),
-            labels,
-            chunk_rows,
-            wanted,
-            WeightTranspose::View,
-        )
-        .into_tuple()
+/// The plain backends' implementation: the chunk kernel on tensors wrapping the primitives.
+#[allow(clippy::too_many_arguments)]
+fn plain_kernel<B: PlainBackend>(
+    x: FloatTensor<B>,
+    weight: FloatTensor<B>,
+    bias: Bias<B>,
+    targets: Targets,
+    options: LossOptions,
+    chunk_rows: usize,
+    wanted: WantedGradients,
+    upstream: RowUpstream<B>,
+) -> FusedGradientsTuple<B> {
+    let output = chunked::linear_cross_entropy(
+        B::wrap(x),
+        B::wrap(weight),
+        bias.into_option().map(B::wrap),
+        &targets,
+        &options,
+        chunk_rows,
+        wanted,
+        match upstream {
+            RowUpstream::Ones => None,
+            RowUpstream::Rows(rows) => Some(B::wrap(rows)),
+        },
+        B::WEIGHT_TRANSPOSE,
+    );
+    FusedGradients::<B> {
+        loss: B::unwrap(output.loss),
+        d_input: output.d_input.map(B::unwrap),
+        d_weight: output.d_weight.map(B::unwrap),
+        d_bias: output.d_bias.map(B::unwrap),
+        log_sum_exp: output.log_sum_exp.map(B::unwrap),
     }
+    .into_tuple()
 }
 
-impl FusedLinearCrossEntropyOps for NdArray {
-    fn linear_cross_entropy_with_gradients(
-        x: FloatTensor<Self>,
-        weight: FloatTensor<Self>,
-        bias: Bias<Self>,
-        labels: IntTensor<Self>,
-        chunk_rows: usize,
-        wanted: WantedGradients,
-    ) -> FusedGradientsTuple<Self> {
-        // NdArray's matmul copies a non-contiguous operand on every call: copy `W^T` once.
-        chunked::linear_cross_entropy::<Self>(
-            x,
-            weight,
-            bias.into_option(),
-            labels,
-            chunk_rows,
-            wanted,
-            WeightTranspose::Contiguous,
-        )
-        .into_tuple()
-    }
+macro_rules! plain_fused_ops {
+    ($backend:ident) => {
+        impl FusedLinearCrossEntropyOps for $backend {
+            fn linear_cross_entropy_with_gradients(
+                x: FloatTensor<Self>,
+                weight: FloatTensor<Self>,
+                bias: Bias<Self>,
+                targets: Targets,
+                options: LossOptions,
+                chunk_rows: usize,
+                wanted: WantedGradients,
+                upstream: RowUpstream<Self>,
+            ) -> FusedGradientsTuple<Self> {
+                plain_kernel::<Self>(
+                    x, weight, bias, targets, options, chunk_rows, wanted, upstream,
+                )
+            }
+        }
+    };
 }
+plain_fused_ops!(Flex);
+plain_fused_ops!(NdArray);

@@ -18,11 +18,12 @@
 //! Only the gradients of tracked inputs are computed: a frozen head (`W`, `b` untracked) gets
 //! no `dW`; an untracked `x` gets no `dX`; with nothing tracked the op is a forward pass.
 //!
-//! Not yet fused: `reduction = none` (the options issue). Its upstream gradient is a vector
-//! `g_i`, which must scale row `i` of `dS` before `dW = X^T dS` is summed, so the gradients
-//! cannot be finished in the forward pass; the plan is Liger-Kernel's: keep only `X` and the
-//! per-row log-sum-exp `[N]` from the forward pass and recompute each chunk's `S_r` in the
-//! backward (one more GEMM per chunk, still `O(R C)` memory).
+//! Every [`LossOptions`] option is supported: each chunk runs the manual path's own
+//! forward/backward pair. `reduction = none` is the one case whose gradients cannot be
+//! finished in the forward pass: its upstream gradient is a vector `g_i`, which must scale row
+//! `i` of `dS` before `dW = X^T dS` is summed. As in Liger-Kernel, the forward pass then only
+//! computes the losses and keeps `X`, `W`, `b` (no `[N, C]` tensor); the backward pass
+//! recomputes each chunk with `g` (one more pass of GEMMs, still `O(R C)` memory).
 //!
 //! The op lives in [`backend`] (a Burn backend extension implemented for Flex and NdArray, and by
 //! hand for `Autodiff<B, C>` in `autodiff.rs`); the row loop is isolated in `chunked.rs`.
@@ -54,11 +55,12 @@ use burn::backend::Dispatch;
 use burn::prelude::*;
 use burn::tensor::DType;
 
-pub use backend::{Bias, FusedLinearCrossEntropyOps, WantedGradients};
+pub use backend::{Bias, FusedLinearCrossEntropyOps, RowUpstream, WantedGradients};
 
 use crate::error::{Error, Result};
 use crate::gradients::HeadGradients;
 use crate::head::LinearSoftmax;
+use crate::manual;
 use crate::options::LossOptions;
 use crate::targets::Targets;
 
@@ -141,18 +143,30 @@ pub fn loss_with_chunking(
     options: &LossOptions,
     chunking: &Chunking,
 ) -> Result<Tensor<1>> {
-    options.validate()?;
-    head.check_batch(&x, targets)?;
-    let chunk_rows = chunking.rows_for(x.dims()[0], head.n_classes(), x.dtype())?;
-    let labels = targets.indices().clone().to_device(&x.device());
+    let chunk_rows = check(head, &x, targets, options, chunking)?;
     let loss = Tensor::from_dispatch(Dispatch::linear_cross_entropy(
         x.into_dispatch(),
         head.weight().into_dispatch(),
         Bias::from(head.bias().map(Tensor::into_dispatch)),
-        labels.into_dispatch(),
+        targets.clone(),
+        options.clone(),
         chunk_rows,
     ));
     Ok(with_l2(loss, head, options))
+}
+
+/// Validates the batch and the options once, and picks the chunk size.
+fn check(
+    head: &LinearSoftmax,
+    x: &Tensor<2>,
+    targets: &Targets,
+    options: &LossOptions,
+    chunking: &Chunking,
+) -> Result<usize> {
+    options.validate_for(head.n_classes())?;
+    head.check_batch(x, targets)?;
+    targets.check_options(options)?;
+    chunking.rows_for(x.dims()[0], head.n_classes(), x.dtype())
 }
 
 /// The fused loss and its gradients `dW, db, dX` as plain values (no graph), with the default
@@ -174,32 +188,33 @@ pub fn loss_and_gradients_with_chunking(
     options: &LossOptions,
     chunking: &Chunking,
 ) -> Result<HeadGradients> {
-    options.validate()?;
-    head.check_batch(&x, targets)?;
-    let chunk_rows = chunking.rows_for(x.dims()[0], head.n_classes(), x.dtype())?;
-    let labels = targets.indices().clone().to_device(&x.device());
+    let chunk_rows = check(head, &x, targets, options, chunking)?;
     let weight = head.weight().detach();
-    let (loss, d_input, d_weight, d_bias) = Dispatch::linear_cross_entropy_with_gradients(
-        x.detach().into_dispatch(),
-        weight.clone().into_dispatch(),
-        Bias::from(head.bias().map(|bias| bias.detach().into_dispatch())),
-        labels.into_dispatch(),
-        chunk_rows,
-        WantedGradients::ALL,
-    );
+    let (loss, d_input, d_weight, d_bias, log_sum_exp) =
+        Dispatch::linear_cross_entropy_with_gradients(
+            x.detach().into_dispatch(),
+            weight.clone().into_dispatch(),
+            Bias::from(head.bias().map(|bias| bias.detach().into_dispatch())),
+            targets.clone(),
+            options.clone(),
+            chunk_rows,
+            WantedGradients::ALL,
+            RowUpstream::Ones,
+        );
     let computed = "the kernel computes every wanted gradient";
     let mut loss = Tensor::<1>::from_dispatch(loss);
     let mut d_weight = Tensor::<2>::from_dispatch(d_weight.expect(computed));
     if options.l2 != 0.0 {
         // L = L_ce + lambda sum(W^2): dW += 2 lambda W.
-        loss = loss + weight.clone().square().sum() * options.l2;
-        d_weight = d_weight + weight * (2.0 * options.l2);
+        loss = loss + manual::l2_forward(weight.clone(), options.l2);
+        d_weight = d_weight + manual::l2_backward(weight, options.l2);
     }
     Ok(HeadGradients {
         loss,
         d_weight,
         d_bias: d_bias.map(Tensor::from_dispatch),
         d_input: Tensor::from_dispatch(d_input.expect(computed)),
+        log_sum_exp: log_sum_exp.map(Tensor::from_dispatch),
     })
 }
 
