@@ -12,7 +12,8 @@ use burn::prelude::*;
 use burn::tensor::DType;
 use common::{assert_close, backends, host, tensor};
 use linear_softmax::{
-    HeadGradients, LinearSoftmax, LossOptions, Reduction, Targets, autodiff, manual,
+    Chunking, HeadGradients, LinearSoftmax, LossOptions, Reduction, Targets, autodiff, fused,
+    manual,
 };
 use serde_json::Value;
 
@@ -118,14 +119,16 @@ fn fixtures() -> Vec<std::path::PathBuf> {
 }
 
 #[test]
-fn both_paths_match_pytorch() {
+fn every_path_matches_pytorch() {
     let paths = fixtures();
     assert!(paths.len() >= MIN_CASES, "only {} fixtures", paths.len());
     for (backend, device) in backends() {
         for (dtype, tolerance) in [(DType::F64, PYTORCH_F64), (DType::F32, PYTORCH_F32)] {
             for path in &paths {
                 let f = load(path, &device, dtype);
-                let results: [(&str, HeadGradients); 2] = [
+                // Chunks of 4 rows: several chunks per case for the fused path.
+                let chunking = Chunking::new().with_rows(Some(4));
+                let results: [(&str, HeadGradients); 3] = [
                     (
                         "manual",
                         manual::loss_and_gradients(&f.head, f.x.clone(), &f.targets, &f.options)
@@ -135,6 +138,17 @@ fn both_paths_match_pytorch() {
                         "autodiff",
                         autodiff::loss_and_gradients(&f.head, f.x.clone(), &f.targets, &f.options)
                             .unwrap(),
+                    ),
+                    (
+                        "fused",
+                        fused::loss_and_gradients_with_chunking(
+                            &f.head,
+                            f.x.clone(),
+                            &f.targets,
+                            &f.options,
+                            &chunking,
+                        )
+                        .unwrap(),
                     ),
                 ];
                 for (path_name, got) in results {
