@@ -199,3 +199,50 @@ fn file_error(path: &Path, message: String) -> Error {
         message,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_saved_model_reloads_with_identical_probabilities() {
+        let device = Device::flex();
+        let config = ClassifierConfig::new(5, 3).with_hidden(vec![4, 6]);
+        let model = config.init(&device).unwrap();
+        let dir = tempfile::TempDir::new().unwrap();
+        save(&model, &config, dir.path()).unwrap();
+        let (reloaded, reloaded_config) = load(dir.path(), &device).unwrap();
+        assert_eq!(reloaded_config, config);
+        let x = Tensor::<2>::random([7, 5], burn::tensor::Distribution::Default, &device);
+        let probabilities = |model: &Classifier| {
+            model
+                .probabilities(x.clone())
+                .unwrap()
+                .into_data()
+                .try_to_vec::<f32>()
+                .unwrap()
+        };
+        assert_eq!(probabilities(&reloaded), probabilities(&model));
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names.len(), 2, "no temporary file is left: {names:?}");
+    }
+
+    #[test]
+    fn parameters_that_do_not_fit_the_config_are_refused() {
+        let device = Device::flex();
+        let dir = tempfile::TempDir::new().unwrap();
+        let small = ClassifierConfig::new(5, 3);
+        save(&small.init(&device).unwrap(), &small, dir.path()).unwrap();
+        // A config from another run beside these parameters: a torn save, say.
+        let wide = ClassifierConfig::new(5, 3).with_hidden(vec![8]);
+        std::fs::write(dir.path().join(CONFIG_FILE), wide.to_string()).unwrap();
+        let err = load(dir.path(), &device).unwrap_err().to_string();
+        assert!(
+            err.contains("model.bpk") && err.contains("do not fit config.json"),
+            "{err}"
+        );
+    }
+}

@@ -324,3 +324,32 @@ impl fmt::Display for PathComparison {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_difference_beyond_its_tolerance_fails_the_comparison() {
+        let device = Device::flex();
+        let head = crate::LinearSoftmaxConfig::new(3, 4).init(&device).unwrap();
+        let x = Tensor::<2>::from_data([[0.5, -1.0, 2.0], [1.5, 0.0, -0.5]], &device);
+        let targets = Targets::from_indices(&[3, 0], 4, &device).unwrap();
+        let mut comparison = PathComparison::run(
+            &head,
+            &x,
+            &targets,
+            &LossOptions::new(),
+            &GradientPath::AVAILABLE,
+        )
+        .unwrap();
+        // Per dtype: one pair of paths and two path-vs-witness comparisons, 4 values each.
+        assert_eq!(comparison.differences.len(), 2 * 3 * 4);
+        assert!(comparison.passed(), "{comparison}");
+
+        comparison.differences[5].max_rel = f64::NAN;
+        comparison.differences[5].within_tolerance = comparison.differences[5].max_rel <= 1.0;
+        assert!(!comparison.passed());
+        assert!(comparison.to_string().contains("EXCEEDS"));
+    }
+}

@@ -89,7 +89,7 @@ pub fn run(args: CompareArgs) -> Result<ExitCode, Failure> {
             serde_json::to_string_pretty(&comparison).expect("plain numbers and strings")
         );
     } else {
-        println!("{comparison}");
+        print!("{comparison}");
     }
     if comparison.passed() {
         Ok(ExitCode::SUCCESS)
