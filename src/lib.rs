@@ -37,7 +37,10 @@ mod gradients;
 mod head;
 mod host;
 pub mod manual;
+pub mod metrics;
+pub mod model;
 mod options;
+pub mod plots;
 mod targets;
 
 pub use error::{Error, Result};

@@ -1,8 +1,15 @@
-//! Data sets for the classifier: an in-memory [`Dataset`], the embedded digits, and splits.
+//! Data sets for the classifier: an in-memory [`Dataset`], the embedded digits, CSV and
+//! MNIST-IDX loaders, and splits.
 
+mod csv;
 mod digits;
+mod idx;
 
+pub use csv::{CsvRows, LabelColumn, load_csv, load_csv_features, parse_csv};
 pub use digits::{DIGITS_CLASSES, DIGITS_FEATURES, digits};
+pub use idx::{IdxArray, load_idx, parse_idx};
+
+use std::path::Path;
 
 use burn::prelude::*;
 use rand::SeedableRng;
@@ -91,4 +98,28 @@ impl Dataset {
     pub fn targets(&self, device: &Device) -> Result<Targets> {
         Targets::from_indices(&self.labels, self.n_classes, device)
     }
+}
+
+/// An [`Error::Data`] about `source`.
+pub(crate) fn data_error(source: &str, message: String) -> Error {
+    Error::Data {
+        source_name: source.to_string(),
+        message,
+    }
+}
+
+/// The whole of a UTF-8 text file, or an error naming it.
+pub(crate) fn read_text(path: &Path) -> Result<String> {
+    let source = path.display().to_string();
+    let bytes =
+        std::fs::read(path).map_err(|err| data_error(&source, format!("cannot read: {err}")))?;
+    String::from_utf8(bytes).map_err(|err| {
+        data_error(
+            &source,
+            format!(
+                "offset {}: not UTF-8 text: expected a CSV file",
+                err.utf8_error().valid_up_to()
+            ),
+        )
+    })
 }

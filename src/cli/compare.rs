@@ -1,0 +1,107 @@
+//! `compare`: every gradient path against the others and against finite differences.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+use linear_softmax::model::{self, ClassifierConfig};
+use linear_softmax::report::PathComparison;
+use linear_softmax::train::GradientPath;
+use linear_softmax::{Error, LossOptions};
+
+use super::{Backend, DataArgs, Failure};
+
+/// Flags of `compare`.
+#[derive(Clone, Debug, Args)]
+pub struct CompareArgs {
+    /// A model saved by `train` (its hidden layers feed the head); a fresh linear head if absent.
+    #[arg(long, value_name = "DIR")]
+    model: Option<PathBuf>,
+    #[command(flatten)]
+    data: DataArgs,
+    /// Rows of the batch (the first rows of the data). Finite differences cost two forward
+    /// passes per entry of W, b and X, so keep it small on wide data.
+    #[arg(long, default_value_t = 16)]
+    rows: usize,
+    /// L2 penalty `lambda * sum(W^2)` on the head's weight.
+    #[arg(long, default_value_t = 0.0)]
+    l2: f64,
+    /// Seed of a fresh head's initialisation.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// The CPU backend.
+    #[arg(long, value_enum, default_value_t = Backend::Flex)]
+    device: Backend,
+    /// Print the comparison as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs `compare`; exit status 1 when a difference exceeds its tolerance.
+pub fn run(args: CompareArgs) -> Result<ExitCode, Failure> {
+    if args.rows == 0 {
+        return Err(Error::InvalidOption {
+            name: "rows",
+            value: "0".into(),
+            expected: "at least 1",
+        }
+        .into());
+    }
+    let device = args.device.device(args.seed);
+    let loaded = args
+        .model
+        .as_ref()
+        .map(|dir| model::load(dir, &device).map(|(model, _)| (dir, model)))
+        .transpose()?;
+    let data = args
+        .data
+        .load(loaded.as_ref().map(|(_, model)| model.head.n_classes()))?;
+    let model = match loaded {
+        Some((dir, model)) => {
+            if model.d_input() != data.n_features {
+                return Err(Error::Data {
+                    source_name: args.data.describe(),
+                    message: format!(
+                        "{} features per row, but the model in {} expects {}",
+                        data.n_features,
+                        dir.display(),
+                        model.d_input()
+                    ),
+                }
+                .into());
+            }
+            model
+        }
+        None => ClassifierConfig::new(data.n_features, data.n_classes).init(&device)?,
+    };
+    let batch = data.subset(&(0..args.rows.min(data.len())).collect::<Vec<_>>());
+    let features = model.features(batch.features_tensor(&device));
+    let comparison = PathComparison::run(
+        &model.head,
+        &features,
+        &batch.targets(&device)?,
+        &LossOptions::new().with_l2(args.l2),
+        &GradientPath::AVAILABLE,
+    )?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&comparison).expect("plain numbers and strings")
+        );
+    } else {
+        print!("{comparison}");
+    }
+    if comparison.passed() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        let failures = comparison
+            .differences
+            .iter()
+            .filter(|d| !d.within_tolerance)
+            .count();
+        Err(Failure::Run(format!(
+            "{failures} of {} differences exceed their tolerance",
+            comparison.differences.len()
+        )))
+    }
+}

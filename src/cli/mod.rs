@@ -1,0 +1,136 @@
+//! The command line: clap definitions shared by the subcommands, and the dispatch.
+
+mod compare;
+mod data;
+mod evaluate;
+mod predict;
+mod train;
+
+use std::process::ExitCode;
+
+use burn::prelude::*;
+use clap::{Parser, Subcommand, ValueEnum};
+use linear_softmax::train::GradientPath;
+
+pub use data::DataArgs;
+
+/// Train, check and use a Linear + softmax cross-entropy classifier whose gradients are computed
+/// by hand, by Burn's autograd (and, when built in, by a fused op), and checked against each
+/// other and against finite differences.
+///
+/// Without a subcommand, `train` runs: on the embedded handwritten digits unless `--data` or
+/// `--idx-images` names your own data.
+#[derive(Debug, Parser)]
+#[command(
+    name = "linear-softmax",
+    version,
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    train: train::TrainArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Train a classifier (the default): progress, one line per epoch, and metrics.csv,
+    /// curves.png, confusion.png and the model written to --out.
+    Train(train::TrainArgs),
+    /// Compare the gradient paths with each other and with finite differences, in f32 and f64;
+    /// exit status 1 when a difference exceeds its tolerance.
+    Compare(compare::CompareArgs),
+    /// Evaluate a saved model: accuracy, per-class precision and recall, mean loss.
+    Evaluate(evaluate::EvaluateArgs),
+    /// Predict the class of each row of a CSV file with a saved model.
+    Predict(predict::PredictArgs),
+}
+
+/// How a run ends badly: bad input (exit status 2, like clap's usage errors) or a run that
+/// completed its work and found a failure (exit status 1).
+#[derive(Debug)]
+pub enum Failure {
+    /// Malformed data, a missing or corrupt model, an invalid option.
+    Input(linear_softmax::Error),
+    /// Training diverged, or a comparison exceeded its tolerance.
+    Run(String),
+}
+
+impl From<linear_softmax::Error> for Failure {
+    fn from(err: linear_softmax::Error) -> Self {
+        Self::Input(err)
+    }
+}
+
+impl Failure {
+    /// Prints the one-line message and gives the exit status.
+    pub fn report(self) -> ExitCode {
+        match self {
+            Self::Input(err) => {
+                eprintln!("error: {err}");
+                ExitCode::from(2)
+            }
+            Self::Run(message) => {
+                eprintln!("error: {message}");
+                ExitCode::from(1)
+            }
+        }
+    }
+}
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli) -> Result<ExitCode, Failure> {
+    match cli.command {
+        None => train::run(cli.train),
+        Some(Command::Train(args)) => train::run(args),
+        Some(Command::Compare(args)) => compare::run(args),
+        Some(Command::Evaluate(args)) => evaluate::run(args),
+        Some(Command::Predict(args)) => predict::run(args),
+    }
+}
+
+/// The CPU backend to run on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum Backend {
+    /// Burn's pure-Rust CPU backend (gemm matmul).
+    #[default]
+    Flex,
+    /// The ndarray backend (matrixmultiply matmul).
+    Ndarray,
+}
+
+impl Backend {
+    /// The device, seeded so that parameter initialisation is reproducible.
+    pub fn device(self, seed: u64) -> Device {
+        #[allow(deprecated)]
+        let device = match self {
+            Self::Flex => Device::flex(),
+            Self::Ndarray => Device::ndarray(),
+        };
+        device.seed(seed);
+        device
+    }
+}
+
+/// Which gradient path trains the model.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum PathArg {
+    /// Burn's autograd through the whole network.
+    Autodiff,
+    /// The hand-derived backward, layer by layer, without autodiff.
+    #[default]
+    Manual,
+    /// The fused head op (when this build has it).
+    Fused,
+}
+
+impl From<PathArg> for GradientPath {
+    fn from(path: PathArg) -> Self {
+        match path {
+            PathArg::Autodiff => GradientPath::Autodiff,
+            PathArg::Manual => GradientPath::Manual,
+            PathArg::Fused => GradientPath::Fused,
+        }
+    }
+}
