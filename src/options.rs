@@ -83,6 +83,41 @@ impl Default for LossOptions {
     }
 }
 
+impl LossOptions {
+    /// The reduction, then every option that differs from its default, e.g.
+    /// `mean, label smoothing 0.1, l2 0.001` (the `Display` of a `Config` is its JSON).
+    pub fn summary(&self) -> String {
+        let mut text = match self.reduction {
+            Reduction::Mean => "mean",
+            Reduction::Sum => "sum",
+            Reduction::None => "no reduction",
+        }
+        .to_string();
+        if let Some(index) = self.ignore_index {
+            text += &format!(", ignore index {index}");
+        }
+        if let Some(pads) = &self.pad_tokens {
+            text += &format!(", pad tokens {pads:?}");
+        }
+        if let Some(weights) = &self.weights {
+            text += &format!(", class weights {weights:?}");
+        }
+        for (name, value) in [
+            ("label smoothing", self.label_smoothing),
+            ("z-loss", self.z_loss),
+            ("l2", self.l2),
+        ] {
+            if value != 0.0 {
+                text += &format!(", {name} {value}");
+            }
+        }
+        if let Some(cap) = self.softcap {
+            text += &format!(", softcap {cap}");
+        }
+        text
+    }
+}
+
 fn invalid(name: &'static str, value: impl ToString, expected: &'static str) -> Error {
     Error::InvalidOption {
         name,
@@ -127,8 +162,9 @@ impl LossOptions {
         Ok(())
     }
 
-    /// Checks the options against a head with `n_classes` classes.
-    pub(crate) fn validate_for(&self, n_classes: usize) -> Result<()> {
+    /// Checks the options, and the class weights and pad tokens against a head with
+    /// `n_classes` classes.
+    pub fn validate_for(&self, n_classes: usize) -> Result<()> {
         self.validate()?;
         if let Some(weights) = &self.weights
             && weights.len() != n_classes

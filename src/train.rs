@@ -19,13 +19,13 @@ use rand::seq::SliceRandom;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::gradients::HeadGradients;
-use crate::head::LinearSoftmax;
+use crate::head::{LinearSoftmax, Path};
 use crate::host::{to_host_f64, to_host_i64};
 use crate::metrics::evaluate;
 use crate::model::Classifier;
 use crate::options::LossOptions;
 use crate::targets::Targets;
-use crate::{autodiff, manual};
+use crate::{autodiff, fused, manual};
 
 /// How the gradients of a training step are computed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,7 +41,11 @@ pub enum GradientPath {
 
 impl GradientPath {
     /// The paths this build can run, in the order reports show them.
-    pub const AVAILABLE: [GradientPath; 2] = [GradientPath::Manual, GradientPath::Autodiff];
+    pub const AVAILABLE: [GradientPath; 3] = [
+        GradientPath::Manual,
+        GradientPath::Autodiff,
+        GradientPath::Fused,
+    ];
 
     /// The path's name, as the CLI spells it.
     pub fn name(self) -> &'static str {
@@ -49,18 +53,6 @@ impl GradientPath {
             Self::Autodiff => "autodiff",
             Self::Manual => "manual",
             Self::Fused => "fused",
-        }
-    }
-
-    /// Fails for a path this build does not have.
-    pub fn check_available(self) -> Result<()> {
-        match self {
-            Self::Autodiff | Self::Manual => Ok(()),
-            Self::Fused => Err(Error::InvalidOption {
-                name: "path",
-                value: "fused".into(),
-                expected: "the fused path is not available in this build; use autodiff or manual",
-            }),
         }
     }
 
@@ -72,10 +64,10 @@ impl GradientPath {
         targets: &Targets,
         options: &LossOptions,
     ) -> Result<HeadGradients> {
-        self.check_available()?;
         match self {
             Self::Autodiff => autodiff::loss_and_gradients(head, x, targets, options),
-            Self::Manual | Self::Fused => manual::loss_and_gradients(head, x, targets, options),
+            Self::Manual => manual::loss_and_gradients(head, x, targets, options),
+            Self::Fused => fused::loss_and_gradients(head, x, targets, options),
         }
     }
 }
@@ -194,8 +186,7 @@ pub fn train(
     device: &Device,
     observer: &mut impl TrainObserver,
 ) -> Result<Classifier, TrainError> {
-    config.path.check_available()?;
-    config.options.validate()?;
+    config.options.validate_for(model.head.n_classes())?;
     check_step_settings(config.batch_size, config.learning_rate)?;
     let mut optimizer = config.optimizer.init()?;
     // `burn::optim` steps only autodiff parameters, so the model lives on an autodiff device
@@ -214,8 +205,13 @@ pub fn train(
             let x = batch.features_tensor(device);
             let targets = batch.targets(device)?;
             let (loss, gradients) = match config.path {
-                GradientPath::Autodiff => autodiff_step(&model, x, &targets, &config.options),
-                _ => manual_step(&model.valid(), x, &targets, &config.options),
+                GradientPath::Autodiff => {
+                    graph_step(&model, x, &targets, &config.options, Path::Autodiff)
+                }
+                GradientPath::Fused => {
+                    graph_step(&model, x, &targets, &config.options, Path::Fused)
+                }
+                GradientPath::Manual => manual_step(&model.valid(), x, &targets, &config.options),
             }
             .and_then(|(loss, gradients)| {
                 // The L2 penalty or hidden layers can overflow where the head's check cannot see.
@@ -254,14 +250,19 @@ pub fn train(
     Ok(model.valid())
 }
 
-/// Burn's autograd through the whole network; `model` lives on an autodiff device.
-fn autodiff_step(
+/// Burn's autograd through the whole network, the head's loss through `path` (the autodiff
+/// graph, or the fused op handing `dX` to the hidden layers); `model` lives on an autodiff
+/// device.
+fn graph_step(
     model: &Classifier,
     x: Tensor<2>,
     targets: &Targets,
     options: &LossOptions,
+    path: Path,
 ) -> Result<(f64, GradientsParams)> {
-    let loss = autodiff::loss(&model.head, model.features(x), targets, options)?;
+    let loss = model
+        .head
+        .loss_with_path(model.features(x), targets, options, path)?;
     Ok((
         to_host_f64(&loss)?[0],
         GradientsParams::from_grads(loss.backward(), model),

@@ -134,6 +134,18 @@ fn train_writes_metrics_charts_and_model() {
         "{printed}"
     );
     assert!(printed.contains("MLP 4 -> 8 -> 3"), "{printed}");
+    // Before the first step: every path's gradients on 8 rows, each comparison within its
+    // tolerance.
+    assert!(
+        printed.contains("first step: head gradients on a batch of N = 8 rows, D = 8 features"),
+        "{printed}"
+    );
+    let verdicts: Vec<&str> = printed
+        .lines()
+        .filter(|l| l.starts_with("f32 ") || l.starts_with("f64 "))
+        .collect();
+    assert_eq!(verdicts.len(), 2 * 6 * 4, "{printed}");
+    assert!(verdicts.iter().all(|l| l.ends_with("ok")), "{printed}");
     assert_eq!(
         printed.matches("\nepoch ").count(),
         4,
@@ -303,7 +315,12 @@ fn compare_reports_agreement_as_text_and_json() {
         "{printed}"
     );
     for dtype in ["f32", "f64"] {
-        for pair in ["manual vs autodiff", "manual vs finite differences"] {
+        for pair in [
+            "manual vs autodiff",
+            "autodiff vs fused",
+            "manual vs finite differences",
+            "fused vs finite differences",
+        ] {
             for value in ["loss", "dW", "db", "dX"] {
                 assert!(
                     printed.lines().any(|l| l.starts_with(dtype)
@@ -332,8 +349,9 @@ fn compare_reports_agreement_as_text_and_json() {
     let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(json["rows"], 5);
     let differences = json["differences"].as_array().unwrap();
-    // Per dtype: manual vs autodiff, and each vs finite differences; 4 quantities each.
-    assert_eq!(differences.len(), 2 * 3 * 4);
+    // Per dtype: the three pairs of paths, and each path vs finite differences; 4 quantities
+    // each.
+    assert_eq!(differences.len(), 2 * 6 * 4);
     for difference in differences {
         let max_rel = difference["max_rel"].as_f64().unwrap();
         assert!(
@@ -426,9 +444,59 @@ fn a_non_finite_loss_stops_training_and_keeps_the_last_good_model() {
 }
 
 #[test]
-fn the_fused_path_is_refused_until_it_is_built() {
-    let output = run(&["--path", "fused", "--epochs", "1"]);
-    assert_input_error(&output, &["the fused path is not available in this build"]);
+fn every_path_trains_the_same_mlp() {
+    // The three paths compute the same gradients: from the same seed, the epochs' accuracies
+    // are the same and the losses agree to f32 round-off (with loss options on, which every
+    // path supports).
+    let fixture = Fixture::new();
+    let metrics = ["manual", "autodiff", "fused"]
+        .iter()
+        .map(|path| {
+            let out = fixture.path(path);
+            let flags = [
+                "--hidden",
+                "6",
+                "--path",
+                path,
+                "--label-smoothing",
+                "0.1",
+                "--z-loss",
+                "0.001",
+            ];
+            fixture.train(&out, 3, &flags);
+            let text = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
+            text.lines()
+                .skip(1)
+                .map(|line| line.split(',').map(|cell| cell.parse().unwrap()).collect())
+                .collect::<Vec<Vec<f64>>>()
+        })
+        .collect::<Vec<_>>();
+    assert_eq!(metrics[0].len(), 3);
+    for (path, rows) in ["autodiff", "fused"].iter().zip(&metrics[1..]) {
+        for (expected, got) in metrics[0].iter().zip(rows) {
+            // epoch, train loss, train accuracy, test loss, test accuracy (then seconds)
+            assert_eq!(
+                (got[0], got[2], got[4]),
+                (expected[0], expected[2], expected[4]),
+                "{path}"
+            );
+            for column in [1, 3] {
+                let gap = (got[column] - expected[column]).abs() / expected[column];
+                assert!(gap < 1e-5, "{path}: {got:?} vs manual {expected:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn bad_loss_options_are_one_line_errors() {
+    let output = run(&["--label-smoothing", "1.5", "--epochs", "1"]);
+    assert_input_error(
+        &output,
+        &["invalid label_smoothing = 1.5: a value in [0, 1]"],
+    );
+    let output = run(&["--class-weights", "1,2", "--epochs", "1"]);
+    assert_input_error(&output, &["class weights: expected shape [10], got [2]"]);
 }
 
 #[test]

@@ -4,12 +4,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
+use linear_softmax::Error;
 use linear_softmax::model::{self, ClassifierConfig};
 use linear_softmax::report::PathComparison;
 use linear_softmax::train::GradientPath;
-use linear_softmax::{Error, LossOptions};
 
-use super::{Backend, DataArgs, Failure};
+use super::{Backend, DataArgs, Failure, LossArgs};
 
 /// Flags of `compare`.
 #[derive(Clone, Debug, Args)]
@@ -23,9 +23,8 @@ pub struct CompareArgs {
     /// passes per entry of W, b and X, so keep it small on wide data.
     #[arg(long, default_value_t = 16)]
     rows: usize,
-    /// L2 penalty `lambda * sum(W^2)` on the head's weight.
-    #[arg(long, default_value_t = 0.0)]
-    l2: f64,
+    #[command(flatten)]
+    loss: LossArgs,
     /// Seed of a fresh head's initialisation.
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -80,7 +79,7 @@ pub fn run(args: CompareArgs) -> Result<ExitCode, Failure> {
         &model.head,
         &features,
         &batch.targets(&device)?,
-        &LossOptions::new().with_l2(args.l2),
+        &args.loss.options(),
         &GradientPath::AVAILABLE,
     )?;
     if args.json {

@@ -9,7 +9,8 @@ mod train;
 use std::process::ExitCode;
 
 use burn::prelude::*;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use linear_softmax::LossOptions;
 use linear_softmax::train::GradientPath;
 
 pub use data::DataArgs;
@@ -113,6 +114,38 @@ impl Backend {
     }
 }
 
+/// The loss options (see `LossOptions`; PyTorch's names in brackets).
+#[derive(Clone, Debug, Args)]
+pub struct LossArgs {
+    /// L2 penalty `lambda * sum(W^2)` on the head's weight, added to the loss.
+    #[arg(long, default_value_t = 0.0)]
+    l2: f64,
+    /// Label smoothing in [0, 1] [label_smoothing].
+    #[arg(long, default_value_t = 0.0)]
+    label_smoothing: f64,
+    /// Class weights, one per class, e.g. `1,1,2,...` [weight].
+    #[arg(long, value_delimiter = ',', value_name = "WEIGHTS")]
+    class_weights: Vec<f64>,
+    /// z-loss coefficient of `beta * logsumexp^2` (PaLM).
+    #[arg(long, default_value_t = 0.0)]
+    z_loss: f64,
+    /// Soft-cap the logits to `c * tanh(S / c)` (Gemma 2).
+    #[arg(long, value_name = "C")]
+    softcap: Option<f64>,
+}
+
+impl LossArgs {
+    /// The options these flags describe (validated where the loss is computed).
+    pub fn options(&self) -> LossOptions {
+        LossOptions::new()
+            .with_l2(self.l2)
+            .with_label_smoothing(self.label_smoothing)
+            .with_weights((!self.class_weights.is_empty()).then(|| self.class_weights.clone()))
+            .with_z_loss(self.z_loss)
+            .with_softcap(self.softcap)
+    }
+}
+
 /// Which gradient path trains the model.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
 pub enum PathArg {
@@ -121,7 +154,7 @@ pub enum PathArg {
     /// The hand-derived backward, layer by layer, without autodiff.
     #[default]
     Manual,
-    /// The fused head op (when this build has it).
+    /// The fused head op: chunked, its backward computed in the forward pass.
     Fused,
 }
 

@@ -11,12 +11,13 @@ use indicatif::{ProgressBar, ProgressStyle};
 use linear_softmax::metrics::evaluate;
 use linear_softmax::model::{self, Classifier, ClassifierConfig};
 use linear_softmax::plots::{draw_confusion, draw_curves};
+use linear_softmax::report::PathComparison;
 use linear_softmax::train::{
     EpochMetrics, GradientPath, OptimizerKind, TrainConfig, TrainError, TrainObserver, train,
 };
-use linear_softmax::{Error, LossOptions, Result};
+use linear_softmax::{Error, Result};
 
-use super::{Backend, DataArgs, Failure, PathArg};
+use super::{Backend, DataArgs, Failure, LossArgs, PathArg};
 
 /// Flags of `train` (also accepted without the subcommand name).
 #[derive(Clone, Debug, Args)]
@@ -38,14 +39,17 @@ pub struct TrainArgs {
     /// Learning rate [default: 0.05 for sgd, 0.003 for adam].
     #[arg(long)]
     lr: Option<f64>,
-    /// L2 penalty `lambda * sum(W^2)` on the head's weight, added to the loss.
-    #[arg(long, default_value_t = 0.0)]
-    l2: f64,
+    #[command(flatten)]
+    loss: LossArgs,
     /// Widths of hidden ReLU layers, input side first, e.g. `128,64`; `0` or nothing for the
     /// plain linear softmax classifier.
     #[arg(long, value_delimiter = ',', value_name = "WIDTHS")]
     hidden: Vec<usize>,
-    /// How the gradients are computed (`fused` needs a build with the fused op).
+    /// Rows of the first batch on which the paths' gradients are compared (with f64 finite
+    /// differences) before training; 0 to skip.
+    #[arg(long, default_value_t = 8)]
+    report_rows: usize,
+    /// How the gradients are computed.
     #[arg(long, value_enum, default_value_t = PathArg::Manual)]
     path: PathArg,
     /// Seed of the parameter initialisation, the split and the batch order.
@@ -108,7 +112,6 @@ impl TrainArgs {
 pub fn run(args: TrainArgs) -> Result<ExitCode, Failure> {
     let started = Instant::now();
     let path = GradientPath::from(args.path);
-    path.check_available()?;
     let device = args.device.device(args.seed);
     let data = args.data.load(None)?;
     let (train_set, test_set) = data.stratified_split(args.test_fraction, args.seed)?;
@@ -129,21 +132,35 @@ pub fn run(args: TrainArgs) -> Result<ExitCode, Failure> {
         learning_rate: args.learning_rate(),
         optimizer: args.optimizer(),
         path,
-        options: LossOptions::new().with_l2(args.l2),
+        options: args.loss.options(),
         seed: args.seed,
     };
     println!(
-        "model: {}\ntraining: {}, learning rate {}, batch {}, {} epochs, l2 {}, {} gradients, \
+        "model: {}\ntraining: {}, learning rate {}, batch {}, {} epochs, loss {}, {} gradients, \
          {:?} device",
         describe_model(&model_config),
         args.optimizer_name(),
         config.learning_rate,
         config.batch_size,
         config.epochs,
-        args.l2,
+        config.options.summary(),
         path.name(),
         args.device
     );
+
+    if args.report_rows > 0 {
+        // The first step's gradients by every path, against f64 finite differences.
+        let batch =
+            train_set.subset(&(0..args.report_rows.min(train_set.len())).collect::<Vec<_>>());
+        let comparison = PathComparison::run(
+            &model.head,
+            &model.features(batch.features_tensor(&device)),
+            &batch.targets(&device)?,
+            &config.options,
+            &GradientPath::AVAILABLE,
+        )?;
+        println!("\nfirst step: {comparison}");
+    }
 
     // The initial model is the last good one until an epoch completes.
     model::save(&model, &model_config, &args.out)?;
