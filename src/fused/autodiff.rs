@@ -1,12 +1,16 @@
 //! The fused head on `Autodiff<B, C>`: gradients computed in the forward pass, scaled in the
 //! backward.
 //!
-//! The loss is the end of the graph (a scalar), so `dL/dX`, `dL/dW` and `dL/db` of the loss
-//! itself are known as soon as the forward pass has seen every chunk. The forward pass asks the
-//! inner backend's kernel for exactly the gradients of the tracked inputs and stores them as the
-//! backward state; the backward pass multiplies them by the upstream gradient `g`
-//! (`g = 1` for `loss.backward()`, `2.5` for `(loss * 2.5).backward()`), because every gradient
-//! of `g L` is `g` times that of `L`.
+//! With reduction mean or sum the loss is a scalar at the end of the graph, so `dL/dX`, `dL/dW`
+//! and `dL/db` of the loss itself are known as soon as the forward pass has seen every chunk.
+//! The forward pass asks the inner backend's kernel for exactly the gradients of the tracked
+//! inputs and stores them as the backward state; the backward pass multiplies them by the
+//! upstream gradient `g` (`g = 1` for `loss.backward()`, `2.5` for `(loss * 2.5).backward()`),
+//! because every gradient of `g L` is `g` times that of `L`.
+//!
+//! With reduction none the upstream gradient is a vector `g_i` that must scale row `i` of `dS`
+//! before `dW = X^T dS` is summed: the forward pass computes the losses only and keeps `X`,
+//! `W`, `b`; the backward pass recomputes the chunks with `g` (Liger-Kernel's scheme).
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
