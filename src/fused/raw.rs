@@ -6,9 +6,9 @@
 //! copy, with one reused `[R, C]` buffer:
 //!
 //! ```text
-//! for each chunk of R rows:   buf  = b (broadcast);  buf += X_r W           GEMM, beta = 1
+//! for each chunk of R rows:   buf  = X_r W                                GEMM, beta = 0
 //!                             per row (in place, rayon over rows):
-//!                               m = max, lse = m + log sum exp(buf - m), l_i
+//!                               buf += b, m = max, lse = m + log sum exp(buf - m), l_i
 //!                               buf <- dS_r = f_i [coef_i softmax(buf) - spread_i] ; buf[y_i] -= f_i (1 - eps) r_i
 //!                               db_partial += buf                        (per task, reduced after)
 //!                             dW += X_r^T dS_r                           GEMM, beta = 1, X_r^T by strides
@@ -495,16 +495,7 @@ fn kernel<E: RawFloat>(
         let rows = end - start;
         let logits = &mut buffer[..rows * c];
         let x_chunk = &x[start * d..end * d];
-        // S_r = X_r W + b: the bias broadcast into the buffer, then an accumulating GEMM.
-        let beta = match bias {
-            Some(bias) => {
-                logits
-                    .chunks_exact_mut(c)
-                    .for_each(|row| row.copy_from_slice(bias));
-                1.0
-            }
-            None => 0.0,
-        };
+        // S_r = X_r W (the bias is added in the row pass, while the row is in cache).
         // SAFETY: X_r [rows, d], W [d, c] and the buffer [rows, c] are distinct row-major
         // slices of exactly these sizes.
         unsafe {
@@ -519,7 +510,7 @@ fn kernel<E: RawFloat>(
                 weight.as_ptr(),
                 c as isize,
                 1,
-                E::of(beta),
+                E::ZERO,
                 logits.as_mut_ptr(),
                 c as isize,
                 1,
@@ -531,6 +522,7 @@ fn kernel<E: RawFloat>(
             .collect();
         let chunk = ChunkRows {
             start,
+            bias,
             targets,
             factors: &factors,
             gradients: wanted.any(),
@@ -564,7 +556,8 @@ fn kernel<E: RawFloat>(
                     logits.as_ptr(),
                     c as isize,
                     1,
-                    E::of(1.0),
+                    // The first chunk overwrites the zeros: no read of dW.
+                    if start == 0 { E::ZERO } else { E::of(1.0) },
                     d_weight.as_mut_ptr(),
                     c as isize,
                     1,
@@ -616,6 +609,8 @@ fn kernel<E: RawFloat>(
 struct ChunkRows<'a, E> {
     /// The chunk's first row in the batch.
     start: usize,
+    /// `b`, added to each row of logits first.
+    bias: Option<&'a [E]>,
     targets: &'a RowTargets<E>,
     /// `f_i`, per row of the chunk.
     factors: &'a [f64],
@@ -680,8 +675,8 @@ fn row_pass<E: RawFloat>(
     Some(sum)
 }
 
-/// One row, with the AVX2 + FMA build of the row code when the CPU has it (f32 only; f64 uses
-/// the portable build).
+/// One row, with the AVX-512 or AVX2 + FMA build of the row code when the CPU has it (f32
+/// only; f64 uses the portable build).
 fn row_dispatch<E: RawFloat>(
     row: &mut [E],
     chunk: &ChunkRows<'_, E>,
@@ -691,6 +686,12 @@ fn row_dispatch<E: RawFloat>(
     #[cfg(target_arch = "x86_64")]
     {
         if std::any::TypeId::of::<E>() == std::any::TypeId::of::<f32>()
+            && std::arch::is_x86_feature_detected!("avx512f")
+        {
+            // SAFETY: the CPU supports the enabled features (checked just above).
+            return unsafe { row_avx512(row, chunk, local, partial) };
+        }
+        if std::any::TypeId::of::<E>() == std::any::TypeId::of::<f32>()
             && std::arch::is_x86_feature_detected!("avx2")
             && std::arch::is_x86_feature_detected!("fma")
         {
@@ -698,6 +699,17 @@ fn row_dispatch<E: RawFloat>(
             return unsafe { row_avx2(row, chunk, local, partial) };
         }
     }
+    row_kernel(row, chunk, local, partial)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+fn row_avx512<E: RawFloat>(
+    row: &mut [E],
+    chunk: &ChunkRows<'_, E>,
+    local: usize,
+    partial: Option<&mut [E]>,
+) -> (E, E) {
     row_kernel(row, chunk, local, partial)
 }
 
@@ -738,8 +750,11 @@ fn row_kernel<E: RawFloat>(
     let r = targets.row_weight(row);
     let eps = targets.smoothing;
 
-    // Pass 1: the row max (and the weighted logit sum for label smoothing).
-    let max = lane_max(s);
+    // Pass 1: the bias, the row max (and the weighted logit sum for label smoothing).
+    let max = match chunk.bias {
+        Some(bias) => lane_add_max(s, bias),
+        None => lane_max(s),
+    };
     let weighted_sum = if eps > 0.0 && valid {
         match &targets.class_weights {
             Some(w) => s.iter().zip(w).map(|(&s, &w)| (s * w).to_f64()).sum(),
@@ -806,6 +821,36 @@ fn lane_max<E: RawFloat>(s: &[E]) -> E {
         }
     }
     max
+}
+
+/// `s += b`, returning `max(s)`.
+#[inline(always)]
+fn lane_add_max<E: RawFloat>(s: &mut [E], bias: &[E]) -> E {
+    let mut lanes = [E::NEG_INFINITY; LANES];
+    let mut blocks = s.chunks_exact_mut(LANES);
+    let mut bias_blocks = bias.chunks_exact(LANES);
+    for (block, bias) in (&mut blocks).zip(&mut bias_blocks) {
+        for ((lane, value), &b) in lanes.iter_mut().zip(block.iter_mut()).zip(bias) {
+            *value += b;
+            if *value > *lane {
+                *lane = *value;
+            }
+        }
+    }
+    let mut max = E::NEG_INFINITY;
+    for (value, &b) in blocks
+        .into_remainder()
+        .iter_mut()
+        .zip(bias_blocks.remainder())
+    {
+        *value += b;
+        if *value > max {
+            max = *value;
+        }
+    }
+    lanes
+        .iter()
+        .fold(max, |max, &lane| if lane > max { lane } else { max })
 }
 
 #[inline(always)]
