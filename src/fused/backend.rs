@@ -10,6 +10,7 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, ExtensionType, Flex, NdArray, backend_extension};
 
 use super::chunked::{self, PlainBackend};
+use super::raw::{self, RawBackend};
 use crate::options::LossOptions;
 use crate::targets::Targets;
 
@@ -202,9 +203,10 @@ pub trait FusedLinearCrossEntropyOps: Backend {
     );
 }
 
-/// The plain backends' implementation: the chunk kernel on tensors wrapping the primitives.
+/// The plain backends' implementation: the raw-buffer kernel (`fused/raw.rs`) where it handles
+/// the case, else the chunk kernel on tensors wrapping the primitives.
 #[allow(clippy::too_many_arguments)]
-fn plain_kernel<B: PlainBackend>(
+fn plain_kernel<B: PlainBackend + RawBackend>(
     x: FloatTensor<B>,
     weight: FloatTensor<B>,
     bias: Bias<B>,
@@ -214,6 +216,11 @@ fn plain_kernel<B: PlainBackend>(
     wanted: WantedGradients,
     upstream: RowUpstream<B>,
 ) -> FusedGradientsTuple<B> {
+    if let Some(output) = raw::linear_cross_entropy::<B>(
+        &x, &weight, &bias, &targets, &options, chunk_rows, wanted, &upstream,
+    ) {
+        return output;
+    }
     let output = chunked::linear_cross_entropy(
         B::wrap(x),
         B::wrap(weight),

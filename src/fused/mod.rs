@@ -50,6 +50,7 @@ mod autodiff;
 #[allow(deprecated)]
 pub mod backend;
 mod chunked;
+mod raw;
 
 use burn::backend::Dispatch;
 use burn::prelude::*;

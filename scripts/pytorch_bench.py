@@ -1,0 +1,125 @@
+#!/usr/bin/env python3
+"""PyTorch CPU eager baseline for BENCHMARKS.md (not run by CI).
+
+The same workloads and step as `benches/head.rs` and `examples/peak_memory.rs`: a Linear layer
+(weight [D, C] used as x @ W + b) and `F.cross_entropy` (mean), x, W and b all requiring grad,
+one step = forward + backward + reading the three gradients. Also the three-GEMM floor
+(`S = X W`, `X^T S`, `S W^T`). Threads: `torch.set_num_threads(2)` (this machine's cores).
+
+Peak extra memory: PyTorch's CPU allocator goes straight to the system allocator, so the step's
+peak above its start is measured with `torch.profiler` (profile_memory=True): the largest
+running total of the CPU allocations and frees recorded during the step, gradients included
+(as the counting allocator of examples/peak_memory.rs does).
+
+    /work/venv/torch/bin/python scripts/pytorch_bench.py [--repeats 3] [--json out.json]
+"""
+
+import argparse
+import json
+import time
+
+import torch
+import torch.nn.functional as F
+
+WORKLOADS = [
+    ("classifier", 256, 784, 10),
+    ("lm_head", 2048, 512, 32768),
+    ("sweep_c", 2048, 512, 4096),
+    ("sweep_c", 2048, 512, 131072),
+    ("sweep_n", 512, 512, 32768),
+    ("sweep_n", 8192, 512, 32768),
+]
+MIB = 1024.0 * 1024.0
+
+
+def problem(n, d, c):
+    g = torch.Generator().manual_seed(7)
+    x = torch.rand(n, d, generator=g) * 2 - 1
+    scale = 1.0 / d**0.5
+    w = (torch.rand(d, c, generator=g) * 2 - 1) * scale
+    b = (torch.rand(c, generator=g) * 2 - 1) * scale
+    labels = torch.tensor([(i * 7919) % c for i in range(n)], dtype=torch.long)
+    return x, w, b, labels
+
+
+def ce_step(x, w, b, labels):
+    x = x.detach().requires_grad_()
+    w = w.detach().requires_grad_()
+    b = b.detach().requires_grad_()
+    loss = F.cross_entropy(x @ w + b, labels)
+    loss.backward()
+    return float(loss.detach()) + float(w.grad[0, 0]) + float(x.grad[0, 0]) + float(b.grad[0])
+
+
+def floor_step(x, w, x_t, w_t):
+    s = x @ w
+    dw = x_t @ s
+    dx = s @ w_t
+    return float(dw[0, 0]) + float(dx[0, 0])
+
+
+def peak_extra(fn):
+    """Largest running total of CPU bytes allocated during `fn()`, per torch.profiler."""
+    with torch.profiler.profile(
+        activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True
+    ) as prof:
+        fn()
+    # Memory events: each `[memory]` entry carries the signed bytes of one alloc/free.
+    running, peak = 0, 0
+    records = sorted(
+        (
+            (e.start_ns(), e.nbytes())
+            for e in prof.profiler.kineto_results.events()
+            if e.name() == "[memory]"
+        ),
+        key=lambda t: t[0],
+    )
+    for _, nbytes in records:
+        running += nbytes
+        peak = max(peak, running)
+    return peak
+
+
+def best_time(fn, repeats):
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times), sorted(times)[len(times) // 2]
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", help="write the results here too")
+    parser.add_argument("--only", help="run only workloads whose name contains this")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(f"{'workload':<12} {'N':>6} {'D':>5} {'C':>7} {'path':<8} {'best (s)':>9} {'median':>9} {'peak MiB':>9}")
+    results = []
+    for name, n, d, c in WORKLOADS:
+        if args.only and args.only not in name:
+            continue
+        x, w, b, labels = problem(n, d, c)
+        x_t, w_t = x.t().contiguous(), w.t().contiguous()
+        runs = {
+            "pytorch": lambda: ce_step(x, w, b, labels),
+            "floor": lambda: floor_step(x, w, x_t, w_t),
+        }
+        for path, fn in runs.items():
+            best, median = best_time(fn, args.repeats)
+            peak = peak_extra(fn)
+            print(f"{name:<12} {n:>6} {d:>5} {c:>7} {path:<8} {best:>9.4f} {median:>9.4f} {peak / MIB:>9.1f}")
+            results.append(
+                dict(workload=name, n=n, d=d, c=c, path=path, best_s=best, median_s=median, peak_mib=peak / MIB)
+            )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

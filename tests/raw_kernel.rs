@@ -1,0 +1,242 @@
+//! The raw-buffer kernel that the plain backends run for class-index targets (`fused/raw.rs`)
+//! agrees with the autodiff path: chunk sizes 1, 7, N and more than N, f32 and f64, bias on
+//! and off, every reduction, on both CPU backends; shapes large enough that a chunk's row pass
+//! runs in parallel; inputs that are strided views; and the options that fall back to the
+//! tensor-level kernel (softcap, probability targets) still agree.
+
+mod common;
+
+use burn::prelude::*;
+use common::{Problem, assert_close, backends, dtypes, host, problem};
+use linear_softmax::{Chunking, HeadGradients, LossOptions, Reduction, Targets, autodiff, fused};
+
+fn assert_agree(context: &str, actual: &HeadGradients, expected: &HeadGradients, tolerance: f64) {
+    let pairs = [
+        ("loss", host(&actual.loss), host(&expected.loss)),
+        ("dW", host(&actual.d_weight), host(&expected.d_weight)),
+        ("dX", host(&actual.d_input), host(&expected.d_input)),
+    ];
+    for (what, actual, expected) in pairs {
+        assert_close(&format!("{context} {what}"), &actual, &expected, tolerance);
+    }
+    assert_eq!(
+        actual.d_bias.is_some(),
+        expected.d_bias.is_some(),
+        "{context}: db"
+    );
+    if let (Some(actual), Some(expected)) = (&actual.d_bias, &expected.d_bias) {
+        assert_close(
+            &format!("{context} db"),
+            &host(actual),
+            &host(expected),
+            tolerance,
+        );
+    }
+}
+
+/// The gradients `.backward()` gives through the fused op (the precomputed path for mean and
+/// sum, the recomputing path for reduction none).
+fn through_graph(
+    p: &Problem,
+    targets: &Targets,
+    options: &LossOptions,
+    rows: usize,
+) -> HeadGradients {
+    let head = p.head.clone().train();
+    let x = p.x.clone().detach().autodiff().require_grad();
+    let chunking = Chunking::new().with_rows(Some(rows));
+    let loss = fused::loss_with_chunking(&head, x.clone(), targets, options, &chunking).unwrap();
+    let grads = loss.clone().sum().backward();
+    HeadGradients {
+        d_weight: head.linear.weight.grad(&grads).expect("W is tracked"),
+        d_bias: head
+            .linear
+            .bias
+            .as_ref()
+            .map(|b| b.grad(&grads).expect("b is tracked")),
+        d_input: x.grad(&grads).expect("x is tracked"),
+        loss: loss.inner(),
+        log_sum_exp: None,
+    }
+}
+
+#[test]
+fn raw_kernel_matches_autodiff_over_chunk_sizes_dtypes_bias_and_reductions() {
+    // 47 rows x 700 classes: a whole-batch chunk (47 x 700 > 2^15 elements) runs its row pass
+    // on rayon, a chunk of 7 rows on the calling thread; chunks of 7 leave a last chunk of 5.
+    const N: usize = 47;
+    let mut cases = 0;
+    for (backend, device) in backends() {
+        for (dtype, tolerance) in dtypes() {
+            for bias in [true, false] {
+                let p = problem([N, 19, 700], bias, dtype, &device, 40 + cases as u64);
+                for reduction in [Reduction::Mean, Reduction::Sum, Reduction::None] {
+                    let options = LossOptions::new().with_reduction(reduction);
+                    let expected =
+                        autodiff::loss_and_gradients(&p.head, p.x.clone(), &p.targets, &options)
+                            .unwrap();
+                    for rows in [1, 7, N, N + 5] {
+                        let context =
+                            format!("{backend} {dtype:?} bias={bias} {reduction:?} R={rows}");
+                        let explicit = fused::loss_and_gradients_with_chunking(
+                            &p.head,
+                            p.x.clone(),
+                            &p.targets,
+                            &options,
+                            &Chunking::new().with_rows(Some(rows)),
+                        )
+                        .unwrap();
+                        assert_eq!(explicit.d_weight.dtype(), dtype, "{context}: dtype");
+                        assert_agree(
+                            &format!("{context} explicit"),
+                            &explicit,
+                            &expected,
+                            tolerance,
+                        );
+                        let graph = through_graph(&p, &p.targets, &options, rows);
+                        assert_agree(&format!("{context} backward"), &graph, &expected, tolerance);
+                        cases += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(cases, 2 * 2 * 2 * 3 * 4);
+}
+
+#[test]
+fn raw_kernel_reads_strided_views() {
+    // x as the transpose of a [D, N] tensor and W as the transpose of a [C, D] tensor: the
+    // kernel copies non-contiguous inputs to row-major order once.
+    for (backend, device) in backends() {
+        for (dtype, tolerance) in dtypes() {
+            let p = problem([23, 11, 300], true, dtype, &device, 3);
+            let x = p.x.clone().transpose().reshape([11, 23]).transpose();
+            let weight = p.head.weight().transpose().reshape([300, 11]).transpose();
+            let head = linear_softmax::LinearSoftmax::from_tensors(weight, p.head.bias()).unwrap();
+            let options = LossOptions::new();
+            let expected =
+                autodiff::loss_and_gradients(&p.head, p.x.clone(), &p.targets, &options).unwrap();
+            let actual = fused::loss_and_gradients_with_chunking(
+                &head,
+                x,
+                &p.targets,
+                &options,
+                &Chunking::new().with_rows(Some(7)),
+            )
+            .unwrap();
+            assert_agree(
+                &format!("{backend} {dtype:?} strided"),
+                &actual,
+                &expected,
+                tolerance,
+            );
+        }
+    }
+}
+
+#[test]
+fn options_that_fall_back_to_the_tensor_kernel_still_agree() {
+    for (backend, device) in backends() {
+        for (dtype, tolerance) in dtypes() {
+            let p = problem([23, 11, 37], true, dtype, &device, 4);
+            // Softcap: the raw kernel declines, the tensor-level kernel runs.
+            let options = LossOptions::new().with_softcap(Some(2.0));
+            let expected =
+                autodiff::loss_and_gradients(&p.head, p.x.clone(), &p.targets, &options).unwrap();
+            for rows in [1, 7, 23, 30] {
+                let actual = fused::loss_and_gradients_with_chunking(
+                    &p.head,
+                    p.x.clone(),
+                    &p.targets,
+                    &options,
+                    &Chunking::new().with_rows(Some(rows)),
+                )
+                .unwrap();
+                assert_agree(
+                    &format!("{backend} {dtype:?} softcap R={rows}"),
+                    &actual,
+                    &expected,
+                    tolerance,
+                );
+            }
+            // Probability targets: also the tensor-level kernel.
+            let probabilities: Vec<f64> = (0..23 * 37)
+                .map(|i| {
+                    if i % 37 == (i / 37) % 37 {
+                        0.75
+                    } else {
+                        0.25 / 36.0
+                    }
+                })
+                .collect();
+            let targets = Targets::from_probabilities(&probabilities, [23, 37], &device).unwrap();
+            let options = LossOptions::new();
+            let expected =
+                autodiff::loss_and_gradients(&p.head, p.x.clone(), &targets, &options).unwrap();
+            let actual = fused::loss_and_gradients_with_chunking(
+                &p.head,
+                p.x.clone(),
+                &targets,
+                &options,
+                &Chunking::new().with_rows(Some(7)),
+            )
+            .unwrap();
+            assert_agree(
+                &format!("{backend} {dtype:?} probabilities"),
+                &actual,
+                &expected,
+                tolerance,
+            );
+        }
+    }
+}
+
+#[test]
+fn raw_kernel_handles_class_options_and_returns_log_sum_exp() {
+    // ignore_index, class weights, label smoothing and z-loss at once, with a partly ignored
+    // batch, chunked so that ignored rows fall in several chunks.
+    const IGNORE: i64 = -100;
+    for (backend, device) in backends() {
+        for (dtype, tolerance) in dtypes() {
+            let p = problem([29, 13, 600], true, dtype, &device, 6);
+            let labels: Vec<i64> = p
+                .labels
+                .iter()
+                .enumerate()
+                .map(|(i, &l)| if i % 4 == 1 { IGNORE } else { l })
+                .collect();
+            let targets = Targets::from_indices_with_ignore(&labels, 600, IGNORE, &device).unwrap();
+            let weights: Vec<f64> = (0..600).map(|k| 0.5 + (k % 7) as f64 / 4.0).collect();
+            for reduction in [Reduction::Mean, Reduction::Sum, Reduction::None] {
+                let options = LossOptions::new()
+                    .with_reduction(reduction)
+                    .with_ignore_index(Some(IGNORE))
+                    .with_weights(Some(weights.clone()))
+                    .with_label_smoothing(0.1)
+                    .with_z_loss(0.01)
+                    .with_return_log_sum_exp(true);
+                let expected =
+                    autodiff::loss_and_gradients(&p.head, p.x.clone(), &targets, &options).unwrap();
+                for rows in [1, 7, 29] {
+                    let context = format!("{backend} {dtype:?} {reduction:?} R={rows}");
+                    let actual = fused::loss_and_gradients_with_chunking(
+                        &p.head,
+                        p.x.clone(),
+                        &targets,
+                        &options,
+                        &Chunking::new().with_rows(Some(rows)),
+                    )
+                    .unwrap();
+                    assert_agree(&context, &actual, &expected, tolerance);
+                    assert_close(
+                        &format!("{context} lse"),
+                        &host(actual.log_sum_exp.as_ref().expect("asked for")),
+                        &host(expected.log_sum_exp.as_ref().expect("asked for")),
+                        tolerance,
+                    );
+                }
+            }
+        }
+    }
+}
