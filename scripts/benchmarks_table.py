@@ -18,7 +18,7 @@ def main(rust_csv, torch_json):
         key = (r["backend"], int(r["n"]), int(r["d"]), int(r["c"]))
         by.setdefault(key, {})[r["path"]] = (float(r["best_s"]), float(r["peak_mib"]))
     print(
-        "| backend | N | D | C | path | step (s) | peak extra (MiB) |\n"
+        "| backend | N | D | C | path | step (ms) | peak extra (MiB) |\n"
         "|---|---:|---:|---:|---|---:|---:|"
     )
     for (backend, n, d, c), paths in by.items():
@@ -27,10 +27,10 @@ def main(rust_csv, torch_json):
         if t:
             items.append(("pytorch", (t["best_s"], t["peak_mib"])))
         for path, (s, m) in items:
-            print(f"| {backend} | {n} | {d} | {c} | {path} | {s:.4f} | {m:.1f} |")
+            print(f"| {backend} | {n} | {d} | {c} | {path} | {s * 1e3:.2f} | {m:.1f} |")
     print()
     print(
-        "| backend | N | D | C | fused (s) | fused / our autodiff | fused / Burn CE | fused / floor "
+        "| backend | N | D | C | fused (ms) | fused / our autodiff | fused / Burn CE | fused / floor "
         "| fused / PyTorch | manual / autodiff | fused peak (MiB) | fused R=256 peak (MiB) |\n"
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     )
@@ -42,7 +42,7 @@ def main(rust_csv, torch_json):
         manual = f"{p['manual'][0] / p['autodiff'][0]:.2f}" if "manual" in p else "-"
         r256 = f"{p['fused_r256'][1]:.1f}" if "fused_r256" in p else "-"
         print(
-            f"| {backend} | {n} | {d} | {c} | {f:.4f} | {ratio('autodiff')} | {ratio('burn_ce')} "
+            f"| {backend} | {n} | {d} | {c} | {f * 1e3:.2f} | {ratio('autodiff')} | {ratio('burn_ce')} "
             f"| {ratio('floor')} | {pt} | {manual} | {p['fused'][1]:.1f} | {r256} |"
         )
 
