@@ -108,7 +108,7 @@ pub fn loss(
     targets: &Targets,
     options: &LossOptions,
 ) -> Result<Tensor<1>> {
-    check(head, &x, targets, options)?;
+    head.check_loss_inputs(&x, targets, options)?;
     Ok(loss_of_parts(x, head.weight(), head.bias(), targets, options).0)
 }
 
@@ -122,17 +122,6 @@ pub fn sequence_loss(
 ) -> Result<Tensor<1>> {
     let [batch, time, features] = x.dims();
     loss(head, x.reshape([batch * time, features]), targets, options)
-}
-
-fn check(
-    head: &LinearSoftmax,
-    x: &Tensor<2>,
-    targets: &Targets,
-    options: &LossOptions,
-) -> Result<()> {
-    options.validate_for(head.n_classes())?;
-    head.check_batch(x, targets)?;
-    targets.check_options(options)
 }
 
 /// The loss (and the per-row log-sum-exp) from explicit parameters; the callers check.
@@ -171,7 +160,7 @@ pub fn loss_and_gradients(
     targets: &Targets,
     options: &LossOptions,
 ) -> Result<HeadGradients> {
-    check(head, &x, targets, options)?;
+    head.check_loss_inputs(&x, targets, options)?;
     let track = |tensor: Tensor<2>| tensor.detach().autodiff().require_grad();
     let x = track(x);
     let weight = track(head.weight());

@@ -120,9 +120,7 @@ impl HostProblem {
         targets: &Targets,
         options: &LossOptions,
     ) -> Result<Self> {
-        options.validate_for(head.n_classes())?;
-        head.check_batch(x, targets)?;
-        targets.check_options(options)?;
+        head.check_loss_inputs(x, targets, options)?;
         let targets = match targets.kind() {
             TargetKind::Classes { indices, .. } => HostTargets::Classes(to_host_i64(indices)?),
             TargetKind::Probabilities(p) => HostTargets::Probabilities(to_host_f64(p)?),

@@ -170,6 +170,19 @@ impl LinearSoftmax {
         check_targets(x.dims()[0], targets, self.n_classes())
     }
 
+    /// Everything every loss path checks before computing: the options (against this head's
+    /// class count), the batch's shapes, and the targets' kind against the options.
+    pub(crate) fn check_loss_inputs(
+        &self,
+        x: &Tensor<2>,
+        targets: &Targets,
+        options: &LossOptions,
+    ) -> Result<()> {
+        options.validate_for(self.n_classes())?;
+        self.check_batch(x, targets)?;
+        targets.check_options(options)
+    }
+
     /// Logits `S = X W + b`, `[N, C]`.
     pub fn forward(&self, x: Tensor<2>) -> Result<Tensor<2>> {
         self.check_input(&x)?;

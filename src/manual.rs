@@ -372,9 +372,7 @@ pub fn loss(
     targets: &Targets,
     options: &LossOptions,
 ) -> Result<Tensor<1>> {
-    options.validate_for(head.n_classes())?;
-    head.check_batch(&x, targets)?;
-    targets.check_options(options)?;
+    head.check_loss_inputs(&x, targets, options)?;
     let weight = head.weight();
     let mut logits = linear_forward(x, weight.clone(), head.bias());
     if let Some(cap) = options.softcap {
@@ -400,9 +398,7 @@ pub fn loss_and_gradients(
     targets: &Targets,
     options: &LossOptions,
 ) -> Result<HeadGradients> {
-    options.validate_for(head.n_classes())?;
-    head.check_batch(&x, targets)?;
-    targets.check_options(options)?;
+    head.check_loss_inputs(&x, targets, options)?;
     let weight = head.weight();
     let bias = head.bias();
     let has_bias = bias.is_some();

@@ -164,9 +164,7 @@ fn check(
     options: &LossOptions,
     chunking: &Chunking,
 ) -> Result<usize> {
-    options.validate_for(head.n_classes())?;
-    head.check_batch(x, targets)?;
-    targets.check_options(options)?;
+    head.check_loss_inputs(x, targets, options)?;
     chunking.rows_for(x.dims()[0], head.n_classes(), x.dtype())
 }
 
