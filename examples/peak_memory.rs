@@ -3,6 +3,7 @@
 //! ```text
 //! cargo run --release --example peak_memory                          # LM head, NdArray and Flex
 //! cargo run --release --example peak_memory -- --sweep --backend ndarray --csv sweep.csv
+//! cargo run --release --example peak_memory -- --backend ndarray --shape 2048,512,131072 --rows 128,256
 //! ```
 //!
 //! Without `--sweep`: `N = 2048` rows, `D = 512` features, `C = 32768` classes, every path and
@@ -21,6 +22,8 @@
 //! `X^T G`, `G W^T` on the same backend (transposes made contiguous beforehand; its memory is
 //! its two `[N, C]` / `[D, C]` / `[N, D]` products). Times are the best of `--repeats` steps
 //! after a warm-up step; the machine is shared, so repeat runs and compare within one run.
+//! `time/ref` and `mem/ref` are ratios to Burn's `Linear` + `CrossEntropyLoss`, or to the floor
+//! when `--rows` leaves Burn's path out.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -267,6 +270,16 @@ struct Args {
     sweep: bool,
     repeats: usize,
     csv: Option<String>,
+    /// `--shape N,D,C`: one shape instead of the defaults.
+    shape: Option<[usize; 3]>,
+    /// `--rows R,R,...`: the fused op at these chunk sizes only (plus the floor).
+    rows: Option<Vec<usize>>,
+}
+
+/// A comma-separated list of numbers.
+fn numbers(text: Option<String>, what: &str) -> Vec<usize> {
+    text.and_then(|t| t.split(',').map(|v| v.trim().parse().ok()).collect())
+        .unwrap_or_else(|| panic!("{what}: comma-separated numbers"))
 }
 
 fn args() -> Args {
@@ -275,6 +288,8 @@ fn args() -> Args {
         sweep: false,
         repeats: 2,
         csv: None,
+        shape: None,
+        rows: None,
     };
     let mut backend = "both".to_string();
     let mut args = std::env::args().skip(1);
@@ -289,7 +304,14 @@ fn args() -> Args {
                     .expect("--repeats COUNT")
             }
             "--csv" => parsed.csv = Some(args.next().expect("--csv PATH")),
-            other => panic!("unknown argument {other}: --sweep, --backend, --repeats, --csv"),
+            "--shape" => {
+                let shape = numbers(args.next(), "--shape N,D,C");
+                parsed.shape = Some(shape.try_into().expect("--shape N,D,C: three numbers"));
+            }
+            "--rows" => parsed.rows = Some(numbers(args.next(), "--rows R,R,...")),
+            other => panic!(
+                "unknown argument {other}: --sweep, --backend, --repeats, --csv, --shape, --rows"
+            ),
         }
     }
     #[allow(deprecated)]
@@ -303,7 +325,7 @@ fn args() -> Args {
 
 fn main() {
     let args = args();
-    let (shapes, methods): (Vec<[usize; 3]>, Vec<Method>) = if args.sweep {
+    let (mut shapes, mut methods): (Vec<[usize; 3]>, Vec<Method>) = if args.sweep {
         (
             vec![
                 [256, 784, 10],
@@ -338,6 +360,13 @@ fn main() {
             ],
         )
     };
+    if let Some(shape) = args.shape {
+        shapes = vec![shape];
+    }
+    if let Some(rows) = &args.rows {
+        methods = rows.iter().map(|&r| Method::Fused(Some(r))).collect();
+        methods.extend([Method::Fused(None), Method::Floor]);
+    }
     let mut csv = String::from("backend,n,d,c,path,best_s,peak_mib,loss\n");
     println!(
         "one training step, f32; x, W and b tracked (best of {} after a warm-up)",
@@ -357,7 +386,7 @@ fn main() {
             println!("\n{backend}, N = {n}, D = {d}, C = {c}:");
             println!(
                 "  {:<32} {:>9} {:>17} {:>10} {:>10} {:>9}",
-                "path", "step (s)", "peak extra (MiB)", "time/burn", "mem/burn", "loss"
+                "path", "step (ms)", "peak extra (MiB)", "time/ref", "mem/ref", "loss"
             );
             let mut results = Vec::new();
             for &method in &methods {
@@ -376,16 +405,22 @@ fn main() {
                 }
                 results.push((method, best.expect("at least one repeat")));
             }
+            // Ratios against Burn's CE when it was measured, else against the floor.
             let burn = results
                 .iter()
                 .find(|(method, _)| matches!(method, Method::BurnCrossEntropy))
+                .or_else(|| {
+                    results
+                        .iter()
+                        .find(|(method, _)| matches!(method, Method::Floor))
+                })
                 .map(|(_, m)| (m.time, m.peak_extra))
-                .expect("the Burn path is measured");
+                .expect("the Burn path or the floor is measured");
             for (method, m) in &results {
                 println!(
-                    "  {:<32} {:>9.4} {:>17.1} {:>10.2} {:>10.2} {:>9.5}",
+                    "  {:<32} {:>9.3} {:>17.1} {:>10.2} {:>10.2} {:>9.5}",
                     method.name(p.shape),
-                    m.time.as_secs_f64(),
+                    m.time.as_secs_f64() * 1e3,
                     m.peak_extra as f64 / MIB,
                     m.time.as_secs_f64() / burn.0.as_secs_f64(),
                     m.peak_extra as f64 / burn.1 as f64,

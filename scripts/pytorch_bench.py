@@ -11,7 +11,7 @@ peak above its start is measured with `torch.profiler` (profile_memory=True): th
 running total of the CPU allocations and frees recorded during the step, gradients included
 (as the counting allocator of examples/peak_memory.rs does).
 
-    /work/venv/torch/bin/python scripts/pytorch_bench.py [--repeats 3] [--json out.json]
+    python3 scripts/pytorch_bench.py [--repeats 3] [--json out.json]
 """
 
 import argparse

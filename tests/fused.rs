@@ -140,14 +140,22 @@ fn chunk_sizes_one_seven_n_and_more_than_n_agree() {
 #[test]
 fn the_default_chunk_size_follows_the_memory_budget() {
     let chunking = Chunking::new();
-    // 64 MiB / (2 * 32768 classes * 4 bytes) = 256 rows.
-    assert_eq!(chunking.rows_for(2048, 32768, DType::F32).unwrap(), 256);
-    assert_eq!(chunking.rows_for(2048, 32768, DType::F64).unwrap(), 128);
+    // 30 MiB / (32768 classes * 4 bytes) = 240 rows: a 30 MiB logits buffer.
+    assert_eq!(chunking.rows_for(2048, 32768, DType::F32).unwrap(), 240);
+    // f64 halves the budget's rows (120), below the 192-row minimum.
+    assert_eq!(chunking.rows_for(2048, 32768, DType::F64).unwrap(), 192);
+    // Large C: the budget alone would give 60 rows; the minimum keeps the GEMMs efficient.
+    assert_eq!(chunking.rows_for(2048, 131072, DType::F32).unwrap(), 192);
     // Small C: the whole batch is one chunk.
     assert_eq!(chunking.rows_for(47, 10, DType::F32).unwrap(), 47);
-    // A budget below one row still makes progress, one row at a time.
-    let tiny = Chunking::new().with_memory_budget(1);
+    // The minimum never exceeds the batch.
+    assert_eq!(chunking.rows_for(100, 131072, DType::F32).unwrap(), 100);
+    // A budget below one row with no minimum still makes progress, one row at a time.
+    let tiny = Chunking::new().with_memory_budget(1).with_min_rows(0);
     assert_eq!(tiny.rows_for(47, 123, DType::F32).unwrap(), 1);
+    // A hard budget: min_rows = 1 lets the budget alone decide.
+    let hard = Chunking::new().with_min_rows(1);
+    assert_eq!(hard.rows_for(2048, 131072, DType::F32).unwrap(), 60);
     // An explicit R larger than N is clamped to N.
     let large = Chunking::new().with_rows(Some(1000));
     assert_eq!(large.rows_for(47, 123, DType::F32).unwrap(), 47);

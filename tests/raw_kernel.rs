@@ -240,3 +240,71 @@ fn raw_kernel_handles_class_options_and_returns_log_sum_exp() {
         }
     }
 }
+
+#[test]
+fn few_classes_stream_the_rows_and_agree_on_both_sides_of_the_threshold() {
+    // C <= 16 takes the row-streaming pass (no GEMMs), C = 17 the chunked GEMMs. 300 rows x 40
+    // features x 10 classes is enough work for the pass to split the rows over rayon; 9 rows
+    // stay on the calling thread. Every option of the class-index kernel, a partly ignored
+    // batch, each reduction, through `.backward()` too.
+    const IGNORE: i64 = -100;
+    let mut cases = 0;
+    for (backend, device) in backends() {
+        for (dtype, tolerance) in dtypes() {
+            for (shape, bias) in [
+                ([300, 40, 10], true),
+                ([9, 5, 2], false),
+                ([31, 7, 16], true),
+                ([31, 7, 17], true),
+            ] {
+                let [n, _, c] = shape;
+                let p = problem(shape, bias, dtype, &device, 8 + cases as u64);
+                let labels: Vec<i64> = p
+                    .labels
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &l)| if i % 5 == 2 { IGNORE } else { l })
+                    .collect();
+                let ignored =
+                    Targets::from_indices_with_ignore(&labels, c, IGNORE, &device).unwrap();
+                let weights: Vec<f64> = (0..c).map(|k| 0.5 + (k % 3) as f64 / 2.0).collect();
+                let all_options = LossOptions::new()
+                    .with_ignore_index(Some(IGNORE))
+                    .with_weights(Some(weights))
+                    .with_label_smoothing(0.1)
+                    .with_z_loss(0.01)
+                    .with_return_log_sum_exp(true);
+                for (targets, options) in
+                    [(&p.targets, LossOptions::new()), (&ignored, all_options)]
+                {
+                    for reduction in [Reduction::Mean, Reduction::Sum, Reduction::None] {
+                        let options = options.clone().with_reduction(reduction);
+                        let context = format!(
+                            "{backend} {dtype:?} N={n} C={c} bias={bias} {reduction:?} {}",
+                            options.summary()
+                        );
+                        let expected =
+                            autodiff::loss_and_gradients(&p.head, p.x.clone(), targets, &options)
+                                .unwrap();
+                        let actual =
+                            fused::loss_and_gradients(&p.head, p.x.clone(), targets, &options)
+                                .unwrap();
+                        assert_agree(&context, &actual, &expected, tolerance);
+                        if options.return_log_sum_exp {
+                            assert_close(
+                                &format!("{context} lse"),
+                                &host(actual.log_sum_exp.as_ref().expect("asked for")),
+                                &host(expected.log_sum_exp.as_ref().expect("asked for")),
+                                tolerance,
+                            );
+                        }
+                        let graph = through_graph(&p, targets, &options, n);
+                        assert_agree(&format!("{context} backward"), &graph, &expected, tolerance);
+                        cases += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(cases, 2 * 2 * 4 * 2 * 3);
+}

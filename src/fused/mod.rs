@@ -67,27 +67,37 @@ use crate::targets::Targets;
 
 /// How many rows the fused kernel processes at a time.
 ///
-/// With `rows` unset, `R` follows from `memory_budget`, the bytes one chunk's `[R, C]` working
-/// set may take. A chunk holds the logits buffer (turned into `dS` in place) and at most one
-/// transient of the same size (a broadcast subtraction or multiplication that a backend does
-/// not run in place), so
+/// With `rows` unset, `R` follows from `memory_budget`, the bytes one chunk's `[R, C]` logits
+/// buffer may take, but never drops below `min_rows`:
 ///
 /// ```text
-/// R = clamp(floor(memory_budget / (2 * C * bytes_per_element)), 1, N)
+/// R = min(max(floor(memory_budget / (C * bytes_per_element)), min_rows), N)
 /// ```
 ///
-/// The default budget, 64 MiB, gives `R = 256` for `C = 32768` in `f32`, and the whole batch
-/// in one chunk for small `C` (e.g. `C = 10` up to 838 860 rows). Larger chunks make fewer,
-/// larger GEMMs; the peak extra memory of the op is about `memory_budget` plus the `[D, C]`
-/// gradient (and, on NdArray, one contiguous copy of `W^T`).
+/// The defaults (30 MiB, 192 rows) give `R = 240` for `C = 32768` in `f32`, which keeps a whole
+/// language-model step (`D = 512`: the 64 MiB `dW`, `dX` and the buffer) under 100 MiB; the
+/// whole batch in one chunk for small `C` (`C = 10`: up to 786 432 rows); and `R = 192` for
+/// `C = 131072`.
+///
+/// Why a minimum: each chunk reads and writes the whole `[D, C]` gradient once
+/// (`dW += X_r^T dS_r`) and packs `W` twice, costs shared by the chunk's `R` rows. Below ~200
+/// rows they show: at `C = 131072`, `R = 64` (what a 32 MiB budget alone gives) made the step
+/// 1.4x slower than `R = 256` (see BENCHMARKS.md). Set `min_rows` to 1 for a hard budget.
+///
+/// The raw CPU kernel holds exactly one such buffer; the tensor-level kernel (probability
+/// targets, softcap, other backends) holds up to two (a broadcast operation that a backend does
+/// not run in place).
 #[derive(Config, Debug, PartialEq)]
 pub struct Chunking {
-    /// Rows per chunk `R`; `None` derives it from `memory_budget`.
+    /// Rows per chunk `R`; `None` derives it from `memory_budget` and `min_rows`.
     #[config(default = "None")]
     pub rows: Option<usize>,
-    /// Bytes one chunk's `[R, C]` working set may use when `rows` is `None`.
-    #[config(default = 67108864)]
+    /// Bytes one chunk's `[R, C]` logits buffer may take when `rows` is `None`.
+    #[config(default = 31457280)]
     pub memory_budget: usize,
+    /// The fewest rows per chunk the budget may pick (fewer only when `N` is smaller).
+    #[config(default = 192)]
+    pub min_rows: usize,
 }
 
 impl Default for Chunking {
@@ -111,8 +121,8 @@ impl Chunking {
             }
             Some(rows) => rows,
             None => {
-                let bytes_per_row = 2 * n_classes.max(1) * dtype.size();
-                self.memory_budget / bytes_per_row
+                let bytes_per_row = n_classes.max(1) * dtype.size();
+                (self.memory_budget / bytes_per_row).max(self.min_rows)
             }
         };
         Ok(rows.clamp(1, n_rows.max(1)))

@@ -20,6 +20,10 @@
 //! `sum_i v_i w_{y_i}` is known before the first chunk (the labels are read once to the host),
 //! so the mean is folded into `f_i` and the gradients need no final scaling pass.
 //!
+//! For few classes (`C <= 16`, a classifier) GEMMs with so few columns waste most of their
+//! width; `narrow.rs` replaces them with one streaming pass over the rows, around the same row
+//! code.
+//!
 //! The GEMMs are `matrixmultiply`'s `sgemm`/`dgemm` (threaded over the cores by its
 //! `threading` feature, which burn's `rayon` feature turns on; AVX-512 kernel detected at run
 //! time); the row passes run on rayon, with a vectorisable `exp` for `f32`.
@@ -45,6 +49,8 @@ use rayon::prelude::*;
 use super::backend::{Bias, FusedGradientsTuple, RowUpstream, WantedGradients};
 use crate::options::{LossOptions, Reduction};
 use crate::targets::{TargetKind, Targets};
+
+mod narrow;
 
 /// A float primitive's elements as a row-major slice: borrowed when the buffer is contiguous,
 /// a copy otherwise.
@@ -117,6 +123,9 @@ pub(crate) trait RawFloat:
     fn ln(self) -> Self;
     /// `exp(x)` for `x <= 0` (a shifted logit), vectorisable.
     fn exp_nonpositive(self) -> Self;
+    /// `self * a + b` with one rounding: one instruction where the caller enables `fma`, a
+    /// slow library call otherwise (callers without `fma` write `self * a + b`).
+    fn mul_add(self, a: Self, b: Self) -> Self;
     /// `C <- alpha A B + beta C` (matrixmultiply's conventions: element strides).
     ///
     /// # Safety
@@ -157,6 +166,10 @@ impl RawFloat for f32 {
     fn exp_nonpositive(self) -> Self {
         exp_f32(self)
     }
+    #[inline(always)]
+    fn mul_add(self, a: Self, b: Self) -> Self {
+        f32::mul_add(self, a, b)
+    }
     unsafe fn gemm(
         m: usize,
         k: usize,
@@ -173,10 +186,9 @@ impl RawFloat for f32 {
         rsc: isize,
         csc: isize,
     ) {
+        use matrixmultiply::sgemm;
         // SAFETY: forwarded from the caller's contract.
-        unsafe {
-            matrixmultiply::sgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
-        }
+        unsafe { sgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc) }
     }
 }
 
@@ -196,6 +208,10 @@ impl RawFloat for f64 {
     fn exp_nonpositive(self) -> Self {
         f64::exp(self)
     }
+    #[inline(always)]
+    fn mul_add(self, a: Self, b: Self) -> Self {
+        f64::mul_add(self, a, b)
+    }
     unsafe fn gemm(
         m: usize,
         k: usize,
@@ -212,10 +228,9 @@ impl RawFloat for f64 {
         rsc: isize,
         csc: isize,
     ) {
+        use matrixmultiply::dgemm;
         // SAFETY: forwarded from the caller's contract.
-        unsafe {
-            matrixmultiply::dgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
-        }
+        unsafe { dgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc) }
     }
 }
 
@@ -488,6 +503,88 @@ fn kernel<E: RawFloat>(
     let mut d_input = wanted.input.then(|| vec![E::ZERO; n_rows * d]);
     let mut d_weight = wanted.weight.then(|| vec![E::ZERO; d * c]);
     let mut d_bias = wanted.bias.then(|| vec![E::ZERO; c]);
+    let factor = |i: usize| mean_scale * upstream.map_or(1.0, |g| g[i].to_f64());
+    let inputs = Inputs {
+        x,
+        weight,
+        d_input: d,
+    };
+    let outputs = Outputs {
+        losses: &mut row_losses,
+        log_sum_exp: &mut log_sum_exp,
+        d_input: d_input.as_deref_mut(),
+        d_weight: d_weight.as_deref_mut(),
+        d_bias: d_bias.as_deref_mut(),
+    };
+    if c <= narrow::MAX_CLASSES {
+        let factors: Vec<f64> = (0..n_rows).map(factor).collect();
+        let batch = ChunkRows {
+            start: 0,
+            bias,
+            targets,
+            factors: &factors,
+            gradients: wanted.any(),
+            n_classes: c,
+        };
+        narrow::pass(inputs, &batch, outputs);
+    } else {
+        gemm_chunks(inputs, bias, targets, &factor, chunk_rows, outputs);
+    }
+
+    let loss = match options.reduction {
+        Reduction::None => row_losses,
+        Reduction::Mean | Reduction::Sum => {
+            let sum: f64 = row_losses.iter().map(|l| l.to_f64()).sum();
+            vec![E::of(sum * mean_scale)]
+        }
+    };
+    RawOutput {
+        loss,
+        d_input,
+        d_weight,
+        d_bias,
+        log_sum_exp: options.return_log_sum_exp.then_some(log_sum_exp),
+    }
+}
+
+/// The kernel's outputs, each `None` when not wanted.
+struct Outputs<'a, E> {
+    /// `l_i`, `[N]`.
+    losses: &'a mut [E],
+    /// `lse_i`, `[N]`.
+    log_sum_exp: &'a mut [E],
+    /// `dX`, `[N, D]`, overwritten.
+    d_input: Option<&'a mut [E]>,
+    /// `dW`, `[D, C]`, overwritten.
+    d_weight: Option<&'a mut [E]>,
+    /// `db`, `[C]`, overwritten.
+    d_bias: Option<&'a mut [E]>,
+}
+
+/// The kernel's matrices: `x` `[N, D]`, `weight` `[D, C]`, row-major.
+struct Inputs<'a, E> {
+    x: &'a [E],
+    weight: &'a [E],
+    d_input: usize,
+}
+
+/// The kernel for many classes: chunks of `R` rows, three GEMMs each, around the row pass.
+fn gemm_chunks<E: RawFloat>(
+    inputs: Inputs<'_, E>,
+    bias: Option<&[E]>,
+    targets: &RowTargets<E>,
+    factor: &dyn Fn(usize) -> f64,
+    chunk_rows: usize,
+    mut out: Outputs<'_, E>,
+) {
+    let Inputs {
+        x,
+        weight,
+        d_input: d,
+    } = inputs;
+    let n_rows = out.losses.len();
+    let c = weight.len() / d;
+    let gradients = out.d_input.is_some() || out.d_weight.is_some() || out.d_bias.is_some();
     let mut buffer = vec![E::ZERO; chunk_rows * c];
 
     for start in (0..n_rows).step_by(chunk_rows) {
@@ -517,31 +614,29 @@ fn kernel<E: RawFloat>(
             );
         }
 
-        let factors: Vec<f64> = (start..end)
-            .map(|i| mean_scale * upstream.map_or(1.0, |g| g[i].to_f64()))
-            .collect();
+        let factors: Vec<f64> = (start..end).map(factor).collect();
         let chunk = ChunkRows {
             start,
             bias,
             targets,
             factors: &factors,
-            gradients: wanted.any(),
+            gradients,
             n_classes: c,
         };
         let partial_bias = row_pass(
             logits,
             &chunk,
-            &mut row_losses[start..end],
-            &mut log_sum_exp[start..end],
-            wanted.bias,
+            &mut out.losses[start..end],
+            &mut out.log_sum_exp[start..end],
+            out.d_bias.is_some(),
         );
-        if let (Some(d_bias), Some(partial)) = (&mut d_bias, partial_bias) {
+        if let (Some(d_bias), Some(partial)) = (&mut out.d_bias, partial_bias) {
             d_bias
                 .iter_mut()
                 .zip(partial)
                 .for_each(|(sum, p)| *sum += p);
         }
-        if let Some(d_weight) = &mut d_weight {
+        if let Some(d_weight) = &mut out.d_weight {
             // dW += X_r^T dS_r: X_r^T read through the strides (1, d), no copy.
             // SAFETY: X_r^T [d, rows], dS_r [rows, c], dW [d, c], dW distinct from both.
             unsafe {
@@ -564,7 +659,7 @@ fn kernel<E: RawFloat>(
                 );
             }
         }
-        if let Some(d_input) = &mut d_input {
+        if let Some(d_input) = &mut out.d_input {
             // dX_r = dS_r W^T straight into the output: W^T read through the strides (1, c).
             // SAFETY: dS_r [rows, c], W^T [c, d], dX_r [rows, d], dX distinct from both.
             unsafe {
@@ -588,21 +683,6 @@ fn kernel<E: RawFloat>(
         }
     }
     drop(buffer);
-
-    let loss = match options.reduction {
-        Reduction::None => row_losses,
-        Reduction::Mean | Reduction::Sum => {
-            let sum: f64 = row_losses.iter().map(|l| l.to_f64()).sum();
-            vec![E::of(sum * mean_scale)]
-        }
-    };
-    RawOutput {
-        loss,
-        d_input,
-        d_weight,
-        d_bias,
-        log_sum_exp: options.return_log_sum_exp.then_some(log_sum_exp),
-    }
 }
 
 /// What a chunk's row pass needs to know about its rows.

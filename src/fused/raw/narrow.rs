@@ -1,0 +1,469 @@
+//! The raw kernel for few classes (`C <= MAX_CLASSES`, a classifier head): one streaming pass
+//! over the rows instead of three GEMMs.
+//!
+//! A GEMM with ten output columns fills a fraction of its micro-kernel's width and packs all of
+//! `X` twice (for `XW` and for `X^T dS`): for `N = 256, D = 784, C = 10` matrixmultiply's three
+//! GEMMs take ~0.2 ms, several times their arithmetic. With `C <= 16` a row of logits is one
+//! vector register (`LANES` = 16 elements), so each block of rows is finished in one visit:
+//!
+//! ```text
+//! rayon over blocks of rows; per row i of the block:
+//!     s        = sum_k x_ik W_k            W padded to [D, 16], 8 independent accumulators
+//!     s       <- dS_i                      the chunk kernel's row code (bias, loss, lse, dS, db)
+//!     dX_i     = sum_j dS_ij W^T_j         64 features at a time
+//! then, per block:
+//!     dW_part  = X_block^T dS_block        64 features x one class at a time
+//! dW = sum of the blocks' parts            (a few [D, C] additions)
+//! ```
+//!
+//! The options, per-row factors and upstream gradients are exactly the chunk kernel's: the row
+//! code is shared, only the matrix products differ. The AVX-512 and AVX2 builds use fused
+//! multiply-adds (one rounding per product-sum instead of two).
+
+use rayon::prelude::*;
+
+use super::{ChunkRows, Inputs, LANES, Outputs, RawFloat, row_kernel};
+
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+
+/// Up to this many classes the streaming pass replaces the GEMMs: one row of logits is
+/// `LANES` elements.
+pub(super) const MAX_CLASSES: usize = LANES;
+
+/// Features per accumulator block of `dX` and `dW` (two vector registers in f32, per row).
+const FEATURE_BLOCK: usize = 2 * LANES;
+
+/// Below this many multiply-adds (`N D`) the pass runs on the calling thread.
+const PARALLEL_WORK: usize = 1 << 15;
+
+/// Runs the pass over the whole batch; `chunk` describes it (`start = 0`, one factor per row).
+pub(super) fn pass<E: RawFloat>(
+    inputs: Inputs<'_, E>,
+    chunk: &ChunkRows<'_, E>,
+    out: Outputs<'_, E>,
+) {
+    let (d, c) = (inputs.d_input, chunk.n_classes);
+    let n = out.losses.len();
+    debug_assert!(c <= MAX_CLASSES && inputs.x.len() == n * d);
+    // W [D, C] padded to [D, LANES], and W^T [C, D] (each class's weights contiguous).
+    let mut weight_padded = vec![E::ZERO; d * LANES];
+    let mut weight_t = vec![E::ZERO; c * d];
+    for (k, (row, padded)) in inputs
+        .weight
+        .chunks_exact(c)
+        .zip(weight_padded.chunks_exact_mut(LANES))
+        .enumerate()
+    {
+        padded[..c].copy_from_slice(row);
+        for (j, &w) in row.iter().enumerate() {
+            weight_t[j * d + k] = w;
+        }
+    }
+    let parallel = n * d >= PARALLEL_WORK;
+    let tasks = if parallel {
+        rayon::current_num_threads().min(n)
+    } else {
+        1
+    };
+    let rows_per_task = n.div_ceil(tasks);
+
+    let mut d_input_blocks: Vec<Option<&mut [E]>> = match out.d_input {
+        Some(d_input) => d_input.chunks_mut(rows_per_task * d).map(Some).collect(),
+        None => Vec::new(),
+    };
+    d_input_blocks.resize_with(tasks, || None);
+    let blocks: Vec<Block<'_, E>> = out
+        .losses
+        .chunks_mut(rows_per_task)
+        .zip(out.log_sum_exp.chunks_mut(rows_per_task))
+        .zip(d_input_blocks)
+        .enumerate()
+        .map(|(task, ((losses, log_sum_exp), d_input))| Block {
+            first: task * rows_per_task,
+            losses,
+            log_sum_exp,
+            d_input,
+        })
+        .collect();
+    let shared = Shared {
+        x: inputs.x,
+        weight_padded: &weight_padded,
+        weight_t: &weight_t,
+        d,
+        chunk,
+        want_bias: out.d_bias.is_some(),
+        want_weight: out.d_weight.is_some(),
+    };
+    let run = |block: Block<'_, E>| block_dispatch(block, &shared);
+    let partials: Vec<Partials<E>> = if parallel {
+        blocks.into_par_iter().map(run).collect()
+    } else {
+        blocks.into_iter().map(run).collect()
+    };
+
+    if let Some(d_bias) = out.d_bias {
+        for partial in partials.iter().filter_map(|p| p.d_bias.as_ref()) {
+            d_bias
+                .iter_mut()
+                .zip(partial)
+                .for_each(|(sum, &p)| *sum += p);
+        }
+    }
+    if let Some(d_weight) = out.d_weight {
+        // dW [D, C] = the sum of the blocks' dW^T [C, D], transposed.
+        for partial in partials.iter().filter_map(|p| p.d_weight_t.as_ref()) {
+            for (k, row) in d_weight.chunks_exact_mut(c).enumerate() {
+                for (j, sum) in row.iter_mut().enumerate() {
+                    *sum += partial[j * d + k];
+                }
+            }
+        }
+    }
+}
+
+/// What every block reads.
+struct Shared<'a, E> {
+    x: &'a [E],
+    weight_padded: &'a [E],
+    weight_t: &'a [E],
+    d: usize,
+    chunk: &'a ChunkRows<'a, E>,
+    want_bias: bool,
+    want_weight: bool,
+}
+
+/// One block of consecutive rows and its slices of the row outputs.
+struct Block<'a, E> {
+    first: usize,
+    losses: &'a mut [E],
+    log_sum_exp: &'a mut [E],
+    d_input: Option<&'a mut [E]>,
+}
+
+/// A block's share of the sums over rows: `colsum(dS)` and `dS^T X` (`[C, D]`).
+struct Partials<E> {
+    d_bias: Option<Vec<E>>,
+    d_weight_t: Option<Vec<E>>,
+}
+
+/// The block with the AVX-512 or AVX2 + FMA build when the CPU has it, the portable build
+/// (separate multiply and add) otherwise.
+fn block_dispatch<E: RawFloat>(block: Block<'_, E>, shared: &Shared<'_, E>) -> Partials<E> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports the enabled features (checked just above).
+            return unsafe { block_avx512(block, shared) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU supports the enabled features (checked just above).
+            return unsafe { block_avx2(block, shared) };
+        }
+    }
+    block_rows::<E, false>(block, shared)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+fn block_avx512<E: RawFloat>(block: Block<'_, E>, shared: &Shared<'_, E>) -> Partials<E> {
+    block_rows::<E, true>(block, shared)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn block_avx2<E: RawFloat>(block: Block<'_, E>, shared: &Shared<'_, E>) -> Partials<E> {
+    block_rows::<E, true>(block, shared)
+}
+
+/// `a b + c`: fused where the build has FMA instructions.
+#[inline(always)]
+fn madd<E: RawFloat, const FMA: bool>(a: E, b: E, c: E) -> E {
+    if FMA { a.mul_add(b, c) } else { a * b + c }
+}
+
+/// The pass over one block of rows, `ROWS` rows at a time (the rest one by one).
+#[inline(always)]
+fn block_rows<E: RawFloat, const FMA: bool>(
+    block: Block<'_, E>,
+    shared: &Shared<'_, E>,
+) -> Partials<E> {
+    let c = shared.chunk.n_classes;
+    let d = shared.d;
+    let rows = block.losses.len();
+    let mut state = BlockState {
+        d_bias: shared.want_bias.then(|| vec![E::ZERO; c]),
+        d_weight_t: shared.want_weight.then(|| vec![E::ZERO; c * d]),
+        losses: block.losses,
+        log_sum_exp: block.log_sum_exp,
+        d_input: block.d_input,
+    };
+    let grouped = rows - rows % ROWS;
+    for offset in (0..grouped).step_by(ROWS) {
+        row_group::<E, FMA, ROWS>(shared, block.first, offset, &mut state);
+    }
+    for offset in grouped..rows {
+        row_group::<E, FMA, 1>(shared, block.first, offset, &mut state);
+    }
+    Partials {
+        d_bias: state.d_bias,
+        d_weight_t: state.d_weight_t,
+    }
+}
+
+/// Rows the logits and `dX` loops handle together: each vector of `W` read from cache serves
+/// `ROWS` rows (with one row at a time, reading `W` from L2 was the bottleneck).
+const ROWS: usize = 4;
+
+/// A block's outputs and running sums while its rows are processed.
+struct BlockState<'a, E> {
+    d_bias: Option<Vec<E>>,
+    /// The block's `dS^T X` `[C, D]`.
+    d_weight_t: Option<Vec<E>>,
+    losses: &'a mut [E],
+    log_sum_exp: &'a mut [E],
+    d_input: Option<&'a mut [E]>,
+}
+
+/// `R` consecutive rows of a block, starting at `offset` within it.
+#[inline(always)]
+fn row_group<E: RawFloat, const FMA: bool, const R: usize>(
+    shared: &Shared<'_, E>,
+    first: usize,
+    offset: usize,
+    state: &mut BlockState<'_, E>,
+) {
+    let Shared {
+        x,
+        weight_padded,
+        weight_t,
+        d,
+        chunk,
+        ..
+    } = *shared;
+    let c = chunk.n_classes;
+    let x_rows: [&[E]; R] =
+        std::array::from_fn(|r| &x[(first + offset + r) * d..(first + offset + r + 1) * d]);
+    let mut logits = logits_dispatch::<E, FMA, R>(&x_rows, weight_padded);
+    for (r, logits) in logits.iter_mut().enumerate() {
+        let local = offset + r;
+        (state.losses[local], state.log_sum_exp[local]) = row_kernel(
+            &mut logits[..c],
+            chunk,
+            first + local,
+            state.d_bias.as_deref_mut(),
+        );
+    }
+    if !chunk.gradients {
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if let Some(groups) = F32Rows::of(&x_rows, &logits) {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            let c = chunk.n_classes;
+            if let Some(d_input) = state.d_input.as_deref_mut() {
+                let d_rows = as_f32_mut(&mut d_input[offset * d..(offset + ROWS) * d]);
+                // SAFETY: the CPU supports AVX-512 (checked just above).
+                unsafe { avx512::d_input_rows(d_rows, groups.d_logits, c, as_f32(weight_t)) };
+            }
+            if let Some(d_weight_t) = state.d_weight_t.as_deref_mut() {
+                let d_weight_t = as_f32_mut(d_weight_t);
+                // SAFETY: as above.
+                unsafe { avx512::d_weight_rows(d_weight_t, &groups.x_rows, groups.d_logits, c) };
+            }
+            return;
+        }
+    }
+    if let Some(d_input) = state.d_input.as_deref_mut() {
+        let d_rows = &mut d_input[offset * d..(offset + R) * d];
+        d_input_rows::<E, FMA, R>(d_rows, &logits, c, weight_t);
+    }
+    if let Some(d_weight_t) = state.d_weight_t.as_deref_mut() {
+        d_weight_rows::<E, FMA, R>(d_weight_t, &x_rows, &logits, c);
+    }
+}
+
+/// A full group of `ROWS` rows in `f32`, as the AVX-512 micro-kernels take it.
+#[cfg(target_arch = "x86_64")]
+struct F32Rows<'a> {
+    x_rows: [&'a [f32]; ROWS],
+    d_logits: &'a [[f32; LANES]; ROWS],
+}
+
+#[cfg(target_arch = "x86_64")]
+impl<'a> F32Rows<'a> {
+    /// `Some` when `E` is `f32` and the group has `ROWS` rows.
+    fn of<E: RawFloat, const R: usize>(
+        x_rows: &[&'a [E]; R],
+        d_logits: &'a [[E; LANES]; R],
+    ) -> Option<Self> {
+        if R != ROWS || std::any::TypeId::of::<E>() != std::any::TypeId::of::<f32>() {
+            return None;
+        }
+        // SAFETY: E is f32 and R is ROWS (checked above): the same types.
+        let d_logits =
+            unsafe { &*(d_logits as *const [[E; LANES]; R]).cast::<[[f32; LANES]; ROWS]>() };
+        Some(Self {
+            x_rows: std::array::from_fn(|r| as_f32(x_rows[r])),
+            d_logits,
+        })
+    }
+}
+
+/// `values` as `f32`; only called where `E` is `f32`.
+#[cfg(target_arch = "x86_64")]
+fn as_f32<E: RawFloat>(values: &[E]) -> &[f32] {
+    assert!(std::any::TypeId::of::<E>() == std::any::TypeId::of::<f32>());
+    // SAFETY: E is f32 (asserted above).
+    unsafe { std::slice::from_raw_parts(values.as_ptr().cast(), values.len()) }
+}
+
+/// `values` as `f32`, mutably; only called where `E` is `f32`.
+#[cfg(target_arch = "x86_64")]
+fn as_f32_mut<E: RawFloat>(values: &mut [E]) -> &mut [f32] {
+    assert!(std::any::TypeId::of::<E>() == std::any::TypeId::of::<f32>());
+    // SAFETY: E is f32 (asserted above).
+    unsafe { std::slice::from_raw_parts_mut(values.as_mut_ptr().cast(), values.len()) }
+}
+
+/// [`logits_rows`], by the AVX-512 micro-kernel for full `f32` groups.
+#[inline(always)]
+fn logits_dispatch<E: RawFloat, const FMA: bool, const R: usize>(
+    x_rows: &[&[E]; R],
+    weight_padded: &[E],
+) -> [[E; LANES]; R] {
+    #[cfg(target_arch = "x86_64")]
+    if R == ROWS
+        && std::any::TypeId::of::<E>() == std::any::TypeId::of::<f32>()
+        && std::arch::is_x86_feature_detected!("avx512f")
+    {
+        let x_f32: [&[f32]; ROWS] = std::array::from_fn(|r| as_f32(x_rows[r]));
+        // SAFETY: the CPU supports AVX-512 (checked just above).
+        let logits = unsafe { avx512::logits_rows(&x_f32, as_f32(weight_padded)) };
+        // SAFETY: E is f32 and R is ROWS (checked above): the same type.
+        return unsafe { std::mem::transmute_copy(&logits) };
+    }
+    logits_rows::<E, FMA, R>(x_rows, weight_padded)
+}
+
+/// `s_r = x_r W` for `R` rows, `W` padded to `[D, LANES]`: `UNROLL / R` accumulators per row
+/// over the features (at least one), each a vector of `LANES` classes.
+#[inline(always)]
+fn logits_rows<E: RawFloat, const FMA: bool, const R: usize>(
+    x_rows: &[&[E]; R],
+    weight_padded: &[E],
+) -> [[E; LANES]; R] {
+    let mut accumulators = [[[E::ZERO; LANES]; R]; 2];
+    let d = x_rows[0].len();
+    let pairs = d / 2;
+    for k in 0..pairs {
+        for (u, accumulators) in accumulators.iter_mut().enumerate() {
+            let feature = 2 * k + u;
+            let w = &weight_padded[feature * LANES..(feature + 1) * LANES];
+            for (accumulator, x_row) in accumulators.iter_mut().zip(x_rows) {
+                let x = x_row[feature];
+                for (a, &w) in accumulator.iter_mut().zip(w) {
+                    *a = madd::<E, FMA>(x, w, *a);
+                }
+            }
+        }
+    }
+    let [mut sums, rest] = accumulators;
+    for feature in 2 * pairs..d {
+        let w = &weight_padded[feature * LANES..(feature + 1) * LANES];
+        for (sum, x_row) in sums.iter_mut().zip(x_rows) {
+            let x = x_row[feature];
+            for (a, &w) in sum.iter_mut().zip(w) {
+                *a = madd::<E, FMA>(x, w, *a);
+            }
+        }
+    }
+    for (sum, rest) in sums.iter_mut().zip(rest) {
+        for (a, b) in sum.iter_mut().zip(rest) {
+            *a += b;
+        }
+    }
+    sums
+}
+
+/// `dX_r = sum_j dS_rj W^T_j` for `R` rows (`d_rows` is `[R, D]`), `FEATURE_BLOCK` features
+/// at a time (fixed-size loops, so that the accumulators stay in vector registers).
+#[inline(always)]
+fn d_input_rows<E: RawFloat, const FMA: bool, const R: usize>(
+    d_rows: &mut [E],
+    d_logits: &[[E; LANES]; R],
+    c: usize,
+    weight_t: &[E],
+) {
+    let d = d_rows.len() / R;
+    let full = d - d % FEATURE_BLOCK;
+    for first in (0..full).step_by(FEATURE_BLOCK) {
+        let mut accumulators = [[E::ZERO; FEATURE_BLOCK]; R];
+        for j in 0..c {
+            let w = block::<E>(weight_t, j * d + first);
+            for r in 0..R {
+                let g = d_logits[r][j];
+                for l in 0..FEATURE_BLOCK {
+                    accumulators[r][l] = madd::<E, FMA>(g, w[l], accumulators[r][l]);
+                }
+            }
+        }
+        for (r, accumulator) in accumulators.iter().enumerate() {
+            d_rows[r * d + first..r * d + first + FEATURE_BLOCK].copy_from_slice(accumulator);
+        }
+    }
+    for k in full..d {
+        for (r, g) in d_logits.iter().enumerate() {
+            d_rows[r * d + k] = (0..c).fold(E::ZERO, |sum, j| {
+                madd::<E, FMA>(g[j], weight_t[j * d + k], sum)
+            });
+        }
+    }
+}
+
+/// The `FEATURE_BLOCK` elements of `values` from `first`.
+#[inline(always)]
+fn block<E: RawFloat>(values: &[E], first: usize) -> &[E; FEATURE_BLOCK] {
+    values[first..first + FEATURE_BLOCK]
+        .try_into()
+        .expect("a whole block")
+}
+
+/// `dW^T += sum_r dS_r^T x_r` for `R` rows (`d_weight_t` is `[C, D]`): per block of
+/// `FEATURE_BLOCK` features and class, one load and store of `dW^T` for `R` rows' updates.
+#[inline(always)]
+fn d_weight_rows<E: RawFloat, const FMA: bool, const R: usize>(
+    d_weight_t: &mut [E],
+    x_rows: &[&[E]; R],
+    d_logits: &[[E; LANES]; R],
+    c: usize,
+) {
+    let d = x_rows[0].len();
+    let full = d - d % FEATURE_BLOCK;
+    for first in (0..full).step_by(FEATURE_BLOCK) {
+        let xs: [&[E; FEATURE_BLOCK]; R] = std::array::from_fn(|r| block::<E>(x_rows[r], first));
+        for j in 0..c {
+            let out: &mut [E; FEATURE_BLOCK] = (&mut d_weight_t
+                [j * d + first..j * d + first + FEATURE_BLOCK])
+                .try_into()
+                .expect("a whole block");
+            let mut accumulator = *out;
+            for r in 0..R {
+                let g = d_logits[r][j];
+                for l in 0..FEATURE_BLOCK {
+                    accumulator[l] = madd::<E, FMA>(g, xs[r][l], accumulator[l]);
+                }
+            }
+            *out = accumulator;
+        }
+    }
+    for k in full..d {
+        for j in 0..c {
+            let sum = &mut d_weight_t[j * d + k];
+            for r in 0..R {
+                *sum = madd::<E, FMA>(d_logits[r][j], x_rows[r][k], *sum);
+            }
+        }
+    }
+}
