@@ -592,25 +592,28 @@ fn gemm_chunks<E: RawFloat>(
         let rows = end - start;
         let logits = &mut buffer[..rows * c];
         let x_chunk = &x[start * d..end * d];
-        // S_r = X_r W (the bias is added in the row pass, while the row is in cache).
-        // SAFETY: X_r [rows, d], W [d, c] and the buffer [rows, c] are distinct row-major
-        // slices of exactly these sizes.
+        // S_r = X_r W, computed as S_r^T = W^T X_r^T (the bias is added in the row pass, while
+        // the row is in cache). Every GEMM here is posed with the class dimension C (or D) as
+        // its M dimension, which matrixmultiply splits over its threads: posed with M = R,
+        // the three chunked GEMMs took 1.12 s against 0.92 s (R = 256, C = 32768).
+        // SAFETY: W^T [c, d] (strides (1, c)), X_r^T [d, rows] (strides (1, d)) and S_r^T
+        // [c, rows] (strides (1, c)) describe distinct slices of exactly these sizes.
         unsafe {
             E::gemm(
-                rows,
-                d,
                 c,
+                d,
+                rows,
                 E::of(1.0),
-                x_chunk.as_ptr(),
-                d as isize,
-                1,
                 weight.as_ptr(),
-                c as isize,
                 1,
+                c as isize,
+                x_chunk.as_ptr(),
+                1,
+                d as isize,
                 E::ZERO,
                 logits.as_mut_ptr(),
-                c as isize,
                 1,
+                c as isize,
             );
         }
 
@@ -637,47 +640,49 @@ fn gemm_chunks<E: RawFloat>(
                 .for_each(|(sum, p)| *sum += p);
         }
         if let Some(d_weight) = &mut out.d_weight {
-            // dW += X_r^T dS_r: X_r^T read through the strides (1, d), no copy.
-            // SAFETY: X_r^T [d, rows], dS_r [rows, c], dW [d, c], dW distinct from both.
+            // dW += X_r^T dS_r, as dW^T += dS_r^T X_r: every operand read through strides.
+            // SAFETY: dS_r^T [c, rows] (strides (1, c)), X_r [rows, d] (strides (d, 1)),
+            // dW^T [c, d] (strides (1, c)), dW distinct from both.
             unsafe {
                 E::gemm(
-                    d,
-                    rows,
                     c,
+                    rows,
+                    d,
                     E::of(1.0),
-                    x_chunk.as_ptr(),
-                    1,
-                    d as isize,
                     logits.as_ptr(),
+                    1,
                     c as isize,
+                    x_chunk.as_ptr(),
+                    d as isize,
                     1,
                     // The first chunk overwrites the zeros: no read of dW.
                     if start == 0 { E::ZERO } else { E::of(1.0) },
                     d_weight.as_mut_ptr(),
-                    c as isize,
                     1,
+                    c as isize,
                 );
             }
         }
         if let Some(d_input) = &mut out.d_input {
-            // dX_r = dS_r W^T straight into the output: W^T read through the strides (1, c).
-            // SAFETY: dS_r [rows, c], W^T [c, d], dX_r [rows, d], dX distinct from both.
+            // dX_r = dS_r W^T straight into the output, as dX_r^T = W dS_r^T.
+            // SAFETY: W [d, c] (strides (c, 1)), dS_r^T [c, rows] (strides (1, c)), dX_r^T
+            // [d, rows] (strides (1, d)), dX distinct from both.
             unsafe {
                 E::gemm(
-                    rows,
-                    c,
                     d,
+                    c,
+                    rows,
                     E::of(1.0),
-                    logits.as_ptr(),
+                    weight.as_ptr(),
                     c as isize,
                     1,
-                    weight.as_ptr(),
+                    logits.as_ptr(),
                     1,
                     c as isize,
                     E::of(0.0),
                     d_input[start * d..end * d].as_mut_ptr(),
-                    d as isize,
                     1,
+                    d as isize,
                 );
             }
         }
