@@ -2,7 +2,7 @@
 """Markdown table for BENCHMARKS.md from the sweep CSV (examples/peak_memory.rs --sweep --csv)
 and the PyTorch JSON (scripts/pytorch_bench.py --json).
 
-    /work/venv/torch/bin/python scripts/benchmarks_table.py rust.csv torch.json
+    python3 scripts/benchmarks_table.py rust.csv torch.json
 """
 
 import csv

@@ -15,8 +15,10 @@ use crate::metrics::ConfusionMatrix;
 use crate::train::EpochMetrics;
 
 static FONT: &[u8] = include_bytes!("../assets/DejaVuSans-ascii.ttf");
-/// The family every text style below names.
-const FAMILY: &str = "sans-serif";
+/// The family every text style below names: the embedded font, after
+/// [`register_embedded_font`].
+pub const FONT_FAMILY: &str = "sans-serif";
+const FAMILY: &str = FONT_FAMILY;
 
 const TRAIN_COLOR: RGBColor = RGBColor(31, 119, 180);
 const TEST_COLOR: RGBColor = RGBColor(255, 127, 14);
@@ -220,8 +222,9 @@ pub fn draw_confusion(path: &Path, confusion: &ConfusionMatrix, title: &str) -> 
     draw(root.present())
 }
 
-/// Registers the embedded font once per process.
-fn register_embedded_font() -> Result<()> {
+/// Registers the embedded font (an ASCII subset of DejaVu Sans) with plotters once per process,
+/// under the family name [`FONT_FAMILY`], so that charts need no system font library.
+pub fn register_embedded_font() -> Result<()> {
     static REGISTERED: OnceLock<bool> = OnceLock::new();
     let ok = *REGISTERED.get_or_init(|| register_font(FAMILY, FontStyle::Normal, FONT).is_ok());
     if ok {

@@ -259,21 +259,20 @@ fn row_group<E: RawFloat, const FMA: bool, const R: usize>(
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if let Some(groups) = F32Rows::of(&x_rows, &logits) {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            let c = chunk.n_classes;
-            if let Some(d_input) = state.d_input.as_deref_mut() {
-                let d_rows = as_f32_mut(&mut d_input[offset * d..(offset + ROWS) * d]);
-                // SAFETY: the CPU supports AVX-512 (checked just above).
-                unsafe { avx512::d_input_rows(d_rows, groups.d_logits, c, as_f32(weight_t)) };
-            }
-            if let Some(d_weight_t) = state.d_weight_t.as_deref_mut() {
-                let d_weight_t = as_f32_mut(d_weight_t);
-                // SAFETY: as above.
-                unsafe { avx512::d_weight_rows(d_weight_t, &groups.x_rows, groups.d_logits, c) };
-            }
-            return;
+    if let Some(groups) = F32Rows::of(&x_rows, &logits)
+        && std::arch::is_x86_feature_detected!("avx512f")
+    {
+        if let Some(d_input) = state.d_input.as_deref_mut() {
+            let d_rows = as_f32_mut(&mut d_input[offset * d..(offset + ROWS) * d]);
+            // SAFETY: the CPU supports AVX-512 (checked just above).
+            unsafe { avx512::d_input_rows(d_rows, groups.d_logits, c, as_f32(weight_t)) };
         }
+        if let Some(d_weight_t) = state.d_weight_t.as_deref_mut() {
+            let d_weight_t = as_f32_mut(d_weight_t);
+            // SAFETY: as above.
+            unsafe { avx512::d_weight_rows(d_weight_t, &groups.x_rows, groups.d_logits, c) };
+        }
+        return;
     }
     if let Some(d_input) = state.d_input.as_deref_mut() {
         let d_rows = &mut d_input[offset * d..(offset + R) * d];
@@ -400,12 +399,12 @@ fn d_input_rows<E: RawFloat, const FMA: bool, const R: usize>(
     let full = d - d % FEATURE_BLOCK;
     for first in (0..full).step_by(FEATURE_BLOCK) {
         let mut accumulators = [[E::ZERO; FEATURE_BLOCK]; R];
-        for j in 0..c {
-            let w = block::<E>(weight_t, j * d + first);
-            for r in 0..R {
-                let g = d_logits[r][j];
-                for l in 0..FEATURE_BLOCK {
-                    accumulators[r][l] = madd::<E, FMA>(g, w[l], accumulators[r][l]);
+        for (j, w_row) in weight_t.chunks_exact(d).take(c).enumerate() {
+            let w = block::<E>(w_row, first);
+            for (accumulator, g) in accumulators.iter_mut().zip(d_logits) {
+                let g = g[j];
+                for (a, &w) in accumulator.iter_mut().zip(w) {
+                    *a = madd::<E, FMA>(g, w, *a);
                 }
             }
         }
@@ -413,11 +412,15 @@ fn d_input_rows<E: RawFloat, const FMA: bool, const R: usize>(
             d_rows[r * d + first..r * d + first + FEATURE_BLOCK].copy_from_slice(accumulator);
         }
     }
+    // The last d % FEATURE_BLOCK features (loops, not closures: closures do not inherit the
+    // caller's target features).
     for k in full..d {
         for (r, g) in d_logits.iter().enumerate() {
-            d_rows[r * d + k] = (0..c).fold(E::ZERO, |sum, j| {
-                madd::<E, FMA>(g[j], weight_t[j * d + k], sum)
-            });
+            let mut sum = E::ZERO;
+            for (&g, w_row) in g[..c].iter().zip(weight_t.chunks_exact(d)) {
+                sum = madd::<E, FMA>(g, w_row[k], sum);
+            }
+            d_rows[r * d + k] = sum;
         }
     }
 }
@@ -443,26 +446,25 @@ fn d_weight_rows<E: RawFloat, const FMA: bool, const R: usize>(
     let full = d - d % FEATURE_BLOCK;
     for first in (0..full).step_by(FEATURE_BLOCK) {
         let xs: [&[E; FEATURE_BLOCK]; R] = std::array::from_fn(|r| block::<E>(x_rows[r], first));
-        for j in 0..c {
-            let out: &mut [E; FEATURE_BLOCK] = (&mut d_weight_t
-                [j * d + first..j * d + first + FEATURE_BLOCK])
+        for (j, d_w) in d_weight_t.chunks_exact_mut(d).take(c).enumerate() {
+            let out: &mut [E; FEATURE_BLOCK] = (&mut d_w[first..first + FEATURE_BLOCK])
                 .try_into()
                 .expect("a whole block");
             let mut accumulator = *out;
-            for r in 0..R {
-                let g = d_logits[r][j];
-                for l in 0..FEATURE_BLOCK {
-                    accumulator[l] = madd::<E, FMA>(g, xs[r][l], accumulator[l]);
+            for (x, g) in xs.iter().zip(d_logits) {
+                let g = g[j];
+                for (a, &x) in accumulator.iter_mut().zip(x.iter()) {
+                    *a = madd::<E, FMA>(g, x, *a);
                 }
             }
             *out = accumulator;
         }
     }
+    // The last d % FEATURE_BLOCK features.
     for k in full..d {
-        for j in 0..c {
-            let sum = &mut d_weight_t[j * d + k];
-            for r in 0..R {
-                *sum = madd::<E, FMA>(d_logits[r][j], x_rows[r][k], *sum);
+        for (j, d_w) in d_weight_t.chunks_exact_mut(d).take(c).enumerate() {
+            for (x, g) in x_rows.iter().zip(d_logits) {
+                d_w[k] = madd::<E, FMA>(g[j], x[k], d_w[k]);
             }
         }
     }
