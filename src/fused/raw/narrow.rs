@@ -3,22 +3,25 @@
 //!
 //! A GEMM with ten output columns fills a fraction of its micro-kernel's width and packs all of
 //! `X` twice (for `XW` and for `X^T dS`): for `N = 256, D = 784, C = 10` matrixmultiply's three
-//! GEMMs take ~0.2 ms, several times their arithmetic. With `C <= 16` a row of logits is one
-//! vector register (`LANES` = 16 elements), so each block of rows is finished in one visit:
+//! GEMMs take ~0.2 ms on one core, several times their arithmetic, and do not thread at that
+//! size. With `C <= 16` a row of logits is one vector (`LANES` = 16 elements), so each row is
+//! finished in one visit, `ROWS` = 4 rows at a time so that each vector of `W` read from cache
+//! serves four rows:
 //!
 //! ```text
-//! rayon over blocks of rows; per row i of the block:
-//!     s        = sum_k x_ik W_k            W padded to [D, 16], 8 independent accumulators
-//!     s       <- dS_i                      the chunk kernel's row code (bias, loss, lse, dS, db)
-//!     dX_i     = sum_j dS_ij W^T_j         64 features at a time
-//! then, per block:
-//!     dW_part  = X_block^T dS_block        64 features x one class at a time
-//! dW = sum of the blocks' parts            (a few [D, C] additions)
+//! rayon over blocks of rows; per group of 4 rows r of the block:
+//!     s_r       = sum_k x_rk W_k           W padded to [D, 16]; 2 accumulators per row
+//!     s_r      <- dS_r                     the chunk kernel's row code (bias, loss, lse, dS, db)
+//!     dX_r      = sum_j dS_rj W^T_j        32 features at a time
+//!     dW^T_j   += sum_r dS_rj x_r          the block's own [C, D] part, 32 features at a time
+//! dW = the sum of the blocks' parts, transposed
 //! ```
 //!
-//! The options, per-row factors and upstream gradients are exactly the chunk kernel's: the row
-//! code is shared, only the matrix products differ. The AVX-512 and AVX2 builds use fused
-//! multiply-adds (one rounding per product-sum instead of two).
+//! On AVX-512 the three products of a full `f32` group are intrinsics (`avx512.rs`); everything
+//! else runs the generic loops below, with fused multiply-adds in the AVX2 build. Against the
+//! GEMMs: 0.22-0.26 ms vs 0.25-0.27 ms per step at N = 256, 1.49 ms vs 2.48 ms at N = 2560
+//! (BENCHMARKS.md). The options, per-row factors and upstream gradients are exactly the chunk
+//! kernel's: the row code is shared, only the matrix products differ.
 
 use rayon::prelude::*;
 
@@ -212,8 +215,8 @@ fn block_rows<E: RawFloat, const FMA: bool>(
     }
 }
 
-/// Rows the logits and `dX` loops handle together: each vector of `W` read from cache serves
-/// `ROWS` rows (with one row at a time, reading `W` from L2 was the bottleneck).
+/// Rows handled together: each vector of `W` (logits, `dX`) or of `dW^T` (its update) loaded
+/// serves `ROWS` rows.
 const ROWS: usize = 4;
 
 /// A block's outputs and running sums while its rows are processed.
