@@ -1,7 +1,7 @@
 //! One training step of the head, every path side by side (criterion).
 //!
 //! ```text
-//! CARGO_TARGET_DIR=... cargo bench --bench head                      # every group, NdArray
+//! cargo bench --bench head                                          # every group, NdArray
 //! BENCH_BACKEND=flex cargo bench --bench head -- lm_head             # one group, Flex
 //! BENCH_BACKEND=both cargo bench --bench head -- classifier
 //! ```
