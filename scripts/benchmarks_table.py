@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""Markdown table for BENCHMARKS.md from the sweep CSV (examples/peak_memory.rs --sweep --csv)
-and the PyTorch JSON (scripts/pytorch_bench.py --json).
+"""Markdown tables for BENCHMARKS.md from the sweep CSVs (examples/peak_memory.rs --sweep --csv,
+one per backend) and the PyTorch JSON (scripts/pytorch_bench.py --json).
 
-    python3 scripts/benchmarks_table.py rust.csv torch.json
+    python3 scripts/benchmarks_table.py ndarray.csv [flex.csv ...] torch.json
 """
 
 import csv
@@ -10,8 +10,9 @@ import json
 import sys
 
 
-def main(rust_csv, torch_json):
-    rows = list(csv.DictReader(open(rust_csv)))
+def main(*paths):
+    *rust_csvs, torch_json = paths
+    rows = [row for path in rust_csvs for row in csv.DictReader(open(path))]
     torch = {(r["n"], r["d"], r["c"]): r for r in json.load(open(torch_json)) if r["path"] == "pytorch"}
     by = {}
     for r in rows:
@@ -48,4 +49,4 @@ def main(rust_csv, torch_json):
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    main(*sys.argv[1:])
