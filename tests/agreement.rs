@@ -4,47 +4,8 @@
 mod common;
 
 use burn::prelude::*;
-use common::{assert_close, backends, dtypes, host, problem, shapes};
-use linear_softmax::{HeadGradients, LossOptions, autodiff, manual};
-
-fn assert_gradients_close(
-    context: &str,
-    actual: &HeadGradients,
-    expected: &HeadGradients,
-    tolerance: f64,
-) {
-    assert_close(
-        &format!("{context} loss"),
-        &host(&actual.loss),
-        &host(&expected.loss),
-        tolerance,
-    );
-    assert_close(
-        &format!("{context} dW"),
-        &host(&actual.d_weight),
-        &host(&expected.d_weight),
-        tolerance,
-    );
-    assert_close(
-        &format!("{context} dX"),
-        &host(&actual.d_input),
-        &host(&expected.d_input),
-        tolerance,
-    );
-    assert_eq!(
-        actual.d_bias.is_some(),
-        expected.d_bias.is_some(),
-        "{context}: db presence"
-    );
-    if let (Some(actual), Some(expected)) = (&actual.d_bias, &expected.d_bias) {
-        assert_close(
-            &format!("{context} db"),
-            &host(actual),
-            &host(expected),
-            tolerance,
-        );
-    }
-}
+use common::{assert_close, assert_gradients_close, backends, dtypes, host, problem, shapes};
+use linear_softmax::{LossOptions, autodiff, manual};
 
 #[test]
 fn manual_matches_autodiff_on_every_backend_dtype_and_shape() {

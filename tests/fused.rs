@@ -8,39 +8,11 @@ use burn::backend::Dispatch;
 use burn::prelude::*;
 use burn::tensor::DType;
 use common::{
-    F64_AGREEMENT, Problem, assert_close, backends, dtypes, host, problem, shapes, tensor,
+    F64_AGREEMENT, Problem, assert_close, assert_gradients_close, backends, dtypes, host, problem,
+    shapes, tensor,
 };
 use linear_softmax::fused::{self, Bias, FusedLinearCrossEntropyOps, RowUpstream, WantedGradients};
 use linear_softmax::{Chunking, Error, HeadGradients, LossOptions, Path, autodiff};
-
-fn assert_gradients_close(
-    context: &str,
-    actual: &HeadGradients,
-    expected: &HeadGradients,
-    tolerance: f64,
-) {
-    let pairs = [
-        ("loss", host(&actual.loss), host(&expected.loss)),
-        ("dW", host(&actual.d_weight), host(&expected.d_weight)),
-        ("dX", host(&actual.d_input), host(&expected.d_input)),
-    ];
-    for (what, actual, expected) in pairs {
-        assert_close(&format!("{context} {what}"), &actual, &expected, tolerance);
-    }
-    assert_eq!(
-        actual.d_bias.is_some(),
-        expected.d_bias.is_some(),
-        "{context}: db presence"
-    );
-    if let (Some(actual), Some(expected)) = (&actual.d_bias, &expected.d_bias) {
-        assert_close(
-            &format!("{context} db"),
-            &host(actual),
-            &host(expected),
-            tolerance,
-        );
-    }
-}
 
 /// The gradients that `.backward()` through the fused op gives to a tracked `x`, `W` and `b`.
 fn fused_graph_gradients(p: &Problem, options: &LossOptions, chunking: &Chunking) -> HeadGradients {

@@ -7,32 +7,8 @@
 mod common;
 
 use burn::prelude::*;
-use common::{Problem, assert_close, backends, dtypes, host, problem};
+use common::{Problem, assert_close, assert_gradients_close, backends, dtypes, host, problem};
 use linear_softmax::{Chunking, HeadGradients, LossOptions, Reduction, Targets, autodiff, fused};
-
-fn assert_agree(context: &str, actual: &HeadGradients, expected: &HeadGradients, tolerance: f64) {
-    let pairs = [
-        ("loss", host(&actual.loss), host(&expected.loss)),
-        ("dW", host(&actual.d_weight), host(&expected.d_weight)),
-        ("dX", host(&actual.d_input), host(&expected.d_input)),
-    ];
-    for (what, actual, expected) in pairs {
-        assert_close(&format!("{context} {what}"), &actual, &expected, tolerance);
-    }
-    assert_eq!(
-        actual.d_bias.is_some(),
-        expected.d_bias.is_some(),
-        "{context}: db"
-    );
-    if let (Some(actual), Some(expected)) = (&actual.d_bias, &expected.d_bias) {
-        assert_close(
-            &format!("{context} db"),
-            &host(actual),
-            &host(expected),
-            tolerance,
-        );
-    }
-}
 
 /// The gradients `.backward()` gives through the fused op (the precomputed path for mean and
 /// sum, the recomputing path for reduction none).
@@ -87,14 +63,19 @@ fn raw_kernel_matches_autodiff_over_chunk_sizes_dtypes_bias_and_reductions() {
                         )
                         .unwrap();
                         assert_eq!(explicit.d_weight.dtype(), dtype, "{context}: dtype");
-                        assert_agree(
+                        assert_gradients_close(
                             &format!("{context} explicit"),
                             &explicit,
                             &expected,
                             tolerance,
                         );
                         let graph = through_graph(&p, &p.targets, &options, rows);
-                        assert_agree(&format!("{context} backward"), &graph, &expected, tolerance);
+                        assert_gradients_close(
+                            &format!("{context} backward"),
+                            &graph,
+                            &expected,
+                            tolerance,
+                        );
                         cases += 1;
                     }
                 }
@@ -125,7 +106,7 @@ fn raw_kernel_reads_strided_views() {
                 &Chunking::new().with_rows(Some(7)),
             )
             .unwrap();
-            assert_agree(
+            assert_gradients_close(
                 &format!("{backend} {dtype:?} strided"),
                 &actual,
                 &expected,
@@ -153,7 +134,7 @@ fn options_that_fall_back_to_the_tensor_kernel_still_agree() {
                     &Chunking::new().with_rows(Some(rows)),
                 )
                 .unwrap();
-                assert_agree(
+                assert_gradients_close(
                     &format!("{backend} {dtype:?} softcap R={rows}"),
                     &actual,
                     &expected,
@@ -182,7 +163,7 @@ fn options_that_fall_back_to_the_tensor_kernel_still_agree() {
                 &Chunking::new().with_rows(Some(7)),
             )
             .unwrap();
-            assert_agree(
+            assert_gradients_close(
                 &format!("{backend} {dtype:?} probabilities"),
                 &actual,
                 &expected,
@@ -228,7 +209,7 @@ fn raw_kernel_handles_class_options_and_returns_log_sum_exp() {
                         &Chunking::new().with_rows(Some(rows)),
                     )
                     .unwrap();
-                    assert_agree(&context, &actual, &expected, tolerance);
+                    assert_gradients_close(&context, &actual, &expected, tolerance);
                     assert_close(
                         &format!("{context} lse"),
                         &host(actual.log_sum_exp.as_ref().expect("asked for")),
@@ -289,7 +270,7 @@ fn few_classes_stream_the_rows_and_agree_on_both_sides_of_the_threshold() {
                         let actual =
                             fused::loss_and_gradients(&p.head, p.x.clone(), targets, &options)
                                 .unwrap();
-                        assert_agree(&context, &actual, &expected, tolerance);
+                        assert_gradients_close(&context, &actual, &expected, tolerance);
                         if options.return_log_sum_exp {
                             assert_close(
                                 &format!("{context} lse"),
@@ -299,7 +280,12 @@ fn few_classes_stream_the_rows_and_agree_on_both_sides_of_the_threshold() {
                             );
                         }
                         let graph = through_graph(&p, targets, &options, n);
-                        assert_agree(&format!("{context} backward"), &graph, &expected, tolerance);
+                        assert_gradients_close(
+                            &format!("{context} backward"),
+                            &graph,
+                            &expected,
+                            tolerance,
+                        );
                         cases += 1;
                     }
                 }

@@ -152,95 +152,60 @@ pub(crate) trait RawFloat:
     );
 }
 
-impl RawFloat for f32 {
-    const ZERO: Self = 0.0;
-    const NEG_INFINITY: Self = f32::NEG_INFINITY;
-    fn of(value: f64) -> Self {
-        value as f32
-    }
-    fn to_f64(self) -> f64 {
-        self as f64
-    }
-    fn ln(self) -> Self {
-        f32::ln(self)
-    }
-    #[inline(always)]
-    fn exp_nonpositive(self) -> Self {
-        exp_f32(self)
-    }
-    #[inline(always)]
-    fn mul_add(self, a: Self, b: Self) -> Self {
-        f32::mul_add(self, a, b)
-    }
-    unsafe fn gemm(
-        m: usize,
-        k: usize,
-        n: usize,
-        alpha: Self,
-        a: *const Self,
-        rsa: isize,
-        csa: isize,
-        b: *const Self,
-        rsb: isize,
-        csb: isize,
-        beta: Self,
-        c: *mut Self,
-        rsc: isize,
-        csc: isize,
-    ) {
-        #[cfg(feature = "openblas-system")]
-        use blas::sgemm;
-        #[cfg(not(feature = "openblas-system"))]
-        use matrixmultiply::sgemm;
-        // SAFETY: forwarded from the caller's contract.
-        unsafe { sgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc) }
-    }
+/// The `RawFloat` impl of one float type: its `exp` for shifted logits and its GEMM.
+macro_rules! raw_float {
+    ($ty:ident, $exp:path, $gemm:ident) => {
+        impl RawFloat for $ty {
+            const ZERO: Self = 0.0;
+            const NEG_INFINITY: Self = $ty::NEG_INFINITY;
+            #[allow(clippy::unnecessary_cast)]
+            fn of(value: f64) -> Self {
+                value as $ty
+            }
+            #[allow(clippy::unnecessary_cast)]
+            fn to_f64(self) -> f64 {
+                self as f64
+            }
+            fn ln(self) -> Self {
+                $ty::ln(self)
+            }
+            #[inline(always)]
+            fn exp_nonpositive(self) -> Self {
+                $exp(self)
+            }
+            #[inline(always)]
+            fn mul_add(self, a: Self, b: Self) -> Self {
+                $ty::mul_add(self, a, b)
+            }
+            unsafe fn gemm(
+                m: usize,
+                k: usize,
+                n: usize,
+                alpha: Self,
+                a: *const Self,
+                rsa: isize,
+                csa: isize,
+                b: *const Self,
+                rsb: isize,
+                csb: isize,
+                beta: Self,
+                c: *mut Self,
+                rsc: isize,
+                csc: isize,
+            ) {
+                #[cfg(feature = "openblas-system")]
+                use blas::$gemm;
+                #[cfg(not(feature = "openblas-system"))]
+                use matrixmultiply::$gemm;
+                // SAFETY: forwarded from the caller's contract.
+                unsafe { $gemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc) }
+            }
+        }
+    };
 }
 
-impl RawFloat for f64 {
-    const ZERO: Self = 0.0;
-    const NEG_INFINITY: Self = f64::NEG_INFINITY;
-    fn of(value: f64) -> Self {
-        value
-    }
-    fn to_f64(self) -> f64 {
-        self
-    }
-    fn ln(self) -> Self {
-        f64::ln(self)
-    }
-    #[inline(always)]
-    fn exp_nonpositive(self) -> Self {
-        f64::exp(self)
-    }
-    #[inline(always)]
-    fn mul_add(self, a: Self, b: Self) -> Self {
-        f64::mul_add(self, a, b)
-    }
-    unsafe fn gemm(
-        m: usize,
-        k: usize,
-        n: usize,
-        alpha: Self,
-        a: *const Self,
-        rsa: isize,
-        csa: isize,
-        b: *const Self,
-        rsb: isize,
-        csb: isize,
-        beta: Self,
-        c: *mut Self,
-        rsc: isize,
-        csc: isize,
-    ) {
-        #[cfg(feature = "openblas-system")]
-        use blas::dgemm;
-        #[cfg(not(feature = "openblas-system"))]
-        use matrixmultiply::dgemm;
-        // SAFETY: forwarded from the caller's contract.
-        unsafe { dgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc) }
-    }
-}
+raw_float!(f32, exp_f32, sgemm);
+raw_float!(f64, f64::exp, dgemm);
 
 /// `exp(x)` in f32 without branches or calls, so that row loops vectorise: `x = n ln 2 + r`
 /// with `|r| <= ln 2 / 2`, `exp(r)` by its degree-7 Taylor polynomial (truncation error

@@ -3,7 +3,7 @@
 
 use burn::prelude::*;
 use burn::tensor::DType;
-use linear_softmax::{LinearSoftmax, Targets, to_host_f64};
+use linear_softmax::{HeadGradients, LinearSoftmax, Targets, to_host_f64};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
@@ -149,3 +149,34 @@ pub const ADAM_TRAJECTORY_F64: f64 = 1e-11;
 /// Five Adam steps in f32 from the same start, with the same amplification of the f32
 /// gradient differences (`F32_NETWORK`). Measured: 2e-6.
 pub const ADAM_TRAJECTORY_F32: f64 = 1e-5;
+
+/// [`assert_close`] on the loss, `dW`, `dX` and (present on both or neither) `db` of two
+/// gradient sets.
+pub fn assert_gradients_close(
+    context: &str,
+    actual: &HeadGradients,
+    expected: &HeadGradients,
+    tolerance: f64,
+) {
+    let pairs = [
+        ("loss", host(&actual.loss), host(&expected.loss)),
+        ("dW", host(&actual.d_weight), host(&expected.d_weight)),
+        ("dX", host(&actual.d_input), host(&expected.d_input)),
+    ];
+    for (what, actual, expected) in pairs {
+        assert_close(&format!("{context} {what}"), &actual, &expected, tolerance);
+    }
+    assert_eq!(
+        actual.d_bias.is_some(),
+        expected.d_bias.is_some(),
+        "{context}: db presence"
+    );
+    if let (Some(actual), Some(expected)) = (&actual.d_bias, &expected.d_bias) {
+        assert_close(
+            &format!("{context} db"),
+            &host(actual),
+            &host(expected),
+            tolerance,
+        );
+    }
+}
