@@ -1,4 +1,4 @@
-"""Writes tests/fixtures/*.json: inputs, options and PyTorch's loss, dW, db and dX in float64.
+"""Writes crates/linear-softmax/tests/fixtures/*.json: inputs, options and PyTorch's loss, dW, db and dX in float64.
 
 Run by hand (never by the tests or CI), in a virtual environment with torch from pip:
 
@@ -18,7 +18,7 @@ import pathlib
 import torch
 import torch.nn.functional as F
 
-OUT = pathlib.Path(__file__).resolve().parent.parent / "tests" / "fixtures"
+OUT = pathlib.Path(__file__).resolve().parent.parent / "crates" / "linear-softmax" / "tests" / "fixtures"
 IGNORE = -100
 
 

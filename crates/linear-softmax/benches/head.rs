@@ -1,0 +1,188 @@
+//! One training step of the head, every path side by side (criterion).
+//!
+//! ```text
+//! cargo bench --bench head                                          # every group, NdArray
+//! BENCH_BACKEND=flex cargo bench --bench head -- lm_head             # one group, Flex
+//! BENCH_BACKEND=both cargo bench --bench head -- classifier
+//! ```
+//!
+//! Groups: `classifier` (N = 256, D = 784, C = 10), `lm_head` (N = 2048, D = 512, C = 32768),
+//! `sweep_c` (N = 2048, D = 512, C in {4096, 32768, 131072}) and `sweep_n` (D = 512, C = 32768,
+//! N in {512, 2048, 8192}). Paths: our `autodiff` path, the `manual` (hand-derived) gradients,
+//! the `fused` op (default chunking), Burn's `Linear` + `CrossEntropyLoss` (`burn_ce`), all
+//! through `.backward()` except `manual` (which returns its gradients directly), and the
+//! `floor`: the step's three GEMMs `S = XW`, `X^T G`, `G W^T` on the same backend (transposes
+//! made contiguous before timing). The LM-sized steps take about a second each: those groups
+//! take ten single-iteration samples.
+
+use std::time::Duration;
+
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::prelude::*;
+use criterion::{BenchmarkId, Criterion, SamplingMode, criterion_group, criterion_main};
+use linear_softmax::{LinearSoftmax, LossOptions, LossPath, Targets, fused, manual};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+
+#[derive(Clone, Copy, Debug)]
+enum Step {
+    Autodiff,
+    Manual,
+    Fused,
+    BurnCe,
+    Floor,
+}
+
+const STEPS: [Step; 5] = [
+    Step::Autodiff,
+    Step::Manual,
+    Step::Fused,
+    Step::BurnCe,
+    Step::Floor,
+];
+
+impl Step {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Autodiff => "autodiff",
+            Self::Manual => "manual",
+            Self::Fused => "fused",
+            Self::BurnCe => "burn_ce",
+            Self::Floor => "floor",
+        }
+    }
+}
+
+/// A head, a batch and the contiguous transposes the floor uses.
+struct Problem {
+    head: LinearSoftmax,
+    x: Tensor<2>,
+    targets: Targets,
+    x_t: Tensor<2>,
+    w_t: Tensor<2>,
+}
+
+fn problem([n, d, c]: [usize; 3], device: &Device) -> Problem {
+    let mut rng = StdRng::seed_from_u64(7);
+    let mut uniform = |len: usize, scale: f32| -> Vec<f32> {
+        (0..len).map(|_| rng.random_range(-scale..scale)).collect()
+    };
+    let x = Tensor::<2>::from_data(TensorData::new(uniform(n * d, 1.0), [n, d]), device);
+    let scale = 1.0 / (d as f32).sqrt();
+    let weight = Tensor::<2>::from_data(TensorData::new(uniform(d * c, scale), [d, c]), device);
+    let bias = Tensor::<1>::from_data(TensorData::new(uniform(c, scale), [c]), device);
+    let labels: Vec<i64> = (0..n).map(|i| ((i * 7919) % c) as i64).collect();
+    // Reshaping a transposed view to its own shape makes it contiguous.
+    let x_t = x.clone().transpose().reshape([d, n]);
+    let w_t = weight.clone().transpose().reshape([c, d]);
+    Problem {
+        head: LinearSoftmax::from_tensors(weight, Some(bias)).expect("valid parameters"),
+        targets: Targets::from_indices(&labels, c, device).expect("labels in range"),
+        x,
+        x_t,
+        w_t,
+    }
+}
+
+/// One training step; returns one value of each gradient so nothing is optimised away.
+fn step(kind: Step, p: &Problem) -> f32 {
+    let options = LossOptions::new();
+    let first = |t: Tensor<2>| t.slice(s![0..1, 0..1]).into_scalar::<f32>();
+    match kind {
+        Step::Floor => {
+            let logits = p.x.clone().matmul(p.head.weight());
+            let d_weight = p.x_t.clone().matmul(logits.clone());
+            let d_input = logits.matmul(p.w_t.clone());
+            first(d_weight) + first(d_input)
+        }
+        Step::Manual => {
+            let g = manual::loss_and_gradients(&p.head, p.x.clone(), &p.targets, &options)
+                .expect("a valid batch");
+            first(g.d_weight) + first(g.d_input)
+        }
+        Step::Autodiff | Step::Fused | Step::BurnCe => {
+            let head = p.head.clone().train();
+            let x = p.x.clone().autodiff().require_grad();
+            let loss = match kind {
+                Step::Autodiff => {
+                    head.loss_with_path(x.clone(), &p.targets, &options, LossPath::Autodiff)
+                }
+                Step::Fused => fused::loss(&head, x.clone(), &p.targets, &options),
+                _ => {
+                    let logits = head.linear.forward(x.clone());
+                    let labels = p.targets.indices().expect("class targets").clone();
+                    Ok(CrossEntropyLossConfig::new()
+                        .init(&logits.device())
+                        .forward(logits, labels.to_device(&x.device())))
+                }
+            }
+            .expect("a valid batch");
+            let mut grads = loss.backward();
+            let d_weight = head
+                .linear
+                .weight
+                .grad_remove(&mut grads)
+                .expect("W is tracked");
+            let d_input = x.grad_remove(&mut grads).expect("x is tracked");
+            first(d_weight) + first(d_input)
+        }
+    }
+}
+
+fn backends() -> Vec<(&'static str, Device)> {
+    #[allow(deprecated)]
+    let all = [("ndarray", Device::ndarray()), ("flex", Device::flex())];
+    let wanted = std::env::var("BENCH_BACKEND").unwrap_or_else(|_| "ndarray".into());
+    all.into_iter()
+        .filter(|(name, _)| wanted == "both" || wanted == *name)
+        .collect()
+}
+
+/// Benchmarks every path on each shape of a group.
+fn group(c: &mut Criterion, name: &str, shapes: &[[usize; 3]], large: bool) {
+    for (backend, device) in backends() {
+        let mut group = c.benchmark_group(format!("{name}/{backend}"));
+        if large {
+            group
+                .sample_size(10)
+                .sampling_mode(SamplingMode::Flat)
+                .warm_up_time(Duration::from_millis(1))
+                .measurement_time(Duration::from_secs(1));
+        } else {
+            group.measurement_time(Duration::from_secs(3));
+        }
+        for &shape in shapes {
+            let p = problem(shape, &device);
+            let [n, d, classes] = shape;
+            for kind in STEPS {
+                let id = BenchmarkId::new(kind.name(), format!("N{n}_D{d}_C{classes}"));
+                group.bench_function(id, |b| b.iter(|| step(kind, &p)));
+            }
+        }
+        group.finish();
+    }
+}
+
+fn classifier(c: &mut Criterion) {
+    group(c, "classifier", &[[256, 784, 10]], false);
+}
+
+fn lm_head(c: &mut Criterion) {
+    group(c, "lm_head", &[[2048, 512, 32768]], true);
+}
+
+fn sweep_c(c: &mut Criterion) {
+    group(
+        c,
+        "sweep_c",
+        &[[2048, 512, 4096], [2048, 512, 131072]],
+        true,
+    );
+}
+
+fn sweep_n(c: &mut Criterion) {
+    group(c, "sweep_n", &[[512, 512, 32768], [8192, 512, 32768]], true);
+}
+
+criterion_group!(benches, classifier, lm_head, sweep_c, sweep_n);
+criterion_main!(benches);

@@ -1,0 +1,443 @@
+//! Step time and peak extra memory of one training step of the head, per path.
+//!
+//! ```text
+//! cargo run --release --example peak_memory                          # LM head, NdArray and Flex
+//! cargo run --release --example peak_memory -- --sweep --backend ndarray --csv sweep.csv
+//! cargo run --release --example peak_memory -- --backend ndarray --shape 2048,512,131072 --rows 128,256
+//! ```
+//!
+//! Without `--sweep`: `N = 2048` rows, `D = 512` features, `C = 32768` classes, every path and
+//! several chunk sizes. With `--sweep`: the classifier (`N = 256, D = 784, C = 10`) and the LM
+//! head swept over `C` in {4096, 32768, 131072} (N = 2048) and `N` in {512, 2048, 8192}
+//! (C = 32768), for our autodiff and manual paths, Burn's CE, the fused op (default chunking
+//! and `R = 256`) and the three-GEMM floor. f32, with `x`, `W` and `b` all
+//! tracked (as when the head sits on top of a network). One step is: forward, `backward()`,
+//! and taking the three gradients out. A counting global allocator records the peak number of
+//! bytes allocated during the step above what was allocated before it (the inputs and
+//! parameters), so the figure includes the gradients themselves (`dW` alone is 64 MiB).
+//!
+//! Paths: ours through Burn's autograd ([`LossPath::Autodiff`]), our hand-derived gradients
+//! ([`manual::loss_and_gradients`], no autograd), Burn's own `Linear` + `CrossEntropyLoss`,
+//! the fused op at a few chunk sizes `R`, and the floor: the step's three GEMMs `S = XW`,
+//! `X^T G`, `G W^T` on the same backend (transposes made contiguous beforehand; its memory is
+//! its two `[N, C]` / `[D, C]` / `[N, D]` products). Times are the best of `--repeats` steps
+//! after a warm-up step; the machine is shared, so repeat runs and compare within one run.
+//! `time/ref` and `mem/ref` are ratios to Burn's `Linear` + `CrossEntropyLoss`, or to the floor
+//! when `--rows` leaves Burn's path out.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::prelude::*;
+use linear_softmax::{Chunking, LinearSoftmax, LossOptions, LossPath, Targets, fused, manual};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+
+/// The system allocator, counting the bytes currently allocated and their peak.
+struct CountingAllocator;
+
+static ALLOCATED: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: every call is forwarded to `System` unchanged; the counters are only bookkeeping.
+unsafe impl GlobalAlloc for CountingAllocator {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let pointer = unsafe { System.alloc(layout) };
+        if !pointer.is_null() {
+            record_allocation(layout.size());
+        }
+        pointer
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        let pointer = unsafe { System.alloc_zeroed(layout) };
+        if !pointer.is_null() {
+            record_allocation(layout.size());
+        }
+        pointer
+    }
+
+    unsafe fn dealloc(&self, pointer: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(pointer, layout) };
+        ALLOCATED.fetch_sub(layout.size(), Ordering::Relaxed);
+    }
+
+    unsafe fn realloc(&self, pointer: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let new_pointer = unsafe { System.realloc(pointer, layout, new_size) };
+        if !new_pointer.is_null() {
+            ALLOCATED.fetch_sub(layout.size(), Ordering::Relaxed);
+            record_allocation(new_size);
+        }
+        new_pointer
+    }
+}
+
+fn record_allocation(size: usize) {
+    let now = ALLOCATED.fetch_add(size, Ordering::Relaxed) + size;
+    PEAK.fetch_max(now, Ordering::Relaxed);
+}
+
+#[global_allocator]
+static GLOBAL: CountingAllocator = CountingAllocator;
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// One way of computing a training step.
+#[derive(Clone, Copy, Debug)]
+enum Method {
+    /// `LinearSoftmax::loss_with_path(.., LossPath::Autodiff)`.
+    OurAutodiff,
+    /// `manual::loss_and_gradients`: the hand-derived gradients, no autograd.
+    Manual,
+    /// `Linear::forward` + `burn::nn::loss::CrossEntropyLoss`.
+    BurnCrossEntropy,
+    /// The fused op with `R` rows per chunk (`None`: the default from the memory budget).
+    Fused(Option<usize>),
+    /// The three GEMMs of a step, nothing else.
+    Floor,
+}
+
+/// A head and a batch of shape `[N, D, C]`, and the contiguous transposes the floor uses.
+struct Problem {
+    shape: [usize; 3],
+    head: LinearSoftmax,
+    x: Tensor<2>,
+    targets: Targets,
+    x_t: Tensor<2>,
+    w_t: Tensor<2>,
+}
+
+impl Method {
+    fn name(self, [n, _, c]: [usize; 3]) -> String {
+        match self {
+            Self::OurAutodiff => "ours, autodiff path".into(),
+            Self::Manual => "ours, manual gradients".into(),
+            Self::BurnCrossEntropy => "burn Linear + CrossEntropyLoss".into(),
+            Self::Fused(None) => {
+                let rows = Chunking::new()
+                    .rows_for(n, c, burn::tensor::DType::F32)
+                    .expect("a valid default");
+                format!("fused, default R = {rows}")
+            }
+            Self::Fused(Some(rows)) => format!("fused, R = {rows}"),
+            Self::Floor => "three-GEMM floor".into(),
+        }
+    }
+
+    /// A short name for the CSV output.
+    fn key(self) -> String {
+        match self {
+            Self::OurAutodiff => "autodiff".into(),
+            Self::Manual => "manual".into(),
+            Self::BurnCrossEntropy => "burn_ce".into(),
+            Self::Fused(None) => "fused".into(),
+            Self::Fused(Some(rows)) => format!("fused_r{rows}"),
+            Self::Floor => "floor".into(),
+        }
+    }
+
+    fn loss(self, head: &LinearSoftmax, x: Tensor<2>, targets: &Targets) -> Tensor<1> {
+        let options = LossOptions::new();
+        match self {
+            Self::OurAutodiff => head.loss_with_path(x, targets, &options, LossPath::Autodiff),
+            Self::BurnCrossEntropy => {
+                let logits = head.linear.forward(x);
+                let labels = targets
+                    .indices()
+                    .expect("class-index targets")
+                    .clone()
+                    .to_device(&logits.device());
+                Ok(CrossEntropyLossConfig::new()
+                    .init(&logits.device())
+                    .forward(logits, labels))
+            }
+            Self::Fused(rows) => fused::loss_with_chunking(
+                head,
+                x,
+                targets,
+                &options,
+                &Chunking::new().with_rows(rows),
+            ),
+            Self::Manual | Self::Floor => unreachable!("no loss graph"),
+        }
+        .expect("a valid batch")
+    }
+}
+
+struct Measurement {
+    time: Duration,
+    peak_extra: usize,
+    loss: f64,
+}
+
+fn first(t: Tensor<2>) -> f32 {
+    t.slice(s![0..1, 0..1]).into_scalar::<f32>()
+}
+
+/// One training step: loss, gradients of `x`, `W` and `b` taken out (through `backward()`
+/// except for the manual path and the floor).
+fn step(method: Method, p: &Problem) -> Measurement {
+    let before = ALLOCATED.load(Ordering::Relaxed);
+    PEAK.store(before, Ordering::Relaxed);
+    let start = Instant::now();
+
+    let loss = match method {
+        Method::Floor => {
+            let logits = p.x.clone().matmul(p.head.weight());
+            let d_weight = p.x_t.clone().matmul(logits.clone());
+            let d_input = logits.matmul(p.w_t.clone());
+            let _ = (first(d_weight), first(d_input));
+            f64::NAN
+        }
+        Method::Manual => {
+            let g =
+                manual::loss_and_gradients(&p.head, p.x.clone(), &p.targets, &LossOptions::new())
+                    .expect("a valid batch");
+            let _ = (first(g.d_weight), first(g.d_input));
+            g.loss.into_scalar::<f32>() as f64
+        }
+        _ => {
+            let head = p.head.clone().train();
+            let x = p.x.clone().autodiff().require_grad();
+            let loss = method.loss(&head, x.clone(), &p.targets);
+            let mut grads = loss.backward();
+            let d_weight = head
+                .linear
+                .weight
+                .grad_remove(&mut grads)
+                .expect("W is tracked");
+            let d_bias = head
+                .linear
+                .bias
+                .as_ref()
+                .and_then(|bias| bias.grad_remove(&mut grads));
+            let d_input = x.grad_remove(&mut grads).expect("x is tracked");
+            // Reading one value of each gradient waits for any lazy work (none on these CPU
+            // backends).
+            let loss = loss.inner().into_scalar::<f32>() as f64;
+            let _ = (
+                first(d_weight),
+                d_bias.map(|d_bias| d_bias.slice(s![0..1]).into_scalar::<f32>()),
+                first(d_input),
+            );
+            loss
+        }
+    };
+
+    let time = start.elapsed();
+    Measurement {
+        time,
+        peak_extra: PEAK.load(Ordering::Relaxed).saturating_sub(before),
+        loss,
+    }
+}
+
+fn problem(shape: [usize; 3], device: &Device) -> Problem {
+    let [n, d, c] = shape;
+    let mut rng = StdRng::seed_from_u64(7);
+    let mut uniform = |len: usize, scale: f32| -> Vec<f32> {
+        (0..len).map(|_| rng.random_range(-scale..scale)).collect()
+    };
+    let x = Tensor::<2>::from_data(TensorData::new(uniform(n * d, 1.0), [n, d]), device);
+    let scale = 1.0 / (d as f32).sqrt();
+    let head = LinearSoftmax::from_tensors(
+        Tensor::from_data(TensorData::new(uniform(d * c, scale), [d, c]), device),
+        Some(Tensor::from_data(
+            TensorData::new(uniform(c, scale), [c]),
+            device,
+        )),
+    )
+    .expect("valid parameters");
+    let labels: Vec<i64> = (0..n).map(|i| ((i * 7919) % c) as i64).collect();
+    let targets = Targets::from_indices(&labels, c, device).expect("labels in range");
+    // Reshaping a transposed view to its own shape makes it contiguous.
+    let x_t = x.clone().transpose().reshape([d, n]);
+    let w_t = head.weight().transpose().reshape([c, d]);
+    Problem {
+        shape,
+        head,
+        x,
+        targets,
+        x_t,
+        w_t,
+    }
+}
+
+struct Args {
+    backends: Vec<(&'static str, Device)>,
+    sweep: bool,
+    repeats: usize,
+    csv: Option<String>,
+    /// `--shape N,D,C`: one shape instead of the defaults.
+    shape: Option<[usize; 3]>,
+    /// `--rows R,R,...`: the fused op at these chunk sizes only (plus the floor).
+    rows: Option<Vec<usize>>,
+}
+
+/// A comma-separated list of numbers.
+fn numbers(text: Option<String>, what: &str) -> Vec<usize> {
+    text.and_then(|t| t.split(',').map(|v| v.trim().parse().ok()).collect())
+        .unwrap_or_else(|| panic!("{what}: comma-separated numbers"))
+}
+
+fn args() -> Args {
+    let mut parsed = Args {
+        backends: Vec::new(),
+        sweep: false,
+        repeats: 2,
+        csv: None,
+        shape: None,
+        rows: None,
+    };
+    let mut backend = "both".to_string();
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--sweep" => parsed.sweep = true,
+            "--backend" => backend = args.next().expect("--backend ndarray|flex|both"),
+            "--repeats" => {
+                parsed.repeats = args
+                    .next()
+                    .and_then(|r| r.parse().ok())
+                    .expect("--repeats COUNT")
+            }
+            "--csv" => parsed.csv = Some(args.next().expect("--csv PATH")),
+            "--shape" => {
+                let shape = numbers(args.next(), "--shape N,D,C");
+                parsed.shape = Some(shape.try_into().expect("--shape N,D,C: three numbers"));
+            }
+            "--rows" => parsed.rows = Some(numbers(args.next(), "--rows R,R,...")),
+            other => panic!(
+                "unknown argument {other}: --sweep, --backend, --repeats, --csv, --shape, --rows"
+            ),
+        }
+    }
+    #[allow(deprecated)]
+    let all = [("NdArray", Device::ndarray()), ("Flex", Device::flex())];
+    parsed.backends = all
+        .into_iter()
+        .filter(|(name, _)| backend == "both" || name.eq_ignore_ascii_case(&backend))
+        .collect();
+    parsed
+}
+
+fn main() {
+    let args = args();
+    let (mut shapes, mut methods): (Vec<[usize; 3]>, Vec<Method>) = if args.sweep {
+        (
+            vec![
+                [256, 784, 10],
+                [2048, 512, 4096],
+                [2048, 512, 32768],
+                [2048, 512, 131072],
+                [512, 512, 32768],
+                [8192, 512, 32768],
+            ],
+            vec![
+                Method::OurAutodiff,
+                Method::Manual,
+                Method::BurnCrossEntropy,
+                Method::Fused(None),
+                Method::Fused(Some(256)),
+                Method::Floor,
+            ],
+        )
+    } else {
+        (
+            vec![[2048, 512, 32768]],
+            vec![
+                Method::OurAutodiff,
+                Method::Manual,
+                Method::BurnCrossEntropy,
+                Method::Fused(Some(64)),
+                Method::Fused(Some(128)),
+                Method::Fused(None),
+                Method::Fused(Some(512)),
+                Method::Fused(Some(2048)),
+                Method::Floor,
+            ],
+        )
+    };
+    if let Some(shape) = args.shape {
+        shapes = vec![shape];
+    }
+    if let Some(rows) = &args.rows {
+        methods = rows.iter().map(|&r| Method::Fused(Some(r))).collect();
+        methods.extend([Method::Fused(None), Method::Floor]);
+    }
+    let mut csv = String::from("backend,n,d,c,path,best_s,peak_mib,loss\n");
+    println!(
+        "one training step, f32; x, W and b tracked (best of {} after a warm-up)",
+        args.repeats
+    );
+    println!("(peak extra: bytes allocated above the inputs and parameters, gradients included)");
+    for (backend, device) in &args.backends {
+        for &shape in &shapes {
+            let p = problem(shape, device);
+            let [n, d, c] = shape;
+            // Millisecond steps get more repeats than the LM-sized ones.
+            let repeats = if n * c < 1 << 20 {
+                args.repeats.max(30)
+            } else {
+                args.repeats
+            };
+            println!("\n{backend}, N = {n}, D = {d}, C = {c}:");
+            println!(
+                "  {:<32} {:>9} {:>17} {:>10} {:>10} {:>9}",
+                "path", "step (ms)", "peak extra (MiB)", "time/ref", "mem/ref", "loss"
+            );
+            let mut results = Vec::new();
+            for &method in &methods {
+                let _ = step(method, &p);
+                let mut best: Option<Measurement> = None;
+                for _ in 0..repeats.max(1) {
+                    let m = step(method, &p);
+                    best = Some(match best {
+                        None => m,
+                        Some(b) => Measurement {
+                            time: b.time.min(m.time),
+                            peak_extra: b.peak_extra.max(m.peak_extra),
+                            loss: m.loss,
+                        },
+                    });
+                }
+                results.push((method, best.expect("at least one repeat")));
+            }
+            // Ratios against Burn's CE when it was measured, else against the floor.
+            let burn = results
+                .iter()
+                .find(|(method, _)| matches!(method, Method::BurnCrossEntropy))
+                .or_else(|| {
+                    results
+                        .iter()
+                        .find(|(method, _)| matches!(method, Method::Floor))
+                })
+                .map(|(_, m)| (m.time, m.peak_extra))
+                .expect("the Burn path or the floor is measured");
+            for (method, m) in &results {
+                println!(
+                    "  {:<32} {:>9.3} {:>17.1} {:>10.2} {:>10.2} {:>9.5}",
+                    method.name(p.shape),
+                    m.time.as_secs_f64() * 1e3,
+                    m.peak_extra as f64 / MIB,
+                    m.time.as_secs_f64() / burn.0.as_secs_f64(),
+                    m.peak_extra as f64 / burn.1 as f64,
+                    m.loss,
+                );
+                csv.push_str(&format!(
+                    "{backend},{n},{d},{c},{},{:.6},{:.2},{:.6}\n",
+                    method.key(),
+                    m.time.as_secs_f64(),
+                    m.peak_extra as f64 / MIB,
+                    m.loss
+                ));
+            }
+        }
+    }
+    if let Some(path) = args.csv {
+        std::fs::write(&path, csv).expect("writable CSV path");
+        println!("\nwrote {path}");
+    }
+}

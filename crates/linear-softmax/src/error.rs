@@ -1,0 +1,99 @@
+//! The crate's one error type.
+//!
+//! Every variant names the offending value, so a message alone tells the user what to fix.
+
+use thiserror::Error;
+
+/// Everything that can go wrong with user-supplied data, shapes or options.
+#[derive(Debug, Clone, PartialEq, Error)]
+pub enum Error {
+    /// A class index outside `0..n_classes` (negative labels included).
+    #[error("label {value} at index {index} is out of range: expected a class in 0..{n_classes}")]
+    LabelOutOfRange {
+        /// Position of the first bad label.
+        index: usize,
+        /// The bad label itself.
+        value: i64,
+        /// Number of classes of the head.
+        n_classes: usize,
+    },
+    /// The targets do not have one entry per input row.
+    #[error("targets have {targets} rows but the input has {rows} rows")]
+    TargetCountMismatch {
+        /// Number of targets.
+        targets: usize,
+        /// Number of input rows.
+        rows: usize,
+    },
+    /// The targets were built for a different number of classes than the head has.
+    #[error("targets are for {targets} classes but the head has {head} classes")]
+    ClassCountMismatch {
+        /// Number of classes the targets were validated against.
+        targets: usize,
+        /// Number of classes of the head.
+        head: usize,
+    },
+    /// The input's feature dimension does not match the head's weight.
+    #[error("input has {got} features per row but the head expects {expected}")]
+    InputWidthMismatch {
+        /// Features per row in the input.
+        got: usize,
+        /// `d_input` of the head.
+        expected: usize,
+    },
+    /// Two tensors that must agree in shape do not.
+    #[error("{what}: expected shape {expected:?}, got {got:?}")]
+    ShapeMismatch {
+        /// Which tensor is wrong.
+        what: &'static str,
+        /// The shape it must have.
+        expected: Vec<usize>,
+        /// The shape it has.
+        got: Vec<usize>,
+    },
+    /// A batch with no rows: the mean loss is undefined.
+    #[error("empty batch: the input has no rows")]
+    EmptyBatch,
+    /// The loss of some row is NaN or infinite (non-finite inputs or parameters).
+    #[error(
+        "non-finite loss {value} in row {row}: the inputs or parameters contain NaN or infinity, or overflow"
+    )]
+    NonFiniteLoss {
+        /// First row whose loss is not finite.
+        row: usize,
+        /// Its loss.
+        value: f64,
+    },
+    /// A configuration or loss option outside its valid range.
+    #[error("invalid {name} = {value}: {expected}")]
+    InvalidOption {
+        /// The option's name.
+        name: &'static str,
+        /// The rejected value, as written.
+        value: String,
+        /// What a valid value looks like.
+        expected: &'static str,
+    },
+    /// A probability or multi-label target row that is not a distribution.
+    #[error("target row {row}: {message}")]
+    InvalidTarget {
+        /// The first bad row.
+        row: usize,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// Targets of a kind the options do not apply to.
+    #[error("{option} needs {expected}")]
+    TargetKind {
+        /// The option that needs another kind of targets.
+        option: &'static str,
+        /// The kind it needs.
+        expected: &'static str,
+    },
+    /// A tensor could not be read back to the host.
+    #[error("cannot read a tensor back to the host: {0}")]
+    ReadBack(String),
+}
+
+/// The crate's result type.
+pub type Result<T, E = Error> = core::result::Result<T, E>;

@@ -1,0 +1,214 @@
+//! The row-chunk kernel of the fused head, for the plain (non-autodiff) CPU backends.
+//!
+//! For rows `r = r0..r1` of the batch (at most `R` of them at a time):
+//!
+//! ```text
+//! S_r   = X_r W + b  (softcapped if asked)            [R, C]  the chunk's logits
+//! l_i   = sum_k P_ik (lse_i - S_ik) + beta v_i lse_i^2        (manual::softmax_cross_entropy_forward)
+//! dS_r  = g_i [(sum_k P_ik + 2 beta v_i lse_i) A_i - P_i]       (manual::softmax_cross_entropy_backward)
+//! dW   += X_r^T dS_r,   db += colsum(dS_r),   dX_r = dS_r W^T
+//! ```
+//!
+//! so the `[N, C]` logits never exist: peak extra memory is `O(R C + D C)`. The chunk's math is
+//! the manual path's own forward/backward pair, run on `R` rows at a time; every option of
+//! [`LossOptions`] therefore holds here exactly as it does there.
+//!
+//! The per-row upstream gradient `g_i` is 1 for the sum, and for the mean the chunks are
+//! computed as for the sum and the finished gradients scaled once by `1 / den` (the
+//! denominator, a sum over all rows, is only known after the last chunk). For reduction none,
+//! `g_i` is the caller's upstream vector.
+
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{
+    Backend, BackendTensor, DispatchAutodiffContext, DispatchTensor, DispatchTensorKind,
+};
+use burn::prelude::*;
+
+use super::backend::WantedGradients;
+use crate::manual;
+use crate::options::{LossOptions, Reduction};
+use crate::targets::Targets;
+
+/// How the kernel gets `W^T` for `dX_r = dS_r W^T`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum WeightTranspose {
+    /// A strided view: for backends whose matmul reads any strides without copying (Flex).
+    View,
+    /// One contiguous copy of `W^T` made before the loop: for backends whose matmul copies a
+    /// non-contiguous operand on every call (NdArray would copy `[C, D]` once per chunk).
+    #[cfg_attr(not(feature = "ndarray"), allow(dead_code))]
+    Contiguous,
+}
+
+/// A plain CPU backend whose float primitives the kernel wraps as [`Tensor`]s, so that the
+/// chunk's math is written once, with the manual path's functions.
+pub(crate) trait PlainBackend: Backend {
+    /// How this backend's matmul wants `W^T`.
+    const WEIGHT_TRANSPOSE: WeightTranspose;
+    /// The primitive as a (non-autodiff) tensor.
+    fn wrap<const D: usize>(primitive: FloatTensor<Self>) -> Tensor<D>;
+    /// The tensor's primitive back.
+    fn unwrap<const D: usize>(tensor: Tensor<D>) -> FloatTensor<Self>;
+}
+
+macro_rules! plain_backend {
+    ($backend:ident, $transpose:expr) => {
+        // NdArray is deprecated upstream in favour of Flex; this crate still serves both.
+        #[allow(deprecated)]
+        impl PlainBackend for burn::backend::$backend {
+            const WEIGHT_TRANSPOSE: WeightTranspose = $transpose;
+            fn wrap<const D: usize>(primitive: FloatTensor<Self>) -> Tensor<D> {
+                Tensor::from_dispatch(DispatchTensor {
+                    kind: DispatchTensorKind::$backend(BackendTensor::Float(primitive)),
+                    autodiff: DispatchAutodiffContext::Disabled,
+                })
+            }
+            fn unwrap<const D: usize>(tensor: Tensor<D>) -> FloatTensor<Self> {
+                match tensor.into_dispatch().kind {
+                    DispatchTensorKind::$backend(tensor) => tensor.float(),
+                    _ => unreachable!(
+                        "a {} kernel produced a tensor of another backend",
+                        stringify!($backend)
+                    ),
+                }
+            }
+        }
+    };
+}
+#[cfg(feature = "flex")]
+plain_backend!(Flex, WeightTranspose::View);
+#[cfg(feature = "ndarray")]
+plain_backend!(NdArray, WeightTranspose::Contiguous);
+
+/// The loss, the wanted gradients and the per-row log-sum-exp, as tensors.
+pub(crate) struct ChunkedOutput {
+    /// The reduced loss: `[1]`, or `[N]` for reduction none.
+    pub loss: Tensor<1>,
+    pub d_input: Option<Tensor<2>>,
+    pub d_weight: Option<Tensor<2>>,
+    pub d_bias: Option<Tensor<1>>,
+    /// `[N]`, when `options.return_log_sum_exp`.
+    pub log_sum_exp: Option<Tensor<1>>,
+}
+
+/// Runs the chunked forward pass and the gradients in `wanted`.
+///
+/// `row_upstream` is the upstream gradient of each row's loss for reduction none (`None`:
+/// `loss.backward()`'s seed of ones); the L2 term is not included (the caller adds it).
+///
+/// # Shapes
+/// - `x`: `[N, D]`, `weight`: `[D, C]`, `bias`: `[C]`, `row_upstream`: `[N]`
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn linear_cross_entropy(
+    x: Tensor<2>,
+    weight: Tensor<2>,
+    bias: Option<Tensor<1>>,
+    targets: &Targets,
+    options: &LossOptions,
+    chunk_rows: usize,
+    wanted: WantedGradients,
+    row_upstream: Option<Tensor<1>>,
+    weight_transpose: WeightTranspose,
+) -> ChunkedOutput {
+    let [n_rows, d_input] = x.dims();
+    let chunk_rows = chunk_rows.clamp(1, n_rows);
+    let wanted = WantedGradients {
+        bias: wanted.bias && bias.is_some(),
+        ..wanted
+    };
+    let weight_transposed = wanted.input.then(|| match weight_transpose {
+        WeightTranspose::View => weight.clone().transpose(),
+        // Reshaping a non-contiguous tensor to its own shape makes it contiguous.
+        WeightTranspose::Contiguous => {
+            let [d, c] = weight.dims();
+            weight.clone().transpose().reshape([c, d])
+        }
+    });
+
+    let mut row_losses = Vec::with_capacity(n_rows.div_ceil(chunk_rows));
+    let mut log_sum_exps = Vec::new();
+    let mut denominator: Option<Tensor<1>> = None;
+    let mut d_weight: Option<Tensor<2>> = None;
+    let mut d_bias: Option<Tensor<1>> = None;
+    let mut d_input_chunks = Vec::with_capacity(n_rows.div_ceil(chunk_rows));
+
+    for start in (0..n_rows).step_by(chunk_rows) {
+        let end = (start + chunk_rows).min(n_rows);
+        let x_chunk = x.clone().slice([start..end, 0..d_input]);
+        let targets_chunk = targets.slice_rows(start..end);
+        let logits = manual::linear_forward(x_chunk.clone(), weight.clone(), bias.clone());
+        let capped = options
+            .softcap
+            .map(|cap| manual::softcap_forward(logits.clone(), cap));
+        let (losses, cache) = manual::softmax_cross_entropy_forward(
+            capped.clone().unwrap_or(logits),
+            &targets_chunk,
+            options,
+        );
+        row_losses.push(losses);
+        if options.return_log_sum_exp {
+            log_sum_exps.push(cache.log_sum_exp.clone());
+        }
+        denominator = Some(accumulate(denominator, cache.denominator.clone()));
+        if !wanted.any() {
+            continue;
+        }
+        let d_rows = match &row_upstream {
+            Some(upstream) => upstream.clone().slice(start..end),
+            None => Tensor::ones([end - start], (&x.device(), x.dtype())),
+        };
+        let mut d_logits = manual::softmax_cross_entropy_backward(cache, d_rows);
+        if let (Some(capped), Some(cap)) = (capped, options.softcap) {
+            d_logits = manual::softcap_backward(capped, cap, d_logits);
+        }
+        if wanted.bias {
+            d_bias = Some(accumulate(
+                d_bias,
+                d_logits.clone().sum_dim(0).squeeze_dim(0),
+            ));
+        }
+        if let Some(weight_transposed) = &weight_transposed {
+            d_input_chunks.push(d_logits.clone().matmul(weight_transposed.clone()));
+        }
+        if wanted.weight {
+            d_weight = Some(accumulate(d_weight, x_chunk.transpose().matmul(d_logits)));
+        }
+    }
+
+    let denominator = denominator.expect("a non-empty batch has at least one chunk");
+    let row_losses = Tensor::cat(row_losses, 0);
+    let loss = manual::reduction_forward(row_losses, denominator.clone(), options.reduction);
+    let d_input = match d_input_chunks.len() {
+        0 => None,
+        1 => d_input_chunks.pop(),
+        _ => Some(Tensor::cat(d_input_chunks, 0)),
+    };
+    // The chunks used g_i = 1 for the mean: scale by 1 / den once, now that den is known.
+    let mean_scale = |gradient: Tensor<2>| match options.reduction {
+        Reduction::Mean => {
+            let scale = manual::reduction_backward(
+                Tensor::ones([1], (&gradient.device(), gradient.dtype())),
+                denominator.clone(),
+                Reduction::Mean,
+                1,
+            );
+            gradient * scale.unsqueeze_dim::<2>(0)
+        }
+        Reduction::Sum | Reduction::None => gradient,
+    };
+    ChunkedOutput {
+        loss,
+        d_input: d_input.map(mean_scale),
+        d_weight: d_weight.map(mean_scale),
+        d_bias: d_bias.map(|d_bias| mean_scale(d_bias.unsqueeze_dim(0)).squeeze_dim(0)),
+        log_sum_exp: (!log_sum_exps.is_empty()).then(|| Tensor::cat(log_sum_exps, 0)),
+    }
+}
+
+/// `sum + term`, where the first term starts the sum (no zero tensor, no extra buffer).
+fn accumulate<const D: usize>(sum: Option<Tensor<D>>, term: Tensor<D>) -> Tensor<D> {
+    match sum {
+        Some(sum) => sum + term,
+        None => term,
+    }
+}

@@ -1,0 +1,250 @@
+//! The head itself: a [`Linear`] layer whose logits feed a softmax.
+
+use burn::module::Param;
+use burn::nn::{Initializer, Linear, LinearConfig};
+use burn::prelude::*;
+use burn::tensor::DType;
+use burn::tensor::activation::softmax;
+
+use crate::error::{Error, Result};
+use crate::loss_path::LossPath;
+use crate::options::LossOptions;
+use crate::targets::Targets;
+
+/// Configuration of a [`LinearSoftmax`] head, created with [`init`](LinearSoftmaxConfig::init).
+#[derive(Config, Debug)]
+pub struct LinearSoftmaxConfig {
+    /// Number of input features `D`.
+    pub d_input: usize,
+    /// Number of classes `C`.
+    pub n_classes: usize,
+    /// Whether the scores get a bias `b`.
+    #[config(default = true)]
+    pub bias: bool,
+    /// Initializer of the weight and bias; the default is PyTorch's and Burn's `Linear` default,
+    /// `U(-1/sqrt(D), 1/sqrt(D))`.
+    #[config(
+        default = "Initializer::KaimingUniform{gain: 0.5773502691896258, fan_out_only: false}"
+    )]
+    pub initializer: Initializer,
+}
+
+impl LinearSoftmaxConfig {
+    /// Creates the head on `device` (in the device's default float type).
+    ///
+    /// Returns [`Error::InvalidOption`] when `d_input` or `n_classes` is 0.
+    pub fn init(&self, device: &Device) -> Result<LinearSoftmax> {
+        for (name, value) in [("d_input", self.d_input), ("n_classes", self.n_classes)] {
+            if value == 0 {
+                return Err(Error::InvalidOption {
+                    name,
+                    value: value.to_string(),
+                    expected: "at least 1",
+                });
+            }
+        }
+        let linear = LinearConfig::new(self.d_input, self.n_classes)
+            .with_bias(self.bias)
+            .with_initializer(self.initializer.clone())
+            .init(device);
+        Ok(LinearSoftmax { linear })
+    }
+}
+
+/// A linear layer followed by a softmax over classes: `S = X W + b`, `A = softmax(S)`.
+///
+/// The weight is `[D, C]` (Burn's row layout), so the scores are exactly `X W + b`. Training
+/// goes through one of the three loss paths: [`crate::autodiff`], [`crate::manual`] and
+/// [`crate::fused`] (see [`LossPath`] and [`LinearSoftmax::loss`]).
+///
+/// # Shapes
+/// - input `x`: `[N, D]`
+/// - logits, probabilities: `[N, C]`
+/// - predictions, log-sum-exp: `[N]`
+///
+/// # Example
+/// ```
+/// use burn::prelude::*;
+/// use linear_softmax::LinearSoftmaxConfig;
+///
+/// let device = Device::flex();
+/// let head = LinearSoftmaxConfig::new(4, 3).init(&device).unwrap();
+/// let x = Tensor::<2>::ones([2, 4], &device);
+/// let probabilities = head.probabilities(x).unwrap();
+/// let row_sums = probabilities.sum_dim(1).into_data().try_to_vec::<f32>().unwrap();
+/// assert!(row_sums.iter().all(|s| (s - 1.0).abs() < 1e-6));
+/// ```
+#[derive(Module, Debug)]
+pub struct LinearSoftmax {
+    /// The linear layer holding `W [D, C]` and `b [C]`.
+    pub linear: Linear,
+}
+
+impl LinearSoftmax {
+    /// Builds a head from given parameters (`weight [D, C]`, `bias [C]`).
+    pub fn from_tensors(weight: Tensor<2>, bias: Option<Tensor<1>>) -> Result<Self> {
+        let [d_input, n_classes] = weight.dims();
+        if d_input == 0 || n_classes == 0 {
+            return Err(Error::ShapeMismatch {
+                what: "weight",
+                expected: vec![d_input.max(1), n_classes.max(1)],
+                got: vec![d_input, n_classes],
+            });
+        }
+        if let Some(bias) = &bias
+            && bias.dims() != [n_classes]
+        {
+            return Err(Error::ShapeMismatch {
+                what: "bias",
+                expected: vec![n_classes],
+                got: bias.dims().to_vec(),
+            });
+        }
+        Ok(Self {
+            linear: Linear {
+                weight: Param::from_tensor(weight),
+                bias: bias.map(Param::from_tensor),
+            },
+        })
+    }
+
+    /// The weight `W`, `[D, C]`.
+    pub fn weight(&self) -> Tensor<2> {
+        self.linear.weight.val()
+    }
+
+    /// The bias `b`, `[C]`, if the head has one.
+    pub fn bias(&self) -> Option<Tensor<1>> {
+        self.linear.bias.as_ref().map(Param::val)
+    }
+
+    /// Number of input features `D`.
+    pub fn d_input(&self) -> usize {
+        self.linear.weight.shape()[0]
+    }
+
+    /// Number of classes `C`.
+    pub fn n_classes(&self) -> usize {
+        self.linear.weight.shape()[1]
+    }
+
+    /// The same head with its parameters cast to `dtype` (e.g. `DType::F64` for checks).
+    pub fn cast(self, dtype: DType) -> Self {
+        let Linear { weight, bias } = self.linear;
+        Self {
+            linear: Linear {
+                weight: weight.map(|w| w.cast(dtype)),
+                bias: bias.map(|b| b.map(|b| b.cast(dtype))),
+            },
+        }
+    }
+
+    /// Checks that `x` is a non-empty `[N, D]` batch for this head.
+    pub(crate) fn check_input(&self, x: &Tensor<2>) -> Result<()> {
+        check_input_dims(x.dims(), self.d_input())
+    }
+
+    /// Checks `x` and that `targets` has one label per row of `x` and this head's class count.
+    pub(crate) fn check_batch(&self, x: &Tensor<2>, targets: &Targets) -> Result<()> {
+        self.check_input(x)?;
+        check_targets(x.dims()[0], targets, self.n_classes())
+    }
+
+    /// Everything every loss path checks before computing: the options (against this head's
+    /// class count), the batch's shapes, and the targets' kind against the options.
+    pub(crate) fn check_loss_inputs(
+        &self,
+        x: &Tensor<2>,
+        targets: &Targets,
+        options: &LossOptions,
+    ) -> Result<()> {
+        options.validate_for(self.n_classes())?;
+        self.check_batch(x, targets)?;
+        targets.check_options(options)
+    }
+
+    /// Logits `S = X W + b`, `[N, C]`.
+    pub fn forward(&self, x: Tensor<2>) -> Result<Tensor<2>> {
+        self.check_input(&x)?;
+        Ok(self.linear.forward(x))
+    }
+
+    /// Class probabilities `softmax(S)` along the class dimension, `[N, C]`.
+    pub fn probabilities(&self, x: Tensor<2>) -> Result<Tensor<2>> {
+        Ok(softmax(self.forward(x)?, 1))
+    }
+
+    /// The most probable class of each row, `[N]` (Int).
+    pub fn predict(&self, x: Tensor<2>) -> Result<Tensor<1, Int>> {
+        Ok(self.forward(x)?.argmax(1).squeeze_dim(1))
+    }
+
+    /// `lse_i = log sum_k exp(S_ik)`, computed stably (row maximum subtracted), `[N]`.
+    pub fn log_sum_exp(&self, x: Tensor<2>) -> Result<Tensor<1>> {
+        Ok(log_sum_exp(self.forward(x)?))
+    }
+
+    /// The training loss (`L = (1/N) sum_i (lse_i - S_{i, y_i})` without options; see
+    /// [`LossOptions`] for the rest), through the fused op ([`LossPath::Fused`]).
+    ///
+    /// On an autodiff device (`head.train()`, or `x` produced by tracked layers),
+    /// `loss.backward()` gives every tracked tensor its gradient.
+    ///
+    /// # Shapes
+    /// - `x`: `[N, D]`, `targets`: `[N]` or `[N, C]`, result: `[1]` (`[N]` with reduction none)
+    pub fn loss(
+        &self,
+        x: Tensor<2>,
+        targets: &Targets,
+        options: &LossOptions,
+    ) -> Result<Tensor<1>> {
+        self.loss_with_path(x, targets, options, LossPath::default())
+    }
+
+    /// [`loss`](Self::loss) through a chosen [`LossPath`], to compare the paths.
+    pub fn loss_with_path(
+        &self,
+        x: Tensor<2>,
+        targets: &Targets,
+        options: &LossOptions,
+        path: LossPath,
+    ) -> Result<Tensor<1>> {
+        path.loss(self, x, targets, options)
+    }
+}
+
+/// Stable `log sum_k exp(S_ik)` of each row of `logits` `[N, C]`, as `[N]`.
+pub fn log_sum_exp(logits: Tensor<2>) -> Tensor<1> {
+    let row_max = logits.clone().max_dim(1).detach();
+    let sum_exp = (logits - row_max.clone()).exp().sum_dim(1);
+    (row_max + sum_exp.log()).squeeze_dim(1)
+}
+
+pub(crate) fn check_input_dims([rows, features]: [usize; 2], d_input: usize) -> Result<()> {
+    if rows == 0 {
+        return Err(Error::EmptyBatch);
+    }
+    if features != d_input {
+        return Err(Error::InputWidthMismatch {
+            got: features,
+            expected: d_input,
+        });
+    }
+    Ok(())
+}
+
+pub(crate) fn check_targets(rows: usize, targets: &Targets, n_classes: usize) -> Result<()> {
+    if targets.len() != rows {
+        return Err(Error::TargetCountMismatch {
+            targets: targets.len(),
+            rows,
+        });
+    }
+    if targets.n_classes() != n_classes {
+        return Err(Error::ClassCountMismatch {
+            targets: targets.n_classes(),
+            head: n_classes,
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,456 @@
+//! Path 2: the hand-derived backward as explicit tensor code, on a plain (non-autodiff) device.
+//!
+//! Each piece is a `*_forward` / `*_backward` pair, side by side (see `docs/MATH.md`):
+//!
+//! ```text
+//! linear:                S = X W + b            dW = X^T dS, db = colsum(dS), dX = dS W^T
+//! softcap:               S' = c tanh(S / c)     dS = dS' (1 - (S' / c)^2)
+//! softmax cross-entropy: l_i = sum_k P_ik (lse_i - S'_ik) + beta v_i lse_i^2
+//!                        dS'_i = g_i [ (sum_k P_ik + 2 beta v_i lse_i) A_i - P_i ]
+//! reduction:             L = sum_i l_i / den    g_i = dL / den
+//! L2 penalty:            lambda sum(W^2)        dW += 2 lambda W
+//! ```
+//!
+//! `P` is the weighted target: for class indices `P_i = (1 - eps) v_i w_{y_i} e_{y_i} +
+//! (eps / C) v_i w`, for probabilities `P_i = w * ((1 - eps) T_i + eps / C)`. Without options
+//! this is the classic `dS = (A - Y) / N`: per sample, the true class's column of `dW` gets
+//! `(a_y - 1) x`, every other column `a_j x`. Softmax and cross-entropy are differentiated
+//! together (no softmax Jacobian), and the one-hot `Y` is never materialised: the label
+//! terms are scattered onto `A`.
+//!
+//! z-loss: `d(beta lse_i^2)/dS'_ik = 2 beta lse_i A_ik`, since `d lse_i / dS'_ik = A_ik`.
+//! softcap: `d(c tanh(S / c))/dS = 1 - tanh^2(S / c) = 1 - (S' / c)^2`, reusing `S'`.
+
+use burn::prelude::*;
+use burn::tensor::IndexingUpdateOp;
+
+use crate::error::{Error, Result};
+use crate::gradients::HeadGradients;
+use crate::head::LinearSoftmax;
+use crate::host::to_host_f64;
+use crate::options::{LossOptions, Reduction};
+use crate::targets::Targets;
+
+/// Scores `S = X W + b`.
+///
+/// # Shapes
+/// - `x`: `[N, D]`, `weight`: `[D, C]`, `bias`: `[C]`, result: `[N, C]`
+pub fn linear_forward(x: Tensor<2>, weight: Tensor<2>, bias: Option<Tensor<1>>) -> Tensor<2> {
+    let logits = x.matmul(weight);
+    match bias {
+        Some(bias) => logits + bias.unsqueeze_dim(0),
+        None => logits,
+    }
+}
+
+/// Gradients of [`linear_forward`] given the upstream `d_logits = dL/dS`.
+#[derive(Clone, Debug)]
+pub struct LinearGradients {
+    /// `dW = X^T dS`, `[D, C]`.
+    pub d_weight: Tensor<2>,
+    /// `db = sum_i dS_i`, `[C]` (when the layer has a bias).
+    pub d_bias: Option<Tensor<1>>,
+    /// `dX = dS W^T`, `[N, D]`.
+    pub d_input: Tensor<2>,
+}
+
+/// Backward of [`linear_forward`]: `dW = X^T dS`, `db = colsum(dS)`, `dX = dS W^T`.
+///
+/// # Shapes
+/// - `x`: `[N, D]`, `weight`: `[D, C]`, `d_logits`: `[N, C]`
+pub fn linear_backward(
+    x: Tensor<2>,
+    weight: Tensor<2>,
+    has_bias: bool,
+    d_logits: Tensor<2>,
+) -> LinearGradients {
+    let d_bias = has_bias.then(|| d_logits.clone().sum_dim(0).squeeze_dim(0));
+    let d_input = d_logits.clone().matmul(weight.transpose());
+    let d_weight = x.transpose().matmul(d_logits);
+    LinearGradients {
+        d_weight,
+        d_bias,
+        d_input,
+    }
+}
+
+/// Soft-capping `S' = c tanh(S / c)` (Gemma 2): logits bounded by `c`, unchanged near 0.
+pub fn softcap_forward(logits: Tensor<2>, cap: f64) -> Tensor<2> {
+    // `* (1 / c)`, not `/ c`: on an autodiff device, Burn 0.22.1's `div_scalar` backward rounds
+    // the scalar to f32, which would cost f64 gradients 8 digits.
+    (logits * (1.0 / cap)).tanh() * cap
+}
+
+/// Backward of [`softcap_forward`] from its output: `dS = dS' (1 - (S' / c)^2)`.
+pub fn softcap_backward(capped_logits: Tensor<2>, cap: f64, d_capped: Tensor<2>) -> Tensor<2> {
+    d_capped * ((capped_logits / cap).square().neg() + 1.0)
+}
+
+/// The targets side of the loss, as the backward needs it.
+// One value per loss call: the size difference between the variants does not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Debug)]
+enum WeightedTarget {
+    /// Class indices: `P_i = (1 - eps) r_i e_{y_i} + (eps / C) v_i w` with `r_i = v_i w_{y_i}`.
+    Classes {
+        /// `[N, 1]` labels (ignored rows point at class 0, with `r_i = v_i = 0`).
+        labels: Tensor<2, Int>,
+        /// `r_i`, `[N, 1]` (absent: all 1).
+        row_weights: Option<Tensor<2>>,
+        /// `v_i`, `[N, 1]` (absent: all 1).
+        valid: Option<Tensor<2>>,
+        /// `w`, `[1, C]` (absent: all 1).
+        class_weights: Option<Tensor<2>>,
+        /// `eps`.
+        smoothing: f64,
+        /// `sum_k w_k` (`C` without weights), from the host options.
+        weight_sum: f64,
+    },
+    /// Probabilities: `P = w * ((1 - eps) T + eps / C)`, `[N, C]`.
+    Probabilities(Tensor<2>),
+}
+
+/// What [`softmax_cross_entropy_backward`] needs from the forward pass.
+#[derive(Clone, Debug)]
+pub struct SoftmaxCrossEntropyCache {
+    /// `A = softmax(S')`, `[N, C]`.
+    pub probabilities: Tensor<2>,
+    /// `lse_i`, `[N]`.
+    pub log_sum_exp: Tensor<1>,
+    /// The mean's denominator, `[1]`: `sum_i v_i w_{y_i}`, or `N` for probability targets.
+    pub denominator: Tensor<1>,
+    target: WeightedTarget,
+    z_loss: f64,
+}
+
+/// Per-row loss `l_i = sum_k P_ik (lse_i - S'_ik) + beta v_i lse_i^2` (see the module docs),
+/// with `lse_i = m_i + log sum_k exp(S'_ik - m_i)`, `m_i = max_k S'_ik`, and what the backward
+/// needs.
+///
+/// The loss is formed from `lse_i - S'_ik`, never from `log A_ik`, so it stays finite when
+/// a probability underflows to 0.
+///
+/// # Shapes
+/// - `logits`: `[N, C]` (already soft-capped if that option is on), row losses: `[N]`
+pub fn softmax_cross_entropy_forward(
+    logits: Tensor<2>,
+    targets: &Targets,
+    options: &LossOptions,
+) -> (Tensor<1>, SoftmaxCrossEntropyCache) {
+    let [rows, n_classes] = logits.dims();
+    let (device, dtype) = (logits.device(), logits.dtype());
+    let row_max = logits.clone().max_dim(1);
+    let exp_shifted = (logits.clone() - row_max.clone()).exp();
+    let sum_exp = exp_shifted.clone().sum_dim(1);
+    let log_sum_exp = row_max + sum_exp.clone().log(); // [N, 1]
+    let probabilities = exp_shifted / sum_exp;
+    let eps = options.label_smoothing;
+    let class_weights = options
+        .class_weights(&device, dtype)
+        .map(|w| w.unsqueeze_dim::<2>(0));
+
+    let (mut row_losses, denominator, target, valid) =
+        if let Some(class_rows) = targets.class_rows(options, &device, dtype) {
+            let labels = class_rows.labels;
+            let valid = class_rows.valid.map(|v| v.unsqueeze_dim::<2>(1));
+            let label_weights = class_weights.as_ref().map(|w| {
+                w.clone()
+                    .squeeze_dim::<1>(0)
+                    .select(0, labels.clone().squeeze_dim(1))
+                    .unsqueeze_dim::<2>(1)
+            });
+            let row_weights = match (label_weights, valid.clone()) {
+                (Some(w), Some(v)) => Some(w * v),
+                (w, v) => w.or(v),
+            };
+            let true_logits = logits.clone().gather(1, labels.clone());
+            let mut nll = log_sum_exp.clone() - true_logits;
+            if let Some(r) = &row_weights {
+                nll = nll * r.clone();
+            }
+            let mut losses = nll * (1.0 - eps);
+            if eps > 0.0 {
+                // (eps / C) v_i sum_k w_k (lse_i - S'_ik)
+                let (weight_sum, weighted_logits) = match &class_weights {
+                    Some(w) => (
+                        w.clone().sum().unsqueeze_dim::<2>(1),
+                        logits.clone().matmul(w.clone().transpose()),
+                    ),
+                    None => (
+                        Tensor::full([1, 1], n_classes as f64, (&device, dtype)),
+                        logits.clone().sum_dim(1),
+                    ),
+                };
+                let mut smooth = log_sum_exp.clone() * weight_sum - weighted_logits;
+                if let Some(v) = &valid {
+                    smooth = smooth * v.clone();
+                }
+                losses = losses + smooth * (eps / n_classes as f64);
+            }
+            let denominator = match &row_weights {
+                Some(r) => r.clone().sum(),
+                None => Tensor::full([1], rows as f64, (&device, dtype)),
+            };
+            let target = WeightedTarget::Classes {
+                labels,
+                row_weights,
+                valid: valid.clone(),
+                class_weights: class_weights.clone(),
+                smoothing: eps,
+                weight_sum: options
+                    .weights
+                    .as_ref()
+                    .map_or(n_classes as f64, |w| w.iter().sum()),
+            };
+            (losses, denominator, target, valid)
+        } else {
+            let probabilities_target = targets
+                .probabilities(&device, dtype)
+                .expect("targets are classes or probabilities");
+            let mut weighted = probabilities_target * (1.0 - eps) + eps / n_classes as f64;
+            if let Some(w) = &class_weights {
+                weighted = weighted * w.clone();
+            }
+            let losses = log_sum_exp.clone() * weighted.clone().sum_dim(1)
+                - (weighted.clone() * logits).sum_dim(1);
+            let denominator = Tensor::full([1], rows as f64, (&device, dtype));
+            (
+                losses,
+                denominator,
+                WeightedTarget::Probabilities(weighted),
+                None,
+            )
+        };
+    if options.z_loss > 0.0 {
+        let mut z = log_sum_exp.clone().square() * options.z_loss;
+        if let Some(v) = &valid {
+            z = z * v.clone();
+        }
+        row_losses = row_losses + z;
+    }
+    (
+        row_losses.squeeze_dim(1),
+        SoftmaxCrossEntropyCache {
+            probabilities,
+            log_sum_exp: log_sum_exp.squeeze_dim(1),
+            denominator,
+            target,
+            z_loss: options.z_loss,
+        },
+    )
+}
+
+/// Backward of [`softmax_cross_entropy_forward`] given `d_row_losses = dL/dl_i` `[N]`:
+/// `dS'_i = g_i [ (sum_k P_ik + 2 beta v_i lse_i) A_i - P_i ]`, in one step (for plain
+/// class targets: `dS = g (A - Y)`).
+///
+/// # Shapes
+/// - `d_row_losses`: `[N]`, result: `[N, C]`
+pub fn softmax_cross_entropy_backward(
+    cache: SoftmaxCrossEntropyCache,
+    d_row_losses: Tensor<1>,
+) -> Tensor<2> {
+    let SoftmaxCrossEntropyCache {
+        probabilities,
+        log_sum_exp,
+        target,
+        z_loss,
+        ..
+    } = cache;
+    let [rows, n_classes] = probabilities.dims();
+    let (device, dtype) = (probabilities.device(), probabilities.dtype());
+    let d_rows = d_row_losses.unsqueeze_dim::<2>(1);
+    let z_term = |valid: Option<&Tensor<2>>| {
+        (z_loss > 0.0).then(|| {
+            let z = log_sum_exp.clone().unsqueeze_dim::<2>(1) * (2.0 * z_loss);
+            match valid {
+                Some(v) => z * v.clone(),
+                None => z,
+            }
+        })
+    };
+    let d_logits = match target {
+        WeightedTarget::Classes {
+            labels,
+            row_weights,
+            valid,
+            class_weights,
+            smoothing: eps,
+            weight_sum,
+        } => {
+            // Coefficient of A_i: (1 - eps) r_i + (eps / C) v_i sum_k w_k + 2 beta v_i lse_i.
+            let ones = || Tensor::<2>::ones([rows, 1], (&device, dtype));
+            let r = row_weights.unwrap_or_else(ones);
+            let mut coefficient = r.clone() * (1.0 - eps);
+            if eps > 0.0 {
+                let v = valid.clone().unwrap_or_else(ones);
+                coefficient = coefficient + v * (eps * weight_sum / n_classes as f64);
+            }
+            if let Some(z) = z_term(valid.as_ref()) {
+                coefficient = coefficient + z;
+            }
+            let mut d_logits = (probabilities * coefficient).scatter(
+                1,
+                labels,
+                r * -(1.0 - eps),
+                IndexingUpdateOp::Add,
+            );
+            if eps > 0.0 {
+                let spread = match class_weights {
+                    Some(w) => w * (eps / n_classes as f64),
+                    None => Tensor::full([1, n_classes], eps / n_classes as f64, (&device, dtype)),
+                };
+                let spread = match valid {
+                    Some(v) => v * spread,
+                    None => spread,
+                };
+                d_logits = d_logits - spread;
+            }
+            d_logits
+        }
+        WeightedTarget::Probabilities(weighted) => {
+            let mut coefficient = weighted.clone().sum_dim(1);
+            if let Some(z) = z_term(None) {
+                coefficient = coefficient + z;
+            }
+            probabilities * coefficient - weighted
+        }
+    };
+    d_logits * d_rows
+}
+
+/// The mean's denominator with 0 replaced by 1: an all-ignored batch then has loss 0 and zero
+/// gradients (its row losses are all 0) instead of PyTorch's NaN.
+fn safe_denominator(denominator: Tensor<1>) -> Tensor<1> {
+    let is_zero = denominator.clone().equal_elem(0.0);
+    denominator.mask_fill(is_zero, 1.0)
+}
+
+/// Combines the row losses `[N]`: mean (`sum / den`), sum, or none (unchanged).
+pub fn reduction_forward(
+    row_losses: Tensor<1>,
+    denominator: Tensor<1>,
+    reduction: Reduction,
+) -> Tensor<1> {
+    match reduction {
+        Reduction::Mean => row_losses.sum() / safe_denominator(denominator),
+        Reduction::Sum => row_losses.sum(),
+        Reduction::None => row_losses,
+    }
+}
+
+/// Backward of [`reduction_forward`]: `dL/dl_i` `[N]` from the upstream `d_loss` (`[1]`, or
+/// `[N]` for reduction none).
+pub fn reduction_backward(
+    d_loss: Tensor<1>,
+    denominator: Tensor<1>,
+    reduction: Reduction,
+    rows: usize,
+) -> Tensor<1> {
+    match reduction {
+        Reduction::Mean => (d_loss / safe_denominator(denominator)).expand([rows]),
+        Reduction::Sum => d_loss.expand([rows]),
+        Reduction::None => d_loss,
+    }
+}
+
+/// The cs231n penalty `lambda sum(W^2)`, `[1]`.
+pub fn l2_forward(weight: Tensor<2>, lambda: f64) -> Tensor<1> {
+    weight.square().sum() * lambda
+}
+
+/// Backward of [`l2_forward`]: `2 lambda W`, `[D, C]`.
+pub fn l2_backward(weight: Tensor<2>, lambda: f64) -> Tensor<2> {
+    weight * (2.0 * lambda)
+}
+
+/// The loss alone, composed of this module's forward functions (on an autodiff device, Burn's
+/// autograd differentiates it: [`crate::LossPath::Manual`]).
+pub fn loss(
+    head: &LinearSoftmax,
+    x: Tensor<2>,
+    targets: &Targets,
+    options: &LossOptions,
+) -> Result<Tensor<1>> {
+    head.check_loss_inputs(&x, targets, options)?;
+    let weight = head.weight();
+    let mut logits = linear_forward(x, weight.clone(), head.bias());
+    if let Some(cap) = options.softcap {
+        logits = softcap_forward(logits, cap);
+    }
+    let (row_losses, cache) = softmax_cross_entropy_forward(logits, targets, options);
+    let loss = reduction_forward(row_losses, cache.denominator, options.reduction);
+    Ok(if options.l2 == 0.0 {
+        loss
+    } else {
+        loss + l2_forward(weight, options.l2)
+    })
+}
+
+/// The loss and its hand-derived gradients `dW, db, dX` (upstream gradient 1 for every entry
+/// of the loss, as `loss.backward()` would seed it).
+///
+/// Returns [`Error::NonFiniteLoss`] naming the first row whose loss is NaN or infinite (this
+/// reads the summed loss back to the host once per call).
+pub fn loss_and_gradients(
+    head: &LinearSoftmax,
+    x: Tensor<2>,
+    targets: &Targets,
+    options: &LossOptions,
+) -> Result<HeadGradients> {
+    head.check_loss_inputs(&x, targets, options)?;
+    let weight = head.weight();
+    let bias = head.bias();
+    let has_bias = bias.is_some();
+    let rows = x.dims()[0];
+
+    let logits = linear_forward(x.clone(), weight.clone(), bias);
+    let capped = options
+        .softcap
+        .map(|cap| softcap_forward(logits.clone(), cap));
+    let (row_losses, cache) =
+        softmax_cross_entropy_forward(capped.clone().unwrap_or(logits), targets, options);
+    check_finite(&row_losses)?;
+    let log_sum_exp = options
+        .return_log_sum_exp
+        .then(|| cache.log_sum_exp.clone());
+    let denominator = cache.denominator.clone();
+    let mut loss = reduction_forward(row_losses, denominator.clone(), options.reduction);
+
+    let d_rows = reduction_backward(loss.ones_like(), denominator, options.reduction, rows);
+    let mut d_logits = softmax_cross_entropy_backward(cache, d_rows);
+    if let (Some(capped), Some(cap)) = (capped, options.softcap) {
+        d_logits = softcap_backward(capped, cap, d_logits);
+    }
+    let LinearGradients {
+        mut d_weight,
+        d_bias,
+        d_input,
+    } = linear_backward(x, weight.clone(), has_bias, d_logits);
+    if options.l2 != 0.0 {
+        loss = loss + l2_forward(weight.clone(), options.l2);
+        d_weight = d_weight + l2_backward(weight, options.l2);
+    }
+    Ok(HeadGradients {
+        loss,
+        d_weight,
+        d_bias,
+        d_input,
+        log_sum_exp,
+    })
+}
+
+/// `Ok` when every row loss is finite (one scalar read back); otherwise the first bad row.
+fn check_finite(row_losses: &Tensor<1>) -> Result<()> {
+    let total = to_host_f64(&row_losses.clone().sum())?[0];
+    if total.is_finite() {
+        return Ok(());
+    }
+    let rows = to_host_f64(row_losses)?;
+    let (row, &value) = rows
+        .iter()
+        .enumerate()
+        .find(|(_, loss)| !loss.is_finite())
+        .unwrap_or((0, &total));
+    Err(Error::NonFiniteLoss { row, value })
+}
