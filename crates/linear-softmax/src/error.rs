@@ -51,6 +51,14 @@ pub enum Error {
         /// The shape it has.
         got: Vec<usize>,
     },
+    /// The input's float type is not the head's.
+    #[error("input is {got:?} but the head's parameters are {expected:?}: cast one to the other")]
+    DTypeMismatch {
+        /// The head's float type.
+        expected: burn::tensor::DType,
+        /// The input's.
+        got: burn::tensor::DType,
+    },
     /// A batch with no rows: the mean loss is undefined.
     #[error("empty batch: the input has no rows")]
     EmptyBatch,

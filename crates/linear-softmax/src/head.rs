@@ -139,9 +139,18 @@ impl LinearSoftmax {
         }
     }
 
-    /// Checks that `x` is a non-empty `[N, D]` batch for this head.
+    /// Checks that `x` is a non-empty `[N, D]` batch for this head, in its float type
+    /// (metadata only: nothing is read from the device).
     pub(crate) fn check_input(&self, x: &Tensor<2>) -> Result<()> {
-        check_input_dims(x.dims(), self.d_input())
+        check_input_dims(x.dims(), self.d_input())?;
+        let expected = self.linear.weight.dtype();
+        if x.dtype() != expected {
+            return Err(Error::DTypeMismatch {
+                expected,
+                got: x.dtype(),
+            });
+        }
+        Ok(())
     }
 
     /// Checks `x` and that `targets` has one label per row of `x` and this head's class count.

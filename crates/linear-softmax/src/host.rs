@@ -1,11 +1,33 @@
-//! Reading tensors back to the host (outside hot loops: checks, reports, metrics).
+//! Reading tensors back to the host: where user data enters (validating targets built from
+//! tensors) and in the finite-difference witness, never inside a loss path's op.
+//!
+//! Every read in the crate goes through these two functions, and each counts itself on the
+//! calling thread, so a test can assert that a fused forward and backward read nothing back
+//! (on a GPU each read would be a device synchronisation).
+
+use std::cell::Cell;
 
 use burn::prelude::*;
 
 use crate::error::{Error, Result};
 
+thread_local! {
+    static READS: Cell<usize> = const { Cell::new(0) };
+}
+
+/// How many tensors this thread has read back to the host so far.
+#[cfg(test)]
+pub(crate) fn reads_on_this_thread() -> usize {
+    READS.with(Cell::get)
+}
+
+fn count_read() {
+    READS.with(|reads| reads.set(reads.get() + 1));
+}
+
 /// A tensor's values as host `f64`s (row-major), whatever its float type.
 pub(crate) fn to_host_f64<const D: usize>(tensor: &Tensor<D>) -> Result<Vec<f64>> {
+    count_read();
     tensor
         .to_data()
         .convert::<f64>()
@@ -15,6 +37,7 @@ pub(crate) fn to_host_f64<const D: usize>(tensor: &Tensor<D>) -> Result<Vec<f64>
 
 /// An Int tensor's values as host `i64`s (Flex stores Int tensors as `i32`).
 pub(crate) fn to_host_i64<const D: usize>(tensor: &Tensor<D, Int>) -> Result<Vec<i64>> {
+    count_read();
     tensor
         .to_data()
         .convert::<i64>()

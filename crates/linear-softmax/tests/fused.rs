@@ -4,14 +4,13 @@
 
 mod common;
 
-use burn::backend::Dispatch;
 use burn::prelude::*;
 use burn::tensor::DType;
 use common::{
     F64_AGREEMENT, Problem, assert_close, assert_gradients_close, backends, dtypes, host, problem,
     shapes, tensor,
 };
-use linear_softmax::fused::{self, Bias, FusedLinearCrossEntropyOps, RowUpstream, WantedGradients};
+use linear_softmax::fused;
 use linear_softmax::{Chunking, Error, HeadGradients, LossOptions, LossPath, autodiff};
 
 /// The gradients that `.backward()` through the fused op gives to a tracked `x`, `W` and `b`.
@@ -223,65 +222,6 @@ fn nothing_tracked_gives_the_loss_alone() {
             &host(&expected.loss),
             F64_AGREEMENT,
         );
-    }
-}
-
-#[test]
-fn the_kernel_computes_exactly_the_wanted_gradients() {
-    for (backend, device) in backends() {
-        let p = problem([7, 5, 10], true, DType::F64, &device, 12);
-        let run = |wanted: WantedGradients, bias: bool| {
-            Dispatch::linear_cross_entropy_with_gradients(
-                p.x.clone().into_dispatch(),
-                p.head.weight().into_dispatch(),
-                Bias::from(bias.then(|| p.head.bias().unwrap().into_dispatch())),
-                p.targets.clone(),
-                LossOptions::new(),
-                3,
-                wanted,
-                RowUpstream::Ones,
-            )
-        };
-        let presence =
-            |(_, d_input, d_weight, d_bias, _): (_, Option<_>, Option<_>, Option<_>, Option<_>)| {
-                [d_input.is_some(), d_weight.is_some(), d_bias.is_some()]
-            };
-        let cases = [
-            (WantedGradients::NONE, true, [false, false, false]),
-            (WantedGradients::ALL, true, [true, true, true]),
-            (WantedGradients::ALL, false, [true, true, false]),
-            (
-                WantedGradients {
-                    input: true,
-                    ..WantedGradients::NONE
-                },
-                true,
-                [true, false, false],
-            ),
-            (
-                WantedGradients {
-                    weight: true,
-                    ..WantedGradients::NONE
-                },
-                true,
-                [false, true, false],
-            ),
-            (
-                WantedGradients {
-                    bias: true,
-                    ..WantedGradients::NONE
-                },
-                true,
-                [false, false, true],
-            ),
-        ];
-        for (wanted, bias, expected) in cases {
-            assert_eq!(
-                presence(run(wanted, bias)),
-                expected,
-                "{backend}: {wanted:?} bias={bias}"
-            );
-        }
     }
 }
 

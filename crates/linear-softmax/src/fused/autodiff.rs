@@ -17,14 +17,13 @@ use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, NodeGuard, Ops, OpsKind};
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{Autodiff, AutodiffBackend, Backend, Scalar, TensorMetadata, try_read_sync};
+use burn::backend::{Autodiff, AutodiffBackend, Backend};
 
 use super::backend::{
-    Bias, FusedGradients, FusedGradientsTuple, FusedLinearCrossEntropyOps, RowUpstream,
+    FusedLinearCrossEntropyOps, FusedOutput, FusedSpec, Optional, RowUpstream, TargetPrimitives,
     WantedGradients,
 };
-use crate::options::{LossOptions, Reduction};
-use crate::targets::Targets;
+use crate::options::Reduction;
 
 impl<B: FusedLinearCrossEntropyOps, C: CheckpointStrategy> FusedLinearCrossEntropyOps
     for Autodiff<B, C>
@@ -32,28 +31,28 @@ impl<B: FusedLinearCrossEntropyOps, C: CheckpointStrategy> FusedLinearCrossEntro
     fn linear_cross_entropy(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
-        bias: Bias<Self>,
-        targets: Targets,
-        options: LossOptions,
-        chunk_rows: usize,
+        bias: Optional<Self>,
+        targets: TargetPrimitives<Self>,
+        spec: FusedSpec,
     ) -> FloatTensor<Self> {
         // Which gradients to compute must be known before the kernel runs: ask each input
         // whether it takes part in the graph (the same test that decides the `parents` array).
         let wanted = WantedGradients {
             input: x.is_tracked(),
             weight: weight.is_tracked(),
-            bias: matches!(&bias, Bias::Present(bias) if bias.is_tracked()),
+            bias: matches!(&bias, Optional::Present(bias) if bias.is_tracked()),
         };
         let (x, x_node) = x.into_parts();
         let (weight, weight_node) = weight.into_parts();
         let (bias, bias_node) = match bias {
-            Bias::Present(bias) => {
+            Optional::Present(bias) => {
                 let (bias, node) = bias.into_parts();
                 (Some(bias), Some(node))
             }
-            Bias::Absent => (None, None),
+            Optional::Absent => (None, None),
         };
-        if options.reduction == Reduction::None && wanted.any() {
+        let targets = inner_targets(targets);
+        if spec.options.reduction == Reduction::None && wanted.any() {
             // The upstream gradient is a vector g_i that must scale row i of dS before
             // dW = X^T dS is summed: the forward computes the losses only, and the backward
             // recomputes the chunks with g (Liger-Kernel's scheme; one more pass of GEMMs,
@@ -63,12 +62,10 @@ impl<B: FusedLinearCrossEntropyOps, C: CheckpointStrategy> FusedLinearCrossEntro
                 weight: weight.clone(),
                 bias: bias.clone(),
                 targets: targets.clone(),
-                options: options.clone(),
-                chunk_rows,
+                spec: spec.clone(),
                 wanted,
             };
-            let loss =
-                B::linear_cross_entropy(x, weight, Bias::from(bias), targets, options, chunk_rows);
+            let loss = B::linear_cross_entropy(x, weight, bias.into(), targets, spec);
             return match bias_node {
                 Some(bias_node) => record::<B, C, 3, _>(
                     RecomputeBackward,
@@ -79,22 +76,26 @@ impl<B: FusedLinearCrossEntropyOps, C: CheckpointStrategy> FusedLinearCrossEntro
                 None => record::<B, C, 2, _>(RecomputeBackward, [x_node, weight_node], loss, state),
             };
         }
-        let FusedGradients {
+        let FusedOutput {
             loss,
             d_input,
             d_weight,
             d_bias,
             ..
-        } = FusedGradients::<B>::from_tuple(B::linear_cross_entropy_with_gradients(
+        } = B::linear_cross_entropy_with_gradients(
             x,
             weight,
-            Bias::from(bias),
+            bias.into(),
             targets,
-            options,
-            chunk_rows,
+            spec,
             wanted,
             RowUpstream::Ones,
-        ));
+        );
+        let (d_input, d_weight, d_bias) = (
+            d_input.into_option(),
+            d_weight.into_option(),
+            d_bias.into_option(),
+        );
         match bias_node {
             Some(bias_node) => record::<B, C, 3, _>(
                 PrecomputedBackward,
@@ -114,36 +115,48 @@ impl<B: FusedLinearCrossEntropyOps, C: CheckpointStrategy> FusedLinearCrossEntro
     fn linear_cross_entropy_with_gradients(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
-        bias: Bias<Self>,
-        targets: Targets,
-        options: LossOptions,
-        chunk_rows: usize,
+        bias: Optional<Self>,
+        targets: TargetPrimitives<Self>,
+        spec: FusedSpec,
         wanted: WantedGradients,
         upstream: RowUpstream<Self>,
-    ) -> FusedGradientsTuple<Self> {
+    ) -> FusedOutput<Self> {
         // Explicit gradients are values, not graph nodes: run the inner kernel and hand its
         // results back as untracked tensors.
-        let constant = <Self as AutodiffBackend>::from_inner;
-        let (loss, d_input, d_weight, d_bias, log_sum_exp) = B::linear_cross_entropy_with_gradients(
+        let output = B::linear_cross_entropy_with_gradients(
             x.into_primitive(),
             weight.into_primitive(),
-            Bias::from(bias.into_option().map(|bias| bias.into_primitive())),
-            targets,
-            options,
-            chunk_rows,
+            bias.into_option().map(|bias| bias.into_primitive()).into(),
+            inner_targets(targets),
+            spec,
             wanted,
             match upstream {
                 RowUpstream::Ones => RowUpstream::Ones,
                 RowUpstream::Rows(rows) => RowUpstream::Rows(rows.into_primitive()),
             },
         );
-        (
-            constant(loss),
-            d_input.map(constant),
-            d_weight.map(constant),
-            d_bias.map(constant),
-            log_sum_exp.map(constant),
-        )
+        let constant = <Self as AutodiffBackend>::from_inner;
+        let optional = |tensor: Optional<B>| tensor.into_option().map(constant).into();
+        FusedOutput {
+            loss: constant(output.loss),
+            d_input: optional(output.d_input),
+            d_weight: optional(output.d_weight),
+            d_bias: optional(output.d_bias),
+            log_sum_exp: optional(output.log_sum_exp),
+        }
+    }
+}
+
+/// The targets as the inner backend's primitives: labels are Int tensors, which autodiff does
+/// not wrap; probabilities are constants of the graph.
+fn inner_targets<B: Backend, C: CheckpointStrategy>(
+    targets: TargetPrimitives<Autodiff<B, C>>,
+) -> TargetPrimitives<B> {
+    match targets {
+        TargetPrimitives::Classes(labels) => TargetPrimitives::Classes(labels),
+        TargetPrimitives::Probabilities(probabilities) => {
+            TargetPrimitives::Probabilities(probabilities.into_primitive())
+        }
     }
 }
 
@@ -153,9 +166,8 @@ struct RecomputeState<B: Backend> {
     x: FloatTensor<B>,
     weight: FloatTensor<B>,
     bias: Option<FloatTensor<B>>,
-    targets: Targets,
-    options: LossOptions,
-    chunk_rows: usize,
+    targets: TargetPrimitives<B>,
+    spec: FusedSpec,
     wanted: WantedGradients,
 }
 
@@ -179,21 +191,20 @@ impl<B: FusedLinearCrossEntropyOps, const N: usize> Backward<B, N> for Recompute
             weight,
             bias,
             targets,
-            options,
-            chunk_rows,
+            spec,
             wanted,
         } = ops.state;
-        let (_, d_input, d_weight, d_bias, _) = B::linear_cross_entropy_with_gradients(
+        let output = B::linear_cross_entropy_with_gradients(
             x,
             weight,
-            Bias::from(bias),
+            bias.into(),
             targets,
-            options,
-            chunk_rows,
+            spec,
             wanted,
             RowUpstream::Rows(upstream),
         );
-        for (parent, gradient) in ops.parents.into_iter().zip([d_input, d_weight, d_bias]) {
+        let gradients = [output.d_input, output.d_weight, output.d_bias].map(Optional::into_option);
+        for (parent, gradient) in ops.parents.into_iter().zip(gradients) {
             if let (Some(node), Some(gradient)) = (parent, gradient) {
                 grads.register::<B>(node.id, gradient);
             }
@@ -225,7 +236,7 @@ fn record<B: Backend, C: CheckpointStrategy, const N: usize, Op: Backward<B, N>>
 #[derive(Debug)]
 struct PrecomputedBackward;
 
-impl<B: Backend, const N: usize> Backward<B, N> for PrecomputedBackward {
+impl<B: FusedLinearCrossEntropyOps, const N: usize> Backward<B, N> for PrecomputedBackward {
     /// The gradient of the loss itself for each input, `None` for untracked inputs.
     type State = [Option<FloatTensor<B>>; N];
 
@@ -235,50 +246,16 @@ impl<B: Backend, const N: usize> Backward<B, N> for PrecomputedBackward {
         grads: &mut Gradients,
         _checkpointer: &mut Checkpointer,
     ) {
-        let upstream = UpstreamScale::<B>::read(grads.consume::<B>(&ops.node));
+        // g, the `[1]` upstream gradient of the scalar loss, stays on the device: each
+        // gradient is scaled by it there (see `scale_by_upstream`).
+        let upstream = grads.consume::<B>(&ops.node);
         for (parent, gradient) in ops.parents.into_iter().zip(ops.state) {
             // `parents[j]` is `Some` exactly when input j was tracked, the same test that
             // decided in the forward pass whether its gradient was computed.
             debug_assert_eq!(parent.is_some(), gradient.is_some());
             if let (Some(node), Some(gradient)) = (parent, gradient) {
-                grads.register::<B>(node.id, upstream.apply(gradient));
-            }
-        }
-    }
-}
-
-/// The upstream gradient `g` of the scalar loss, as the cheapest form to multiply by.
-enum UpstreamScale<B: Backend> {
-    /// `g = 1` (a plain `loss.backward()`): the gradients are passed on untouched.
-    One,
-    /// `g` read back to the host: an in-place scalar multiply, no broadcast.
-    Host(f64),
-    /// `g` could not be read back: a broadcast multiply by the `[1]` tensor.
-    Device(FloatTensor<B>),
-}
-
-impl<B: Backend> UpstreamScale<B> {
-    /// Reads `g` (a `[1]` tensor). On the CPU backends this op serves, the read-back is a copy
-    /// of one number: no device to synchronise with.
-    fn read(upstream: FloatTensor<B>) -> Self {
-        let value = try_read_sync(B::float_into_data(upstream.clone()))
-            .and_then(Result::ok)
-            .and_then(|data| data.convert::<f64>().try_to_vec::<f64>().ok())
-            .and_then(|values| values.first().copied());
-        match value {
-            Some(1.0) => Self::One,
-            Some(value) => Self::Host(value),
-            None => Self::Device(upstream),
-        }
-    }
-
-    fn apply(&self, gradient: FloatTensor<B>) -> FloatTensor<B> {
-        match self {
-            Self::One => gradient,
-            Self::Host(value) => B::float_mul_scalar(gradient, Scalar::from(*value)),
-            Self::Device(upstream) => {
-                let ones = vec![1; gradient.shape().num_dims()];
-                B::float_mul(gradient, B::float_reshape(upstream.clone(), ones.into()))
+                let scaled = B::scale_by_upstream(gradient, upstream.clone());
+                grads.register::<B>(node.id, scaled);
             }
         }
     }

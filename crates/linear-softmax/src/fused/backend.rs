@@ -1,18 +1,17 @@
-//! The backend extension behind the fused head and its implementations for the CPU backends.
+//! The backend extension behind the fused head: device tensors in, one [`FusedOutput`] out.
 //!
 //! [`FusedLinearCrossEntropyOps`] is a Burn backend extension: the `#[backend_extension]` macro
-//! generates the `Dispatch` routing, so a [`Tensor`](burn::Tensor) on a Flex or NdArray device
-//! (plain or autodiff) reaches the implementation of its backend. The plain backends run the
-//! row-chunk kernel of `fused/chunked.rs`; `Autodiff<B, C>` is implemented by hand in
-//! `fused/autodiff.rs`.
+//! generates the `Dispatch` routing, so a tensor on a Flex or NdArray device (plain or
+//! autodiff) reaches the implementation of its backend. Everything that crosses the boundary
+//! is a backend primitive (the labels as an Int tensor, probabilities, bias and the per-row
+//! upstream gradient as float tensors) or plain scalars and options: nothing is read back to
+//! the host on the way in or out. The plain backends run the kernel [`super::kernel`] picks;
+//! `Autodiff<B, C>` is implemented by hand in `fused/autodiff.rs`.
 
-use burn::backend::tensor::FloatTensor;
-use burn::backend::{Backend, ExtensionType, backend_extension};
+use burn::backend::tensor::{FloatTensor, IntTensor};
+use burn::backend::{Backend, ExtensionType, TensorMetadata, backend_extension};
 
-use super::chunked::{self, PlainBackend};
-use super::raw::{self, RawBackend};
 use crate::options::LossOptions;
-use crate::targets::Targets;
 
 /// Which gradients the fused kernel computes alongside the loss.
 ///
@@ -48,20 +47,52 @@ impl WantedGradients {
     }
 }
 
-/// The loss, the gradients the kernel was asked for and the per-row log-sum-exp, as backend
-/// primitives.
-#[derive(Clone, Debug)]
-pub struct FusedGradients<B: Backend> {
-    /// The reduced loss (without the L2 term): `[1]`, or `[N]` for reduction none.
-    pub loss: FloatTensor<B>,
-    /// `dX = dS W^T`, `[N, D]`.
-    pub d_input: Option<FloatTensor<B>>,
-    /// `dW = X^T dS`, `[D, C]`.
-    pub d_weight: Option<FloatTensor<B>>,
-    /// `db = colsum(dS)`, `[C]`.
-    pub d_bias: Option<FloatTensor<B>>,
-    /// `lse_i`, `[N]`, when `LossOptions::return_log_sum_exp` is set.
-    pub log_sum_exp: Option<FloatTensor<B>>,
+/// An optional float tensor (the bias, a gradient that was not asked for).
+///
+/// The extension macro maps tensors, and structs or enums of tensors, across the `Dispatch`
+/// boundary, but not `Option`s of tensors inside them: this enum is the `Option` it can map.
+#[derive(Clone, Debug, ExtensionType)]
+pub enum Optional<B: Backend> {
+    /// The tensor.
+    Present(FloatTensor<B>),
+    /// No tensor.
+    Absent,
+}
+
+impl<B: Backend> From<Option<FloatTensor<B>>> for Optional<B> {
+    fn from(tensor: Option<FloatTensor<B>>) -> Self {
+        match tensor {
+            Some(tensor) => Self::Present(tensor),
+            None => Self::Absent,
+        }
+    }
+}
+
+impl<B: Backend> Optional<B> {
+    /// The tensor as an `Option`.
+    pub fn into_option(self) -> Option<FloatTensor<B>> {
+        match self {
+            Self::Present(tensor) => Some(tensor),
+            Self::Absent => None,
+        }
+    }
+
+    /// A borrowed `Option`.
+    pub fn as_option(&self) -> Option<&FloatTensor<B>> {
+        match self {
+            Self::Present(tensor) => Some(tensor),
+            Self::Absent => None,
+        }
+    }
+}
+
+/// The targets as primitives of the loss's backend (validated where they were built).
+#[derive(Clone, Debug, ExtensionType)]
+pub enum TargetPrimitives<B: Backend> {
+    /// Class indices `[N]` (Int); labels equal to an ignored value count for nothing.
+    Classes(IntTensor<B>),
+    /// Class probabilities `[N, C]`, rows summing to 1.
+    Probabilities(FloatTensor<B>),
 }
 
 /// The upstream gradient of the per-row losses, for reduction none.
@@ -73,78 +104,44 @@ pub enum RowUpstream<B: Backend> {
     Rows(FloatTensor<B>),
 }
 
-/// The optional bias `b` of the linear layer.
+/// What the fused op returns: the loss, the gradients it was asked for, and the per-row
+/// log-sum-exp when asked for.
 ///
-/// The extension macro maps tensors, and structs or enums of tensors, across the `Dispatch`
-/// boundary, but not `Option`s of tensors: this enum is the `Option<FloatTensor<B>>` it can map.
+/// # Shapes
+/// - `loss`: `[1]` (`[N]` for reduction none), without the L2 term
+/// - `d_input`: `[N, D]`, `d_weight`: `[D, C]`, `d_bias`: `[C]`, `log_sum_exp`: `[N]`
 #[derive(Clone, Debug, ExtensionType)]
-pub enum Bias<B: Backend> {
-    /// `S = X W + b`, with `b` of shape `[C]`.
-    Present(FloatTensor<B>),
-    /// `S = X W`.
-    Absent,
+pub struct FusedOutput<B: Backend> {
+    /// The reduced loss.
+    pub loss: FloatTensor<B>,
+    /// `dX = dS W^T`.
+    #[extension_type]
+    pub d_input: Optional<B>,
+    /// `dW = X^T dS`.
+    #[extension_type]
+    pub d_weight: Optional<B>,
+    /// `db = colsum(dS)`.
+    #[extension_type]
+    pub d_bias: Optional<B>,
+    /// `lse_i`.
+    #[extension_type]
+    pub log_sum_exp: Optional<B>,
 }
 
-impl<B: Backend> From<Option<FloatTensor<B>>> for Bias<B> {
-    fn from(bias: Option<FloatTensor<B>>) -> Self {
-        match bias {
-            Some(bias) => Self::Present(bias),
-            None => Self::Absent,
-        }
-    }
-}
-
-impl<B: Backend> Bias<B> {
-    /// The bias as an `Option`.
-    pub fn into_option(self) -> Option<FloatTensor<B>> {
-        match self {
-            Self::Present(bias) => Some(bias),
-            Self::Absent => None,
-        }
-    }
-}
-
-/// The tuple form of [`FusedGradients`] that crosses the `Dispatch` boundary (the extension
-/// macro maps tuples and options of tensors, not named structs): `(loss, dX, dW, db, lse)`.
-pub type FusedGradientsTuple<B> = (
-    FloatTensor<B>,
-    Option<FloatTensor<B>>,
-    Option<FloatTensor<B>>,
-    Option<FloatTensor<B>>,
-    Option<FloatTensor<B>>,
-);
-
-impl<B: Backend> FusedGradients<B> {
-    /// `(loss, dX, dW, db, lse)`.
-    pub fn into_tuple(self) -> FusedGradientsTuple<B> {
-        (
-            self.loss,
-            self.d_input,
-            self.d_weight,
-            self.d_bias,
-            self.log_sum_exp,
-        )
-    }
-
-    /// The inverse of [`into_tuple`](Self::into_tuple).
-    pub fn from_tuple(
-        (loss, d_input, d_weight, d_bias, log_sum_exp): FusedGradientsTuple<B>,
-    ) -> Self {
-        Self {
-            loss,
-            d_input,
-            d_weight,
-            d_bias,
-            log_sum_exp,
-        }
-    }
+/// The plain (non-tensor) part of a fused call: the loss definition and the chunk size.
+#[derive(Clone, Debug)]
+pub struct FusedSpec {
+    /// The loss options (the L2 term is left to the callers).
+    pub options: LossOptions,
+    /// Rows per chunk `R`.
+    pub chunk_rows: usize,
 }
 
 /// Linear layer + softmax cross-entropy with every [`LossOptions`] option (but the L2 term,
-/// which the callers add as ordinary ops), evaluated `chunk_rows` rows at a time.
+/// which the callers add as ordinary ops), evaluated `spec.chunk_rows` rows at a time.
 ///
-/// The `[N, C]` logits are never materialised (see `fused/chunked.rs`). Inputs are trusted:
-/// shapes, targets and options are checked by the callers in [`super`].
+/// The `[N, C]` logits are never materialised. Inputs are trusted: shapes, targets and options
+/// are checked by the callers in [`super`].
 ///
 /// # Shapes
 /// - `x`: `[N, D]`, `weight`: `[D, C]`, `bias`: `[C]`, `targets`: `[N]` or `[N, C]`
@@ -160,112 +157,45 @@ pub trait FusedLinearCrossEntropyOps: Backend {
     fn linear_cross_entropy(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
-        #[extension_type] bias: Bias<Self>,
-        targets: Targets,
-        options: LossOptions,
-        chunk_rows: usize,
+        #[extension_type] bias: Optional<Self>,
+        #[extension_type] targets: TargetPrimitives<Self>,
+        spec: FusedSpec,
     ) -> FloatTensor<Self> {
         Self::linear_cross_entropy_with_gradients(
             x,
             weight,
             bias,
             targets,
-            options,
-            chunk_rows,
+            spec,
             WantedGradients::NONE,
             RowUpstream::Ones,
         )
-        .0
+        .loss
     }
 
-    /// The loss, the `wanted` gradients (for the upstream `upstream`) and the per-row
-    /// log-sum-exp as plain values, `(loss, dX, dW, db, lse)`.
+    /// The loss, the `wanted` gradients (for the upstream `upstream`) and, when
+    /// `spec.options.return_log_sum_exp`, the per-row log-sum-exp, as plain values.
     ///
     /// On `Autodiff<B, C>` the results are constants (not part of any graph).
-    // The tuple is spelled out: the extension macro reads the output type syntactically and
-    // would not see through the `FusedGradientsTuple` alias.
-    #[allow(clippy::type_complexity, clippy::too_many_arguments)]
     fn linear_cross_entropy_with_gradients(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
-        #[extension_type] bias: Bias<Self>,
-        targets: Targets,
-        options: LossOptions,
-        chunk_rows: usize,
+        #[extension_type] bias: Optional<Self>,
+        #[extension_type] targets: TargetPrimitives<Self>,
+        spec: FusedSpec,
         wanted: WantedGradients,
         #[extension_type] upstream: RowUpstream<Self>,
-    ) -> (
-        FloatTensor<Self>,
-        Option<FloatTensor<Self>>,
-        Option<FloatTensor<Self>>,
-        Option<FloatTensor<Self>>,
-        Option<FloatTensor<Self>>,
-    );
-}
+    ) -> FusedOutput<Self>;
 
-/// The plain backends' implementation: the raw-buffer kernel (`fused/raw.rs`) where it handles
-/// the case, else the chunk kernel on tensors wrapping the primitives.
-#[allow(clippy::too_many_arguments)]
-fn plain_kernel<B: PlainBackend + RawBackend>(
-    x: FloatTensor<B>,
-    weight: FloatTensor<B>,
-    bias: Bias<B>,
-    targets: Targets,
-    options: LossOptions,
-    chunk_rows: usize,
-    wanted: WantedGradients,
-    upstream: RowUpstream<B>,
-) -> FusedGradientsTuple<B> {
-    if let Some(output) = raw::linear_cross_entropy::<B>(
-        &x, &weight, &bias, &targets, &options, chunk_rows, wanted, &upstream,
-    ) {
-        return output;
+    /// `g * gradient` for the `[1]` upstream gradient `g` of a scalar loss, on the device.
+    ///
+    /// The default is a broadcast multiply; the CPU backends read `g` from their own buffer
+    /// (no device to synchronise with) and skip the pass when `g = 1`.
+    fn scale_by_upstream(
+        gradient: FloatTensor<Self>,
+        upstream: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let ones = vec![1; gradient.shape().num_dims()];
+        Self::float_mul(gradient, Self::float_reshape(upstream, ones.into()))
     }
-    let output = chunked::linear_cross_entropy(
-        B::wrap(x),
-        B::wrap(weight),
-        bias.into_option().map(B::wrap),
-        &targets,
-        &options,
-        chunk_rows,
-        wanted,
-        match upstream {
-            RowUpstream::Ones => None,
-            RowUpstream::Rows(rows) => Some(B::wrap(rows)),
-        },
-        B::WEIGHT_TRANSPOSE,
-    );
-    FusedGradients::<B> {
-        loss: B::unwrap(output.loss),
-        d_input: output.d_input.map(B::unwrap),
-        d_weight: output.d_weight.map(B::unwrap),
-        d_bias: output.d_bias.map(B::unwrap),
-        log_sum_exp: output.log_sum_exp.map(B::unwrap),
-    }
-    .into_tuple()
 }
-
-macro_rules! plain_fused_ops {
-    ($backend:ident) => {
-        impl FusedLinearCrossEntropyOps for burn::backend::$backend {
-            fn linear_cross_entropy_with_gradients(
-                x: FloatTensor<Self>,
-                weight: FloatTensor<Self>,
-                bias: Bias<Self>,
-                targets: Targets,
-                options: LossOptions,
-                chunk_rows: usize,
-                wanted: WantedGradients,
-                upstream: RowUpstream<Self>,
-            ) -> FusedGradientsTuple<Self> {
-                plain_kernel::<Self>(
-                    x, weight, bias, targets, options, chunk_rows, wanted, upstream,
-                )
-            }
-        }
-    };
-}
-#[cfg(feature = "flex")]
-plain_fused_ops!(Flex);
-#[cfg(feature = "ndarray")]
-plain_fused_ops!(NdArray);

@@ -18,7 +18,7 @@
 //! denominator, a sum over all rows, is only known after the last chunk). For reduction none,
 //! `g_i` is the caller's upstream vector.
 
-use burn::backend::tensor::FloatTensor;
+use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{
     Backend, BackendTensor, DispatchAutodiffContext, DispatchTensor, DispatchTensorKind,
 };
@@ -49,6 +49,8 @@ pub(crate) trait PlainBackend: Backend {
     fn wrap<const D: usize>(primitive: FloatTensor<Self>) -> Tensor<D>;
     /// The tensor's primitive back.
     fn unwrap<const D: usize>(tensor: Tensor<D>) -> FloatTensor<Self>;
+    /// An Int primitive as a (non-autodiff) tensor.
+    fn wrap_int<const D: usize>(primitive: IntTensor<Self>) -> Tensor<D, Int>;
 }
 
 macro_rules! plain_backend {
@@ -60,6 +62,12 @@ macro_rules! plain_backend {
             fn wrap<const D: usize>(primitive: FloatTensor<Self>) -> Tensor<D> {
                 Tensor::from_dispatch(DispatchTensor {
                     kind: DispatchTensorKind::$backend(BackendTensor::Float(primitive)),
+                    autodiff: DispatchAutodiffContext::Disabled,
+                })
+            }
+            fn wrap_int<const D: usize>(primitive: IntTensor<Self>) -> Tensor<D, Int> {
+                Tensor::from_dispatch(DispatchTensor {
+                    kind: DispatchTensorKind::$backend(BackendTensor::Int(primitive)),
                     autodiff: DispatchAutodiffContext::Disabled,
                 })
             }

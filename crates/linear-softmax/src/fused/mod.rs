@@ -25,8 +25,12 @@
 //! computes the losses and keeps `X`, `W`, `b` (no `[N, C]` tensor); the backward pass
 //! recomputes each chunk with `g` (one more pass of GEMMs, still `O(R C)` memory).
 //!
-//! The op lives in [`backend`] (a Burn backend extension implemented for Flex and NdArray, and by
-//! hand for `Autodiff<B, C>` in `autodiff.rs`); the row loop is isolated in `chunked.rs`.
+//! The op is a Burn backend extension (`backend.rs`: device tensors in, one output struct out,
+//! no host read on the way) implemented for Flex and NdArray (`kernel.rs`, which picks one of
+//! the kernels of [`Kernel`] per call, from metadata alone: [`kernel_for`] tells which) and by
+//! hand for `Autodiff<B, C>` (`autodiff.rs`). The kernels: `raw.rs` (chunked GEMMs on raw CPU
+//! buffers), `raw/few_classes.rs` (one streaming pass for `C <= 16`) and `chunked.rs` (the
+//! chunk loop on tensor operations, for every other case).
 //!
 //! ```
 //! use burn::prelude::*;
@@ -48,22 +52,27 @@
 mod autodiff;
 // NdArray is deprecated upstream in favour of Flex; this crate still serves both.
 #[allow(deprecated)]
-pub mod backend;
+mod backend;
 mod chunked;
+mod kernel;
 mod raw;
 
 use burn::backend::Dispatch;
 use burn::prelude::*;
 use burn::tensor::DType;
 
-pub use backend::{Bias, FusedLinearCrossEntropyOps, RowUpstream, WantedGradients};
+pub use kernel::{Kernel, KernelChoice, kernel_for};
+
+use backend::{
+    FusedLinearCrossEntropyOps, FusedSpec, Optional, RowUpstream, TargetPrimitives, WantedGradients,
+};
 
 use crate::error::{Error, Result};
 use crate::gradients::HeadGradients;
 use crate::head::LinearSoftmax;
 use crate::manual;
 use crate::options::LossOptions;
-use crate::targets::Targets;
+use crate::targets::{TargetKind, Targets};
 
 /// How many rows the fused kernel processes at a time.
 ///
@@ -155,13 +164,16 @@ pub fn loss_with_chunking(
     chunking: &Chunking,
 ) -> Result<Tensor<1>> {
     let chunk_rows = check(head, &x, targets, options, chunking)?;
+    let targets = target_primitives(targets, &x.device());
     let loss = Tensor::from_dispatch(Dispatch::linear_cross_entropy(
         x.into_dispatch(),
         head.weight().into_dispatch(),
-        Bias::from(head.bias().map(Tensor::into_dispatch)),
-        targets.clone(),
-        options.clone(),
-        chunk_rows,
+        Optional::from(head.bias().map(Tensor::into_dispatch)),
+        targets,
+        FusedSpec {
+            options: options.clone(),
+            chunk_rows,
+        },
     ));
     Ok(with_l2(loss, head, options))
 }
@@ -199,20 +211,22 @@ pub fn loss_and_gradients_with_chunking(
 ) -> Result<HeadGradients> {
     let chunk_rows = check(head, &x, targets, options, chunking)?;
     let weight = head.weight().detach();
-    let (loss, d_input, d_weight, d_bias, log_sum_exp) =
-        Dispatch::linear_cross_entropy_with_gradients(
-            x.detach().into_dispatch(),
-            weight.clone().into_dispatch(),
-            Bias::from(head.bias().map(|bias| bias.detach().into_dispatch())),
-            targets.clone(),
-            options.clone(),
+    let targets = target_primitives(targets, &x.device());
+    let output = Dispatch::linear_cross_entropy_with_gradients(
+        x.detach().into_dispatch(),
+        weight.clone().into_dispatch(),
+        Optional::from(head.bias().map(|bias| bias.detach().into_dispatch())),
+        targets,
+        FusedSpec {
+            options: options.clone(),
             chunk_rows,
-            WantedGradients::ALL,
-            RowUpstream::Ones,
-        );
+        },
+        WantedGradients::ALL,
+        RowUpstream::Ones,
+    );
     let computed = "the kernel computes every wanted gradient";
-    let mut loss = Tensor::<1>::from_dispatch(loss);
-    let mut d_weight = Tensor::<2>::from_dispatch(d_weight.expect(computed));
+    let mut loss = Tensor::<1>::from_dispatch(output.loss);
+    let mut d_weight = Tensor::<2>::from_dispatch(output.d_weight.into_option().expect(computed));
     if options.l2 != 0.0 {
         // L = L_ce + lambda sum(W^2): dW += 2 lambda W.
         loss = loss + manual::l2_forward(weight.clone(), options.l2);
@@ -221,10 +235,23 @@ pub fn loss_and_gradients_with_chunking(
     Ok(HeadGradients {
         loss,
         d_weight,
-        d_bias: d_bias.map(Tensor::from_dispatch),
-        d_input: Tensor::from_dispatch(d_input.expect(computed)),
-        log_sum_exp: log_sum_exp.map(Tensor::from_dispatch),
+        d_bias: output.d_bias.into_option().map(Tensor::from_dispatch),
+        d_input: Tensor::from_dispatch(output.d_input.into_option().expect(computed)),
+        log_sum_exp: output.log_sum_exp.into_option().map(Tensor::from_dispatch),
     })
+}
+
+/// The targets as dispatch primitives on the device of `x` (a no-op when they are there
+/// already, as when built on the model's device).
+fn target_primitives(targets: &Targets, device: &Device) -> TargetPrimitives<Dispatch> {
+    match targets.kind() {
+        TargetKind::Classes { indices, .. } => {
+            TargetPrimitives::Classes(indices.clone().to_device(device).into_dispatch())
+        }
+        TargetKind::Probabilities(probabilities) => {
+            TargetPrimitives::Probabilities(probabilities.clone().to_device(device).into_dispatch())
+        }
+    }
 }
 
 /// `L + lambda sum(W^2)`, as ordinary (differentiable) tensor ops: the penalty does not touch

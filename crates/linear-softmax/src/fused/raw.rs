@@ -21,7 +21,7 @@
 //! so the mean is folded into `f_i` and the gradients need no final scaling pass.
 //!
 //! For few classes (`C <= 16`, a classifier) GEMMs with so few columns waste most of their
-//! width; `narrow.rs` replaces them with one streaming pass over the rows, around the same row
+//! width; `few_classes.rs` replaces them with one streaming pass over the rows, around the same row
 //! code.
 //!
 //! The GEMMs are `matrixmultiply`'s `sgemm`/`dgemm` (threaded over the cores by its
@@ -29,9 +29,10 @@
 //! time); the row passes run on rayon, with a vectorisable `exp` for `f32`.
 //!
 //! Supported: class-index targets (with `ignore_index`, `pad_tokens`, class weights, label
-//! smoothing, z-loss, `return_log_sum_exp`), every reduction, `f32` and `f64`. Everything else
-//! (probability targets, softcap, other dtypes) returns `None` and the caller falls back to the
-//! tensor-level kernel. Peak extra memory: the outputs (`dW`, `dX`, `db`, the `[N]` losses) plus
+//! smoothing, z-loss, `return_log_sum_exp`), every reduction, `f32` and `f64`; `kernel.rs`
+//! sends everything else (probability targets, softcap, other dtypes) to the tensor-level
+//! kernel before this one starts. The labels and the upstream gradients are read from the
+//! backend's own CPU buffers (no device, nothing to synchronise). Peak extra memory: the outputs (`dW`, `dX`, `db`, the `[N]` losses) plus
 //! one `[R, C]` buffer and a few `[C]` partial column sums.
 
 // NdArray is deprecated upstream in favour of Flex; this crate still serves both.
@@ -40,18 +41,19 @@
 use std::borrow::Cow;
 use std::ops::{Add, AddAssign, Div, Mul, Sub};
 
-use burn::backend::tensor::FloatTensor;
-use burn::backend::{Backend, TensorMetadata};
+use burn::backend::tensor::{FloatTensor, IntTensor};
+use burn::backend::{Backend, Scalar, TensorMetadata};
 use burn::tensor::{DType, Element, TensorData};
 use rayon::prelude::*;
 
-use super::backend::{Bias, FusedGradientsTuple, RowUpstream, WantedGradients};
+use super::backend::{
+    FusedOutput, FusedSpec, Optional, RowUpstream, TargetPrimitives, WantedGradients,
+};
 use crate::options::{LossOptions, Reduction};
-use crate::targets::{TargetKind, Targets};
 
 #[cfg(feature = "openblas-system")]
 mod blas;
-mod narrow;
+pub(crate) mod few_classes;
 
 /// A float primitive's elements as a row-major slice: borrowed when the buffer is contiguous,
 /// a copy otherwise.
@@ -60,10 +62,12 @@ pub(crate) enum RawSlice<'a> {
     F64(Cow<'a, [f64]>),
 }
 
-/// A plain CPU backend whose float primitives expose their buffers.
+/// A plain CPU backend whose primitives expose their buffers.
 pub(crate) trait RawBackend: Backend {
     /// The tensor's elements in row-major order (`None` for dtypes other than f32/f64).
     fn raw(tensor: &FloatTensor<Self>) -> Option<RawSlice<'_>>;
+    /// An Int tensor's elements in row-major order, as `i64`.
+    fn labels(tensor: &IntTensor<Self>) -> Vec<i64>;
 }
 
 #[cfg(feature = "flex")]
@@ -80,6 +84,22 @@ impl RawBackend for burn::backend::Flex {
             }),
             _ => return None,
         })
+    }
+
+    fn labels(tensor: &IntTensor<Self>) -> Vec<i64> {
+        match tensor.dtype() {
+            DType::I32 if tensor.is_contiguous() => {
+                tensor.storage::<i32>().iter().map(|&v| v.into()).collect()
+            }
+            DType::I64 if tensor.is_contiguous() => tensor.storage::<i64>().to_vec(),
+            // Any other layout or width: a copy of the backend's own buffer, in order.
+            _ => tensor
+                .clone()
+                .into_data()
+                .convert::<i64>()
+                .try_to_vec::<i64>()
+                .expect("TensorData::convert::<i64> makes i64 data"),
+        }
     }
 }
 
@@ -104,6 +124,26 @@ impl RawBackend for burn::backend::NdArray {
             NdArrayTensor::F64(storage) => RawSlice::F64(standard_order!(storage.view())),
             _ => return None,
         })
+    }
+
+    fn labels(tensor: &IntTensor<Self>) -> Vec<i64> {
+        use burn::backend::ndarray::NdArrayTensor;
+        macro_rules! widen {
+            ($storage:expr) => {
+                $storage.view().iter().map(|&v| v as i64).collect()
+            };
+        }
+        match tensor {
+            NdArrayTensor::I64(storage) => widen!(storage),
+            NdArrayTensor::I32(storage) => widen!(storage),
+            NdArrayTensor::I16(storage) => widen!(storage),
+            NdArrayTensor::I8(storage) => widen!(storage),
+            NdArrayTensor::U64(storage) => widen!(storage),
+            NdArrayTensor::U32(storage) => widen!(storage),
+            NdArrayTensor::U16(storage) => widen!(storage),
+            NdArrayTensor::U8(storage) => widen!(storage),
+            other => unreachable!("an Int primitive of dtype {:?}", other.dtype()),
+        }
     }
 }
 
@@ -283,50 +323,31 @@ struct RawOutput<E> {
     log_sum_exp: Option<Vec<E>>,
 }
 
-/// Whether the raw kernel handles these targets and options (the caller falls back otherwise).
-pub(crate) fn supports(targets: &Targets, options: &LossOptions) -> bool {
-    matches!(targets.kind(), TargetKind::Classes { .. }) && options.softcap.is_none()
-}
-
-/// The raw kernel on the primitives of a plain backend, or `None` when it does not handle the
-/// case (see [`supports`]) and the caller must run the tensor-level kernel.
+/// The raw kernel on the primitives of a plain backend.
 ///
-/// Inputs are trusted as in `chunked::linear_cross_entropy` (shapes, labels and options
-/// were checked by the public entry points).
-#[allow(clippy::too_many_arguments)]
+/// `kernel.rs` sends only what it handles here (class indices, no softcap, f32 or f64);
+/// shapes, labels, dtypes and options were checked by the public entry points.
 pub(crate) fn linear_cross_entropy<B: RawBackend>(
     x: &FloatTensor<B>,
     weight: &FloatTensor<B>,
-    bias: &Bias<B>,
-    targets: &Targets,
-    options: &LossOptions,
-    chunk_rows: usize,
+    bias: &Optional<B>,
+    targets: &TargetPrimitives<B>,
+    spec: &FusedSpec,
     wanted: WantedGradients,
     upstream: &RowUpstream<B>,
-) -> Option<FusedGradientsTuple<B>> {
-    if !supports(targets, options) {
-        return None;
-    }
-    let TargetKind::Classes { indices, .. } = targets.kind() else {
-        return None;
+) -> FusedOutput<B> {
+    const CHOSEN: &str = "kernel.rs chose the raw kernel for class indices in f32 or f64";
+    let TargetPrimitives::Classes(labels) = targets else {
+        unreachable!("{CHOSEN}");
     };
-    let (x_shape, w_shape) = (x.shape(), weight.shape());
-    if x_shape.num_dims() != 2 || w_shape.num_dims() != 2 {
-        return None;
-    }
-    let [n_rows, d_input] = x_shape.dims::<2>();
-    let [d_weight, n_classes] = w_shape.dims::<2>();
-    if n_rows == 0 || n_classes == 0 || d_weight != d_input || indices.dims()[0] != n_rows {
-        return None;
-    }
-    let labels = crate::host::to_host_i64(indices).ok()?;
-    let bias = match bias {
-        Bias::Present(bias) => Some(B::raw(bias)?),
-        Bias::Absent => None,
-    };
+    let [n_rows, d_input] = x.shape().dims::<2>();
+    let n_classes = weight.shape().dims::<2>()[1];
+    let labels = B::labels(labels);
+    let raw = |tensor| B::raw(tensor).expect(CHOSEN);
+    let bias = bias.as_option().map(raw);
     let upstream = match upstream {
         RowUpstream::Ones => None,
-        RowUpstream::Rows(rows) => Some(B::raw(rows)?),
+        RowUpstream::Rows(rows) => Some(raw(rows)),
     };
     let shape = Shape2 {
         n_rows,
@@ -334,40 +355,62 @@ pub(crate) fn linear_cross_entropy<B: RawBackend>(
         n_classes,
     };
     let device = x.device();
+    let options = &spec.options;
     macro_rules! run {
         ($variant:ident, $ty:ty, $x:expr) => {{
-            let RawSlice::$variant(weight) = B::raw(weight)? else {
-                return None;
-            };
-            let bias = match &bias {
-                Some(RawSlice::$variant(bias)) => Some(&bias[..]),
-                None => None,
-                Some(_) => return None,
-            };
-            let upstream = match &upstream {
-                Some(RawSlice::$variant(rows)) => Some(&rows[..]),
-                None => None,
-                Some(_) => return None,
-            };
+            // The head checks that x, W and b share one dtype; the upstream gradient has the
+            // loss's dtype.
+            fn same_dtype<'a>(slice: &'a RawSlice<'_>) -> Option<&'a [$ty]> {
+                match slice {
+                    RawSlice::$variant(values) => Some(values.as_ref()),
+                    _ => None,
+                }
+            }
+            let weight = raw(weight);
+            let weight = same_dtype(&weight).expect(CHOSEN);
+            let bias = bias.as_ref().map(|b| same_dtype(b).expect(CHOSEN));
+            let upstream = upstream.as_ref().map(|g| same_dtype(g).expect(CHOSEN));
             let row_targets = row_targets::<$ty>(&labels, n_classes, options);
             let output = kernel::<$ty>(
                 shape,
                 $x,
-                &weight,
+                weight,
                 bias,
                 &row_targets,
                 options,
-                chunk_rows,
+                spec.chunk_rows,
                 wanted,
                 upstream,
             );
             into_primitives::<B, $ty>(output, shape, &device)
         }};
     }
-    Some(match B::raw(x)? {
+    match raw(x) {
         RawSlice::F32(x_raw) => run!(F32, f32, &x_raw),
         RawSlice::F64(x_raw) => run!(F64, f64, &x_raw),
-    })
+    }
+}
+
+/// `g * gradient` for a `[1]` upstream gradient `g` in the backend's own buffer: the
+/// gradient itself when `g = 1` (a plain `loss.backward()`), else an in-place scalar multiply.
+pub(crate) fn scale_by_scalar<B: RawBackend>(
+    gradient: FloatTensor<B>,
+    upstream: &FloatTensor<B>,
+) -> FloatTensor<B> {
+    let scale = match B::raw(upstream) {
+        Some(RawSlice::F32(g)) => g[0] as f64,
+        Some(RawSlice::F64(g)) => g[0],
+        // Another float type: the broadcast multiply of any backend.
+        None => {
+            let ones = vec![1; gradient.shape().num_dims()];
+            return B::float_mul(gradient, B::float_reshape(upstream.clone(), ones.into()));
+        }
+    };
+    if scale == 1.0 {
+        gradient
+    } else {
+        B::float_mul_scalar(gradient, Scalar::from(scale))
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -414,7 +457,7 @@ fn into_primitives<B: Backend, E: RawFloat>(
     output: RawOutput<E>,
     shape: Shape2,
     device: &B::Device,
-) -> FusedGradientsTuple<B> {
+) -> FusedOutput<B> {
     let Shape2 {
         n_rows,
         d_input,
@@ -424,15 +467,18 @@ fn into_primitives<B: Backend, E: RawFloat>(
         B::float_from_data(TensorData::new(values, dims), device)
     };
     let loss_len = output.loss.len();
-    (
-        primitive(output.loss, vec![loss_len]),
-        output.d_input.map(|v| primitive(v, vec![n_rows, d_input])),
-        output
-            .d_weight
-            .map(|v| primitive(v, vec![d_input, n_classes])),
-        output.d_bias.map(|v| primitive(v, vec![n_classes])),
-        output.log_sum_exp.map(|v| primitive(v, vec![n_rows])),
-    )
+    FusedOutput {
+        loss: primitive(output.loss, vec![loss_len]),
+        d_input: (output.d_input.map(|v| primitive(v, vec![n_rows, d_input]))).into(),
+        d_weight: (output.d_weight)
+            .map(|v| primitive(v, vec![d_input, n_classes]))
+            .into(),
+        d_bias: output.d_bias.map(|v| primitive(v, vec![n_classes])).into(),
+        log_sum_exp: output
+            .log_sum_exp
+            .map(|v| primitive(v, vec![n_rows]))
+            .into(),
+    }
 }
 
 /// Below this many `[R, C]` elements a chunk's row pass runs on the calling thread.
@@ -492,7 +538,7 @@ fn kernel<E: RawFloat>(
         d_weight: d_weight.as_deref_mut(),
         d_bias: d_bias.as_deref_mut(),
     };
-    if c <= narrow::MAX_CLASSES {
+    if c <= few_classes::MAX_CLASSES {
         let factors: Vec<f64> = (0..n_rows).map(factor).collect();
         let batch = ChunkRows {
             start: 0,
@@ -502,7 +548,7 @@ fn kernel<E: RawFloat>(
             gradients: wanted.any(),
             n_classes: c,
         };
-        narrow::pass(inputs, &batch, outputs);
+        few_classes::pass(inputs, &batch, outputs);
     } else {
         gemm_chunks(inputs, bias, targets, &factor, chunk_rows, outputs);
     }
@@ -967,8 +1013,6 @@ fn lane_exp_sum<E: RawFloat>(s: &mut [E], max: E) -> E {
 
 #[cfg(test)]
 mod tests {
-    use burn::prelude::*;
-
     use super::*;
 
     #[test]
@@ -984,67 +1028,5 @@ mod tests {
         assert!(worst < 5e-7, "worst relative error {worst:e}");
         assert_eq!(exp_f32(0.0), 1.0);
         assert!(exp_f32(-1000.0) < 1e-37);
-    }
-
-    /// Takes the primitives out of plain tensors of one backend and runs the raw kernel.
-    fn run_raw<B: RawBackend>(
-        unwrap: impl Fn(Tensor<2>) -> FloatTensor<B>,
-        device: &Device,
-        targets: &Targets,
-        options: &LossOptions,
-    ) -> bool {
-        let x = Tensor::<2>::from_data([[0.5, -1.0, 2.0], [1.5, 0.0, -0.5]], device);
-        let w = Tensor::<2>::from_data([[0.1, 0.2], [0.3, -0.4], [0.0, 1.0]], device);
-        linear_cross_entropy::<B>(
-            &unwrap(x),
-            &unwrap(w),
-            &Bias::Absent,
-            targets,
-            options,
-            1,
-            WantedGradients::ALL,
-            &RowUpstream::Ones,
-        )
-        .is_some()
-    }
-
-    #[cfg(feature = "flex")]
-    #[test]
-    fn class_targets_take_the_raw_kernel_and_the_rest_fall_back() {
-        use burn::backend::Flex;
-        let device = Device::flex();
-        let flex = |t: Tensor<2>| match t.into_dispatch().kind {
-            burn::backend::DispatchTensorKind::Flex(t) => t.float(),
-            _ => unreachable!(),
-        };
-        let classes = Targets::from_indices(&[1, 0], 2, &device).unwrap();
-        let probabilities = Targets::from_probabilities(&[0.5; 4], [2, 2], &device).unwrap();
-        let plain = LossOptions::new();
-        assert!(run_raw::<Flex>(flex, &device, &classes, &plain));
-        let weighted = LossOptions::new()
-            .with_weights(Some(vec![1.0, 2.0]))
-            .with_label_smoothing(0.1);
-        assert!(run_raw::<Flex>(flex, &device, &classes, &weighted));
-        let softcap = LossOptions::new().with_softcap(Some(2.0));
-        assert!(!run_raw::<Flex>(flex, &device, &classes, &softcap));
-        assert!(!run_raw::<Flex>(flex, &device, &probabilities, &plain));
-    }
-
-    #[cfg(feature = "ndarray")]
-    #[test]
-    fn ndarray_takes_the_raw_kernel_too() {
-        use burn::backend::NdArray;
-        let (plain, softcap) = (
-            LossOptions::new(),
-            LossOptions::new().with_softcap(Some(2.0)),
-        );
-        let device = Device::ndarray();
-        let ndarray = |t: Tensor<2>| match t.into_dispatch().kind {
-            burn::backend::DispatchTensorKind::NdArray(t) => t.float(),
-            _ => unreachable!(),
-        };
-        let classes = Targets::from_indices(&[1, 0], 2, &device).unwrap();
-        assert!(run_raw::<NdArray>(ndarray, &device, &classes, &plain));
-        assert!(!run_raw::<NdArray>(ndarray, &device, &classes, &softcap));
     }
 }

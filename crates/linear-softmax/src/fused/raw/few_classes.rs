@@ -32,7 +32,7 @@ mod avx512;
 
 /// Up to this many classes the streaming pass replaces the GEMMs: one row of logits is
 /// `LANES` elements.
-pub(super) const MAX_CLASSES: usize = LANES;
+pub(crate) const MAX_CLASSES: usize = LANES;
 
 /// Features per accumulator block of `dX` and `dW` (two vector registers in f32, per row).
 const FEATURE_BLOCK: usize = 2 * LANES;

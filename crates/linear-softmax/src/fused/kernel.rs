@@ -1,0 +1,330 @@
+//! Which kernel runs the fused op on a plain CPU backend, and why; the backends' implementation.
+//!
+//! The choice is made once per call, from metadata alone, before anything runs: a kernel never
+//! gives up halfway and hands the work to another. [`kernel_for`] tells a caller (a test, a
+//! benchmark) which kernel a call will take.
+
+use burn::backend::TensorMetadata;
+use burn::backend::tensor::FloatTensor;
+use burn::prelude::*;
+use burn::tensor::DType;
+
+use super::backend::{
+    FusedOutput, FusedSpec, Optional, RowUpstream, TargetPrimitives, WantedGradients,
+};
+use super::chunked::{self, PlainBackend};
+use super::raw::{self, RawBackend, few_classes};
+use crate::head::LinearSoftmax;
+use crate::options::LossOptions;
+use crate::targets::{TargetKind, Targets};
+
+/// The kernels of the fused op.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernel {
+    /// Chunks of `R` rows on raw CPU buffers: three GEMMs per chunk around a vectorised row
+    /// pass, one reused `[R, C]` buffer (Flex, NdArray; class indices; f32, f64).
+    Raw,
+    /// One streaming pass over the rows for a classifier with few classes (`C <= 16`), the
+    /// raw kernel's row code without GEMMs.
+    FewClasses,
+    /// The chunk loop on tensor operations: every option and target kind, any float type.
+    Tensor,
+}
+
+/// The kernel a fused call takes, and the reason, as a sentence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelChoice {
+    /// The kernel.
+    pub kernel: Kernel,
+    /// Why this one: what about the call ruled the faster ones out, or let them in.
+    pub reason: &'static str,
+}
+
+/// The kernel [`crate::fused::loss`] runs for `x`, `targets` and `options` on a CPU backend.
+///
+/// ```
+/// use burn::prelude::*;
+/// use linear_softmax::fused::{Kernel, kernel_for};
+/// use linear_softmax::{LinearSoftmaxConfig, LossOptions, Targets};
+///
+/// let device = Device::flex();
+/// let head = LinearSoftmaxConfig::new(3, 4).init(&device)?;
+/// let x = Tensor::<2>::zeros([2, 3], &device);
+/// let targets = Targets::from_indices(&[3, 0], 4, &device)?;
+/// let choice = kernel_for(&head, &x, &targets, &LossOptions::new());
+/// assert_eq!(choice.kernel, Kernel::FewClasses);
+/// # Ok::<(), linear_softmax::Error>(())
+/// ```
+pub fn kernel_for(
+    head: &LinearSoftmax,
+    x: &Tensor<2>,
+    targets: &Targets,
+    options: &LossOptions,
+) -> KernelChoice {
+    let classes = matches!(targets.kind(), TargetKind::Classes { .. });
+    choose(x.dtype(), head.n_classes(), classes, options)
+}
+
+/// The one rule behind [`kernel_for`] and the backends' implementation.
+pub(crate) fn choose(
+    dtype: DType,
+    n_classes: usize,
+    class_targets: bool,
+    options: &LossOptions,
+) -> KernelChoice {
+    let tensor = |reason| KernelChoice {
+        kernel: Kernel::Tensor,
+        reason,
+    };
+    if !matches!(dtype, DType::F32 | DType::F64) {
+        return tensor("the raw kernels run f32 and f64 only");
+    }
+    if !class_targets {
+        return tensor("probability targets: the raw kernels take class indices only");
+    }
+    if options.softcap.is_some() {
+        return tensor("softcap: the raw kernels' row pass has no tanh");
+    }
+    if n_classes <= few_classes::MAX_CLASSES {
+        KernelChoice {
+            kernel: Kernel::FewClasses,
+            reason: "at most 16 classes: one streaming pass beats three narrow GEMMs",
+        }
+    } else {
+        KernelChoice {
+            kernel: Kernel::Raw,
+            reason: "class indices in f32 or f64: chunked GEMMs on raw buffers",
+        }
+    }
+}
+
+/// The plain backends' implementation: the kernel [`choose`] picks.
+pub(crate) fn plain_kernel<B: PlainBackend + RawBackend>(
+    x: FloatTensor<B>,
+    weight: FloatTensor<B>,
+    bias: Optional<B>,
+    targets: TargetPrimitives<B>,
+    spec: FusedSpec,
+    wanted: WantedGradients,
+    upstream: RowUpstream<B>,
+) -> FusedOutput<B> {
+    let [_, n_classes] = weight.shape().dims::<2>();
+    let class_targets = matches!(targets, TargetPrimitives::Classes(_));
+    match choose(x.dtype(), n_classes, class_targets, &spec.options).kernel {
+        Kernel::Raw | Kernel::FewClasses => {
+            raw::linear_cross_entropy::<B>(&x, &weight, &bias, &targets, &spec, wanted, &upstream)
+        }
+        Kernel::Tensor => tensor_kernel(x, weight, bias, targets, spec, wanted, upstream),
+    }
+}
+
+/// The chunk loop on tensors wrapping the primitives.
+fn tensor_kernel<B: PlainBackend>(
+    x: FloatTensor<B>,
+    weight: FloatTensor<B>,
+    bias: Optional<B>,
+    targets: TargetPrimitives<B>,
+    spec: FusedSpec,
+    wanted: WantedGradients,
+    upstream: RowUpstream<B>,
+) -> FusedOutput<B> {
+    let n_classes = weight.shape().dims::<2>()[1];
+    let kind = match targets {
+        TargetPrimitives::Classes(labels) => TargetKind::Classes {
+            indices: B::wrap_int(labels),
+            ignore_index: spec.options.ignore_index,
+        },
+        TargetPrimitives::Probabilities(probabilities) => {
+            TargetKind::Probabilities(B::wrap(probabilities))
+        }
+    };
+    let output = chunked::linear_cross_entropy(
+        B::wrap(x),
+        B::wrap(weight),
+        bias.into_option().map(B::wrap),
+        &Targets::trusted(kind, n_classes),
+        &spec.options,
+        spec.chunk_rows,
+        wanted,
+        match upstream {
+            RowUpstream::Ones => None,
+            RowUpstream::Rows(rows) => Some(B::wrap(rows)),
+        },
+        B::WEIGHT_TRANSPOSE,
+    );
+    let optional = |tensor: Option<FloatTensor<B>>| Optional::from(tensor);
+    FusedOutput {
+        loss: B::unwrap(output.loss),
+        d_input: optional(output.d_input.map(B::unwrap)),
+        d_weight: optional(output.d_weight.map(B::unwrap)),
+        d_bias: optional(output.d_bias.map(B::unwrap)),
+        log_sum_exp: optional(output.log_sum_exp.map(B::unwrap)),
+    }
+}
+
+/// `FusedLinearCrossEntropyOps` for a plain CPU backend: [`plain_kernel`], and the upstream
+/// gradient read from the backend's own buffer.
+macro_rules! plain_fused_ops {
+    ($backend:ident) => {
+        // NdArray is deprecated upstream in favour of Flex; this crate still serves both.
+        #[allow(deprecated)]
+        impl super::backend::FusedLinearCrossEntropyOps for burn::backend::$backend {
+            fn linear_cross_entropy_with_gradients(
+                x: FloatTensor<Self>,
+                weight: FloatTensor<Self>,
+                bias: Optional<Self>,
+                targets: TargetPrimitives<Self>,
+                spec: FusedSpec,
+                wanted: WantedGradients,
+                upstream: RowUpstream<Self>,
+            ) -> FusedOutput<Self> {
+                plain_kernel::<Self>(x, weight, bias, targets, spec, wanted, upstream)
+            }
+
+            fn scale_by_upstream(
+                gradient: FloatTensor<Self>,
+                upstream: FloatTensor<Self>,
+            ) -> FloatTensor<Self> {
+                raw::scale_by_scalar::<Self>(gradient, &upstream)
+            }
+        }
+    };
+}
+#[cfg(feature = "flex")]
+plain_fused_ops!(Flex);
+#[cfg(feature = "ndarray")]
+plain_fused_ops!(NdArray);
+
+#[cfg(all(test, feature = "flex"))]
+mod tests {
+    use burn::backend::Dispatch;
+
+    use super::super::backend::FusedLinearCrossEntropyOps;
+    use super::*;
+    use crate::head::LinearSoftmaxConfig;
+    use crate::host::reads_on_this_thread;
+    use crate::options::Reduction;
+
+    fn head_and_input(n_classes: usize, device: &Device) -> (LinearSoftmax, Tensor<2>) {
+        let head = LinearSoftmaxConfig::new(3, n_classes)
+            .init(device)
+            .expect("a valid config");
+        let x = Tensor::<2>::from_data([[0.5, -1.0, 2.0], [1.5, 0.0, -0.5]], device);
+        (head, x)
+    }
+
+    #[test]
+    fn the_choice_follows_the_targets_options_and_class_count() {
+        let device = Device::flex();
+        let (lm_head, x) = head_and_input(32768, &device);
+        let classes = Targets::from_indices(&[3, 30000], 32768, &device).unwrap();
+        let plain = LossOptions::new();
+        let choice = kernel_for(&lm_head, &x, &classes, &plain);
+        assert_eq!(choice.kernel, Kernel::Raw, "{}", choice.reason);
+
+        let (classifier, x) = head_and_input(10, &device);
+        let classes = Targets::from_indices(&[3, 0], 10, &device).unwrap();
+        let choice = kernel_for(&classifier, &x, &classes, &plain);
+        assert_eq!(choice.kernel, Kernel::FewClasses, "{}", choice.reason);
+
+        let probabilities = Targets::from_probabilities(&[0.1; 20], [2, 10], &device).unwrap();
+        let choice = kernel_for(&classifier, &x, &probabilities, &plain);
+        assert_eq!(choice.kernel, Kernel::Tensor);
+        assert!(choice.reason.contains("probability"), "{}", choice.reason);
+
+        let softcap = LossOptions::new().with_softcap(Some(30.0));
+        let choice = kernel_for(&lm_head, &x, &classes, &softcap);
+        assert_eq!(choice.kernel, Kernel::Tensor);
+        assert!(choice.reason.contains("softcap"), "{}", choice.reason);
+
+        let choice = choose(DType::F16, 32768, true, &plain);
+        assert_eq!(choice.kernel, Kernel::Tensor);
+    }
+
+    #[test]
+    fn the_kernel_computes_exactly_the_wanted_gradients() {
+        let device = Device::flex();
+        let (head, x) = head_and_input(20, &device);
+        let classes = Targets::from_indices(&[3, 19], 20, &device).unwrap();
+        let probabilities = Targets::from_probabilities(&[0.05; 40], [2, 20], &device).unwrap();
+        // One target kind per kernel: the raw kernel and the tensor kernel.
+        for targets in [&classes, &probabilities] {
+            let run = |wanted: WantedGradients, bias: bool| {
+                let output = Dispatch::linear_cross_entropy_with_gradients(
+                    x.clone().into_dispatch(),
+                    head.weight().into_dispatch(),
+                    Optional::from(bias.then(|| head.bias().unwrap().into_dispatch())),
+                    super::super::target_primitives(targets, &device),
+                    FusedSpec {
+                        options: LossOptions::new(),
+                        chunk_rows: 1,
+                    },
+                    wanted,
+                    RowUpstream::Ones,
+                );
+                [output.d_input, output.d_weight, output.d_bias]
+                    .map(|gradient| gradient.as_option().is_some())
+            };
+            let only = |input, weight, bias| WantedGradients {
+                input,
+                weight,
+                bias,
+            };
+            let cases = [
+                (WantedGradients::NONE, true, [false, false, false]),
+                (WantedGradients::ALL, true, [true, true, true]),
+                (WantedGradients::ALL, false, [true, true, false]),
+                (only(true, false, false), true, [true, false, false]),
+                (only(false, true, false), true, [false, true, false]),
+                (only(false, false, true), true, [false, false, true]),
+            ];
+            for (wanted, bias, expected) in cases {
+                assert_eq!(run(wanted, bias), expected, "{wanted:?} bias={bias}");
+            }
+        }
+    }
+
+    /// The route a user takes, on the model's autodiff device, reads nothing back to the host:
+    /// the labels, probabilities and upstream gradients stay device tensors across the op.
+    #[test]
+    fn a_fused_forward_and_backward_reads_nothing_back() {
+        let device = Device::flex().autodiff();
+        for n_classes in [10, 40] {
+            let (head, x) = head_and_input(n_classes, &device);
+            let x = x.require_grad();
+            let classes = Targets::from_indices(&[3, 1], n_classes, &device).unwrap();
+            let uniform = vec![1.0 / n_classes as f64; 2 * n_classes];
+            let probabilities =
+                Targets::from_probabilities(&uniform, [2, n_classes], &device).unwrap();
+            let upstream = Tensor::<1>::from_data([0.5, -2.0], &device);
+            for targets in [&classes, &probabilities] {
+                for reduction in [Reduction::Mean, Reduction::None] {
+                    let options = LossOptions::new().with_reduction(reduction);
+                    let before = reads_on_this_thread();
+                    let loss = head.loss(x.clone(), targets, &options).unwrap();
+                    let loss = match reduction {
+                        Reduction::None => (loss * upstream.clone()).sum(),
+                        _ => loss * 2.5,
+                    };
+                    let grads = loss.backward();
+                    assert_eq!(
+                        reads_on_this_thread(),
+                        before,
+                        "C = {n_classes}, {reduction:?}"
+                    );
+                    assert!(x.grad(&grads).is_some());
+                    assert!(head.linear.weight.grad(&grads).is_some());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_host_read_counter_counts() {
+        let device = Device::flex();
+        let before = reads_on_this_thread();
+        let labels = Tensor::<1, Int>::from_data([1, 0], &device);
+        Targets::from_tensor(labels, 2).unwrap();
+        assert_eq!(reads_on_this_thread(), before + 1);
+    }
+}
