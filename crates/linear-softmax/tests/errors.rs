@@ -285,3 +285,21 @@ fn targets_of_the_wrong_kind_for_the_options() {
         "invalid ignore_index = None: the ignore index the targets were built with",
     );
 }
+
+#[test]
+fn an_input_of_another_float_type_is_an_error_on_every_path() {
+    let p = problem([2, 3, 5], true, DType::F32, &device(), 1);
+    let x = p.x.clone().cast(DType::F64);
+    let expected = "input is F64 but the head's parameters are F32: cast one to the other";
+    for path in linear_softmax::LossPath::ALL {
+        let options = LossOptions::new();
+        let err = path
+            .loss_and_gradients(&p.head, x.clone(), &p.targets, &options)
+            .unwrap_err();
+        assert_eq!(err.to_string(), expected, "{path}");
+        let err = path
+            .loss(&p.head, x.clone(), &p.targets, &options)
+            .unwrap_err();
+        assert_eq!(err.to_string(), expected, "{path} graph");
+    }
+}
