@@ -13,7 +13,7 @@ use super::backend::{
     FusedOutput, FusedSpec, Optional, RowUpstream, TargetPrimitives, WantedGradients,
 };
 use super::chunked::{self, PlainBackend};
-use super::raw::{self, RawBackend, few_classes};
+use super::cpu::{self, RawBackend, few_classes};
 use crate::head::LinearSoftmax;
 use crate::options::LossOptions;
 use crate::targets::{TargetKind, Targets};
@@ -112,7 +112,7 @@ pub(crate) fn plain_kernel<B: PlainBackend + RawBackend>(
     let class_targets = matches!(targets, TargetPrimitives::Classes(_));
     match choose(x.dtype(), n_classes, class_targets, &spec.options).kernel {
         Kernel::Raw | Kernel::FewClasses => {
-            raw::linear_cross_entropy::<B>(&x, &weight, &bias, &targets, &spec, wanted, &upstream)
+            cpu::linear_cross_entropy::<B>(&x, &weight, &bias, &targets, &spec, wanted, &upstream)
         }
         Kernel::Tensor => tensor_kernel(x, weight, bias, targets, spec, wanted, upstream),
     }
@@ -185,7 +185,7 @@ macro_rules! plain_fused_ops {
                 gradient: FloatTensor<Self>,
                 upstream: FloatTensor<Self>,
             ) -> FloatTensor<Self> {
-                raw::scale_by_scalar::<Self>(gradient, &upstream)
+                cpu::scale_by_scalar::<Self>(gradient, &upstream)
             }
         }
     };

@@ -54,8 +54,8 @@ mod autodiff;
 #[allow(deprecated)]
 mod backend;
 mod chunked;
+mod cpu;
 mod kernel;
-mod raw;
 
 use burn::backend::Dispatch;
 use burn::prelude::*;

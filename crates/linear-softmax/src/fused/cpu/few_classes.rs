@@ -25,7 +25,10 @@
 
 use rayon::prelude::*;
 
-use super::{ChunkRows, Inputs, LANES, Outputs, RawFloat, row_kernel};
+use super::float::RawFloat;
+use super::isa::IsaKind;
+use super::rows::{ChunkRows, LANES, row_kernel};
+use super::{Inputs, Outputs};
 
 #[cfg(target_arch = "x86_64")]
 mod avx512;
@@ -46,7 +49,7 @@ pub(super) fn pass<E: RawFloat>(
     chunk: &ChunkRows<'_, E>,
     out: Outputs<'_, E>,
 ) {
-    let (d, c) = (inputs.d_input, chunk.n_classes);
+    let (d, c) = (inputs.features, chunk.n_classes);
     let n = out.losses.len();
     debug_assert!(c <= MAX_CLASSES && inputs.x.len() == n * d);
     // W [D, C] padded to [D, LANES], and W^T [C, D] (each class's weights contiguous).
@@ -150,20 +153,16 @@ struct Partials<E> {
     d_weight_t: Option<Vec<E>>,
 }
 
-/// The block with the AVX-512 or AVX2 + FMA build when the CPU has it, the portable build
-/// (separate multiply and add) otherwise.
+/// The block with the AVX-512 or AVX2 + FMA build when the call's `Isa` has it, the portable
+/// build (separate multiply and add) otherwise.
 fn block_dispatch<E: RawFloat>(block: Block<'_, E>, shared: &Shared<'_, E>) -> Partials<E> {
     #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU supports the enabled features (checked just above).
-            return unsafe { block_avx512(block, shared) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the CPU supports the enabled features (checked just above).
-            return unsafe { block_avx2(block, shared) };
-        }
+    match shared.chunk.isa.kind() {
+        // SAFETY: `Isa::detect` names these builds only on CPUs that have the features.
+        IsaKind::Avx512 => return unsafe { block_avx512(block, shared) },
+        // SAFETY: as above.
+        IsaKind::Avx2Fma => return unsafe { block_avx2(block, shared) },
+        IsaKind::Portable => {}
     }
     block_rows::<E, false, false>(block, shared)
 }
@@ -262,14 +261,12 @@ fn row_group<E: RawFloat, const FMA: bool, const AVX512: bool, const R: usize>(
     if !chunk.gradients {
         return;
     }
+    // `AVX512` is true only in `block_avx512`, which runs when the call's `Isa` is AVX-512.
     #[cfg(target_arch = "x86_64")]
-    if AVX512
-        && let Some(groups) = F32Rows::of(&x_rows, &logits)
-        && std::arch::is_x86_feature_detected!("avx512f")
-    {
+    if AVX512 && let Some(groups) = F32Rows::of(&x_rows, &logits) {
         if let Some(d_input) = state.d_input.as_deref_mut() {
             let d_rows = as_f32_mut(&mut d_input[offset * d..(offset + ROWS) * d]);
-            // SAFETY: the CPU supports AVX-512 (checked just above).
+            // SAFETY: the CPU supports AVX-512 (see `AVX512` above).
             unsafe { avx512::d_input_rows(d_rows, groups.d_logits, c, as_f32(weight_t)) };
         }
         if let Some(d_weight_t) = state.d_weight_t.as_deref_mut() {
@@ -478,7 +475,8 @@ fn d_weight_rows<E: RawFloat, const FMA: bool, const R: usize>(
 
 #[cfg(test)]
 mod tests {
-    use super::super::RowTargets;
+    use super::super::isa::Isa;
+    use super::super::rows::RowTargets;
     use super::*;
 
     /// f32 sums of up to 37 products, in different orders and with one or two roundings per
@@ -512,6 +510,7 @@ mod tests {
             factors: &factors,
             gradients: true,
             n_classes: c,
+            isa: Isa::detect(),
         };
         let mut weight_padded = vec![0.0; d * LANES];
         let mut weight_t = vec![0.0; c * d];

@@ -1,0 +1,82 @@
+//! The kernel for many classes: chunks of `R` rows, three GEMMs each, around the row pass.
+
+use super::float::RawFloat;
+use super::gemm::{MatMut, MatRef, gemm};
+use super::isa::Isa;
+use super::rows::{ChunkRows, RowTargets, row_pass};
+use super::{Inputs, Outputs};
+
+/// Runs the batch `chunk_rows` rows at a time through one reused `[R, C]` buffer:
+/// `S_r = X_r W`, the row pass (`S_r <- dS_r` in place), `dW += X_r^T dS_r`, `dX_r = dS_r W^T`.
+pub(super) fn pass<E: RawFloat>(
+    inputs: Inputs<'_, E>,
+    bias: Option<&[E]>,
+    targets: &RowTargets<E>,
+    factor: &dyn Fn(usize) -> f64,
+    chunk_rows: usize,
+    isa: Isa,
+    mut out: Outputs<'_, E>,
+) {
+    let Inputs {
+        x,
+        weight,
+        features: d,
+    } = inputs;
+    let n_rows = out.losses.len();
+    let c = weight.len() / d;
+    let weight = MatRef::row_major(weight, d, c);
+    let gradients = out.d_input.is_some() || out.d_weight.is_some() || out.d_bias.is_some();
+    let mut buffer = vec![E::ZERO; chunk_rows * c];
+
+    for start in (0..n_rows).step_by(chunk_rows) {
+        let end = (start + chunk_rows).min(n_rows);
+        let rows = end - start;
+        let logits = &mut buffer[..rows * c];
+        let x_chunk = MatRef::row_major(&x[start * d..end * d], rows, d);
+        // S_r = X_r W (the bias is added in the row pass, while the row is in cache).
+        gemm(
+            E::of(1.0),
+            x_chunk,
+            weight,
+            E::ZERO,
+            MatMut::row_major(logits, rows, c),
+        );
+
+        let factors: Vec<f64> = (start..end).map(factor).collect();
+        let chunk = ChunkRows {
+            start,
+            bias,
+            targets,
+            factors: &factors,
+            gradients,
+            n_classes: c,
+            isa,
+        };
+        let partial_bias = row_pass(
+            logits,
+            &chunk,
+            &mut out.losses[start..end],
+            &mut out.log_sum_exp[start..end],
+            out.d_bias.is_some(),
+        );
+        if let (Some(d_bias), Some(partial)) = (&mut out.d_bias, partial_bias) {
+            d_bias
+                .iter_mut()
+                .zip(partial)
+                .for_each(|(sum, p)| *sum += p);
+        }
+        let d_logits = MatRef::row_major(&*logits, rows, c);
+        if let Some(d_weight) = &mut out.d_weight {
+            // dW += X_r^T dS_r, X_r^T read through strides; the first chunk overwrites the
+            // zeros (beta = 0: no read of dW).
+            let beta = if start == 0 { E::ZERO } else { E::of(1.0) };
+            let d_weight = MatMut::row_major(d_weight, d, c);
+            gemm(E::of(1.0), x_chunk.t(), d_logits, beta, d_weight);
+        }
+        if let Some(d_input) = &mut out.d_input {
+            // dX_r = dS_r W^T straight into the output, W^T read through strides.
+            let d_input = MatMut::row_major(&mut d_input[start * d..end * d], rows, d);
+            gemm(E::of(1.0), d_logits, weight.t(), E::ZERO, d_input);
+        }
+    }
+}

@@ -1,0 +1,285 @@
+//! The raw-buffer kernels of the fused head, for the plain CPU backends (Flex, NdArray).
+//!
+//! The tensor-level kernel (`chunked.rs`) pays for Burn's tensor API: `dW += X_r^T dS_r`
+//! allocates a `[D, C]` temporary per chunk, and the softmax and `dS` allocate several `[R, C]`
+//! temporaries. These kernels run the same loop on the primitives' buffers, borrowed without a
+//! copy, with one reused `[R, C]` buffer:
+//!
+//! ```text
+//! for each chunk of R rows:   buf  = X_r W                                GEMM, beta = 0
+//!                             per row (in place, rayon over rows):
+//!                               buf += b, m = max, lse = m + log sum exp(buf - m), l_i
+//!                               buf <- dS_r = f_i [coef_i softmax(buf) - spread_i] ; buf[y_i] -= f_i (1 - eps) r_i
+//!                               db_partial += buf                        (per task, reduced after)
+//!                             dW += X_r^T dS_r                           GEMM, beta = 1, X_r^T by strides
+//!                             dX_r = dS_r W^T                            GEMM into the output, W^T by strides
+//! ```
+//!
+//! `f_i` is the per-row factor: the upstream gradient (1, or `g_i` for reduction none), divided
+//! by the mean's denominator for reduction mean. For class-index targets the denominator
+//! `sum_i v_i w_{y_i}` is known before the first chunk (the labels are in the backend's own
+//! buffer), so the mean is folded into `f_i` and the gradients need no final scaling pass.
+//!
+//! | file | its one job |
+//! |---|---|
+//! | `buffers.rs` | primitives as slices (borrowed when contiguous), labels, outputs as primitives |
+//! | `float.rs` | `f32` / `f64`: arithmetic, a vectorisable `exp`, the unsafe GEMM primitive |
+//! | `gemm.rs` | the one safe GEMM wrapper (matrix views checked against their slices) |
+//! | `isa.rs` | the instruction set, detected once per call |
+//! | `rows.rs` | the row pass: losses, log-sum-exps, `dS` in place, `colsum(dS)` |
+//! | `chunks.rs` | many classes: chunks of `R` rows, three GEMMs each |
+//! | `few_classes.rs` | `C <= 16`: one streaming pass over the rows instead of GEMMs |
+//!
+//! The GEMMs are `matrixmultiply`'s `sgemm`/`dgemm` (threaded over the cores by its
+//! `threading` feature, which burn's `rayon` feature turns on; AVX-512 kernel detected at run
+//! time), or the system OpenBLAS with the `openblas-system` feature.
+//!
+//! Supported: class-index targets (with `ignore_index`, `pad_tokens`, class weights, label
+//! smoothing, z-loss, `return_log_sum_exp`), every reduction, `f32` and `f64`; `kernel.rs`
+//! sends everything else (probability targets, softcap, other dtypes) to the tensor-level
+//! kernel before these start. The labels and the upstream gradients are read from the
+//! backend's own CPU buffers (no device, nothing to synchronise). Peak extra memory: the
+//! outputs (`dW`, `dX`, `db`, the `[N]` losses) plus one `[R, C]` buffer and a few `[C]` partial
+//! column sums.
+
+mod buffers;
+mod chunks;
+pub(crate) mod few_classes;
+mod float;
+mod gemm;
+mod isa;
+mod rows;
+
+use burn::backend::Scalar;
+use burn::backend::TensorMetadata;
+use burn::backend::tensor::FloatTensor;
+
+pub(crate) use buffers::RawBackend;
+use buffers::{RawSlice, into_primitives};
+use float::RawFloat;
+use isa::Isa;
+use rows::{ChunkRows, RowTargets, row_targets};
+
+use super::backend::{
+    FusedOutput, FusedSpec, Optional, RowUpstream, TargetPrimitives, WantedGradients,
+};
+use crate::options::{LossOptions, Reduction};
+
+/// The raw kernel on the primitives of a plain backend.
+///
+/// `kernel.rs` sends only what it handles here (class indices, no softcap, f32 or f64);
+/// shapes, labels, dtypes and options were checked by the public entry points.
+pub(crate) fn linear_cross_entropy<B: RawBackend>(
+    x: &FloatTensor<B>,
+    weight: &FloatTensor<B>,
+    bias: &Optional<B>,
+    targets: &TargetPrimitives<B>,
+    spec: &FusedSpec,
+    wanted: WantedGradients,
+    upstream: &RowUpstream<B>,
+) -> FusedOutput<B> {
+    const CHOSEN: &str = "kernel.rs chose the raw kernel for class indices in f32 or f64";
+    let TargetPrimitives::Classes(labels) = targets else {
+        unreachable!("{CHOSEN}");
+    };
+    let [n_rows, d_input] = x.shape().dims::<2>();
+    let n_classes = weight.shape().dims::<2>()[1];
+    let labels = B::labels(labels);
+    let raw = |tensor| B::raw(tensor).expect(CHOSEN);
+    let bias = bias.as_option().map(raw);
+    let upstream = match upstream {
+        RowUpstream::Ones => None,
+        RowUpstream::Rows(rows) => Some(raw(rows)),
+    };
+    let shape = Shape {
+        n_rows,
+        d_input,
+        n_classes,
+    };
+    let device = x.device();
+    let isa = Isa::detect();
+    let options = &spec.options;
+    macro_rules! run {
+        ($variant:ident, $ty:ty, $x:expr) => {{
+            // The head checks that x, W and b share one dtype; the upstream gradient has the
+            // loss's dtype.
+            fn same_dtype<'a>(slice: &'a RawSlice<'_>) -> Option<&'a [$ty]> {
+                match slice {
+                    RawSlice::$variant(values) => Some(values.as_ref()),
+                    _ => None,
+                }
+            }
+            let weight = raw(weight);
+            let weight = same_dtype(&weight).expect(CHOSEN);
+            let bias = bias.as_ref().map(|b| same_dtype(b).expect(CHOSEN));
+            let upstream = upstream.as_ref().map(|g| same_dtype(g).expect(CHOSEN));
+            let row_targets = row_targets::<$ty>(&labels, n_classes, options);
+            let output = kernel::<$ty>(
+                shape,
+                $x,
+                weight,
+                bias,
+                &row_targets,
+                options,
+                spec.chunk_rows,
+                wanted,
+                upstream,
+                isa,
+            );
+            into_primitives::<B, $ty>(output, shape, &device)
+        }};
+    }
+    match raw(x) {
+        RawSlice::F32(x_raw) => run!(F32, f32, &x_raw),
+        RawSlice::F64(x_raw) => run!(F64, f64, &x_raw),
+    }
+}
+
+/// `g * gradient` for a `[1]` upstream gradient `g` in the backend's own buffer: the
+/// gradient itself when `g = 1` (a plain `loss.backward()`), else an in-place scalar multiply.
+pub(crate) fn scale_by_scalar<B: RawBackend>(
+    gradient: FloatTensor<B>,
+    upstream: &FloatTensor<B>,
+) -> FloatTensor<B> {
+    let scale = match B::raw(upstream) {
+        Some(RawSlice::F32(g)) => g[0] as f64,
+        Some(RawSlice::F64(g)) => g[0],
+        // Another float type: the broadcast multiply of any backend.
+        None => {
+            let ones = vec![1; gradient.shape().num_dims()];
+            return B::float_mul(gradient, B::float_reshape(upstream.clone(), ones.into()));
+        }
+    };
+    if scale == 1.0 {
+        gradient
+    } else {
+        B::float_mul_scalar(gradient, Scalar::from(scale))
+    }
+}
+
+/// The batch's dimensions.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Shape {
+    pub(super) n_rows: usize,
+    pub(super) d_input: usize,
+    pub(super) n_classes: usize,
+}
+
+#[allow(clippy::too_many_arguments)]
+/// The kernel on host slices: the mean's denominator and per-row factors, then the pass.
+fn kernel<E: RawFloat>(
+    shape: Shape,
+    x: &[E],
+    weight: &[E],
+    bias: Option<&[E]>,
+    targets: &RowTargets<E>,
+    options: &LossOptions,
+    chunk_rows: usize,
+    wanted: WantedGradients,
+    upstream: Option<&[E]>,
+    isa: Isa,
+) -> HostOutput<E> {
+    let Shape {
+        n_rows,
+        d_input: d,
+        n_classes: c,
+    } = shape;
+    let wanted = WantedGradients {
+        bias: wanted.bias && bias.is_some(),
+        ..wanted
+    };
+    let chunk_rows = chunk_rows.clamp(1, n_rows);
+
+    // The mean's denominator sum_i v_i w_{y_i} (N when no row is weighted), 0 -> 1.
+    let weighted = targets.valid.is_some() || targets.class_weights.is_some();
+    let denominator = if weighted {
+        (0..n_rows).map(|i| targets.row_weight(i)).sum::<f64>()
+    } else {
+        n_rows as f64
+    };
+    let denominator = if denominator == 0.0 { 1.0 } else { denominator };
+    let mean_scale = match options.reduction {
+        Reduction::Mean => 1.0 / denominator,
+        Reduction::Sum | Reduction::None => 1.0,
+    };
+
+    let mut row_losses = vec![E::ZERO; n_rows];
+    let mut log_sum_exp = vec![E::ZERO; n_rows];
+    let mut d_input = wanted.input.then(|| vec![E::ZERO; n_rows * d]);
+    let mut d_weight = wanted.weight.then(|| vec![E::ZERO; d * c]);
+    let mut d_bias = wanted.bias.then(|| vec![E::ZERO; c]);
+    let factor = |i: usize| mean_scale * upstream.map_or(1.0, |g| g[i].to_f64());
+    let inputs = Inputs {
+        x,
+        weight,
+        features: d,
+    };
+    let outputs = Outputs {
+        losses: &mut row_losses,
+        log_sum_exp: &mut log_sum_exp,
+        d_input: d_input.as_deref_mut(),
+        d_weight: d_weight.as_deref_mut(),
+        d_bias: d_bias.as_deref_mut(),
+    };
+    if c <= few_classes::MAX_CLASSES {
+        let factors: Vec<f64> = (0..n_rows).map(factor).collect();
+        let batch = ChunkRows {
+            start: 0,
+            bias,
+            targets,
+            factors: &factors,
+            gradients: wanted.any(),
+            n_classes: c,
+            isa,
+        };
+        few_classes::pass(inputs, &batch, outputs);
+    } else {
+        chunks::pass(inputs, bias, targets, &factor, chunk_rows, isa, outputs);
+    }
+
+    let loss = match options.reduction {
+        Reduction::None => row_losses,
+        Reduction::Mean | Reduction::Sum => {
+            let sum: f64 = row_losses.iter().map(|l| l.to_f64()).sum();
+            vec![E::of(sum * mean_scale)]
+        }
+    };
+    HostOutput {
+        loss,
+        d_input,
+        d_weight,
+        d_bias,
+        log_sum_exp: options.return_log_sum_exp.then_some(log_sum_exp),
+    }
+}
+
+/// The kernel's outputs, each `None` when not wanted.
+pub(super) struct Outputs<'a, E> {
+    /// `l_i`, `[N]`.
+    pub(super) losses: &'a mut [E],
+    /// `lse_i`, `[N]`.
+    pub(super) log_sum_exp: &'a mut [E],
+    /// `dX`, `[N, D]`, overwritten.
+    pub(super) d_input: Option<&'a mut [E]>,
+    /// `dW`, `[D, C]`, overwritten.
+    pub(super) d_weight: Option<&'a mut [E]>,
+    /// `db`, `[C]`, overwritten.
+    pub(super) d_bias: Option<&'a mut [E]>,
+}
+
+/// The kernel's matrices: `x` `[N, D]`, `weight` `[D, C]`, row-major.
+pub(super) struct Inputs<'a, E> {
+    pub(super) x: &'a [E],
+    pub(super) weight: &'a [E],
+    /// `D`, the number of features.
+    pub(super) features: usize,
+}
+
+/// The host outputs of the kernel.
+pub(super) struct HostOutput<E> {
+    pub(super) loss: Vec<E>,
+    pub(super) d_input: Option<Vec<E>>,
+    pub(super) d_weight: Option<Vec<E>>,
+    pub(super) d_bias: Option<Vec<E>>,
+    pub(super) log_sum_exp: Option<Vec<E>>,
+}

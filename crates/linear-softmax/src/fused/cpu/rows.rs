@@ -1,0 +1,350 @@
+//! The row pass: one chunk's logits turned into row losses, log-sum-exps and `dS` in place.
+//!
+//! ```text
+//! l_i  = (1 - eps) r_i (lse - s_y) + v_i (eps / C) (W lse - sum_k w_k s_k) + beta v_i lse^2
+//! dS_i = f_i [coef_i softmax(s) - v_i (eps / C) w] - f_i (1 - eps) r_i e_y
+//! ```
+//!
+//! Three passes over each row (bias and max, `exp` and its sum, `dS`), vectorised through
+//! `LANES` independent accumulators, in the AVX-512 or AVX2 + FMA build the call's [`Isa`]
+//! names, on rayon tasks over the chunk's rows.
+
+use rayon::prelude::*;
+
+use super::float::RawFloat;
+use super::isa::{Isa, IsaKind};
+use crate::options::LossOptions;
+
+/// Per-row target data, read once from the host labels and options.
+pub(super) struct RowTargets<E> {
+    /// `y_i` (0 for ignored rows).
+    pub(super) labels: Vec<usize>,
+    /// `v_i`, 1 or 0 (absent: all rows count).
+    pub(super) valid: Option<Vec<bool>>,
+    /// Class weights `w` `[C]` (absent: all 1).
+    pub(super) class_weights: Option<Vec<E>>,
+    /// `sum_k w_k` (`C` without weights).
+    pub(super) weight_sum: f64,
+    /// Label smoothing `eps`.
+    pub(super) smoothing: f64,
+    /// z-loss `beta`.
+    pub(super) z_loss: f64,
+}
+
+impl<E: RawFloat> RowTargets<E> {
+    /// `r_i = v_i w_{y_i}`.
+    pub(super) fn row_weight(&self, row: usize) -> f64 {
+        if self.valid.as_ref().is_some_and(|valid| !valid[row]) {
+            return 0.0;
+        }
+        self.class_weights
+            .as_ref()
+            .map_or(1.0, |w| w[self.labels[row]].to_f64())
+    }
+
+    fn is_valid(&self, row: usize) -> bool {
+        self.valid.as_ref().is_none_or(|valid| valid[row])
+    }
+}
+
+/// The per-row target data of a batch: its labels (read from the backend's buffer) and
+/// the options, resolved once per call.
+pub(super) fn row_targets<E: RawFloat>(
+    labels: &[i64],
+    n_classes: usize,
+    options: &LossOptions,
+) -> RowTargets<E> {
+    let ignored = |label: i64| {
+        options.ignore_index == Some(label)
+            || options
+                .pad_tokens
+                .as_ref()
+                .is_some_and(|pads| pads.iter().any(|&pad| pad as i64 == label))
+    };
+    let ignores = options.ignore_index.is_some() || options.pad_tokens.is_some();
+    let valid = ignores.then(|| labels.iter().map(|&label| !ignored(label)).collect());
+    RowTargets {
+        labels: labels
+            .iter()
+            .map(|&label| if ignored(label) { 0 } else { label as usize })
+            .collect(),
+        valid,
+        class_weights: options
+            .weights
+            .as_ref()
+            .map(|w| w.iter().map(|&w| E::of(w)).collect()),
+        weight_sum: options
+            .weights
+            .as_ref()
+            .map_or(n_classes as f64, |w| w.iter().sum()),
+        smoothing: options.label_smoothing,
+        z_loss: options.z_loss,
+    }
+}
+
+/// Below this many `[R, C]` elements a chunk's row pass runs on the calling thread.
+const PARALLEL_ELEMENTS: usize = 1 << 15;
+
+/// What a chunk's row pass needs to know about its rows.
+pub(super) struct ChunkRows<'a, E> {
+    /// The chunk's first row in the batch.
+    pub(super) start: usize,
+    /// `b`, added to each row of logits first.
+    pub(super) bias: Option<&'a [E]>,
+    pub(super) targets: &'a RowTargets<E>,
+    /// `f_i`, per row of the chunk.
+    pub(super) factors: &'a [f64],
+    /// Whether to turn the logits into `dS`.
+    pub(super) gradients: bool,
+    pub(super) n_classes: usize,
+    /// The build of the row code, detected once per call.
+    pub(super) isa: Isa,
+}
+
+/// One task's rows: `(index, ((logits, losses), log_sum_exps))`.
+type RowBlock<'a, E> = (usize, ((&'a mut [E], &'a mut [E]), &'a mut [E]));
+
+/// The row pass over a chunk's logits `[rows, C]`: row losses and log-sum-exps, the logits
+/// turned into `dS` in place (when gradients are wanted), and `colsum(dS)` when `bias`.
+pub(super) fn row_pass<E: RawFloat>(
+    logits: &mut [E],
+    chunk: &ChunkRows<'_, E>,
+    losses: &mut [E],
+    log_sum_exp: &mut [E],
+    bias: bool,
+) -> Option<Vec<E>> {
+    let c = chunk.n_classes;
+    let rows = losses.len();
+    let tasks = if rows * c < PARALLEL_ELEMENTS {
+        1
+    } else {
+        (2 * rayon::current_num_threads()).min(rows)
+    };
+    let rows_per_task = rows.div_ceil(tasks);
+    let block = |(task, ((logits, losses), log_sum_exp)): RowBlock<'_, E>| {
+        let mut partial = bias.then(|| vec![E::ZERO; c]);
+        let first = task * rows_per_task;
+        for (offset, ((row, loss), lse)) in logits
+            .chunks_exact_mut(c)
+            .zip(losses.iter_mut())
+            .zip(log_sum_exp.iter_mut())
+            .enumerate()
+        {
+            let local = first + offset;
+            (*loss, *lse) = row_dispatch(row, chunk, local, partial.as_deref_mut());
+        }
+        partial
+    };
+    let chunks = logits
+        .chunks_mut(rows_per_task * c)
+        .zip(losses.chunks_mut(rows_per_task))
+        .zip(log_sum_exp.chunks_mut(rows_per_task))
+        .enumerate();
+    let partials: Vec<Option<Vec<E>>> = if tasks == 1 {
+        chunks.map(block).collect()
+    } else {
+        chunks
+            .collect::<Vec<_>>()
+            .into_par_iter()
+            .map(block)
+            .collect()
+    };
+    let mut partials = partials.into_iter().flatten();
+    let mut sum = partials.next()?;
+    for partial in partials {
+        sum.iter_mut().zip(partial).for_each(|(s, p)| *s += p);
+    }
+    Some(sum)
+}
+
+/// One row, with the AVX-512 or AVX2 + FMA build of the row code when the call's [`Isa`] has
+/// it (f32 only; f64 uses the portable build).
+fn row_dispatch<E: RawFloat>(
+    row: &mut [E],
+    chunk: &ChunkRows<'_, E>,
+    local: usize,
+    partial: Option<&mut [E]>,
+) -> (E, E) {
+    #[cfg(target_arch = "x86_64")]
+    if std::any::TypeId::of::<E>() == std::any::TypeId::of::<f32>() {
+        match chunk.isa.kind() {
+            // SAFETY: `Isa::detect` names these builds only on CPUs that have the features.
+            IsaKind::Avx512 => return unsafe { row_avx512(row, chunk, local, partial) },
+            // SAFETY: as above.
+            IsaKind::Avx2Fma => return unsafe { row_avx2(row, chunk, local, partial) },
+            IsaKind::Portable => {}
+        }
+    }
+    row_kernel(row, chunk, local, partial)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+fn row_avx512<E: RawFloat>(
+    row: &mut [E],
+    chunk: &ChunkRows<'_, E>,
+    local: usize,
+    partial: Option<&mut [E]>,
+) -> (E, E) {
+    row_kernel(row, chunk, local, partial)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn row_avx2<E: RawFloat>(
+    row: &mut [E],
+    chunk: &ChunkRows<'_, E>,
+    local: usize,
+    partial: Option<&mut [E]>,
+) -> (E, E) {
+    row_kernel(row, chunk, local, partial)
+}
+
+/// Lanes of the independent accumulators that let the reductions vectorise.
+pub(super) const LANES: usize = 16;
+
+/// One row `s` (`C` logits, row `local` of the chunk): returns `(l_i, lse_i)` and, when the
+/// chunk wants gradients, overwrites `s` with `dS_i` (adding it to `partial`, the column sums).
+///
+/// ```text
+/// l_i  = (1 - eps) r_i (lse - s_y) + v_i (eps / C) (W lse - sum_k w_k s_k) + beta v_i lse^2
+/// dS_i = f_i [coef_i softmax(s) - v_i (eps / C) w] - f_i (1 - eps) r_i e_y
+/// coef_i = (1 - eps) r_i + (eps / C) v_i W + 2 beta v_i lse_i,   W = sum_k w_k
+/// ```
+#[inline(always)]
+pub(super) fn row_kernel<E: RawFloat>(
+    s: &mut [E],
+    chunk: &ChunkRows<'_, E>,
+    local: usize,
+    partial: Option<&mut [E]>,
+) -> (E, E) {
+    let targets = chunk.targets;
+    let row = chunk.start + local;
+    let c = chunk.n_classes;
+    let label = targets.labels[row];
+    let valid = targets.is_valid(row);
+    let r = targets.row_weight(row);
+    let eps = targets.smoothing;
+
+    // Pass 1: the bias, the row max (and the weighted logit sum for label smoothing).
+    let max = match chunk.bias {
+        Some(bias) => lane_add_max(s, bias),
+        None => lane_max(s),
+    };
+    let weighted_sum = if eps > 0.0 && valid {
+        match &targets.class_weights {
+            Some(w) => s.iter().zip(w).map(|(&s, &w)| (s * w).to_f64()).sum(),
+            None => s.iter().map(|&s| s.to_f64()).sum(),
+        }
+    } else {
+        0.0
+    };
+    let true_logit = s[label];
+
+    // Pass 2: exp(s - max) in place, and its sum.
+    let sum = lane_exp_sum(s, max);
+    let lse = max + sum.ln();
+    let lse64 = lse.to_f64();
+    let v = if valid { 1.0 } else { 0.0 };
+    let loss = (1.0 - eps) * r * (lse64 - true_logit.to_f64())
+        + v * (eps / c as f64) * (targets.weight_sum * lse64 - weighted_sum)
+        + targets.z_loss * v * lse64 * lse64;
+
+    if chunk.gradients {
+        // Pass 3: dS_i in place.
+        let f = chunk.factors[local];
+        let coef = (1.0 - eps) * r
+            + (eps / c as f64) * v * targets.weight_sum
+            + 2.0 * targets.z_loss * v * lse64;
+        let scale = E::of(f * coef / sum.to_f64());
+        let spread = f * v * eps / c as f64;
+        match (&targets.class_weights, spread != 0.0) {
+            (Some(w), true) => {
+                let spread = E::of(spread);
+                s.iter_mut()
+                    .zip(w)
+                    .for_each(|(s, &w)| *s = *s * scale - spread * w);
+            }
+            (None, true) => {
+                let spread = E::of(spread);
+                s.iter_mut().for_each(|s| *s = *s * scale - spread);
+            }
+            (_, false) => s.iter_mut().for_each(|s| *s = *s * scale),
+        }
+        s[label] = s[label] - E::of(f * (1.0 - eps) * r);
+        if let Some(partial) = partial {
+            partial.iter_mut().zip(s.iter()).for_each(|(p, &s)| *p += s);
+        }
+    }
+    (E::of(loss), lse)
+}
+
+#[inline(always)]
+fn lane_max<E: RawFloat>(s: &[E]) -> E {
+    let mut lanes = [E::NEG_INFINITY; LANES];
+    let mut blocks = s.chunks_exact(LANES);
+    for block in &mut blocks {
+        for (lane, &value) in lanes.iter_mut().zip(block) {
+            if value > *lane {
+                *lane = value;
+            }
+        }
+    }
+    let mut max = E::NEG_INFINITY;
+    for &value in lanes.iter().chain(blocks.remainder()) {
+        if value > max {
+            max = value;
+        }
+    }
+    max
+}
+
+/// `s += b`, returning `max(s)`.
+#[inline(always)]
+fn lane_add_max<E: RawFloat>(s: &mut [E], bias: &[E]) -> E {
+    let mut lanes = [E::NEG_INFINITY; LANES];
+    let mut blocks = s.chunks_exact_mut(LANES);
+    let mut bias_blocks = bias.chunks_exact(LANES);
+    for (block, bias) in (&mut blocks).zip(&mut bias_blocks) {
+        for ((lane, value), &b) in lanes.iter_mut().zip(block.iter_mut()).zip(bias) {
+            *value += b;
+            if *value > *lane {
+                *lane = *value;
+            }
+        }
+    }
+    let mut max = E::NEG_INFINITY;
+    for (value, &b) in blocks
+        .into_remainder()
+        .iter_mut()
+        .zip(bias_blocks.remainder())
+    {
+        *value += b;
+        if *value > max {
+            max = *value;
+        }
+    }
+    lanes
+        .iter()
+        .fold(max, |max, &lane| if lane > max { lane } else { max })
+}
+
+#[inline(always)]
+fn lane_exp_sum<E: RawFloat>(s: &mut [E], max: E) -> E {
+    let mut lanes = [E::ZERO; LANES];
+    let mut blocks = s.chunks_exact_mut(LANES);
+    for block in &mut blocks {
+        for (lane, value) in lanes.iter_mut().zip(block.iter_mut()) {
+            let e = (*value - max).exp_nonpositive();
+            *value = e;
+            *lane += e;
+        }
+    }
+    let mut sum = E::ZERO;
+    for value in blocks.into_remainder() {
+        let e = (*value - max).exp_nonpositive();
+        *value = e;
+        sum += e;
+    }
+    lanes.iter().fold(sum, |acc, &lane| acc + lane)
+}
