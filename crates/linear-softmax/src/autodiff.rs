@@ -13,8 +13,9 @@ use burn::tensor::activation::log_softmax;
 use crate::error::Result;
 use crate::gradients::HeadGradients;
 use crate::head::{LinearSoftmax, log_sum_exp};
-use crate::manual::{linear_forward, reduction_forward};
+use crate::manual::{linear_forward, reduction_forward, with_l2};
 use crate::options::LossOptions;
+use crate::resolved::{ResolvedLoss, ResolvedTargets};
 use crate::targets::Targets;
 
 /// The per-row losses `l_i` `[N]` of `logits` `[N, C]` and the mean's denominator `[1]`.
@@ -25,67 +26,58 @@ pub fn cross_entropy_rows(
     targets: &Targets,
     options: &LossOptions,
 ) -> (Tensor<1>, Tensor<1>) {
-    let [rows, n_classes] = logits.dims();
-    let (device, dtype) = (logits.device(), logits.dtype());
+    let n_classes = logits.dims()[1];
+    let resolved = ResolvedLoss::new(targets, options, &logits.device(), logits.dtype());
     let log_probabilities = log_softmax(logits.clone(), 1);
-    let eps = options.label_smoothing;
-    let class_weights = options.class_weights(&device, dtype);
-    let (row_losses, denominator, valid) = match targets.class_rows(options, &device, dtype) {
-        Some(class_rows) => {
-            let labels = class_rows.labels;
-            let nll = log_probabilities
-                .clone()
-                .gather(1, labels.clone())
-                .neg()
-                .squeeze_dim::<1>(1);
-            let ones = Tensor::<1>::ones([rows], (&device, dtype));
-            let label_weights = match &class_weights {
-                Some(w) => w.clone().select(0, labels.squeeze_dim(1)),
-                None => ones.clone(),
+    let eps = resolved.smoothing;
+    let (row_losses, valid) = match &resolved.targets {
+        ResolvedTargets::Classes {
+            labels,
+            valid,
+            row_weights,
+        } => {
+            let nll = log_probabilities.clone().gather(1, labels.clone()).neg();
+            let nll = match row_weights {
+                Some(r) => nll * r.clone(),
+                None => nll,
             };
-            let valid = class_rows.valid.unwrap_or(ones);
-            let row_weights = label_weights * valid.clone();
-            let mut losses = nll * row_weights.clone() * (1.0 - eps);
+            let mut losses = nll * (1.0 - eps);
             if eps > 0.0 {
-                let weighted = match &class_weights {
-                    Some(w) => log_probabilities * w.clone().unsqueeze_dim(0),
+                let weighted = match &resolved.class_weights {
+                    Some(w) => log_probabilities * w.clone(),
                     None => log_probabilities,
                 };
-                let smooth = weighted.sum_dim(1).squeeze_dim::<1>(1).neg() * valid.clone();
+                let mut smooth = weighted.sum_dim(1).neg();
+                if let Some(v) = valid {
+                    smooth = smooth * v.clone();
+                }
                 losses = losses + smooth * (eps / n_classes as f64);
             }
-            (losses, row_weights.sum(), Some(valid))
+            (losses.squeeze_dim::<1>(1), valid.clone())
         }
-        None => {
-            let probabilities = targets
-                .probabilities(&device, dtype)
-                .expect("targets are classes or probabilities");
-            let mut smoothed = probabilities * (1.0 - eps) + eps / n_classes as f64;
-            if let Some(w) = &class_weights {
-                smoothed = smoothed * w.clone().unsqueeze_dim(0);
+        ResolvedTargets::Probabilities(probabilities) => {
+            let mut smoothed = probabilities.clone() * (1.0 - eps) + eps / n_classes as f64;
+            if let Some(w) = &resolved.class_weights {
+                smoothed = smoothed * w.clone();
             }
             let losses = (log_probabilities * smoothed)
                 .sum_dim(1)
                 .squeeze_dim(1)
                 .neg();
-            (
-                losses,
-                Tensor::full([1], rows as f64, (&device, dtype)),
-                None,
-            )
+            (losses, None)
         }
     };
-    let row_losses = if options.z_loss > 0.0 {
-        let z = log_sum_exp(logits).square() * options.z_loss;
+    let row_losses = if resolved.z_loss > 0.0 {
+        let z = log_sum_exp(logits).square() * resolved.z_loss;
         row_losses
             + match valid {
-                Some(v) => z * v,
+                Some(v) => z * v.squeeze_dim(1),
                 None => z,
             }
     } else {
         row_losses
     };
-    (row_losses, denominator)
+    (row_losses, resolved.denominator)
 }
 
 /// Mean softmax cross-entropy of `logits` `[N, C]` against class-index `targets`, `[1]`.
@@ -141,12 +133,7 @@ pub(crate) fn loss_of_parts(
     }
     let (rows, denominator) = cross_entropy_rows(logits.clone(), targets, options);
     let loss = reduction_forward(rows, denominator, options.reduction);
-    let loss = if options.l2 == 0.0 {
-        loss
-    } else {
-        loss + weight.square().sum() * options.l2
-    };
-    (loss, logits)
+    (with_l2(loss, weight, options), logits)
 }
 
 /// The loss and the gradients `dW, db, dX` that Burn's autograd derives (the loss's every

@@ -38,6 +38,7 @@ mod host;
 mod loss_path;
 pub mod manual;
 mod options;
+mod resolved;
 mod targets;
 
 pub use error::{Error, Result};

@@ -29,6 +29,7 @@ use crate::gradients::HeadGradients;
 use crate::head::LinearSoftmax;
 use crate::host::to_host_f64;
 use crate::options::{LossOptions, Reduction};
+use crate::resolved::{ResolvedLoss, ResolvedTargets};
 use crate::targets::Targets;
 
 /// Scores `S = X W + b`.
@@ -137,92 +138,72 @@ pub fn softmax_cross_entropy_forward(
     targets: &Targets,
     options: &LossOptions,
 ) -> (Tensor<1>, SoftmaxCrossEntropyCache) {
-    let [rows, n_classes] = logits.dims();
-    let (device, dtype) = (logits.device(), logits.dtype());
+    let resolved = ResolvedLoss::new(targets, options, &logits.device(), logits.dtype());
+    softmax_cross_entropy_forward_resolved(logits, &resolved)
+}
+
+/// [`softmax_cross_entropy_forward`] with the options already resolved (once per call, then
+/// sliced per chunk by the fused op's tensor kernel).
+pub(crate) fn softmax_cross_entropy_forward_resolved(
+    logits: Tensor<2>,
+    resolved: &ResolvedLoss,
+) -> (Tensor<1>, SoftmaxCrossEntropyCache) {
+    let n_classes = logits.dims()[1];
     let row_max = logits.clone().max_dim(1);
     let exp_shifted = (logits.clone() - row_max.clone()).exp();
     let sum_exp = exp_shifted.clone().sum_dim(1);
     let log_sum_exp = row_max + sum_exp.clone().log(); // [N, 1]
     let probabilities = exp_shifted / sum_exp;
-    let eps = options.label_smoothing;
-    let class_weights = options
-        .class_weights(&device, dtype)
-        .map(|w| w.unsqueeze_dim::<2>(0));
+    let eps = resolved.smoothing;
+    let class_weights = resolved.class_weights.clone();
 
-    let (mut row_losses, denominator, target, valid) =
-        if let Some(class_rows) = targets.class_rows(options, &device, dtype) {
-            let labels = class_rows.labels;
-            let valid = class_rows.valid.map(|v| v.unsqueeze_dim::<2>(1));
-            let label_weights = class_weights.as_ref().map(|w| {
-                w.clone()
-                    .squeeze_dim::<1>(0)
-                    .select(0, labels.clone().squeeze_dim(1))
-                    .unsqueeze_dim::<2>(1)
-            });
-            let row_weights = match (label_weights, valid.clone()) {
-                (Some(w), Some(v)) => Some(w * v),
-                (w, v) => w.or(v),
-            };
+    let (mut row_losses, target, valid) = match &resolved.targets {
+        ResolvedTargets::Classes {
+            labels,
+            valid,
+            row_weights,
+        } => {
             let true_logits = logits.clone().gather(1, labels.clone());
             let mut nll = log_sum_exp.clone() - true_logits;
-            if let Some(r) = &row_weights {
+            if let Some(r) = row_weights {
                 nll = nll * r.clone();
             }
             let mut losses = nll * (1.0 - eps);
             if eps > 0.0 {
                 // (eps / C) v_i sum_k w_k (lse_i - S'_ik)
-                let (weight_sum, weighted_logits) = match &class_weights {
-                    Some(w) => (
-                        w.clone().sum().unsqueeze_dim::<2>(1),
-                        logits.clone().matmul(w.clone().transpose()),
-                    ),
-                    None => (
-                        Tensor::full([1, 1], n_classes as f64, (&device, dtype)),
-                        logits.clone().sum_dim(1),
-                    ),
+                let weighted_logits = match &class_weights {
+                    Some(w) => logits.clone().matmul(w.clone().transpose()),
+                    None => logits.clone().sum_dim(1),
                 };
-                let mut smooth = log_sum_exp.clone() * weight_sum - weighted_logits;
-                if let Some(v) = &valid {
+                let mut smooth = log_sum_exp.clone() * resolved.weight_sum - weighted_logits;
+                if let Some(v) = valid {
                     smooth = smooth * v.clone();
                 }
                 losses = losses + smooth * (eps / n_classes as f64);
             }
-            let denominator = match &row_weights {
-                Some(r) => r.clone().sum(),
-                None => Tensor::full([1], rows as f64, (&device, dtype)),
-            };
             let target = WeightedTarget::Classes {
-                labels,
-                row_weights,
+                labels: labels.clone(),
+                row_weights: row_weights.clone(),
                 valid: valid.clone(),
                 class_weights: class_weights.clone(),
                 smoothing: eps,
-                weight_sum: options
-                    .weights
-                    .as_ref()
-                    .map_or(n_classes as f64, |w| w.iter().sum()),
+                weight_sum: resolved.weight_sum,
             };
-            (losses, denominator, target, valid)
-        } else {
-            let probabilities_target = targets
-                .probabilities(&device, dtype)
-                .expect("targets are classes or probabilities");
-            let mut weighted = probabilities_target * (1.0 - eps) + eps / n_classes as f64;
+            (losses, target, valid.clone())
+        }
+        ResolvedTargets::Probabilities(probabilities_target) => {
+            let mut weighted = probabilities_target.clone() * (1.0 - eps) + eps / n_classes as f64;
             if let Some(w) = &class_weights {
                 weighted = weighted * w.clone();
             }
             let losses = log_sum_exp.clone() * weighted.clone().sum_dim(1)
                 - (weighted.clone() * logits).sum_dim(1);
-            let denominator = Tensor::full([1], rows as f64, (&device, dtype));
-            (
-                losses,
-                denominator,
-                WeightedTarget::Probabilities(weighted),
-                None,
-            )
-        };
-    if options.z_loss > 0.0 {
-        let mut z = log_sum_exp.clone().square() * options.z_loss;
+            (losses, WeightedTarget::Probabilities(weighted), None)
+        }
+    };
+    let z_loss = resolved.z_loss;
+    if z_loss > 0.0 {
+        let mut z = log_sum_exp.clone().square() * z_loss;
         if let Some(v) = &valid {
             z = z * v.clone();
         }
@@ -233,9 +214,9 @@ pub fn softmax_cross_entropy_forward(
         SoftmaxCrossEntropyCache {
             probabilities,
             log_sum_exp: log_sum_exp.squeeze_dim(1),
-            denominator,
+            denominator: resolved.denominator.clone(),
             target,
-            z_loss: options.z_loss,
+            z_loss,
         },
     )
 }
@@ -364,6 +345,27 @@ pub fn l2_backward(weight: Tensor<2>, lambda: f64) -> Tensor<2> {
     weight * (2.0 * lambda)
 }
 
+/// `L + lambda sum(W^2)` for the options' `l2` (nothing to add when it is 0): the one place
+/// every path adds the penalty to its loss.
+pub(crate) fn with_l2(loss: Tensor<1>, weight: Tensor<2>, options: &LossOptions) -> Tensor<1> {
+    match options.l2 {
+        0.0 => loss,
+        lambda => loss + l2_forward(weight, lambda),
+    }
+}
+
+/// `dW + 2 lambda W`: [`with_l2`]'s share of `dW`, for the paths that form `dW` by hand.
+pub(crate) fn with_l2_gradient(
+    d_weight: Tensor<2>,
+    weight: Tensor<2>,
+    options: &LossOptions,
+) -> Tensor<2> {
+    match options.l2 {
+        0.0 => d_weight,
+        lambda => d_weight + l2_backward(weight, lambda),
+    }
+}
+
 /// The loss alone, composed of this module's forward functions (on an autodiff device, Burn's
 /// autograd differentiates it: [`crate::LossPath::Manual`]).
 pub fn loss(
@@ -380,11 +382,7 @@ pub fn loss(
     }
     let (row_losses, cache) = softmax_cross_entropy_forward(logits, targets, options);
     let loss = reduction_forward(row_losses, cache.denominator, options.reduction);
-    Ok(if options.l2 == 0.0 {
-        loss
-    } else {
-        loss + l2_forward(weight, options.l2)
-    })
+    Ok(with_l2(loss, weight, options))
 }
 
 /// The loss and its hand-derived gradients `dW, db, dX` (upstream gradient 1 for every entry
@@ -415,7 +413,7 @@ pub fn loss_and_gradients(
         .return_log_sum_exp
         .then(|| cache.log_sum_exp.clone());
     let denominator = cache.denominator.clone();
-    let mut loss = reduction_forward(row_losses, denominator.clone(), options.reduction);
+    let loss = reduction_forward(row_losses, denominator.clone(), options.reduction);
 
     let d_rows = reduction_backward(loss.ones_like(), denominator, options.reduction, rows);
     let mut d_logits = softmax_cross_entropy_backward(cache, d_rows);
@@ -423,17 +421,13 @@ pub fn loss_and_gradients(
         d_logits = softcap_backward(capped, cap, d_logits);
     }
     let LinearGradients {
-        mut d_weight,
+        d_weight,
         d_bias,
         d_input,
     } = linear_backward(x, weight.clone(), has_bias, d_logits);
-    if options.l2 != 0.0 {
-        loss = loss + l2_forward(weight.clone(), options.l2);
-        d_weight = d_weight + l2_backward(weight, options.l2);
-    }
     Ok(HeadGradients {
-        loss,
-        d_weight,
+        loss: with_l2(loss, weight.clone(), options),
+        d_weight: with_l2_gradient(d_weight, weight, options),
         d_bias,
         d_input,
         log_sum_exp,

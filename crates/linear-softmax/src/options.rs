@@ -1,7 +1,6 @@
 //! Loss options shared by every path, with PyTorch's `F.cross_entropy` conventions.
 
 use burn::prelude::*;
-use burn::tensor::DType;
 
 use crate::error::{Error, Result};
 
@@ -190,18 +189,28 @@ impl LossOptions {
         Ok(())
     }
 
-    /// The class weights as a `[C]` tensor of `dtype` on `device`.
-    pub(crate) fn class_weights(&self, device: &Device, dtype: DType) -> Option<Tensor<1>> {
-        self.weights.as_ref().map(|weights| {
-            Tensor::from_data(
-                TensorData::new(weights.clone(), [weights.len()]),
-                (device, dtype),
-            )
-        })
+    /// The labels whose rows are ignored: `ignore_index` and the pad tokens. This is the one
+    /// rule of ignored rows; the tensor paths apply it on the device (`ResolvedLoss::new`),
+    /// the CPU kernel on its host labels ([`ignores`](Self::ignores)).
+    pub(crate) fn ignored_labels(&self) -> impl Iterator<Item = i64> + '_ {
+        let pads = self.pad_tokens.iter().flatten().map(|&pad| pad as i64);
+        self.ignore_index.into_iter().chain(pads)
+    }
+
+    /// Whether a row labelled `label` is ignored.
+    pub(crate) fn ignores(&self, label: i64) -> bool {
+        self.ignored_labels().any(|ignored| ignored == label)
     }
 
     /// Whether any row can be ignored.
     pub(crate) fn ignores_rows(&self) -> bool {
-        self.ignore_index.is_some() || self.pad_tokens.as_ref().is_some_and(|p| !p.is_empty())
+        self.ignored_labels().next().is_some()
+    }
+
+    /// `sum_k w_k`: the sum of the class weights, `C` without them.
+    pub(crate) fn class_weight_sum(&self, n_classes: usize) -> f64 {
+        self.weights
+            .as_ref()
+            .map_or(n_classes as f64, |weights| weights.iter().sum())
     }
 }

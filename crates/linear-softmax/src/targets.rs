@@ -55,15 +55,6 @@ pub enum TargetKind {
     Probabilities(Tensor<2>),
 }
 
-/// Class-index targets prepared for one batch: labels safe to gather with (ignored rows point
-/// at class 0) and the `0/1` mask of rows that count.
-pub(crate) struct ClassRows {
-    /// `[N, 1]` labels, ignored rows replaced by 0.
-    pub labels: Tensor<2, Int>,
-    /// `[N]`, 1 for rows that count, 0 for ignored rows (absent when no row can be ignored).
-    pub valid: Option<Tensor<1>>,
-}
-
 impl Targets {
     /// Validates host class labels and puts them on `device`.
     ///
@@ -259,24 +250,6 @@ impl Targets {
         Self { kind, n_classes }
     }
 
-    /// Rows `range` of these targets (a chunk of the batch).
-    pub(crate) fn slice_rows(&self, range: core::ops::Range<usize>) -> Self {
-        let kind = match &self.kind {
-            TargetKind::Classes {
-                indices,
-                ignore_index,
-            } => TargetKind::Classes {
-                indices: indices.clone().slice([range]),
-                ignore_index: *ignore_index,
-            },
-            TargetKind::Probabilities(p) => TargetKind::Probabilities(p.clone().slice([range])),
-        };
-        Self {
-            kind,
-            n_classes: self.n_classes,
-        }
-    }
-
     /// Checks that these targets can be used with `options` (no per-row work).
     pub(crate) fn check_options(&self, options: &LossOptions) -> Result<()> {
         match &self.kind {
@@ -297,48 +270,6 @@ impl Targets {
                 expected: "class-index targets",
             }),
             TargetKind::Probabilities(_) => Ok(()),
-        }
-    }
-
-    /// The class-index targets of a batch prepared for `gather`/`scatter` on `device`, with
-    /// the mask of rows that count under `options` (as floats of `dtype`).
-    pub(crate) fn class_rows(
-        &self,
-        options: &LossOptions,
-        device: &Device,
-        dtype: DType,
-    ) -> Option<ClassRows> {
-        let TargetKind::Classes { indices, .. } = &self.kind else {
-            return None;
-        };
-        let indices = indices.clone().to_device(device);
-        let ignored_values = options
-            .ignore_index
-            .into_iter()
-            .chain(options.pad_tokens.iter().flatten().map(|&pad| pad as i64));
-        let ignored = ignored_values
-            .map(|value| indices.clone().equal_elem(value))
-            .reduce(|a, b| a.bool_or(b));
-        Some(match ignored {
-            None => ClassRows {
-                labels: indices.unsqueeze_dim(1),
-                valid: None,
-            },
-            Some(ignored) => ClassRows {
-                valid: Some(ignored.clone().bool_not().float().cast(dtype)),
-                labels: indices.mask_fill(ignored, 0).unsqueeze_dim(1),
-            },
-        })
-    }
-
-    /// The probability targets `[N, C]` on `device` as `dtype`.
-    pub(crate) fn probabilities(&self, device: &Device, dtype: DType) -> Option<Tensor<2>> {
-        match &self.kind {
-            TargetKind::Probabilities(p) => {
-                let p = p.clone().to_device(device);
-                Some(if p.dtype() == dtype { p } else { p.cast(dtype) })
-            }
-            TargetKind::Classes { .. } => None,
         }
     }
 }

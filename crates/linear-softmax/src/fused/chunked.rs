@@ -27,6 +27,7 @@ use burn::prelude::*;
 use super::backend::WantedGradients;
 use crate::manual;
 use crate::options::{LossOptions, Reduction};
+use crate::resolved::ResolvedLoss;
 use crate::targets::Targets;
 
 /// How the kernel gets `W^T` for `dX_r = dS_r W^T`.
@@ -133,9 +134,11 @@ pub(crate) fn linear_cross_entropy(
         }
     });
 
+    // The options resolved once for the whole batch (class weights uploaded once, the
+    // denominator summed over every row), then sliced per chunk.
+    let resolved = ResolvedLoss::new(targets, options, &x.device(), x.dtype());
     let mut row_losses = Vec::with_capacity(n_rows.div_ceil(chunk_rows));
     let mut log_sum_exps = Vec::new();
-    let mut denominator: Option<Tensor<1>> = None;
     let mut d_weight: Option<Tensor<2>> = None;
     let mut d_bias: Option<Tensor<1>> = None;
     let mut d_input_chunks = Vec::with_capacity(n_rows.div_ceil(chunk_rows));
@@ -143,21 +146,18 @@ pub(crate) fn linear_cross_entropy(
     for start in (0..n_rows).step_by(chunk_rows) {
         let end = (start + chunk_rows).min(n_rows);
         let x_chunk = x.clone().slice([start..end, 0..d_input]);
-        let targets_chunk = targets.slice_rows(start..end);
         let logits = manual::linear_forward(x_chunk.clone(), weight.clone(), bias.clone());
         let capped = options
             .softcap
             .map(|cap| manual::softcap_forward(logits.clone(), cap));
-        let (losses, cache) = manual::softmax_cross_entropy_forward(
+        let (losses, cache) = manual::softmax_cross_entropy_forward_resolved(
             capped.clone().unwrap_or(logits),
-            &targets_chunk,
-            options,
+            &resolved.rows(start..end),
         );
         row_losses.push(losses);
         if options.return_log_sum_exp {
             log_sum_exps.push(cache.log_sum_exp.clone());
         }
-        denominator = Some(accumulate(denominator, cache.denominator.clone()));
         if !wanted.any() {
             continue;
         }
@@ -183,7 +183,7 @@ pub(crate) fn linear_cross_entropy(
         }
     }
 
-    let denominator = denominator.expect("a non-empty batch has at least one chunk");
+    let denominator = resolved.denominator;
     let row_losses = Tensor::cat(row_losses, 0);
     let loss = manual::reduction_forward(row_losses, denominator.clone(), options.reduction);
     let d_input = match d_input_chunks.len() {

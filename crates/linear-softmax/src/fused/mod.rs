@@ -175,7 +175,7 @@ pub fn loss_with_chunking(
             chunk_rows,
         },
     ));
-    Ok(with_l2(loss, head, options))
+    Ok(manual::with_l2(loss, head.weight(), options))
 }
 
 /// Validates the batch and the options once, and picks the chunk size.
@@ -225,16 +225,12 @@ pub fn loss_and_gradients_with_chunking(
         RowUpstream::Ones,
     );
     let computed = "the kernel computes every wanted gradient";
-    let mut loss = Tensor::<1>::from_dispatch(output.loss);
-    let mut d_weight = Tensor::<2>::from_dispatch(output.d_weight.into_option().expect(computed));
-    if options.l2 != 0.0 {
-        // L = L_ce + lambda sum(W^2): dW += 2 lambda W.
-        loss = loss + manual::l2_forward(weight.clone(), options.l2);
-        d_weight = d_weight + manual::l2_backward(weight, options.l2);
-    }
+    let loss = Tensor::<1>::from_dispatch(output.loss);
+    let d_weight = Tensor::<2>::from_dispatch(output.d_weight.into_option().expect(computed));
     Ok(HeadGradients {
-        loss,
-        d_weight,
+        // The penalty does not touch the [N, C] logits: ordinary ops, outside the op.
+        loss: manual::with_l2(loss, weight.clone(), options),
+        d_weight: manual::with_l2_gradient(d_weight, weight, options),
         d_bias: output.d_bias.into_option().map(Tensor::from_dispatch),
         d_input: Tensor::from_dispatch(output.d_input.into_option().expect(computed)),
         log_sum_exp: output.log_sum_exp.into_option().map(Tensor::from_dispatch),
@@ -251,15 +247,5 @@ fn target_primitives(targets: &Targets, device: &Device) -> TargetPrimitives<Dis
         TargetKind::Probabilities(probabilities) => {
             TargetPrimitives::Probabilities(probabilities.clone().to_device(device).into_dispatch())
         }
-    }
-}
-
-/// `L + lambda sum(W^2)`, as ordinary (differentiable) tensor ops: the penalty does not touch
-/// the `[N, C]` logits, so it needs no fusing.
-fn with_l2(loss: Tensor<1>, head: &LinearSoftmax, options: &LossOptions) -> Tensor<1> {
-    if options.l2 == 0.0 {
-        loss
-    } else {
-        loss + head.weight().square().sum() * options.l2
     }
 }

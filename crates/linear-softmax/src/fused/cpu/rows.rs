@@ -54,29 +54,30 @@ pub(super) fn row_targets<E: RawFloat>(
     n_classes: usize,
     options: &LossOptions,
 ) -> RowTargets<E> {
-    let ignored = |label: i64| {
-        options.ignore_index == Some(label)
-            || options
-                .pad_tokens
-                .as_ref()
-                .is_some_and(|pads| pads.iter().any(|&pad| pad as i64 == label))
-    };
-    let ignores = options.ignore_index.is_some() || options.pad_tokens.is_some();
-    let valid = ignores.then(|| labels.iter().map(|&label| !ignored(label)).collect());
+    let valid = options.ignores_rows().then(|| {
+        labels
+            .iter()
+            .map(|&label| !options.ignores(label))
+            .collect()
+    });
     RowTargets {
+        // Ignored rows point at class 0 (their weight is 0), as on the device.
         labels: labels
             .iter()
-            .map(|&label| if ignored(label) { 0 } else { label as usize })
+            .map(|&label| {
+                if options.ignores(label) {
+                    0
+                } else {
+                    label as usize
+                }
+            })
             .collect(),
         valid,
         class_weights: options
             .weights
             .as_ref()
             .map(|w| w.iter().map(|&w| E::of(w)).collect()),
-        weight_sum: options
-            .weights
-            .as_ref()
-            .map_or(n_classes as f64, |w| w.iter().sum()),
+        weight_sum: options.class_weight_sum(n_classes),
         smoothing: options.label_smoothing,
         z_loss: options.z_loss,
     }

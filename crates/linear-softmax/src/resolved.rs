@@ -1,0 +1,157 @@
+//! The loss options resolved against the targets once per call, on the logits' device and in
+//! their float type: which rows count, each row's weight, the class weights, the mean's
+//! denominator. Every tensor path (autodiff, manual, the fused op's tensor kernel) reads
+//! them from here; the CPU kernel resolves the same rules on its host labels
+//! (`fused/cpu/rows.rs`, through [`LossOptions::ignores`] and
+//! [`LossOptions::class_weight_sum`]).
+
+use core::ops::Range;
+
+use burn::prelude::*;
+use burn::tensor::DType;
+
+use crate::options::LossOptions;
+use crate::targets::{TargetKind, Targets};
+
+/// The options of one loss call, resolved against its targets.
+///
+/// With `v_i = 0` for ignored rows (else 1), class weights `w` (all 1 when absent) and
+/// `r_i = v_i w_{y_i}`: the mean divides by `sum_i r_i` for class indices, by `N` for
+/// probabilities.
+#[derive(Clone, Debug)]
+pub(crate) struct ResolvedLoss {
+    /// The targets, ready for `gather` / `scatter` or as probabilities.
+    pub(crate) targets: ResolvedTargets,
+    /// `w`, `[1, C]` (absent: all 1).
+    pub(crate) class_weights: Option<Tensor<2>>,
+    /// `sum_k w_k` (`C` without weights).
+    pub(crate) weight_sum: f64,
+    /// The mean's denominator of the whole batch, `[1]` (0 when every row is ignored; the
+    /// reduction replaces it by 1).
+    pub(crate) denominator: Tensor<1>,
+    /// Label smoothing `eps`.
+    pub(crate) smoothing: f64,
+    /// z-loss `beta`.
+    pub(crate) z_loss: f64,
+}
+
+/// The targets side of a [`ResolvedLoss`].
+// One value per loss call (or chunk): the size difference between the variants does not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Debug)]
+pub(crate) enum ResolvedTargets {
+    /// Class indices.
+    Classes {
+        /// `[N, 1]` labels; ignored rows point at class 0 (with `r_i = v_i = 0`).
+        labels: Tensor<2, Int>,
+        /// `v_i`, `[N, 1]` (absent: no row can be ignored).
+        valid: Option<Tensor<2>>,
+        /// `r_i = v_i w_{y_i}`, `[N, 1]` (absent: all 1).
+        row_weights: Option<Tensor<2>>,
+    },
+    /// Class probabilities `T`, `[N, C]`.
+    Probabilities(Tensor<2>),
+}
+
+impl ResolvedLoss {
+    /// Resolves `options` against `targets` for logits on `device` in `dtype`.
+    pub(crate) fn new(
+        targets: &Targets,
+        options: &LossOptions,
+        device: &Device,
+        dtype: DType,
+    ) -> Self {
+        let n_classes = targets.n_classes();
+        let class_weights = options.weights.as_ref().map(|weights| {
+            Tensor::<2>::from_data(
+                TensorData::new(weights.clone(), [1, weights.len()]),
+                (device, dtype),
+            )
+        });
+        let (targets, denominator) = match targets.kind() {
+            TargetKind::Classes { indices, .. } => {
+                let indices = indices.clone().to_device(device);
+                let rows = indices.dims()[0];
+                // The one rule of ignored rows (`LossOptions::ignored_labels`), on the device.
+                let ignored = options
+                    .ignored_labels()
+                    .map(|value| indices.clone().equal_elem(value))
+                    .reduce(|a, b| a.bool_or(b));
+                let (labels, valid) = match ignored {
+                    None => (indices, None),
+                    Some(ignored) => (
+                        indices.mask_fill(ignored.clone(), 0),
+                        Some(ignored.bool_not().float().cast(dtype).unsqueeze_dim::<2>(1)),
+                    ),
+                };
+                let labels = labels.unsqueeze_dim::<2>(1);
+                let label_weights = class_weights.as_ref().map(|w| {
+                    w.clone()
+                        .squeeze_dim::<1>(0)
+                        .select(0, labels.clone().squeeze_dim(1))
+                        .unsqueeze_dim::<2>(1)
+                });
+                let row_weights = match (label_weights, valid.clone()) {
+                    (Some(w), Some(v)) => Some(w * v),
+                    (w, v) => w.or(v),
+                };
+                let denominator = match &row_weights {
+                    Some(r) => r.clone().sum(),
+                    None => Tensor::full([1], rows as f64, (device, dtype)),
+                };
+                (
+                    ResolvedTargets::Classes {
+                        labels,
+                        valid,
+                        row_weights,
+                    },
+                    denominator,
+                )
+            }
+            TargetKind::Probabilities(probabilities) => {
+                let probabilities = probabilities.clone().to_device(device);
+                let probabilities = if probabilities.dtype() == dtype {
+                    probabilities
+                } else {
+                    probabilities.cast(dtype)
+                };
+                let rows = probabilities.dims()[0];
+                (
+                    ResolvedTargets::Probabilities(probabilities),
+                    Tensor::full([1], rows as f64, (device, dtype)),
+                )
+            }
+        };
+        Self {
+            targets,
+            class_weights,
+            weight_sum: options.class_weight_sum(n_classes),
+            denominator,
+            smoothing: options.label_smoothing,
+            z_loss: options.z_loss,
+        }
+    }
+
+    /// Rows `range` (a chunk of the batch); the denominator stays the whole batch's.
+    pub(crate) fn rows(&self, range: Range<usize>) -> Self {
+        let slice = |tensor: &Tensor<2>| tensor.clone().slice([range.clone()]);
+        let targets = match &self.targets {
+            ResolvedTargets::Classes {
+                labels,
+                valid,
+                row_weights,
+            } => ResolvedTargets::Classes {
+                labels: labels.clone().slice([range.clone()]),
+                valid: valid.as_ref().map(slice),
+                row_weights: row_weights.as_ref().map(slice),
+            },
+            ResolvedTargets::Probabilities(probabilities) => {
+                ResolvedTargets::Probabilities(slice(probabilities))
+            }
+        };
+        Self {
+            targets,
+            ..self.clone()
+        }
+    }
+}
