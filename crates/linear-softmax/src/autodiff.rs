@@ -104,6 +104,19 @@ pub fn loss(
     Ok(loss_of_parts(x, head.weight(), head.bias(), targets, options).0)
 }
 
+/// [`loss`] and the per-row log-sum-exp `lse_i` `[N]` of the (capped) logits, detached from
+/// the graph.
+pub fn loss_and_log_sum_exp(
+    head: &LinearSoftmax,
+    x: Tensor<2>,
+    targets: &Targets,
+    options: &LossOptions,
+) -> Result<(Tensor<1>, Tensor<1>)> {
+    head.check_loss_inputs(&x, targets, options)?;
+    let (loss, logits) = loss_of_parts(x, head.weight(), head.bias(), targets, options);
+    Ok((loss, log_sum_exp(logits.detach())))
+}
+
 /// The loss of a sequence batch `x` `[B, T, D]` (an LM head), as `N = B * T` rows; build the
 /// targets with [`Targets::from_sequence_tensor`].
 pub fn sequence_loss(
@@ -116,7 +129,7 @@ pub fn sequence_loss(
     loss(head, x.reshape([batch * time, features]), targets, options)
 }
 
-/// The loss (and the per-row log-sum-exp) from explicit parameters; the callers check.
+/// The loss and the (capped) logits from explicit parameters; the callers check.
 pub(crate) fn loss_of_parts(
     x: Tensor<2>,
     weight: Tensor<2>,
@@ -154,7 +167,7 @@ pub fn loss_and_gradients(
     let bias = head
         .bias()
         .map(|bias| bias.detach().autodiff().require_grad());
-    let (loss, logits) = loss_of_parts(x.clone(), weight.clone(), bias.clone(), targets, options);
+    let (loss, _) = loss_of_parts(x.clone(), weight.clone(), bias.clone(), targets, options);
     let grads = loss.clone().sum().backward();
     let gradient = |tensor: &Tensor<2>| {
         tensor
@@ -166,8 +179,5 @@ pub fn loss_and_gradients(
         d_bias: bias.map(|bias| bias.grad(&grads).expect("the tracked bias has a gradient")),
         d_input: gradient(&x),
         loss: loss.inner(),
-        log_sum_exp: options
-            .return_log_sum_exp
-            .then(|| log_sum_exp(logits.inner())),
     })
 }

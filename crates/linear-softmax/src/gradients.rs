@@ -19,8 +19,4 @@ pub struct HeadGradients {
     pub d_bias: Option<Tensor<1>>,
     /// `dL/dX`.
     pub d_input: Tensor<2>,
-    /// Per-row log-sum-exp `[N]`, when [`LossOptions::return_log_sum_exp`] is set.
-    ///
-    /// [`LossOptions::return_log_sum_exp`]: crate::LossOptions::return_log_sum_exp
-    pub log_sum_exp: Option<Tensor<1>>,
 }

@@ -210,6 +210,21 @@ impl LinearSoftmax {
         self.loss_with_path(x, targets, options, LossPath::default())
     }
 
+    /// [`loss`](Self::loss) and the per-row log-sum-exp `lse_i` `[N]` of the (capped) logits
+    /// from the same fused pass (no second forward, no `[N, C]` tensor), detached from the
+    /// graph: e.g. to watch the quantity a z-loss pulls towards 0.
+    ///
+    /// # Shapes
+    /// - results: `[1]` (`[N]` with reduction none) and `[N]`
+    pub fn loss_and_log_sum_exp(
+        &self,
+        x: Tensor<2>,
+        targets: &Targets,
+        options: &LossOptions,
+    ) -> Result<(Tensor<1>, Tensor<1>)> {
+        LossPath::default().loss_and_log_sum_exp(self, x, targets, options)
+    }
+
     /// [`loss`](Self::loss) through a chosen [`LossPath`], to compare the paths.
     pub fn loss_with_path(
         &self,

@@ -87,6 +87,22 @@ impl LossPath {
         }
     }
 
+    /// [`loss`](Self::loss) and the per-row log-sum-exp `lse_i` `[N]` of the (capped) logits,
+    /// detached from the graph (every path computes it on the way to the loss).
+    pub fn loss_and_log_sum_exp(
+        self,
+        head: &LinearSoftmax,
+        x: Tensor<2>,
+        targets: &Targets,
+        options: &LossOptions,
+    ) -> Result<(Tensor<1>, Tensor<1>)> {
+        match self {
+            Self::Autodiff => autodiff::loss_and_log_sum_exp(head, x, targets, options),
+            Self::Manual => manual::loss_and_log_sum_exp(head, x, targets, options),
+            Self::Fused => fused::loss_and_log_sum_exp(head, x, targets, options),
+        }
+    }
+
     /// The loss and its gradients `dW, db, dX` through this path, as plain values.
     pub fn loss_and_gradients(
         self,

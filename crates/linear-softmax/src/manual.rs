@@ -374,6 +374,17 @@ pub fn loss(
     targets: &Targets,
     options: &LossOptions,
 ) -> Result<Tensor<1>> {
+    Ok(loss_and_log_sum_exp(head, x, targets, options)?.0)
+}
+
+/// [`loss`] and the per-row log-sum-exp `lse_i` `[N]` of the (capped) logits, which the
+/// forward pass computes anyway; `lse` is detached from any graph.
+pub fn loss_and_log_sum_exp(
+    head: &LinearSoftmax,
+    x: Tensor<2>,
+    targets: &Targets,
+    options: &LossOptions,
+) -> Result<(Tensor<1>, Tensor<1>)> {
     head.check_loss_inputs(&x, targets, options)?;
     let weight = head.weight();
     let mut logits = linear_forward(x, weight.clone(), head.bias());
@@ -381,8 +392,9 @@ pub fn loss(
         logits = softcap_forward(logits, cap);
     }
     let (row_losses, cache) = softmax_cross_entropy_forward(logits, targets, options);
+    let log_sum_exp = cache.log_sum_exp.detach();
     let loss = reduction_forward(row_losses, cache.denominator, options.reduction);
-    Ok(with_l2(loss, weight, options))
+    Ok((with_l2(loss, weight, options), log_sum_exp))
 }
 
 /// The loss and its hand-derived gradients `dW, db, dX` (upstream gradient 1 for every entry
@@ -409,9 +421,6 @@ pub fn loss_and_gradients(
     let (row_losses, cache) =
         softmax_cross_entropy_forward(capped.clone().unwrap_or(logits), targets, options);
     check_finite(&row_losses)?;
-    let log_sum_exp = options
-        .return_log_sum_exp
-        .then(|| cache.log_sum_exp.clone());
     let denominator = cache.denominator.clone();
     let loss = reduction_forward(row_losses, denominator.clone(), options.reduction);
 
@@ -430,7 +439,6 @@ pub fn loss_and_gradients(
         d_weight: with_l2_gradient(d_weight, weight, options),
         d_bias,
         d_input,
-        log_sum_exp,
     })
 }
 

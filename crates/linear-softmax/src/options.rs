@@ -70,10 +70,6 @@ pub struct LossOptions {
     /// bias); a scalar, so it needs reduction mean or sum.
     #[config(default = 0.0)]
     pub l2: f64,
-    /// Also return the per-row log-sum-exp `lse_i` `[N]` of the (capped) logits, e.g. for a
-    /// z-loss monitor or a later sampling step.
-    #[config(default = false)]
-    pub return_log_sum_exp: bool,
 }
 
 impl Default for LossOptions {

@@ -28,7 +28,6 @@ fn fused_graph_gradients(p: &Problem, options: &LossOptions, chunking: &Chunking
             .map(|bias| bias.grad(&grads).expect("b is tracked")),
         d_input: x.grad(&grads).expect("x is tracked"),
         loss: loss.inner(),
-        log_sum_exp: None,
     }
 }
 

@@ -8,7 +8,7 @@ use burn::tensor::DType;
 use common::{FINITE_DIFFERENCE, Problem, assert_close, backends, dtypes, host, problem};
 use linear_softmax::gradcheck::{DEFAULT_STEP, HostGradients, compare, numerical_gradients};
 use linear_softmax::{
-    Chunking, HeadGradients, LossOptions, Reduction, Targets, autodiff, fused, manual,
+    Chunking, HeadGradients, LossOptions, LossPath, Reduction, Targets, autodiff, fused, manual,
 };
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -184,7 +184,6 @@ fn fused_graph(p: &Problem, targets: &Targets, options: &LossOptions) -> HeadGra
         d_bias: head.linear.bias.as_ref().map(|b| b.grad(&grads).unwrap()),
         d_input: x.grad(&grads).unwrap(),
         loss: loss.inner(),
-        log_sum_exp: None,
     }
 }
 
@@ -356,15 +355,14 @@ fn ignored_rows_contribute_nothing() {
 }
 
 #[test]
-fn log_sum_exp_is_returned_on_request() {
+fn log_sum_exp_comes_with_the_loss_on_every_path() {
     for (backend, device) in backends() {
         let p = problem([7, 31, 10], true, DType::F64, &device, 4);
-        let options = LossOptions::new()
-            .with_return_log_sum_exp(true)
-            .with_softcap(Some(3.0));
+        let options = LossOptions::new().with_softcap(Some(3.0));
         let capped = manual::softcap_forward(p.head.forward(p.x.clone()).unwrap(), 3.0);
         let expected = host(&linear_softmax::log_sum_exp(capped));
-        let fused = fused::loss_and_gradients_with_chunking(
+        let reference = autodiff::loss(&p.head, p.x.clone(), &p.targets, &options).unwrap();
+        let fused = fused::loss_and_log_sum_exp_with_chunking(
             &p.head,
             p.x.clone(),
             &p.targets,
@@ -372,24 +370,24 @@ fn log_sum_exp_is_returned_on_request() {
             &small_chunks(),
         )
         .unwrap();
-        for (path, gradients) in both_paths(&p, &p.targets, &options)
-            .into_iter()
-            .chain([("fused", fused)])
-        {
-            let lse = gradients
-                .log_sum_exp
-                .unwrap_or_else(|| panic!("{path} {backend}: no lse"));
+        let paths = LossPath::ALL.map(|path| {
+            let results = path.loss_and_log_sum_exp(&p.head, p.x.clone(), &p.targets, &options);
+            (path.name(), results.unwrap())
+        });
+        for (path, (loss, lse)) in paths.into_iter().chain([("fused R=3", fused)]) {
             assert_close(
                 &format!("{path} {backend} lse"),
                 &host(&lse),
                 &expected,
                 common::F64_AGREEMENT,
             );
+            assert_close(
+                &format!("{path} {backend} loss"),
+                &host(&loss),
+                &host(&reference),
+                common::F64_AGREEMENT,
+            );
         }
-        let without =
-            manual::loss_and_gradients(&p.head, p.x.clone(), &p.targets, &LossOptions::new())
-                .unwrap();
-        assert!(without.log_sum_exp.is_none());
     }
 }
 

@@ -8,7 +8,9 @@ mod common;
 
 use burn::prelude::*;
 use common::{Problem, assert_close, assert_gradients_close, backends, dtypes, host, problem};
-use linear_softmax::{Chunking, HeadGradients, LossOptions, Reduction, Targets, autodiff, fused};
+use linear_softmax::{
+    Chunking, HeadGradients, LossOptions, LossPath, Reduction, Targets, autodiff, fused,
+};
 
 /// The gradients `.backward()` gives through the fused op (the precomputed path for mean and
 /// sum, the recomputing path for reduction none).
@@ -32,7 +34,6 @@ fn through_graph(
             .map(|b| b.grad(&grads).expect("b is tracked")),
         d_input: x.grad(&grads).expect("x is tracked"),
         loss: loss.inner(),
-        log_sum_exp: None,
     }
 }
 
@@ -195,10 +196,12 @@ fn raw_kernel_handles_class_options_and_returns_log_sum_exp() {
                     .with_ignore_index(Some(IGNORE))
                     .with_weights(Some(weights.clone()))
                     .with_label_smoothing(0.1)
-                    .with_z_loss(0.01)
-                    .with_return_log_sum_exp(true);
+                    .with_z_loss(0.01);
                 let expected =
                     autodiff::loss_and_gradients(&p.head, p.x.clone(), &targets, &options).unwrap();
+                let (_, expected_lse) =
+                    autodiff::loss_and_log_sum_exp(&p.head, p.x.clone(), &targets, &options)
+                        .unwrap();
                 for rows in [1, 7, 29] {
                     let context = format!("{backend} {dtype:?} {reduction:?} R={rows}");
                     let actual = fused::loss_and_gradients_with_chunking(
@@ -210,10 +213,18 @@ fn raw_kernel_handles_class_options_and_returns_log_sum_exp() {
                     )
                     .unwrap();
                     assert_gradients_close(&context, &actual, &expected, tolerance);
+                    let (_, actual_lse) = fused::loss_and_log_sum_exp_with_chunking(
+                        &p.head,
+                        p.x.clone(),
+                        &targets,
+                        &options,
+                        &Chunking::new().with_rows(Some(rows)),
+                    )
+                    .unwrap();
                     assert_close(
                         &format!("{context} lse"),
-                        &host(actual.log_sum_exp.as_ref().expect("asked for")),
-                        &host(expected.log_sum_exp.as_ref().expect("asked for")),
+                        &host(&actual_lse),
+                        &host(&expected_lse),
                         tolerance,
                     );
                 }
@@ -253,8 +264,7 @@ fn few_classes_stream_the_rows_and_agree_on_both_sides_of_the_threshold() {
                     .with_ignore_index(Some(IGNORE))
                     .with_weights(Some(weights))
                     .with_label_smoothing(0.1)
-                    .with_z_loss(0.01)
-                    .with_return_log_sum_exp(true);
+                    .with_z_loss(0.01);
                 for (targets, options) in
                     [(&p.targets, LossOptions::new()), (&ignored, all_options)]
                 {
@@ -271,14 +281,17 @@ fn few_classes_stream_the_rows_and_agree_on_both_sides_of_the_threshold() {
                             fused::loss_and_gradients(&p.head, p.x.clone(), targets, &options)
                                 .unwrap();
                         assert_gradients_close(&context, &actual, &expected, tolerance);
-                        if options.return_log_sum_exp {
-                            assert_close(
-                                &format!("{context} lse"),
-                                &host(actual.log_sum_exp.as_ref().expect("asked for")),
-                                &host(expected.log_sum_exp.as_ref().expect("asked for")),
-                                tolerance,
-                            );
-                        }
+                        let lse = |path: LossPath| {
+                            let results =
+                                path.loss_and_log_sum_exp(&p.head, p.x.clone(), targets, &options);
+                            host(&results.unwrap().1)
+                        };
+                        assert_close(
+                            &format!("{context} lse"),
+                            &lse(LossPath::Fused),
+                            &lse(LossPath::Autodiff),
+                            tolerance,
+                        );
                         let graph = through_graph(&p, targets, &options, n);
                         assert_gradients_close(
                             &format!("{context} backward"),

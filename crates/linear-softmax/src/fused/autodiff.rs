@@ -34,7 +34,7 @@ impl<B: FusedLinearCrossEntropyOps, C: CheckpointStrategy> FusedLinearCrossEntro
         bias: Optional<Self>,
         targets: TargetPrimitives<Self>,
         spec: FusedSpec,
-    ) -> FloatTensor<Self> {
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         // Which gradients to compute must be known before the kernel runs: ask each input
         // whether it takes part in the graph (the same test that decides the `parents` array).
         let wanted = WantedGradients {
@@ -65,8 +65,9 @@ impl<B: FusedLinearCrossEntropyOps, C: CheckpointStrategy> FusedLinearCrossEntro
                 spec: spec.clone(),
                 wanted,
             };
-            let loss = B::linear_cross_entropy(x, weight, bias.into(), targets, spec);
-            return match bias_node {
+            let (loss, log_sum_exp) =
+                B::linear_cross_entropy(x, weight, bias.into(), targets, spec);
+            let loss = match bias_node {
                 Some(bias_node) => record::<B, C, 3, _>(
                     RecomputeBackward,
                     [x_node, weight_node, bias_node],
@@ -75,13 +76,14 @@ impl<B: FusedLinearCrossEntropyOps, C: CheckpointStrategy> FusedLinearCrossEntro
                 ),
                 None => record::<B, C, 2, _>(RecomputeBackward, [x_node, weight_node], loss, state),
             };
+            return (loss, Self::from_inner(log_sum_exp));
         }
         let FusedOutput {
             loss,
             d_input,
             d_weight,
             d_bias,
-            ..
+            log_sum_exp,
         } = B::linear_cross_entropy_with_gradients(
             x,
             weight,
@@ -96,7 +98,7 @@ impl<B: FusedLinearCrossEntropyOps, C: CheckpointStrategy> FusedLinearCrossEntro
             d_weight.into_option(),
             d_bias.into_option(),
         );
-        match bias_node {
+        let loss = match bias_node {
             Some(bias_node) => record::<B, C, 3, _>(
                 PrecomputedBackward,
                 [x_node, weight_node, bias_node],
@@ -109,7 +111,8 @@ impl<B: FusedLinearCrossEntropyOps, C: CheckpointStrategy> FusedLinearCrossEntro
                 loss,
                 [d_input, d_weight],
             ),
-        }
+        };
+        (loss, Self::from_inner(log_sum_exp))
     }
 
     fn linear_cross_entropy_with_gradients(
@@ -142,7 +145,7 @@ impl<B: FusedLinearCrossEntropyOps, C: CheckpointStrategy> FusedLinearCrossEntro
             d_input: optional(output.d_input),
             d_weight: optional(output.d_weight),
             d_bias: optional(output.d_bias),
-            log_sum_exp: optional(output.log_sum_exp),
+            log_sum_exp: constant(output.log_sum_exp),
         }
     }
 }

@@ -105,7 +105,7 @@ pub enum RowUpstream<B: Backend> {
 }
 
 /// What the fused op returns: the loss, the gradients it was asked for, and the per-row
-/// log-sum-exp when asked for.
+/// log-sum-exp (a by-product of the row pass, free to keep).
 ///
 /// # Shapes
 /// - `loss`: `[1]` (`[N]` for reduction none), without the L2 term
@@ -123,9 +123,8 @@ pub struct FusedOutput<B: Backend> {
     /// `db = colsum(dS)`.
     #[extension_type]
     pub d_bias: Optional<B>,
-    /// `lse_i`.
-    #[extension_type]
-    pub log_sum_exp: Optional<B>,
+    /// `lse_i`, the per-row log-sum-exp of the (capped) logits.
+    pub log_sum_exp: FloatTensor<B>,
 }
 
 /// The plain (non-tensor) part of a fused call: the loss definition and the chunk size.
@@ -148,20 +147,21 @@ pub struct FusedSpec {
 /// - loss: `[1]` (`[N]` for reduction none)
 #[backend_extension(Flex: cfg(feature = "flex"), NdArray: cfg(feature = "ndarray"), Autodiff)]
 pub trait FusedLinearCrossEntropyOps: Backend {
-    /// The loss.
+    /// The loss and the per-row log-sum-exp `lse_i` `[N]`.
     ///
-    /// On a plain backend this is the forward pass alone. On `Autodiff<B, C>` the gradients
-    /// of the tracked inputs are computed in the same pass and kept for the backward, which
-    /// only scales them by the upstream gradient (reduction none: the backward recomputes the
-    /// chunks with the per-row upstream gradient).
+    /// On a plain backend this is the forward pass alone. On `Autodiff<B, C>` the loss is a
+    /// graph node: the gradients of the tracked inputs are computed in the same pass and kept
+    /// for the backward, which only scales them by the upstream gradient (reduction none: the
+    /// backward recomputes the chunks with the per-row upstream gradient); `lse` is a
+    /// constant.
     fn linear_cross_entropy(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         #[extension_type] bias: Optional<Self>,
         #[extension_type] targets: TargetPrimitives<Self>,
         spec: FusedSpec,
-    ) -> FloatTensor<Self> {
-        Self::linear_cross_entropy_with_gradients(
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let output = Self::linear_cross_entropy_with_gradients(
             x,
             weight,
             bias,
@@ -169,12 +169,12 @@ pub trait FusedLinearCrossEntropyOps: Backend {
             spec,
             WantedGradients::NONE,
             RowUpstream::Ones,
-        )
-        .loss
+        );
+        (output.loss, output.log_sum_exp)
     }
 
-    /// The loss, the `wanted` gradients (for the upstream `upstream`) and, when
-    /// `spec.options.return_log_sum_exp`, the per-row log-sum-exp, as plain values.
+    /// The loss, the `wanted` gradients (for the upstream `upstream`) and the per-row
+    /// log-sum-exp, as plain values.
     ///
     /// On `Autodiff<B, C>` the results are constants (not part of any graph).
     fn linear_cross_entropy_with_gradients(

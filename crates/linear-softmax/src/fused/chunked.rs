@@ -96,8 +96,8 @@ pub(crate) struct ChunkedOutput {
     pub d_input: Option<Tensor<2>>,
     pub d_weight: Option<Tensor<2>>,
     pub d_bias: Option<Tensor<1>>,
-    /// `[N]`, when `options.return_log_sum_exp`.
-    pub log_sum_exp: Option<Tensor<1>>,
+    /// `lse_i`, `[N]`.
+    pub log_sum_exp: Tensor<1>,
 }
 
 /// Runs the chunked forward pass and the gradients in `wanted`.
@@ -155,9 +155,7 @@ pub(crate) fn linear_cross_entropy(
             &resolved.rows(start..end),
         );
         row_losses.push(losses);
-        if options.return_log_sum_exp {
-            log_sum_exps.push(cache.log_sum_exp.clone());
-        }
+        log_sum_exps.push(cache.log_sum_exp.clone());
         if !wanted.any() {
             continue;
         }
@@ -209,7 +207,7 @@ pub(crate) fn linear_cross_entropy(
         d_input: d_input.map(mean_scale),
         d_weight: d_weight.map(mean_scale),
         d_bias: d_bias.map(|d_bias| mean_scale(d_bias.unsqueeze_dim(0)).squeeze_dim(0)),
-        log_sum_exp: (!log_sum_exps.is_empty()).then(|| Tensor::cat(log_sum_exps, 0)),
+        log_sum_exp: Tensor::cat(log_sum_exps, 0),
     }
 }
 

@@ -158,7 +158,7 @@ fn tensor_kernel<B: PlainBackend>(
         d_input: optional(output.d_input.map(B::unwrap)),
         d_weight: optional(output.d_weight.map(B::unwrap)),
         d_bias: optional(output.d_bias.map(B::unwrap)),
-        log_sum_exp: optional(output.log_sum_exp.map(B::unwrap)),
+        log_sum_exp: B::unwrap(output.log_sum_exp),
     }
 }
 

@@ -163,9 +163,36 @@ pub fn loss_with_chunking(
     options: &LossOptions,
     chunking: &Chunking,
 ) -> Result<Tensor<1>> {
+    Ok(loss_and_log_sum_exp_with_chunking(head, x, targets, options, chunking)?.0)
+}
+
+/// [`loss`] and the per-row log-sum-exp `lse_i` `[N]` of the (capped) logits, a by-product of
+/// the same pass (e.g. to monitor the z-loss's target, or for a later sampling step); `lse`
+/// is a constant, outside the graph.
+///
+/// # Shapes
+/// - `x`: `[N, D]`, `targets`: `[N]` or `[N, C]`, results: `[1]` (`[N]` with reduction none)
+///   and `[N]`
+pub fn loss_and_log_sum_exp(
+    head: &LinearSoftmax,
+    x: Tensor<2>,
+    targets: &Targets,
+    options: &LossOptions,
+) -> Result<(Tensor<1>, Tensor<1>)> {
+    loss_and_log_sum_exp_with_chunking(head, x, targets, options, &Chunking::new())
+}
+
+/// [`loss_and_log_sum_exp`] with an explicit [`Chunking`].
+pub fn loss_and_log_sum_exp_with_chunking(
+    head: &LinearSoftmax,
+    x: Tensor<2>,
+    targets: &Targets,
+    options: &LossOptions,
+    chunking: &Chunking,
+) -> Result<(Tensor<1>, Tensor<1>)> {
     let chunk_rows = check(head, &x, targets, options, chunking)?;
     let targets = target_primitives(targets, &x.device());
-    let loss = Tensor::from_dispatch(Dispatch::linear_cross_entropy(
+    let (loss, log_sum_exp) = Dispatch::linear_cross_entropy(
         x.into_dispatch(),
         head.weight().into_dispatch(),
         Optional::from(head.bias().map(Tensor::into_dispatch)),
@@ -174,8 +201,9 @@ pub fn loss_with_chunking(
             options: options.clone(),
             chunk_rows,
         },
-    ));
-    Ok(manual::with_l2(loss, head.weight(), options))
+    );
+    let loss = manual::with_l2(Tensor::from_dispatch(loss), head.weight(), options);
+    Ok((loss, Tensor::from_dispatch(log_sum_exp)))
 }
 
 /// Validates the batch and the options once, and picks the chunk size.
@@ -233,7 +261,6 @@ pub fn loss_and_gradients_with_chunking(
         d_weight: manual::with_l2_gradient(d_weight, weight, options),
         d_bias: output.d_bias.into_option().map(Tensor::from_dispatch),
         d_input: Tensor::from_dispatch(output.d_input.into_option().expect(computed)),
-        log_sum_exp: output.log_sum_exp.into_option().map(Tensor::from_dispatch),
     })
 }
 

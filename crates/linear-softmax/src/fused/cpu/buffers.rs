@@ -133,9 +133,6 @@ pub(super) fn into_primitives<B: Backend, E: RawFloat>(
             .map(|v| primitive(v, vec![d_input, n_classes]))
             .into(),
         d_bias: output.d_bias.map(|v| primitive(v, vec![n_classes])).into(),
-        log_sum_exp: output
-            .log_sum_exp
-            .map(|v| primitive(v, vec![n_rows]))
-            .into(),
+        log_sum_exp: primitive(output.log_sum_exp, vec![n_rows]),
     }
 }

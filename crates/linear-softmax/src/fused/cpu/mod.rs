@@ -35,7 +35,7 @@
 //! time), or the system OpenBLAS with the `openblas-system` feature.
 //!
 //! Supported: class-index targets (with `ignore_index`, `pad_tokens`, class weights, label
-//! smoothing, z-loss, `return_log_sum_exp`), every reduction, `f32` and `f64`; `kernel.rs`
+//! smoothing, z-loss), every reduction, `f32` and `f64`; `kernel.rs`
 //! sends everything else (probability targets, softcap, other dtypes) to the tensor-level
 //! kernel before these start. The labels and the upstream gradients are read from the
 //! backend's own CPU buffers (no device, nothing to synchronise). Peak extra memory: the
@@ -249,7 +249,7 @@ fn kernel<E: RawFloat>(
         d_input,
         d_weight,
         d_bias,
-        log_sum_exp: options.return_log_sum_exp.then_some(log_sum_exp),
+        log_sum_exp,
     }
 }
 
@@ -281,5 +281,5 @@ pub(super) struct HostOutput<E> {
     pub(super) d_input: Option<Vec<E>>,
     pub(super) d_weight: Option<Vec<E>>,
     pub(super) d_bias: Option<Vec<E>>,
-    pub(super) log_sum_exp: Option<Vec<E>>,
+    pub(super) log_sum_exp: Vec<E>,
 }
