@@ -12,8 +12,8 @@ use burn::tensor::DType;
 use super::backend::{
     FusedOutput, FusedSpec, Optional, RowUpstream, TargetPrimitives, WantedGradients,
 };
-use super::chunked::{self, PlainBackend};
 use super::cpu::{self, RawBackend, few_classes};
+use super::tensor_kernel::{self, PlainBackend};
 use crate::head::LinearSoftmax;
 use crate::options::LossOptions;
 use crate::targets::{TargetKind, Targets};
@@ -138,7 +138,7 @@ fn tensor_kernel<B: PlainBackend>(
             TargetKind::Probabilities(B::wrap(probabilities))
         }
     };
-    let output = chunked::linear_cross_entropy(
+    let output = tensor_kernel::linear_cross_entropy(
         B::wrap(x),
         B::wrap(weight),
         bias.into_option().map(B::wrap),

@@ -28,9 +28,9 @@
 //! The op is a Burn backend extension (`backend.rs`: device tensors in, one output struct out,
 //! no host read on the way) implemented for Flex and NdArray (`kernel.rs`, which picks one of
 //! the kernels of [`Kernel`] per call, from metadata alone: [`kernel_for`] tells which) and by
-//! hand for `Autodiff<B, C>` (`autodiff.rs`). The kernels: `raw.rs` (chunked GEMMs on raw CPU
-//! buffers), `raw/few_classes.rs` (one streaming pass for `C <= 16`) and `chunked.rs` (the
-//! chunk loop on tensor operations, for every other case).
+//! hand for `Autodiff<B, C>` (`autodiff.rs`). The kernels: `cpu/` (chunked GEMMs on raw CPU
+//! buffers; `cpu/few_classes.rs`, one streaming pass for `C <= 16`) and `tensor_kernel.rs` (the chunk
+//! loop on tensor operations, for every other case).
 //!
 //! ```
 //! use burn::prelude::*;
@@ -53,9 +53,9 @@ mod autodiff;
 // NdArray is deprecated upstream in favour of Flex; this crate still serves both.
 #[allow(deprecated)]
 mod backend;
-mod chunked;
 mod cpu;
 mod kernel;
+mod tensor_kernel;
 
 use burn::backend::Dispatch;
 use burn::prelude::*;
@@ -93,9 +93,9 @@ use crate::targets::{TargetKind, Targets};
 /// rows they show: at `C = 131072`, `R = 64` (what a 32 MiB budget alone gives) made the step
 /// 1.4x slower than `R = 256` (see BENCHMARKS.md). Set `min_rows` to 1 for a hard budget.
 ///
-/// The raw CPU kernel holds exactly one such buffer; the tensor-level kernel (probability
-/// targets, softcap, other backends) holds up to two (a broadcast operation that a backend does
-/// not run in place).
+/// The raw CPU kernels hold exactly one such buffer; the tensor-level kernel (probability
+/// targets, softcap, other float types) holds up to two (a broadcast operation that a backend
+/// does not run in place).
 #[derive(Config, Debug, PartialEq)]
 pub struct Chunking {
     /// Rows per chunk `R`; `None` derives it from `memory_budget` and `min_rows`.

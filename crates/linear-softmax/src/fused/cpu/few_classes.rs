@@ -17,7 +17,7 @@
 //! dW = the sum of the blocks' parts, transposed
 //! ```
 //!
-//! On AVX-512 the three products of a full `f32` group are intrinsics (`avx512.rs`); everything
+//! On AVX-512 the three products of a full `f32` group are intrinsics (`few_classes/avx512.rs`); everything
 //! else runs the generic loops below, with fused multiply-adds in the AVX2 build. Against the
 //! GEMMs: 0.22-0.26 ms vs 0.25-0.27 ms per step at N = 256, 1.49 ms vs 2.48 ms at N = 2560
 //! (BENCHMARKS.md). The options, per-row factors and upstream gradients are exactly the chunk
@@ -334,14 +334,11 @@ fn logits_dispatch<E: RawFloat, const FMA: bool, const AVX512: bool, const R: us
     x_rows: &[&[E]; R],
     weight_padded: &[E],
 ) -> [[E; LANES]; R] {
+    // `AVX512` is true only in `block_avx512`, which runs when the call's `Isa` is AVX-512.
     #[cfg(target_arch = "x86_64")]
-    if AVX512
-        && R == ROWS
-        && std::any::TypeId::of::<E>() == std::any::TypeId::of::<f32>()
-        && std::arch::is_x86_feature_detected!("avx512f")
-    {
+    if AVX512 && R == ROWS && std::any::TypeId::of::<E>() == std::any::TypeId::of::<f32>() {
         let x_f32: [&[f32]; ROWS] = std::array::from_fn(|r| as_f32(x_rows[r]));
-        // SAFETY: the CPU supports AVX-512 (checked just above).
+        // SAFETY: the CPU supports AVX-512 (see `AVX512` above).
         let logits = unsafe { avx512::logits_rows(&x_f32, as_f32(weight_padded)) };
         // SAFETY: E is f32 and R is ROWS (checked above): the same type.
         return unsafe { std::mem::transmute_copy(&logits) };
@@ -349,8 +346,8 @@ fn logits_dispatch<E: RawFloat, const FMA: bool, const AVX512: bool, const R: us
     logits_rows::<E, FMA, R>(x_rows, weight_padded)
 }
 
-/// `s_r = x_r W` for `R` rows, `W` padded to `[D, LANES]`: `UNROLL / R` accumulators per row
-/// over the features (at least one), each a vector of `LANES` classes.
+/// `s_r = x_r W` for `R` rows, `W` padded to `[D, LANES]`: two accumulators per row (even and
+/// odd features, summed at the end), each a vector of `LANES` classes.
 #[inline(always)]
 fn logits_rows<E: RawFloat, const FMA: bool, const R: usize>(
     x_rows: &[&[E]; R],

@@ -1,6 +1,6 @@
 //! The raw-buffer kernels of the fused head, for the plain CPU backends (Flex, NdArray).
 //!
-//! The tensor-level kernel (`chunked.rs`) pays for Burn's tensor API: `dW += X_r^T dS_r`
+//! The tensor kernel (`tensor_kernel.rs`) pays for Burn's tensor API: `dW += X_r^T dS_r`
 //! allocates a `[D, C]` temporary per chunk, and the softmax and `dS` allocate several `[R, C]`
 //! temporaries. These kernels run the same loop on the primitives' buffers, borrowed without a
 //! copy, with one reused `[R, C]` buffer:

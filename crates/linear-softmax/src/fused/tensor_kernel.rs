@@ -1,4 +1,6 @@
-//! The row-chunk kernel of the fused head, for the plain (non-autodiff) CPU backends.
+//! The tensor kernel of the fused head ([`Kernel::Tensor`](super::Kernel::Tensor)): the chunk
+//! loop on tensor operations over a plain backend's primitives, for what the raw CPU kernels do
+//! not take (probability targets, softcap, float types other than f32 and f64).
 //!
 //! For rows `r = r0..r1` of the batch (at most `R` of them at a time):
 //!
@@ -13,10 +15,10 @@
 //! the manual path's own forward/backward pair, run on `R` rows at a time; every option of
 //! [`LossOptions`] therefore holds here exactly as it does there.
 //!
+//! The options are resolved once for the whole batch (`ResolvedLoss`) and sliced per chunk.
 //! The per-row upstream gradient `g_i` is 1 for the sum, and for the mean the chunks are
-//! computed as for the sum and the finished gradients scaled once by `1 / den` (the
-//! denominator, a sum over all rows, is only known after the last chunk). For reduction none,
-//! `g_i` is the caller's upstream vector.
+//! computed as for the sum and the finished gradients scaled once by `1 / den`. For reduction
+//! none, `g_i` is the caller's upstream vector.
 
 use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{
