@@ -384,6 +384,8 @@ fn main() {
                 args.repeats
             };
             println!("\n{backend}, N = {n}, D = {d}, C = {c}:");
+            let choice = fused::kernel_for(&p.head, &p.x, &p.targets, &LossOptions::new());
+            println!("  fused kernel: {:?} ({})", choice.kernel, choice.reason);
             println!(
                 "  {:<32} {:>9} {:>17} {:>10} {:>10} {:>9}",
                 "path", "step (ms)", "peak extra (MiB)", "time/ref", "mem/ref", "loss"

@@ -10,6 +10,7 @@
 //!    forward pass and never need the `[N, C]` logits (the default of [`LinearSoftmax::loss`]);
 //!
 //! and [`gradcheck`]: centred finite differences in `f64`, the independent witness.
+//! [`LossPath`] switches between the three wherever a loss is asked for.
 //!
 //! ```
 //! use burn::prelude::*;
