@@ -20,8 +20,8 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, AutodiffBackend, Backend};
 
 use super::backend::{
-    FusedLinearCrossEntropyOps, FusedOutput, FusedSpec, Optional, RowUpstream, TargetPrimitives,
-    WantedGradients,
+    FusedInputs, FusedLinearCrossEntropyOps, FusedOutput, FusedSpec, Optional, RowUpstream,
+    TargetPrimitives, WantedGradients,
 };
 use crate::options::Reduction;
 
@@ -29,12 +29,15 @@ impl<B: FusedLinearCrossEntropyOps, C: CheckpointStrategy> FusedLinearCrossEntro
     for Autodiff<B, C>
 {
     fn linear_cross_entropy(
-        x: FloatTensor<Self>,
-        weight: FloatTensor<Self>,
-        bias: Optional<Self>,
-        targets: TargetPrimitives<Self>,
+        inputs: FusedInputs<Self>,
         spec: FusedSpec,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let FusedInputs {
+            x,
+            weight,
+            bias,
+            targets,
+        } = inputs;
         // Which gradients to compute must be known before the kernel runs: ask each input
         // whether it takes part in the graph (the same test that decides the `parents` array).
         let wanted = WantedGradients {
@@ -65,8 +68,13 @@ impl<B: FusedLinearCrossEntropyOps, C: CheckpointStrategy> FusedLinearCrossEntro
                 spec: spec.clone(),
                 wanted,
             };
-            let (loss, log_sum_exp) =
-                B::linear_cross_entropy(x, weight, bias.into(), targets, spec);
+            let inputs = FusedInputs {
+                x,
+                weight,
+                bias: bias.into(),
+                targets,
+            };
+            let (loss, log_sum_exp) = B::linear_cross_entropy(inputs, spec);
             let loss = match bias_node {
                 Some(bias_node) => record::<B, C, 3, _>(
                     RecomputeBackward,
@@ -85,10 +93,12 @@ impl<B: FusedLinearCrossEntropyOps, C: CheckpointStrategy> FusedLinearCrossEntro
             d_bias,
             log_sum_exp,
         } = B::linear_cross_entropy_with_gradients(
-            x,
-            weight,
-            bias.into(),
-            targets,
+            FusedInputs {
+                x,
+                weight,
+                bias: bias.into(),
+                targets,
+            },
             spec,
             wanted,
             RowUpstream::Ones,
@@ -116,21 +126,23 @@ impl<B: FusedLinearCrossEntropyOps, C: CheckpointStrategy> FusedLinearCrossEntro
     }
 
     fn linear_cross_entropy_with_gradients(
-        x: FloatTensor<Self>,
-        weight: FloatTensor<Self>,
-        bias: Optional<Self>,
-        targets: TargetPrimitives<Self>,
+        inputs: FusedInputs<Self>,
         spec: FusedSpec,
         wanted: WantedGradients,
         upstream: RowUpstream<Self>,
     ) -> FusedOutput<Self> {
         // Explicit gradients are values, not graph nodes: run the inner kernel and hand its
         // results back as untracked tensors.
+        let inputs = FusedInputs {
+            x: inputs.x.into_primitive(),
+            weight: inputs.weight.into_primitive(),
+            bias: (inputs.bias.into_option())
+                .map(|bias| bias.into_primitive())
+                .into(),
+            targets: inner_targets(inputs.targets),
+        };
         let output = B::linear_cross_entropy_with_gradients(
-            x.into_primitive(),
-            weight.into_primitive(),
-            bias.into_option().map(|bias| bias.into_primitive()).into(),
-            inner_targets(targets),
+            inputs,
             spec,
             wanted,
             match upstream {
@@ -197,11 +209,14 @@ impl<B: FusedLinearCrossEntropyOps, const N: usize> Backward<B, N> for Recompute
             spec,
             wanted,
         } = ops.state;
-        let output = B::linear_cross_entropy_with_gradients(
+        let inputs = FusedInputs {
             x,
             weight,
-            bias.into(),
+            bias: bias.into(),
             targets,
+        };
+        let output = B::linear_cross_entropy_with_gradients(
+            inputs,
             spec,
             wanted,
             RowUpstream::Rows(upstream),

@@ -95,6 +95,24 @@ pub enum TargetPrimitives<B: Backend> {
     Probabilities(FloatTensor<B>),
 }
 
+/// The tensors of one fused call, as primitives of its backend.
+///
+/// # Shapes
+/// - `x`: `[N, D]`, `weight`: `[D, C]`, `bias`: `[C]`, `targets`: `[N]` or `[N, C]`
+#[derive(Clone, Debug, ExtensionType)]
+pub struct FusedInputs<B: Backend> {
+    /// The input `X`.
+    pub x: FloatTensor<B>,
+    /// The weight `W`.
+    pub weight: FloatTensor<B>,
+    /// The bias `b`.
+    #[extension_type]
+    pub bias: Optional<B>,
+    /// The targets (validated where they were built).
+    #[extension_type]
+    pub targets: TargetPrimitives<B>,
+}
+
 /// The upstream gradient of the per-row losses, for reduction none.
 #[derive(Clone, Debug, ExtensionType)]
 pub enum RowUpstream<B: Backend> {
@@ -143,7 +161,7 @@ pub struct FusedSpec {
 /// are checked by the callers in [`super`].
 ///
 /// # Shapes
-/// - `x`: `[N, D]`, `weight`: `[D, C]`, `bias`: `[C]`, `targets`: `[N]` or `[N, C]`
+/// - `inputs`: see [`FusedInputs`]
 /// - loss: `[1]` (`[N]` for reduction none)
 #[backend_extension(Flex: cfg(feature = "flex"), NdArray: cfg(feature = "ndarray"), Autodiff)]
 pub trait FusedLinearCrossEntropyOps: Backend {
@@ -155,17 +173,11 @@ pub trait FusedLinearCrossEntropyOps: Backend {
     /// backward recomputes the chunks with the per-row upstream gradient); `lse` is a
     /// constant.
     fn linear_cross_entropy(
-        x: FloatTensor<Self>,
-        weight: FloatTensor<Self>,
-        #[extension_type] bias: Optional<Self>,
-        #[extension_type] targets: TargetPrimitives<Self>,
+        #[extension_type] inputs: FusedInputs<Self>,
         spec: FusedSpec,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         let output = Self::linear_cross_entropy_with_gradients(
-            x,
-            weight,
-            bias,
-            targets,
+            inputs,
             spec,
             WantedGradients::NONE,
             RowUpstream::Ones,
@@ -178,10 +190,7 @@ pub trait FusedLinearCrossEntropyOps: Backend {
     ///
     /// On `Autodiff<B, C>` the results are constants (not part of any graph).
     fn linear_cross_entropy_with_gradients(
-        x: FloatTensor<Self>,
-        weight: FloatTensor<Self>,
-        #[extension_type] bias: Optional<Self>,
-        #[extension_type] targets: TargetPrimitives<Self>,
+        #[extension_type] inputs: FusedInputs<Self>,
         spec: FusedSpec,
         wanted: WantedGradients,
         #[extension_type] upstream: RowUpstream<Self>,

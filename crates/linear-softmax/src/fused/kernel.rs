@@ -10,7 +10,7 @@ use burn::prelude::*;
 use burn::tensor::DType;
 
 use super::backend::{
-    FusedOutput, FusedSpec, Optional, RowUpstream, TargetPrimitives, WantedGradients,
+    FusedInputs, FusedOutput, FusedSpec, Optional, RowUpstream, TargetPrimitives, WantedGradients,
 };
 use super::cpu::{self, RawBackend, few_classes};
 use super::tensor_kernel::{self, PlainBackend};
@@ -100,34 +100,34 @@ pub(crate) fn choose(
 
 /// The plain backends' implementation: the kernel [`choose`] picks.
 pub(crate) fn plain_kernel<B: PlainBackend + RawBackend>(
-    x: FloatTensor<B>,
-    weight: FloatTensor<B>,
-    bias: Optional<B>,
-    targets: TargetPrimitives<B>,
+    inputs: FusedInputs<B>,
     spec: FusedSpec,
     wanted: WantedGradients,
     upstream: RowUpstream<B>,
 ) -> FusedOutput<B> {
-    let [_, n_classes] = weight.shape().dims::<2>();
-    let class_targets = matches!(targets, TargetPrimitives::Classes(_));
-    match choose(x.dtype(), n_classes, class_targets, &spec.options).kernel {
+    let [_, n_classes] = inputs.weight.shape().dims::<2>();
+    let class_targets = matches!(inputs.targets, TargetPrimitives::Classes(_));
+    match choose(inputs.x.dtype(), n_classes, class_targets, &spec.options).kernel {
         Kernel::Raw | Kernel::FewClasses => {
-            cpu::linear_cross_entropy::<B>(&x, &weight, &bias, &targets, &spec, wanted, &upstream)
+            cpu::linear_cross_entropy::<B>(&inputs, &spec, wanted, &upstream)
         }
-        Kernel::Tensor => tensor_kernel(x, weight, bias, targets, spec, wanted, upstream),
+        Kernel::Tensor => tensor_kernel(inputs, spec, wanted, upstream),
     }
 }
 
 /// The chunk loop on tensors wrapping the primitives.
 fn tensor_kernel<B: PlainBackend>(
-    x: FloatTensor<B>,
-    weight: FloatTensor<B>,
-    bias: Optional<B>,
-    targets: TargetPrimitives<B>,
+    inputs: FusedInputs<B>,
     spec: FusedSpec,
     wanted: WantedGradients,
     upstream: RowUpstream<B>,
 ) -> FusedOutput<B> {
+    let FusedInputs {
+        x,
+        weight,
+        bias,
+        targets,
+    } = inputs;
     let n_classes = weight.shape().dims::<2>()[1];
     let kind = match targets {
         TargetPrimitives::Classes(labels) => TargetKind::Classes {
@@ -170,15 +170,12 @@ macro_rules! plain_fused_ops {
         #[allow(deprecated)]
         impl super::backend::FusedLinearCrossEntropyOps for burn::backend::$backend {
             fn linear_cross_entropy_with_gradients(
-                x: FloatTensor<Self>,
-                weight: FloatTensor<Self>,
-                bias: Optional<Self>,
-                targets: TargetPrimitives<Self>,
+                inputs: FusedInputs<Self>,
                 spec: FusedSpec,
                 wanted: WantedGradients,
                 upstream: RowUpstream<Self>,
             ) -> FusedOutput<Self> {
-                plain_kernel::<Self>(x, weight, bias, targets, spec, wanted, upstream)
+                plain_kernel::<Self>(inputs, spec, wanted, upstream)
             }
 
             fn scale_by_upstream(
@@ -250,11 +247,14 @@ mod tests {
         // One target kind per kernel: the raw kernel and the tensor kernel.
         for targets in [&classes, &probabilities] {
             let run = |wanted: WantedGradients, bias: bool| {
+                let inputs = FusedInputs {
+                    x: x.clone().into_dispatch(),
+                    weight: head.weight().into_dispatch(),
+                    bias: Optional::from(bias.then(|| head.bias().unwrap().into_dispatch())),
+                    targets: super::super::target_primitives(targets, &device),
+                };
                 let output = Dispatch::linear_cross_entropy_with_gradients(
-                    x.clone().into_dispatch(),
-                    head.weight().into_dispatch(),
-                    Optional::from(bias.then(|| head.bias().unwrap().into_dispatch())),
-                    super::super::target_primitives(targets, &device),
+                    inputs,
                     FusedSpec {
                         options: LossOptions::new(),
                         chunk_rows: 1,

@@ -64,7 +64,8 @@ use burn::tensor::DType;
 pub use kernel::{Kernel, KernelChoice, kernel_for};
 
 use backend::{
-    FusedLinearCrossEntropyOps, FusedSpec, Optional, RowUpstream, TargetPrimitives, WantedGradients,
+    FusedInputs, FusedLinearCrossEntropyOps, FusedSpec, Optional, RowUpstream, TargetPrimitives,
+    WantedGradients,
 };
 
 use crate::error::{Error, Result};
@@ -192,11 +193,14 @@ pub fn loss_and_log_sum_exp_with_chunking(
 ) -> Result<(Tensor<1>, Tensor<1>)> {
     let chunk_rows = check(head, &x, targets, options, chunking)?;
     let targets = target_primitives(targets, &x.device());
-    let (loss, log_sum_exp) = Dispatch::linear_cross_entropy(
-        x.into_dispatch(),
-        head.weight().into_dispatch(),
-        Optional::from(head.bias().map(Tensor::into_dispatch)),
+    let inputs = FusedInputs {
+        x: x.into_dispatch(),
+        weight: head.weight().into_dispatch(),
+        bias: Optional::from(head.bias().map(Tensor::into_dispatch)),
         targets,
+    };
+    let (loss, log_sum_exp) = Dispatch::linear_cross_entropy(
+        inputs,
         FusedSpec {
             options: options.clone(),
             chunk_rows,
@@ -240,11 +244,14 @@ pub fn loss_and_gradients_with_chunking(
     let chunk_rows = check(head, &x, targets, options, chunking)?;
     let weight = head.weight().detach();
     let targets = target_primitives(targets, &x.device());
-    let output = Dispatch::linear_cross_entropy_with_gradients(
-        x.detach().into_dispatch(),
-        weight.clone().into_dispatch(),
-        Optional::from(head.bias().map(|bias| bias.detach().into_dispatch())),
+    let inputs = FusedInputs {
+        x: x.detach().into_dispatch(),
+        weight: weight.clone().into_dispatch(),
+        bias: Optional::from(head.bias().map(|bias| bias.detach().into_dispatch())),
         targets,
+    };
+    let output = Dispatch::linear_cross_entropy_with_gradients(
+        inputs,
         FusedSpec {
             options: options.clone(),
             chunk_rows,

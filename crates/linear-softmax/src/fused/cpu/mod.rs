@@ -61,7 +61,7 @@ use isa::Isa;
 use rows::{ChunkRows, RowTargets, row_targets};
 
 use super::backend::{
-    FusedOutput, FusedSpec, Optional, RowUpstream, TargetPrimitives, WantedGradients,
+    FusedInputs, FusedOutput, FusedSpec, RowUpstream, TargetPrimitives, WantedGradients,
 };
 use crate::options::{LossOptions, Reduction};
 
@@ -70,14 +70,17 @@ use crate::options::{LossOptions, Reduction};
 /// `kernel.rs` sends only what it handles here (class indices, no softcap, f32 or f64);
 /// shapes, labels, dtypes and options were checked by the public entry points.
 pub(crate) fn linear_cross_entropy<B: RawBackend>(
-    x: &FloatTensor<B>,
-    weight: &FloatTensor<B>,
-    bias: &Optional<B>,
-    targets: &TargetPrimitives<B>,
+    inputs: &FusedInputs<B>,
     spec: &FusedSpec,
     wanted: WantedGradients,
     upstream: &RowUpstream<B>,
 ) -> FusedOutput<B> {
+    let FusedInputs {
+        x,
+        weight,
+        bias,
+        targets,
+    } = inputs;
     const CHOSEN: &str = "kernel.rs chose the raw kernel for class indices in f32 or f64";
     let TargetPrimitives::Classes(labels) = targets else {
         unreachable!("{CHOSEN}");
