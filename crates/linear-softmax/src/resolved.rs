@@ -53,6 +53,20 @@ pub(crate) enum ResolvedTargets {
     Probabilities(Tensor<2>),
 }
 
+/// The options' class weights `w` as a `[C]` tensor of `dtype` on `device`.
+pub(crate) fn class_weights(
+    options: &LossOptions,
+    device: &Device,
+    dtype: DType,
+) -> Option<Tensor<1>> {
+    options.weights.as_ref().map(|weights| {
+        Tensor::from_data(
+            TensorData::new(weights.clone(), [weights.len()]),
+            (device, dtype),
+        )
+    })
+}
+
 impl ResolvedLoss {
     /// Resolves `options` against `targets` for logits on `device` in `dtype`.
     pub(crate) fn new(
@@ -61,13 +75,20 @@ impl ResolvedLoss {
         device: &Device,
         dtype: DType,
     ) -> Self {
+        let class_weights = class_weights(options, device, dtype);
+        Self::with_class_weights(targets, options, class_weights, device, dtype)
+    }
+
+    /// [`new`](Self::new) with the class weights `[C]` already on the device.
+    pub(crate) fn with_class_weights(
+        targets: &Targets,
+        options: &LossOptions,
+        class_weights: Option<Tensor<1>>,
+        device: &Device,
+        dtype: DType,
+    ) -> Self {
         let n_classes = targets.n_classes();
-        let class_weights = options.weights.as_ref().map(|weights| {
-            Tensor::<2>::from_data(
-                TensorData::new(weights.clone(), [1, weights.len()]),
-                (device, dtype),
-            )
-        });
+        let class_weights = class_weights.map(|weights| weights.unsqueeze_dim::<2>(0));
         let (targets, denominator) = match targets.kind() {
             TargetKind::Classes { indices, .. } => {
                 let indices = indices.clone().to_device(device);

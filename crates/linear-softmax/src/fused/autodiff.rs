@@ -37,7 +37,10 @@ impl<B: FusedLinearCrossEntropyOps, C: CheckpointStrategy> FusedLinearCrossEntro
             weight,
             bias,
             targets,
+            class_weights,
         } = inputs;
+        // Class weights are constants of the graph.
+        let class_weights = inner_optional(class_weights);
         // Which gradients to compute must be known before the kernel runs: ask each input
         // whether it takes part in the graph (the same test that decides the `parents` array).
         let wanted = WantedGradients {
@@ -60,19 +63,17 @@ impl<B: FusedLinearCrossEntropyOps, C: CheckpointStrategy> FusedLinearCrossEntro
             // dW = X^T dS is summed: the forward computes the losses only, and the backward
             // recomputes the chunks with g (Liger-Kernel's scheme; one more pass of GEMMs,
             // still O(R C) memory).
-            let state = RecomputeState {
-                x: x.clone(),
-                weight: weight.clone(),
-                bias: bias.clone(),
-                targets: targets.clone(),
-                spec: spec.clone(),
-                wanted,
-            };
             let inputs = FusedInputs {
                 x,
                 weight,
                 bias: bias.into(),
                 targets,
+                class_weights,
+            };
+            let state = RecomputeState {
+                inputs: inputs.clone(),
+                spec: spec.clone(),
+                wanted,
             };
             let (loss, log_sum_exp) = B::linear_cross_entropy(inputs, spec);
             let loss = match bias_node {
@@ -98,6 +99,7 @@ impl<B: FusedLinearCrossEntropyOps, C: CheckpointStrategy> FusedLinearCrossEntro
                 weight,
                 bias: bias.into(),
                 targets,
+                class_weights,
             },
             spec,
             wanted,
@@ -136,10 +138,9 @@ impl<B: FusedLinearCrossEntropyOps, C: CheckpointStrategy> FusedLinearCrossEntro
         let inputs = FusedInputs {
             x: inputs.x.into_primitive(),
             weight: inputs.weight.into_primitive(),
-            bias: (inputs.bias.into_option())
-                .map(|bias| bias.into_primitive())
-                .into(),
+            bias: inner_optional(inputs.bias),
             targets: inner_targets(inputs.targets),
+            class_weights: inner_optional(inputs.class_weights),
         };
         let output = B::linear_cross_entropy_with_gradients(
             inputs,
@@ -175,13 +176,20 @@ fn inner_targets<B: Backend, C: CheckpointStrategy>(
     }
 }
 
+/// An optional tensor as the inner backend's primitive (a constant of the graph).
+fn inner_optional<B: Backend, C: CheckpointStrategy>(
+    tensor: Optional<Autodiff<B, C>>,
+) -> Optional<B> {
+    tensor
+        .into_option()
+        .map(|tensor| tensor.into_primitive())
+        .into()
+}
+
 /// What the backward of reduction none needs to recompute the chunks.
 #[derive(Clone, Debug)]
 struct RecomputeState<B: Backend> {
-    x: FloatTensor<B>,
-    weight: FloatTensor<B>,
-    bias: Option<FloatTensor<B>>,
-    targets: TargetPrimitives<B>,
+    inputs: FusedInputs<B>,
     spec: FusedSpec,
     wanted: WantedGradients,
 }
@@ -202,19 +210,10 @@ impl<B: FusedLinearCrossEntropyOps, const N: usize> Backward<B, N> for Recompute
     ) {
         let upstream = grads.consume::<B>(&ops.node);
         let RecomputeState {
-            x,
-            weight,
-            bias,
-            targets,
+            inputs,
             spec,
             wanted,
         } = ops.state;
-        let inputs = FusedInputs {
-            x,
-            weight,
-            bias: bias.into(),
-            targets,
-        };
         let output = B::linear_cross_entropy_with_gradients(
             inputs,
             spec,

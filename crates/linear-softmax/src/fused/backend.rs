@@ -3,9 +3,9 @@
 //! [`FusedLinearCrossEntropyOps`] is a Burn backend extension: the `#[backend_extension]` macro
 //! generates the `Dispatch` routing, so a tensor on a Flex or NdArray device (plain or
 //! autodiff) reaches the implementation of its backend. Everything that crosses the boundary
-//! is a backend primitive (the labels as an Int tensor, probabilities, bias and the per-row
-//! upstream gradient as float tensors) or plain scalars and options: nothing is read back to
-//! the host on the way in or out. The plain backends run the kernel [`super::kernel`] picks;
+//! is a backend primitive (the labels as an Int tensor; probabilities, bias, class weights and
+//! the per-row upstream gradient as float tensors) or plain scalars and options: nothing is
+//! read back to the host on the way in or out. The plain backends run the kernel [`super::kernel`] picks;
 //! `Autodiff<B, C>` is implemented by hand in `fused/autodiff.rs`.
 
 use burn::backend::tensor::{FloatTensor, IntTensor};
@@ -98,7 +98,8 @@ pub enum TargetPrimitives<B: Backend> {
 /// The tensors of one fused call, as primitives of its backend.
 ///
 /// # Shapes
-/// - `x`: `[N, D]`, `weight`: `[D, C]`, `bias`: `[C]`, `targets`: `[N]` or `[N, C]`
+/// - `x`: `[N, D]`, `weight`: `[D, C]`, `bias`: `[C]`, `targets`: `[N]` or `[N, C]`,
+///   `class_weights`: `[C]`
 #[derive(Clone, Debug, ExtensionType)]
 pub struct FusedInputs<B: Backend> {
     /// The input `X`.
@@ -111,6 +112,9 @@ pub struct FusedInputs<B: Backend> {
     /// The targets (validated where they were built).
     #[extension_type]
     pub targets: TargetPrimitives<B>,
+    /// The class weights `w`, `[C]` (`LossOptions::weights` on the device).
+    #[extension_type]
+    pub class_weights: Optional<B>,
 }
 
 /// The upstream gradient of the per-row losses, for reduction none.

@@ -127,6 +127,7 @@ fn tensor_kernel<B: PlainBackend>(
         weight,
         bias,
         targets,
+        class_weights,
     } = inputs;
     let n_classes = weight.shape().dims::<2>()[1];
     let kind = match targets {
@@ -143,6 +144,7 @@ fn tensor_kernel<B: PlainBackend>(
         B::wrap(weight),
         bias.into_option().map(B::wrap),
         &Targets::trusted(kind, n_classes),
+        class_weights.into_option().map(B::wrap),
         &spec.options,
         spec.chunk_rows,
         wanted,
@@ -252,6 +254,7 @@ mod tests {
                     weight: head.weight().into_dispatch(),
                     bias: Optional::from(bias.then(|| head.bias().unwrap().into_dispatch())),
                     targets: super::super::target_primitives(targets, &device),
+                    class_weights: Optional::Absent,
                 };
                 let output = Dispatch::linear_cross_entropy_with_gradients(
                     inputs,

@@ -73,6 +73,7 @@ use crate::gradients::HeadGradients;
 use crate::head::LinearSoftmax;
 use crate::manual;
 use crate::options::LossOptions;
+use crate::resolved;
 use crate::targets::{TargetKind, Targets};
 
 /// How many rows the fused kernel processes at a time.
@@ -193,11 +194,13 @@ pub fn loss_and_log_sum_exp_with_chunking(
 ) -> Result<(Tensor<1>, Tensor<1>)> {
     let chunk_rows = check(head, &x, targets, options, chunking)?;
     let targets = target_primitives(targets, &x.device());
+    let class_weights = resolved::class_weights(options, &x.device(), x.dtype());
     let inputs = FusedInputs {
         x: x.into_dispatch(),
         weight: head.weight().into_dispatch(),
         bias: Optional::from(head.bias().map(Tensor::into_dispatch)),
         targets,
+        class_weights: Optional::from(class_weights.map(Tensor::into_dispatch)),
     };
     let (loss, log_sum_exp) = Dispatch::linear_cross_entropy(
         inputs,
@@ -244,11 +247,13 @@ pub fn loss_and_gradients_with_chunking(
     let chunk_rows = check(head, &x, targets, options, chunking)?;
     let weight = head.weight().detach();
     let targets = target_primitives(targets, &x.device());
+    let class_weights = resolved::class_weights(options, &x.device(), x.dtype());
     let inputs = FusedInputs {
         x: x.detach().into_dispatch(),
         weight: weight.clone().into_dispatch(),
         bias: Optional::from(head.bias().map(|bias| bias.detach().into_dispatch())),
         targets,
+        class_weights: Optional::from(class_weights.map(Tensor::into_dispatch)),
     };
     let output = Dispatch::linear_cross_entropy_with_gradients(
         inputs,

@@ -115,6 +115,7 @@ pub(crate) fn linear_cross_entropy(
     weight: Tensor<2>,
     bias: Option<Tensor<1>>,
     targets: &Targets,
+    class_weights: Option<Tensor<1>>,
     options: &LossOptions,
     chunk_rows: usize,
     wanted: WantedGradients,
@@ -138,7 +139,8 @@ pub(crate) fn linear_cross_entropy(
 
     // The options resolved once for the whole batch (class weights uploaded once, the
     // denominator summed over every row), then sliced per chunk.
-    let resolved = ResolvedLoss::new(targets, options, &x.device(), x.dtype());
+    let resolved =
+        ResolvedLoss::with_class_weights(targets, options, class_weights, &x.device(), x.dtype());
     let mut row_losses = Vec::with_capacity(n_rows.div_ceil(chunk_rows));
     let mut log_sum_exps = Vec::new();
     let mut d_weight: Option<Tensor<2>> = None;

@@ -80,6 +80,7 @@ pub(crate) fn linear_cross_entropy<B: RawBackend>(
         weight,
         bias,
         targets,
+        class_weights,
     } = inputs;
     const CHOSEN: &str = "kernel.rs chose the raw kernel for class indices in f32 or f64";
     let TargetPrimitives::Classes(labels) = targets else {
@@ -90,6 +91,7 @@ pub(crate) fn linear_cross_entropy<B: RawBackend>(
     let labels = B::labels(labels);
     let raw = |tensor| B::raw(tensor).expect(CHOSEN);
     let bias = bias.as_option().map(raw);
+    let class_weights = class_weights.as_option().map(raw);
     let upstream = match upstream {
         RowUpstream::Ones => None,
         RowUpstream::Rows(rows) => Some(raw(rows)),
@@ -115,8 +117,9 @@ pub(crate) fn linear_cross_entropy<B: RawBackend>(
             let weight = raw(weight);
             let weight = same_dtype(&weight).expect(CHOSEN);
             let bias = bias.as_ref().map(|b| same_dtype(b).expect(CHOSEN));
+            let class_weights = class_weights.as_ref().map(|w| same_dtype(w).expect(CHOSEN));
             let upstream = upstream.as_ref().map(|g| same_dtype(g).expect(CHOSEN));
-            let row_targets = row_targets::<$ty>(&labels, n_classes, options);
+            let row_targets = row_targets::<$ty>(&labels, class_weights, n_classes, options);
             let output = kernel::<$ty>(
                 shape,
                 $x,

@@ -47,10 +47,11 @@ impl<E: RawFloat> RowTargets<E> {
     }
 }
 
-/// The per-row target data of a batch: its labels (read from the backend's buffer) and
-/// the options, resolved once per call.
+/// The per-row target data of a batch: its labels and class weights (read from the backend's
+/// buffers) and the options, resolved once per call.
 pub(super) fn row_targets<E: RawFloat>(
     labels: &[i64],
+    class_weights: Option<&[E]>,
     n_classes: usize,
     options: &LossOptions,
 ) -> RowTargets<E> {
@@ -73,10 +74,7 @@ pub(super) fn row_targets<E: RawFloat>(
             })
             .collect(),
         valid,
-        class_weights: options
-            .weights
-            .as_ref()
-            .map(|w| w.iter().map(|&w| E::of(w)).collect()),
+        class_weights: class_weights.map(<[E]>::to_vec),
         weight_sum: options.class_weight_sum(n_classes),
         smoothing: options.label_smoothing,
         z_loss: options.z_loss,
