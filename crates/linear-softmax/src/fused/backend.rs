@@ -5,8 +5,8 @@
 //! autodiff) reaches the implementation of its backend. Everything that crosses the boundary
 //! is a backend primitive (the labels as an Int tensor; probabilities, bias, class weights and
 //! the per-row upstream gradient as float tensors) or plain scalars and options: nothing is
-//! read back to the host on the way in or out. The plain backends run the kernel [`super::kernel`] picks;
-//! `Autodiff<B, C>` is implemented by hand in `fused/autodiff.rs`.
+//! read back to the host on the way in or out. The plain backends run the kernel that
+//! `fused/kernel.rs` picks; `Autodiff<B, C>` is implemented by hand in `fused/autodiff.rs`.
 
 use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{Backend, ExtensionType, TensorMetadata, backend_extension};
