@@ -500,6 +500,30 @@ fn bad_loss_options_are_one_line_errors() {
 }
 
 #[test]
+fn zero_epochs_or_a_zero_width_hidden_layer_are_one_line_errors() {
+    let output = run(&["--epochs", "0"]);
+    assert_input_error(&output, &["invalid epochs = 0: at least 1"]);
+    for widths in ["0", "8,0"] {
+        let output = run(&["--hidden", widths, "--epochs", "1"]);
+        assert_input_error(&output, &["invalid hidden", "at least 1"]);
+    }
+}
+
+#[test]
+fn a_stray_huge_label_is_refused_before_any_head_is_made() {
+    let fixture = Fixture::new();
+    let path = fixture.write("huge.csv", b"1,2,0\n2,1,1\n3,3,1000000000\n");
+    let output = run(&["train", "--data", path.to_str().unwrap(), "--epochs", "1"]);
+    assert_input_error(
+        &output,
+        &[
+            "huge.csv",
+            "line 3: label 1000000000 would make 1000000001 classes, more than the 3 rows",
+        ],
+    );
+}
+
+#[test]
 fn malformed_training_data_is_one_line_naming_file_and_line() {
     let fixture = Fixture::new();
     let cases: [(&str, &[u8], &[&str]); 5] = [

@@ -15,7 +15,7 @@ use crate::train::{EpochMetrics, OptimizerKind, TrainConfig, TrainError, TrainOb
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use linear_softmax::LossPath;
+use linear_softmax::{Error as HeadError, LossPath};
 
 use super::{Backend, DataArgs, Failure, LossArgs, path_parser};
 
@@ -41,8 +41,8 @@ pub struct TrainArgs {
     lr: Option<f64>,
     #[command(flatten)]
     loss: LossArgs,
-    /// Widths of hidden ReLU layers, input side first, e.g. `128,64`; `0` or nothing for the
-    /// plain linear softmax classifier.
+    /// Widths of hidden ReLU layers, input side first, e.g. `128,64`, each at least 1; leave
+    /// it out for the plain linear softmax classifier.
     #[arg(long, value_delimiter = ',', value_name = "WIDTHS")]
     hidden: Vec<usize>,
     /// Rows of the first batch on which the paths' gradients are compared (with f64 finite
@@ -99,17 +99,30 @@ impl TrainArgs {
         }
     }
 
-    /// Hidden widths, with a lone `0` meaning none.
-    fn hidden(&self) -> Vec<usize> {
-        match self.hidden.as_slice() {
-            [0] => Vec::new(),
-            widths => widths.to_vec(),
+    /// Checks the flags no later check sees: a run of 0 epochs would write an untrained
+    /// model, and a hidden layer of width 0 cannot carry anything.
+    fn check(&self) -> Result<(), HeadError> {
+        if self.epochs == 0 {
+            return Err(HeadError::InvalidOption {
+                name: "epochs",
+                value: "0".into(),
+                expected: "at least 1",
+            });
         }
+        if self.hidden.contains(&0) {
+            return Err(HeadError::InvalidOption {
+                name: "hidden",
+                value: format!("{:?}", self.hidden),
+                expected: "layer widths of at least 1 (leave --hidden out for the linear classifier)",
+            });
+        }
+        Ok(())
     }
 }
 
 /// Runs `train`.
 pub fn run(args: TrainArgs) -> Result<ExitCode, Failure> {
+    args.check()?;
     let started = Instant::now();
     let path = args.path;
     let device = args.device.device(args.seed);
@@ -124,7 +137,7 @@ pub fn run(args: TrainArgs) -> Result<ExitCode, Failure> {
         data.n_classes
     );
     let model_config =
-        ClassifierConfig::new(data.n_features, data.n_classes).with_hidden(args.hidden());
+        ClassifierConfig::new(data.n_features, data.n_classes).with_hidden(args.hidden.clone());
     let model = model_config.init(&device)?;
     let config = TrainConfig {
         epochs: args.epochs,

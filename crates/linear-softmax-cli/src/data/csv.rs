@@ -191,6 +191,7 @@ fn check_classes(
     n_classes: Option<usize>,
     source: &str,
 ) -> Result<usize> {
+    let inferred = n_classes.is_none();
     let n_classes = match n_classes {
         Some(n_classes) => n_classes,
         None => labels
@@ -209,6 +210,24 @@ fn check_classes(
             format!(
                 "line {}: label {label} is out of range: the model has classes 0..{n_classes}",
                 lines[row]
+            ),
+        ));
+    }
+    // Inferred from the largest label: a stray large label must not make a head of that many
+    // classes (a label of 1e9 would allocate [D, 1e9]). A model's own count is trusted.
+    if inferred && n_classes > labels.len() {
+        let (row, max) = labels
+            .iter()
+            .enumerate()
+            .max_by_key(|&(_, label)| *label)
+            .expect("more classes than rows means at least one label");
+        return Err(data_error(
+            source,
+            format!(
+                "line {}: label {max} would make {n_classes} classes, more than the {} rows: \
+                 labels must be 0..C",
+                lines[row],
+                labels.len()
             ),
         ));
     }
