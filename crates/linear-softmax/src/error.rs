@@ -59,6 +59,14 @@ pub enum Error {
         /// The input's.
         got: burn::tensor::DType,
     },
+    /// The input lives on another device (backend) than the head's parameters.
+    #[error("input is on {got} but the head's parameters are on {expected}: move one to the other")]
+    DeviceMismatch {
+        /// The head's device.
+        expected: String,
+        /// The input's.
+        got: String,
+    },
     /// A batch with no rows: the mean loss is undefined.
     #[error("empty batch: the input has no rows")]
     EmptyBatch,

@@ -139,10 +139,20 @@ impl LinearSoftmax {
         }
     }
 
-    /// Checks that `x` is a non-empty `[N, D]` batch for this head, in its float type
+    /// Checks that `x` is a non-empty `[N, D]` batch for this head, on its device and in its
+    /// float type
     /// (metadata only: nothing is read from the device).
     pub(crate) fn check_input(&self, x: &Tensor<2>) -> Result<()> {
         check_input_dims(x.dims(), self.d_input())?;
+        // Devices compare by hardware: a plain input for a head on the autodiff device of the
+        // same backend is fine (it is a constant of the graph).
+        let head_device = self.linear.weight.device();
+        if x.device().inner() != head_device.clone().inner() {
+            return Err(Error::DeviceMismatch {
+                expected: format!("{head_device:?}"),
+                got: format!("{:?}", x.device()),
+            });
+        }
         let expected = self.linear.weight.dtype();
         if x.dtype() != expected {
             return Err(Error::DTypeMismatch {

@@ -303,3 +303,34 @@ fn an_input_of_another_float_type_is_an_error_on_every_path() {
         assert_eq!(err.to_string(), expected, "{path} graph");
     }
 }
+
+#[cfg(feature = "ndarray")]
+#[test]
+fn an_input_on_another_backend_is_an_error_on_every_path() {
+    let p = problem([2, 3, 5], true, DType::F32, &device(), 1);
+    #[allow(deprecated)]
+    let x = p.x.clone().to_device(&Device::ndarray());
+    for path in linear_softmax::LossPath::ALL {
+        let options = LossOptions::new();
+        let err = path
+            .loss_and_gradients(&p.head, x.clone(), &p.targets, &options)
+            .unwrap_err();
+        assert!(matches!(err, Error::DeviceMismatch { .. }), "{path}: {err}");
+        let message = err.to_string();
+        assert!(
+            message.contains("NdArray") && message.contains("Flex"),
+            "{path}: {message}"
+        );
+        let err = path
+            .loss(&p.head, x.clone(), &p.targets, &options)
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::DeviceMismatch { .. }),
+            "{path} graph: {err}"
+        );
+    }
+    // The autodiff device of the same backend is the same hardware: no error.
+    let autodiff_x = p.x.clone().to_device(&device().autodiff());
+    let loss = p.head.loss(autodiff_x, &p.targets, &LossOptions::new());
+    assert!(loss.is_ok(), "{loss:?}");
+}
