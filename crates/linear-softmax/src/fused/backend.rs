@@ -208,7 +208,15 @@ pub trait FusedLinearCrossEntropyOps: Backend {
         gradient: FloatTensor<Self>,
         upstream: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
-        let ones = vec![1; gradient.shape().num_dims()];
-        Self::float_mul(gradient, Self::float_reshape(upstream, ones.into()))
+        broadcast_scale::<Self>(gradient, upstream)
     }
+}
+
+/// `g * gradient` for a `[1]` tensor `g`, as a broadcast multiply on the device.
+pub(crate) fn broadcast_scale<B: Backend>(
+    gradient: FloatTensor<B>,
+    upstream: FloatTensor<B>,
+) -> FloatTensor<B> {
+    let ones = vec![1; gradient.shape().num_dims()];
+    B::float_mul(gradient, B::float_reshape(upstream, ones.into()))
 }

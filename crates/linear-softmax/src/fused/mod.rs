@@ -192,37 +192,55 @@ pub fn loss_and_log_sum_exp_with_chunking(
     options: &LossOptions,
     chunking: &Chunking,
 ) -> Result<(Tensor<1>, Tensor<1>)> {
-    let chunk_rows = check(head, &x, targets, options, chunking)?;
-    let targets = target_primitives(targets, &x.device());
-    let class_weights = resolved::class_weights(options, &x.device(), x.dtype());
-    let inputs = FusedInputs {
-        x: x.into_dispatch(),
-        weight: head.weight().into_dispatch(),
-        bias: Optional::from(head.bias().map(Tensor::into_dispatch)),
-        targets,
-        class_weights: Optional::from(class_weights.map(Tensor::into_dispatch)),
-    };
-    let (loss, log_sum_exp) = Dispatch::linear_cross_entropy(
-        inputs,
-        FusedSpec {
-            options: options.clone(),
-            chunk_rows,
-        },
-    );
+    let (inputs, spec) = prepare(head, x, targets, options, chunking, Graph::Keep)?;
+    let (loss, log_sum_exp) = Dispatch::linear_cross_entropy(inputs, spec);
     let loss = manual::with_l2(Tensor::from_dispatch(loss), head.weight(), options);
     Ok((loss, Tensor::from_dispatch(log_sum_exp)))
 }
 
-/// Validates the batch and the options once, and picks the chunk size.
-fn check(
+/// Whether the op's tensors keep their place in the caller's graph.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Graph {
+    /// The loss is a graph node: `x`, `W` and `b` stay tracked.
+    Keep,
+    /// Plain values: the tensors are detached first.
+    Detach,
+}
+
+/// Validates the batch and the options once, picks the chunk size, and assembles the op's
+/// arguments: every tensor on the device of `x` (the class weights uploaded here, once).
+fn prepare(
     head: &LinearSoftmax,
-    x: &Tensor<2>,
+    x: Tensor<2>,
     targets: &Targets,
     options: &LossOptions,
     chunking: &Chunking,
-) -> Result<usize> {
-    head.check_loss_inputs(x, targets, options)?;
-    chunking.rows_for(x.dims()[0], head.n_classes(), x.dtype())
+    graph: Graph,
+) -> Result<(FusedInputs<Dispatch>, FusedSpec)> {
+    head.check_loss_inputs(&x, targets, options)?;
+    let chunk_rows = chunking.rows_for(x.dims()[0], head.n_classes(), x.dtype())?;
+    let detach = |tensor: Tensor<2>| match graph {
+        Graph::Keep => tensor,
+        Graph::Detach => tensor.detach(),
+    };
+    let bias = head.bias().map(|bias| match graph {
+        Graph::Keep => bias,
+        Graph::Detach => bias.detach(),
+    });
+    let (device, dtype) = (x.device(), x.dtype());
+    let class_weights = resolved::class_weights(options, &device, dtype);
+    let inputs = FusedInputs {
+        x: detach(x).into_dispatch(),
+        weight: detach(head.weight()).into_dispatch(),
+        bias: Optional::from(bias.map(Tensor::into_dispatch)),
+        targets: target_primitives(targets, &device),
+        class_weights: Optional::from(class_weights.map(Tensor::into_dispatch)),
+    };
+    let spec = FusedSpec {
+        options: options.clone(),
+        chunk_rows,
+    };
+    Ok((inputs, spec))
 }
 
 /// The fused loss and its gradients `dW, db, dX` as plain values (no graph), with the default
@@ -244,23 +262,11 @@ pub fn loss_and_gradients_with_chunking(
     options: &LossOptions,
     chunking: &Chunking,
 ) -> Result<HeadGradients> {
-    let chunk_rows = check(head, &x, targets, options, chunking)?;
+    let (inputs, spec) = prepare(head, x, targets, options, chunking, Graph::Detach)?;
     let weight = head.weight().detach();
-    let targets = target_primitives(targets, &x.device());
-    let class_weights = resolved::class_weights(options, &x.device(), x.dtype());
-    let inputs = FusedInputs {
-        x: x.detach().into_dispatch(),
-        weight: weight.clone().into_dispatch(),
-        bias: Optional::from(head.bias().map(|bias| bias.detach().into_dispatch())),
-        targets,
-        class_weights: Optional::from(class_weights.map(Tensor::into_dispatch)),
-    };
     let output = Dispatch::linear_cross_entropy_with_gradients(
         inputs,
-        FusedSpec {
-            options: options.clone(),
-            chunk_rows,
-        },
+        spec,
         WantedGradients::ALL,
         RowUpstream::Ones,
     );

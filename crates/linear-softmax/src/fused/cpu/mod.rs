@@ -62,6 +62,7 @@ use rows::{ChunkRows, RowTargets, row_targets};
 
 use super::backend::{
     FusedInputs, FusedOutput, FusedSpec, RowUpstream, TargetPrimitives, WantedGradients,
+    broadcast_scale,
 };
 use crate::options::{LossOptions, Reduction};
 
@@ -151,10 +152,7 @@ pub(crate) fn scale_by_scalar<B: RawBackend>(
         Some(RawSlice::F32(g)) => g[0] as f64,
         Some(RawSlice::F64(g)) => g[0],
         // Another float type: the broadcast multiply of any backend.
-        None => {
-            let ones = vec![1; gradient.shape().num_dims()];
-            return B::float_mul(gradient, B::float_reshape(upstream.clone(), ones.into()));
-        }
+        None => return broadcast_scale::<B>(gradient, upstream.clone()),
     };
     if scale == 1.0 {
         gradient
