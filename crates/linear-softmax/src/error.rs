@@ -59,6 +59,19 @@ pub enum Error {
         /// The input's.
         got: burn::tensor::DType,
     },
+    /// The device cannot compute the loss in the head's float type: refused rather than
+    /// computed wrongly.
+    #[error(
+        "{device} cannot compute the loss in {dtype:?}: {reason}; cast the head and its input to f32"
+    )]
+    UnsupportedDType {
+        /// The head's float type.
+        dtype: burn::tensor::DType,
+        /// The device, as Burn names it.
+        device: String,
+        /// Why not.
+        reason: &'static str,
+    },
     /// The input lives on another device (backend) than the head's parameters.
     #[error("input is on {got} but the head's parameters are on {expected}: move one to the other")]
     DeviceMismatch {

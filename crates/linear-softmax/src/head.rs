@@ -140,8 +140,8 @@ impl LinearSoftmax {
     }
 
     /// Checks that `x` is a non-empty `[N, D]` batch for this head, on its device and in its
-    /// float type
-    /// (metadata only: nothing is read from the device).
+    /// float type, which the device computes in (metadata only: nothing is read from the
+    /// device).
     pub(crate) fn check_input(&self, x: &Tensor<2>) -> Result<()> {
         check_input_dims(x.dims(), self.d_input())?;
         // Devices compare by hardware: a plain input for a head on the autodiff device of the
@@ -160,7 +160,7 @@ impl LinearSoftmax {
                 got: x.dtype(),
             });
         }
-        Ok(())
+        check_dtype(&head_device, expected)
     }
 
     /// Checks `x` and that `targets` has one label per row of `x` and this head's class count.
@@ -252,6 +252,56 @@ pub fn log_sum_exp(logits: Tensor<2>) -> Tensor<1> {
     let row_max = logits.clone().max_dim(1).detach();
     let sum_exp = (logits - row_max.clone()).exp().sum_dim(1);
     (row_max + sum_exp.log()).squeeze_dim(1)
+}
+
+/// Whether the head can compute its loss on `device` in `dtype`: every loss call checks this,
+/// and a caller that chooses a float type (e.g. an f64 check) can ask first. Metadata only.
+///
+/// Returns [`Error::UnsupportedDType`], with the reason, when the device cannot: its backend
+/// does not support the type, or computes it wrongly (f64 on wgpu).
+///
+/// ```
+/// use burn::prelude::*;
+/// use burn::tensor::DType;
+///
+/// assert!(linear_softmax::check_dtype(&Device::flex(), DType::F64).is_ok());
+/// ```
+pub fn check_dtype(device: &Device, dtype: DType) -> Result<()> {
+    match unsupported_dtype(device, dtype) {
+        None => Ok(()),
+        Some(reason) => Err(Error::UnsupportedDType {
+            dtype,
+            device: format!("{device:?}"),
+            reason,
+        }),
+    }
+}
+
+/// Why `device` cannot compute the loss in `dtype`, or `None` when it can.
+fn unsupported_dtype(device: &Device, dtype: DType) -> Option<&'static str> {
+    if !device.supports_dtype(dtype) {
+        return Some("its backend does not support this float type");
+    }
+    // wgpu reports f64 as supported, and its f64 matmul, sums and maxima are right, but its f64
+    // exp and log return garbage (exp(-2) came back as 5.6e-315 on Vulkan, whose exp and log
+    // instructions are defined for 16- and 32-bit floats only).
+    #[cfg(any(feature = "wgpu", feature = "cuda"))]
+    if dtype == DType::F64 && is_wgpu(device.as_dispatch()) {
+        return Some("wgpu's f64 exp and log are wrong (Vulkan's exp and log are 32-bit only)");
+    }
+    None
+}
+
+/// Whether `device` (plain or autodiff) is a device of CubeCL's wgpu runtime.
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+#[allow(unreachable_patterns)]
+fn is_wgpu(device: &burn::backend::DispatchDevice) -> bool {
+    use burn::backend::{DispatchDevice, RuntimeId};
+    match device {
+        DispatchDevice::Autodiff(inner) => is_wgpu(inner),
+        DispatchDevice::Cube(device) => device.runtime() == RuntimeId::Wgpu,
+        _ => false,
+    }
 }
 
 pub(crate) fn check_input_dims([rows, features]: [usize; 2], d_input: usize) -> Result<()> {

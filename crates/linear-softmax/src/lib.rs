@@ -45,7 +45,7 @@ mod targets;
 pub use error::{Error, Result};
 pub use fused::Chunking;
 pub use gradients::HeadGradients;
-pub use head::{LinearSoftmax, LinearSoftmaxConfig, log_sum_exp};
+pub use head::{LinearSoftmax, LinearSoftmaxConfig, check_dtype, log_sum_exp};
 pub use loss_path::LossPath;
 pub use options::{LossOptions, Reduction};
 pub use targets::{PROBABILITY_SUM_TOLERANCE, TargetKind, Targets};

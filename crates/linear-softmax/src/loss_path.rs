@@ -51,7 +51,10 @@ pub enum LossPath {
     /// forward functions, which Burn's autograd differentiates like [`LossPath::Autodiff`].
     Manual,
     /// The fused op ([`crate::fused`]): chunked over rows, gradients computed in the forward
-    /// pass, never an `[N, C]` tensor. The default.
+    /// pass, never an `[N, C]` tensor. The default. Implemented for Flex, NdArray and the
+    /// CubeCL backends (wgpu, CUDA, with this crate's features of those names); on a device of
+    /// any other backend it runs the [`LossPath::Autodiff`] path (the same loss and gradients,
+    /// none of the memory savings), which [`crate::fused::kernel_for`] reports.
     #[default]
     Fused,
 }

@@ -1,8 +1,9 @@
 //! The backend extension behind the fused head: device tensors in, one [`FusedOutput`] out.
 //!
 //! [`FusedLinearCrossEntropyOps`] is a Burn backend extension: the `#[backend_extension]` macro
-//! generates the `Dispatch` routing, so a tensor on a Flex or NdArray device (plain or
-//! autodiff) reaches the implementation of its backend. Everything that crosses the boundary
+//! generates the `Dispatch` routing, so a tensor on a Flex, NdArray or CubeCL (wgpu, CUDA)
+//! device, plain or autodiff, reaches the implementation of its backend. A backend the op is not
+//! implemented for is never dispatched to: [`super`] sends its calls to the autodiff path. Everything that crosses the boundary
 //! is a backend primitive (the labels as an Int tensor; probabilities, bias, class weights and
 //! the per-row upstream gradient as float tensors) or plain scalars and options: nothing is
 //! read back to the host on the way in or out. The plain backends run the kernel that
@@ -167,7 +168,12 @@ pub struct FusedSpec {
 /// # Shapes
 /// - `inputs`: see [`FusedInputs`]
 /// - loss: `[1]` (`[N]` for reduction none)
-#[backend_extension(Flex: cfg(feature = "flex"), NdArray: cfg(feature = "ndarray"), Autodiff)]
+#[backend_extension(
+    Flex: cfg(feature = "flex"),
+    NdArray: cfg(feature = "ndarray"),
+    Cube: cfg(any(feature = "wgpu", feature = "cuda")),
+    Autodiff
+)]
 pub trait FusedLinearCrossEntropyOps: Backend {
     /// The loss and the per-row log-sum-exp `lse_i` `[N]`.
     ///

@@ -1,11 +1,12 @@
-//! Which kernel runs the fused op on a plain CPU backend, and why; the backends' implementation.
+//! Which kernel runs the fused op, and why; the backends' implementation.
 //!
-//! The choice is made once per call, from metadata alone, before anything runs: a kernel never
-//! gives up halfway and hands the work to another. [`kernel_for`] tells a caller (a test, a
-//! benchmark) which kernel a call will take.
+//! The choice is made once per call, from metadata alone (the device's backend, the float
+//! type, the targets, the options), before anything runs: a kernel never gives up halfway and
+//! hands the work to another. [`kernel_for`] tells a caller (a test, a benchmark) which kernel
+//! a call will take.
 
-use burn::backend::TensorMetadata;
 use burn::backend::tensor::FloatTensor;
+use burn::backend::{DispatchDevice, TensorMetadata};
 use burn::prelude::*;
 use burn::tensor::DType;
 
@@ -27,8 +28,13 @@ pub enum Kernel {
     /// One streaming pass over the rows for a classifier with few classes (`C <= 16`), the
     /// raw kernel's row code without GEMMs.
     FewClasses,
-    /// The chunk loop on tensor operations: every option and target kind, any float type.
+    /// The chunk loop on tensor operations: every option and target kind, any float type; the
+    /// kernel of the CubeCL backends (wgpu, CUDA).
     Tensor,
+    /// No fused kernel: the device's backend has no implementation of the fused op, so the call
+    /// runs the [`crate::autodiff`] path (the same loss and gradients, with its `[N, C]`
+    /// intermediates).
+    Autodiff,
 }
 
 /// The kernel a fused call takes, and the reason, as a sentence.
@@ -40,7 +46,7 @@ pub struct KernelChoice {
     pub reason: &'static str,
 }
 
-/// The kernel [`crate::fused::loss`] runs for `x`, `targets` and `options` on a CPU backend.
+/// The kernel [`crate::fused::loss`] runs for `x`, `targets` and `options` on the device of `x`.
 ///
 /// ```
 /// use burn::prelude::*;
@@ -61,8 +67,56 @@ pub fn kernel_for(
     targets: &Targets,
     options: &LossOptions,
 ) -> KernelChoice {
-    let classes = matches!(targets.kind(), TargetKind::Classes { .. });
-    choose(x.dtype(), head.n_classes(), classes, options)
+    match FusedBackend::of(&x.device()) {
+        FusedBackend::Cpu => {
+            let classes = matches!(targets.kind(), TargetKind::Classes { .. });
+            choose(x.dtype(), head.n_classes(), classes, options)
+        }
+        FusedBackend::Cube => KernelChoice {
+            kernel: Kernel::Tensor,
+            reason: "a CubeCL device: the chunk loop on the backend's tensor operations",
+        },
+        FusedBackend::Unsupported => KernelChoice {
+            kernel: Kernel::Autodiff,
+            reason: "this device's backend has no fused implementation: the autodiff path runs",
+        },
+    }
+}
+
+/// Which implementation of the fused op a device's backend has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FusedBackend {
+    /// Flex or NdArray: the raw CPU kernels, or the tensor kernel.
+    Cpu,
+    /// A CubeCL runtime (wgpu, CUDA): the tensor kernel.
+    #[cfg_attr(not(any(feature = "wgpu", feature = "cuda")), allow(dead_code))]
+    Cube,
+    /// None (e.g. LibTorch, Remote, or a backend this crate was built without): dispatching the
+    /// op there would panic, so the callers run the autodiff path instead.
+    Unsupported,
+}
+
+impl FusedBackend {
+    /// The implementation for `device` (plain or autodiff), from the device alone.
+    pub(crate) fn of(device: &Device) -> Self {
+        Self::of_dispatch(device.as_dispatch())
+    }
+
+    // Which variants exist depends on burn's features, so `_` may be unreachable in a build
+    // where every backend burn has is one of ours.
+    #[allow(unreachable_patterns)]
+    fn of_dispatch(device: &DispatchDevice) -> Self {
+        match device {
+            DispatchDevice::Autodiff(inner) => Self::of_dispatch(inner),
+            #[cfg(feature = "flex")]
+            DispatchDevice::Flex(_) => Self::Cpu,
+            #[cfg(feature = "ndarray")]
+            DispatchDevice::NdArray(_) => Self::Cpu,
+            #[cfg(any(feature = "wgpu", feature = "cuda"))]
+            DispatchDevice::Cube(_) => Self::Cube,
+            _ => Self::Unsupported,
+        }
+    }
 }
 
 /// The one rule behind [`kernel_for`] and the backends' implementation.
@@ -98,7 +152,7 @@ pub(crate) fn choose(
     }
 }
 
-/// The plain backends' implementation: the kernel [`choose`] picks.
+/// The CPU backends' implementation: the kernel [`choose`] picks.
 pub(crate) fn plain_kernel<B: PlainBackend + RawBackend>(
     inputs: FusedInputs<B>,
     spec: FusedSpec,
@@ -112,6 +166,7 @@ pub(crate) fn plain_kernel<B: PlainBackend + RawBackend>(
             cpu::linear_cross_entropy::<B>(&inputs, &spec, wanted, &upstream)
         }
         Kernel::Tensor => tensor_kernel(inputs, spec, wanted, upstream),
+        Kernel::Autodiff => unreachable!("a CPU backend has the fused op"),
     }
 }
 
@@ -193,6 +248,21 @@ macro_rules! plain_fused_ops {
 plain_fused_ops!(Flex);
 #[cfg(feature = "ndarray")]
 plain_fused_ops!(NdArray);
+
+/// The CubeCL backends (every runtime, with or without Burn's fusion): the tensor kernel on the
+/// backend's own operations; the upstream gradient stays on the device (the trait's default
+/// broadcast multiply).
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+impl super::backend::FusedLinearCrossEntropyOps for burn::backend::Cube {
+    fn linear_cross_entropy_with_gradients(
+        inputs: FusedInputs<Self>,
+        spec: FusedSpec,
+        wanted: WantedGradients,
+        upstream: RowUpstream<Self>,
+    ) -> FusedOutput<Self> {
+        tensor_kernel::<Self>(inputs, spec, wanted, upstream)
+    }
+}
 
 #[cfg(all(test, feature = "flex"))]
 mod tests {
@@ -288,11 +358,17 @@ mod tests {
     }
 
     /// The route a user takes, on the model's autodiff device, reads nothing back to the host:
-    /// the labels, probabilities and upstream gradients stay device tensors across the op.
+    /// the labels, probabilities and upstream gradients stay device tensors across the op (on
+    /// a GPU, a read would be a synchronisation point per step).
     #[test]
     fn a_fused_forward_and_backward_reads_nothing_back() {
-        let device = Device::flex().autodiff();
-        for n_classes in [10, 40] {
+        let devices = [
+            Device::flex(),
+            #[cfg(feature = "wgpu")]
+            Device::wgpu(burn::tensor::DeviceKind::DefaultDevice),
+        ];
+        for (device, n_classes) in devices.iter().flat_map(|d| [(d, 10), (d, 40)]) {
+            let device = device.clone().autodiff();
             let (head, x) = head_and_input(n_classes, &device);
             let x = x.require_grad();
             let classes = Targets::from_indices(&[3, 1], n_classes, &device).unwrap();
@@ -313,7 +389,7 @@ mod tests {
                     assert_eq!(
                         reads_on_this_thread(),
                         before,
-                        "C = {n_classes}, {reduction:?}"
+                        "{device:?}, C = {n_classes}, {reduction:?}"
                     );
                     assert!(x.grad(&grads).is_some());
                     assert!(head.linear.weight.grad(&grads).is_some());

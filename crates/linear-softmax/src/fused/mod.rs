@@ -26,11 +26,20 @@
 //! recomputes each chunk with `g` (one more pass of GEMMs, still `O(R C)` memory).
 //!
 //! The op is a Burn backend extension (`backend.rs`: device tensors in, one output struct out,
-//! no host read on the way) implemented for Flex and NdArray (`kernel.rs`, which picks one of
-//! the kernels of [`Kernel`] per call, from metadata alone: [`kernel_for`] tells which) and by
-//! hand for `Autodiff<B, C>` (`autodiff.rs`). The kernels: `cpu/` (chunked GEMMs on raw CPU
-//! buffers; `cpu/few_classes.rs`, one streaming pass for `C <= 16`) and `tensor_kernel.rs` (the chunk
-//! loop on tensor operations, for every other case).
+//! no host read on the way) implemented for Flex, NdArray and the CubeCL backends (`kernel.rs`,
+//! which picks one of the kernels of [`Kernel`] per call, from metadata alone: [`kernel_for`]
+//! tells which) and by hand for `Autodiff<B, C>` (`autodiff.rs`). The kernels: `cpu/` (chunked
+//! GEMMs on raw CPU buffers; `cpu/few_classes.rs`, one streaming pass for `C <= 16`) and
+//! `tensor_kernel.rs` (the chunk loop on tensor operations: every CubeCL call, and the CPU
+//! cases the raw kernels do not take).
+//!
+//! # Backends without the op
+//!
+//! On a device whose backend has no implementation of the op (LibTorch, Remote, or a backend
+//! this crate was built without, such as NdArray without the `ndarray` feature), every function
+//! here runs the [`crate::autodiff`] path instead: the same loss and gradients, with that
+//! path's `[N, C]` memory. The choice is made before anything is dispatched, and
+//! [`kernel_for`] reports it as [`Kernel::Autodiff`].
 //!
 //! ```
 //! use burn::prelude::*;
@@ -62,6 +71,8 @@ use burn::prelude::*;
 use burn::tensor::DType;
 
 pub use kernel::{Kernel, KernelChoice, kernel_for};
+
+use kernel::FusedBackend;
 
 use backend::{
     FusedInputs, FusedLinearCrossEntropyOps, FusedSpec, Optional, RowUpstream, TargetPrimitives,
@@ -192,6 +203,10 @@ pub fn loss_and_log_sum_exp_with_chunking(
     options: &LossOptions,
     chunking: &Chunking,
 ) -> Result<(Tensor<1>, Tensor<1>)> {
+    if FusedBackend::of(&x.device()) == FusedBackend::Unsupported {
+        chunking.rows_for(x.dims()[0], head.n_classes(), x.dtype())?;
+        return crate::autodiff::loss_and_log_sum_exp(head, x, targets, options);
+    }
     let (inputs, spec) = prepare(head, x, targets, options, chunking, Graph::Keep)?;
     let (loss, log_sum_exp) = Dispatch::linear_cross_entropy(inputs, spec);
     let loss = manual::with_l2(Tensor::from_dispatch(loss), head.weight(), options);
@@ -262,6 +277,10 @@ pub fn loss_and_gradients_with_chunking(
     options: &LossOptions,
     chunking: &Chunking,
 ) -> Result<HeadGradients> {
+    if FusedBackend::of(&x.device()) == FusedBackend::Unsupported {
+        chunking.rows_for(x.dims()[0], head.n_classes(), x.dtype())?;
+        return crate::autodiff::loss_and_gradients(head, x, targets, options);
+    }
     let (inputs, spec) = prepare(head, x, targets, options, chunking, Graph::Detach)?;
     let weight = head.weight().detach();
     let output = Dispatch::linear_cross_entropy_with_gradients(

@@ -1,6 +1,7 @@
 //! The tensor kernel of the fused head ([`Kernel::Tensor`](super::Kernel::Tensor)): the chunk
-//! loop on tensor operations over a plain backend's primitives, for what the raw CPU kernels do
-//! not take (probability targets, softcap, float types other than f32 and f64).
+//! loop on tensor operations over a plain backend's primitives: on the CubeCL backends (wgpu,
+//! CUDA) for every call, on the CPU backends for what the raw kernels do not take (probability
+//! targets, softcap, float types other than f32 and f64).
 //!
 //! For rows `r = r0..r1` of the batch (at most `R` of them at a time):
 //!
@@ -43,8 +44,8 @@ pub(crate) enum WeightTranspose {
     Contiguous,
 }
 
-/// A plain CPU backend whose float primitives the kernel wraps as [`Tensor`]s, so that the
-/// chunk's math is written once, with the manual path's functions.
+/// A plain (non-autodiff) backend whose float primitives the kernel wraps as [`Tensor`]s, so that
+/// the chunk's math is written once, with the manual path's functions.
 pub(crate) trait PlainBackend: Backend {
     /// How this backend's matmul wants `W^T`.
     const WEIGHT_TRANSPOSE: WeightTranspose;
@@ -90,6 +91,9 @@ macro_rules! plain_backend {
 plain_backend!(Flex, WeightTranspose::View);
 #[cfg(feature = "ndarray")]
 plain_backend!(NdArray, WeightTranspose::Contiguous);
+// CubeCL's matmul reads a row- or column-major operand from its strides: a view is enough.
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+plain_backend!(Cube, WeightTranspose::View);
 
 /// The loss, the wanted gradients and the per-row log-sum-exp, as tensors.
 pub(crate) struct ChunkedOutput {

@@ -1,9 +1,12 @@
 //! Shared fixtures, tolerances and a verbose comparison for the integration tests.
 #![allow(dead_code)]
 
+pub mod cases;
+pub mod mlp;
+
 use burn::prelude::*;
 use burn::tensor::DType;
-use linear_softmax::{HeadGradients, LinearSoftmax, Targets};
+use linear_softmax::{HeadGradients, LinearSoftmax, LossOptions, LossPath, Reduction, Targets};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
@@ -187,4 +190,31 @@ pub fn assert_gradients_close(
             tolerance,
         );
     }
+}
+
+/// The route users take, on the model's autodiff device: `head.loss_with_path(x, ..)?`, then
+/// `.backward()` (reduction none: of `(loss * upstream).sum()`, so `upstream` is the per-row
+/// upstream gradient). The loss, `dW`, `db` and `dX` as host values; `p` has a bias.
+pub fn loss_backward(
+    p: &Problem,
+    targets: &Targets,
+    options: &LossOptions,
+    path: LossPath,
+    upstream: &Tensor<1>,
+) -> [Vec<f64>; 4] {
+    let x = p.x.clone().require_grad();
+    let loss = p.head.loss_with_path(x.clone(), targets, options, path);
+    let loss = loss.expect("a valid batch");
+    let scalar = match options.reduction {
+        Reduction::None => (loss.clone() * upstream.clone()).sum(),
+        _ => loss.clone(),
+    };
+    let grads = scalar.backward();
+    let bias = p.head.bias().expect("a head with a bias");
+    [
+        host(&loss),
+        host(&p.head.weight().grad(&grads).expect("dW")),
+        host(&bias.grad(&grads).expect("db")),
+        host(&x.grad(&grads).expect("dX")),
+    ]
 }

@@ -1,0 +1,223 @@
+//! The loss options and target kinds every path is checked with, and each path's loss and
+//! gradients for one of them.
+
+use burn::prelude::*;
+use linear_softmax::Chunking;
+use linear_softmax::{HeadGradients, LossOptions, Reduction, Targets, autodiff, fused, manual};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+
+use super::Problem;
+
+/// PyTorch's default ignore label.
+pub const IGNORE: i64 = -100;
+
+#[derive(Clone, Copy, Debug)]
+pub enum Kind {
+    Classes,
+    /// Rows 1 and 4 carry the ignore label.
+    Ignored,
+    /// Every row carries the ignore label.
+    AllIgnored,
+    Probabilities,
+    MultiHot,
+}
+
+pub fn targets(kind: Kind, p: &Problem, [n, c]: [usize; 2], device: &Device, seed: u64) -> Targets {
+    let mut rng = StdRng::seed_from_u64(seed);
+    match kind {
+        Kind::Classes => p.targets.clone(),
+        Kind::Ignored | Kind::AllIgnored => {
+            let labels: Vec<i64> = p
+                .labels
+                .iter()
+                .enumerate()
+                .map(|(i, &l)| {
+                    if matches!(kind, Kind::AllIgnored) || i == 1 || i == 4 {
+                        IGNORE
+                    } else {
+                        l
+                    }
+                })
+                .collect();
+            Targets::from_indices_with_ignore(&labels, c, IGNORE, device).unwrap()
+        }
+        Kind::Probabilities => {
+            let mut values: Vec<f64> = (0..n * c).map(|_| rng.random_range(0.0..1.0)).collect();
+            for row in values.chunks_mut(c) {
+                let sum: f64 = row.iter().sum();
+                row.iter_mut().for_each(|v| *v /= sum);
+            }
+            Targets::from_probabilities(&values, [n, c], device).unwrap()
+        }
+        Kind::MultiHot => {
+            let mut hot: Vec<bool> = (0..n * c).map(|_| rng.random_range(0..3) == 0).collect();
+            for (row, label) in p.labels.iter().enumerate() {
+                hot[row * c + *label as usize] = true;
+            }
+            Targets::from_multi_hot(&hot, [n, c], device).unwrap()
+        }
+    }
+}
+
+pub fn weights(c: usize) -> Vec<f64> {
+    (0..c).map(|k| 0.25 + (k % 4) as f64 * 0.5).collect()
+}
+
+/// The options and target kinds checked, by name.
+pub fn cases(c: usize) -> Vec<(&'static str, LossOptions, Kind)> {
+    let base = LossOptions::new;
+    vec![
+        (
+            "reduction sum",
+            base().with_reduction(Reduction::Sum),
+            Kind::Classes,
+        ),
+        (
+            "reduction none",
+            base().with_reduction(Reduction::None),
+            Kind::Classes,
+        ),
+        (
+            "ignore_index",
+            base().with_ignore_index(Some(IGNORE)),
+            Kind::Ignored,
+        ),
+        (
+            "pad_tokens",
+            base().with_pad_tokens(Some(vec![1])),
+            Kind::Classes,
+        ),
+        (
+            "class weights",
+            base().with_weights(Some(weights(c))),
+            Kind::Classes,
+        ),
+        (
+            "label smoothing",
+            base().with_label_smoothing(0.1),
+            Kind::Classes,
+        ),
+        (
+            "weights + ignore + smoothing",
+            base()
+                .with_weights(Some(weights(c)))
+                .with_ignore_index(Some(IGNORE))
+                .with_label_smoothing(0.2),
+            Kind::Ignored,
+        ),
+        (
+            "weights + ignore + smoothing, sum",
+            base()
+                .with_weights(Some(weights(c)))
+                .with_ignore_index(Some(IGNORE))
+                .with_label_smoothing(0.2)
+                .with_reduction(Reduction::Sum),
+            Kind::Ignored,
+        ),
+        ("probabilities", base(), Kind::Probabilities),
+        (
+            "probabilities + weights + smoothing",
+            base()
+                .with_weights(Some(weights(c)))
+                .with_label_smoothing(0.3),
+            Kind::Probabilities,
+        ),
+        ("multi-label", base(), Kind::MultiHot),
+        (
+            "reduction none + ignore",
+            base()
+                .with_reduction(Reduction::None)
+                .with_ignore_index(Some(IGNORE)),
+            Kind::Ignored,
+        ),
+        ("z-loss", base().with_z_loss(0.01), Kind::Classes),
+        ("softcap", base().with_softcap(Some(1.5)), Kind::Classes),
+        (
+            "softcap + z-loss + ignore",
+            base()
+                .with_softcap(Some(1.5))
+                .with_z_loss(0.05)
+                .with_ignore_index(Some(IGNORE)),
+            Kind::Ignored,
+        ),
+        (
+            "probabilities + z-loss + softcap, none",
+            base()
+                .with_z_loss(0.05)
+                .with_softcap(Some(2.0))
+                .with_reduction(Reduction::None),
+            Kind::Probabilities,
+        ),
+        (
+            "l2 + sum",
+            base().with_l2(0.05).with_reduction(Reduction::Sum),
+            Kind::Classes,
+        ),
+        (
+            "all rows ignored",
+            base().with_ignore_index(Some(IGNORE)),
+            Kind::AllIgnored,
+        ),
+    ]
+}
+
+/// Chunks of 3 rows: several chunks, the last one short, for every shape tested here.
+pub fn small_chunks() -> Chunking {
+    Chunking::new().with_rows(Some(3))
+}
+
+/// The gradients `.backward()` gives through the fused op (reduction none: recomputed in the
+/// backward pass with the per-row upstream gradient).
+pub fn fused_graph(p: &Problem, targets: &Targets, options: &LossOptions) -> HeadGradients {
+    let head = p.head.clone().train();
+    let x = p.x.clone().detach().autodiff().require_grad();
+    let loss =
+        fused::loss_with_chunking(&head, x.clone(), targets, options, &small_chunks()).unwrap();
+    let grads = loss.clone().sum().backward();
+    HeadGradients {
+        d_weight: head.linear.weight.grad(&grads).unwrap(),
+        d_bias: head.linear.bias.as_ref().map(|b| b.grad(&grads).unwrap()),
+        d_input: x.grad(&grads).unwrap(),
+        loss: loss.inner(),
+    }
+}
+
+/// Every path's loss and gradients, the autodiff reference last.
+pub fn all_paths(
+    p: &Problem,
+    targets: &Targets,
+    options: &LossOptions,
+) -> Vec<(&'static str, HeadGradients)> {
+    let fused = fused::loss_and_gradients_with_chunking(
+        &p.head,
+        p.x.clone(),
+        targets,
+        options,
+        &small_chunks(),
+    );
+    let [manual, autodiff] = both_paths(p, targets, options);
+    vec![
+        manual,
+        ("fused", fused.unwrap()),
+        ("fused graph", fused_graph(p, targets, options)),
+        autodiff,
+    ]
+}
+
+pub fn both_paths(
+    p: &Problem,
+    targets: &Targets,
+    options: &LossOptions,
+) -> [(&'static str, HeadGradients); 2] {
+    [
+        (
+            "manual",
+            manual::loss_and_gradients(&p.head, p.x.clone(), targets, options).unwrap(),
+        ),
+        (
+            "autodiff",
+            autodiff::loss_and_gradients(&p.head, p.x.clone(), targets, options).unwrap(),
+        ),
+    ]
+}

@@ -1,0 +1,213 @@
+//! Every path on a CubeCL backend, wgpu (on CI: Mesa's software Vulkan, lavapipe): the fused op
+//! runs there, and the three paths agree with each other and with Flex, for every option and
+//! target kind, as the last layer of an MLP, and with a random upstream for reduction none.
+//!
+//! Built with the `wgpu` feature only:
+//! `cargo test --features linear-softmax/wgpu --test wgpu`.
+#![cfg(feature = "wgpu")]
+
+mod common;
+
+use burn::prelude::*;
+use burn::tensor::{DType, DeviceKind};
+use common::cases::{Kind, all_paths, cases, targets};
+use common::mlp::{Mlp, batch};
+use common::{F32_AGREEMENT, F32_NETWORK, assert_close, host, loss_backward, problem, uniform};
+use linear_softmax::fused::{self, Kernel};
+use linear_softmax::{Error, HeadGradients, LossOptions, LossPath, Reduction, Targets, autodiff};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+
+/// wgpu against Flex, both f32: the same values, summed in another order (the GPU's matmul
+/// tiles and tree reductions against Flex's blocked GEMM), so the same few ulps per term as two
+/// f32 paths on one backend.
+const F32_ACROSS_BACKENDS: f64 = F32_AGREEMENT;
+
+fn wgpu() -> Device {
+    Device::wgpu(DeviceKind::DefaultDevice)
+}
+
+fn assert_all_close(context: &str, actual: &HeadGradients, expected: &HeadGradients, tol: f64) {
+    let pairs = [
+        ("loss", host(&actual.loss), host(&expected.loss)),
+        ("dW", host(&actual.d_weight), host(&expected.d_weight)),
+        ("dX", host(&actual.d_input), host(&expected.d_input)),
+    ];
+    for (what, actual, expected) in pairs {
+        assert_close(&format!("{context} {what}"), &actual, &expected, tol);
+    }
+    let (actual, expected) = (actual.d_bias.as_ref(), expected.d_bias.as_ref());
+    assert_close(
+        &format!("{context} db"),
+        &host(actual.expect("db")),
+        &host(expected.expect("db")),
+        tol,
+    );
+}
+
+#[test]
+fn the_fused_op_has_a_kernel_on_wgpu() {
+    let device = wgpu();
+    for device in [device.clone(), device.autodiff()] {
+        let p = problem([5, 3, 40], true, DType::F32, &device, 1);
+        let choice = fused::kernel_for(&p.head, &p.x, &p.targets, &LossOptions::new());
+        assert_eq!(choice.kernel, Kernel::Tensor, "{}", choice.reason);
+        assert!(choice.reason.contains("CubeCL"), "{}", choice.reason);
+    }
+}
+
+/// Every option and target kind of the option tests: manual, fused (plain values and through
+/// `.backward()`, in chunks of 3 rows) and autodiff on wgpu agree with each other and with the
+/// autodiff path on Flex.
+#[test]
+fn every_path_agrees_with_flex_for_every_option() {
+    let (gpu, cpu) = (wgpu(), Device::flex());
+    for shape in [[7, 31, 10], [6, 5, 2]] {
+        let [n, _, c] = shape;
+        for (seed, (name, options, kind)) in cases(c).into_iter().enumerate() {
+            let seed = seed as u64;
+            let on_cpu = problem(shape, true, DType::F32, &cpu, seed);
+            let cpu_targets = targets(kind, &on_cpu, [n, c], &cpu, seed);
+            let reference =
+                autodiff::loss_and_gradients(&on_cpu.head, on_cpu.x, &cpu_targets, &options)
+                    .unwrap();
+            let p = problem(shape, true, DType::F32, &gpu, seed);
+            let gpu_targets = targets(kind, &p, [n, c], &gpu, seed);
+            let paths = all_paths(&p, &gpu_targets, &options);
+            let (_, gpu_autodiff) = paths.last().expect("the autodiff path comes last");
+            for (path, gradients) in &paths {
+                let context = format!("{name}, {shape:?}: {path} on wgpu");
+                assert_all_close(&context, gradients, gpu_autodiff, F32_AGREEMENT);
+                let context = format!("{context} vs flex");
+                assert_all_close(&context, gradients, &reference, F32_ACROSS_BACKENDS);
+            }
+            if matches!(kind, Kind::AllIgnored) {
+                assert!(host(&paths[1].1.d_weight).iter().all(|g| *g == 0.0));
+            }
+        }
+    }
+}
+
+/// The route users take: head, input, targets and upstream gradient all on the model's
+/// autodiff device, `head.loss(..)?` then `.backward()`; every target kind; mean, sum, and none
+/// with a random upstream gradient.
+#[test]
+fn loss_backward_on_the_model_device_matches_autodiff() {
+    let device = wgpu().autodiff();
+    let [n, d, c] = [9, 6, 37];
+    let p = problem([n, d, c], true, DType::F32, &device, 8);
+    let mut rng = StdRng::seed_from_u64(2);
+    let upstream = Tensor::<1>::from_data(uniform(&mut rng, n, 2.0).as_slice(), &device);
+    let soft = targets(Kind::Probabilities, &p, [n, c], &device, 3);
+    let multi_hot = targets(Kind::MultiHot, &p, [n, c], &device, 4);
+    let kinds = [
+        ("classes", &p.targets),
+        ("probabilities", &soft),
+        ("multi-hot", &multi_hot),
+    ];
+    for (kind, targets) in kinds {
+        for reduction in [Reduction::Mean, Reduction::Sum, Reduction::None] {
+            let options = LossOptions::new()
+                .with_reduction(reduction)
+                .with_label_smoothing(0.05);
+            let gradients = |path| loss_backward(&p, targets, &options, path, &upstream);
+            let reference = gradients(LossPath::Autodiff);
+            for path in [LossPath::Fused, LossPath::Manual] {
+                let names = ["loss", "dW", "db", "dX"];
+                for ((what, actual), expected) in names.iter().zip(gradients(path)).zip(&reference)
+                {
+                    let context = format!("{kind}, {reduction:?}: {path} {what}");
+                    assert_close(&context, &actual, expected, F32_AGREEMENT);
+                }
+            }
+        }
+    }
+}
+
+/// Only the tracked inputs get gradients: a frozen head (plain parameters) under a tracked
+/// input gives `dX` alone.
+#[test]
+fn a_frozen_head_on_wgpu_gives_only_the_input_gradient() {
+    let device = wgpu();
+    let p = problem([8, 4, 20], true, DType::F32, &device, 5);
+    let x = p.x.clone().autodiff().require_grad();
+    let options = LossOptions::new();
+    let grads = p
+        .head
+        .loss(x.clone(), &p.targets, &options)
+        .unwrap()
+        .backward();
+    assert!(p.head.weight().grad(&grads).is_none());
+    let reference = autodiff::loss_and_gradients(&p.head, p.x, &p.targets, &options).unwrap();
+    assert_close(
+        "dX of a frozen head",
+        &host(&x.grad(&grads).expect("dX")),
+        &host(&reference.d_input),
+        F32_AGREEMENT,
+    );
+}
+
+/// The head as the last layer of an MLP on wgpu: every parameter of the network gets the same
+/// gradient through `.backward()` with the fused head as with the autodiff head, and as on Flex.
+#[test]
+fn every_mlp_parameter_gets_the_same_gradient_on_wgpu() {
+    let gradients = |device: &Device, path: LossPath| {
+        let net = Mlp::new(DType::F32, device, 1).train();
+        let (x, targets) = batch(DType::F32, device, 2);
+        let loss = net.loss(x, &targets, path);
+        let grads = loss.backward();
+        (host(&loss.inner()), net.gradients(&grads))
+    };
+    let (cpu_loss, on_cpu) = gradients(&Device::flex(), LossPath::Autodiff);
+    let (reference_loss, reference) = gradients(&wgpu(), LossPath::Autodiff);
+    let (fused_loss, fused) = gradients(&wgpu(), LossPath::Fused);
+    assert_close("loss", &fused_loss, &reference_loss, F32_NETWORK);
+    assert_close("loss vs flex", &fused_loss, &cpu_loss, F32_NETWORK);
+    for (((name, actual), (_, expected)), (_, flex)) in fused.iter().zip(&reference).zip(&on_cpu) {
+        assert!(expected.iter().any(|g| g.abs() > 1e-6), "{name}: not zero");
+        assert_close(name, actual, expected, F32_NETWORK);
+        assert_close(&format!("{name} vs flex"), actual, flex, F32_NETWORK);
+    }
+}
+
+#[test]
+fn an_input_on_another_device_is_an_error() {
+    let p = problem([3, 2, 5], false, DType::F32, &Device::flex(), 1);
+    let x = Tensor::<2>::zeros([3, 2], &wgpu());
+    for path in LossPath::ALL {
+        let result = p
+            .head
+            .loss_with_path(x.clone(), &p.targets, &LossOptions::new(), path);
+        assert!(
+            matches!(result, Err(Error::DeviceMismatch { .. })),
+            "{path}: {result:?}"
+        );
+    }
+    let targets = Targets::from_indices(&[0, 4, 1], 5, &wgpu()).unwrap();
+    let x = Tensor::<2>::zeros([3, 2], &Device::flex());
+    let loss = p.head.loss(x, &targets, &LossOptions::new());
+    assert!(loss.is_ok(), "targets move to the input's device: {loss:?}");
+}
+
+/// f64 on wgpu is refused with an error on every path: wgpu claims f64, but its f64 exp and log
+/// are wrong (measured on lavapipe: every path's f64 loss was off by a factor of 5 or more).
+#[test]
+fn f64_on_wgpu_is_an_error() {
+    let device = wgpu();
+    for device in [device.clone(), device.autodiff()] {
+        let p = problem([4, 3, 5], true, DType::F32, &device, 1);
+        let (head, x) = (p.head.cast(DType::F64), p.x.cast(DType::F64));
+        for path in LossPath::ALL {
+            let result = head.loss_with_path(x.clone(), &p.targets, &LossOptions::new(), path);
+            let message = match result {
+                Err(
+                    error @ Error::UnsupportedDType {
+                        dtype: DType::F64, ..
+                    },
+                ) => error.to_string(),
+                other => panic!("{path}: {other:?}"),
+            };
+            assert!(message.contains("exp and log"), "{message}");
+        }
+    }
+}
