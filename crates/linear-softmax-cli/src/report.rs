@@ -79,6 +79,9 @@ pub struct PathComparison {
     pub losses: Vec<PathLoss>,
     /// Every compared quantity.
     pub differences: Vec<Difference>,
+    /// Where the `f64` half ran, and why, when the input's device cannot compute in `f64`
+    /// (wgpu): on Flex. `None` when it ran on the input's device.
+    pub f64_elsewhere: Option<String>,
 }
 
 impl PathComparison {
@@ -94,9 +97,20 @@ impl PathComparison {
     ) -> Result<Self> {
         let head32 = head.clone().cast(DType::F32);
         let x32 = x.clone().cast(DType::F32);
-        let head64 = head32.clone().cast(DType::F64);
-        let x64 = x32.clone().cast(DType::F64);
-        let numerical = numerical_gradients(&head64, &x64, targets, options, DEFAULT_STEP)?;
+        // The f64 half checks the derivation to f64 round-off, which needs f64 arithmetic: on a
+        // device without it (wgpu), it runs on Flex, and the report says why.
+        let f64_refused = linear_softmax::check_dtype(&x.device(), DType::F64).err();
+        let f64_device = f64_refused.as_ref().map(|_| Device::flex());
+        let (head64, x64, targets64) = match &f64_device {
+            Some(device) => (
+                head32.clone().to_device(device),
+                x32.clone().to_device(device),
+                targets.clone().to_device(device),
+            ),
+            None => (head32.clone(), x32.clone(), targets.clone()),
+        };
+        let (head64, x64) = (head64.cast(DType::F64), x64.cast(DType::F64));
+        let numerical = numerical_gradients(&head64, &x64, &targets64, options, DEFAULT_STEP)?;
         let [rows, d_input] = x.dims();
         let mut comparison = Self {
             rows,
@@ -104,12 +118,14 @@ impl PathComparison {
             n_classes: head.n_classes(),
             losses: Vec::new(),
             differences: Vec::new(),
+            f64_elsewhere: f64_refused.map(|refusal| format!("f64 on Flex: {refusal}")),
         };
         let precisions = [
             (
                 "f32",
                 &head32,
                 &x32,
+                targets,
                 F32_PATHS_TOLERANCE,
                 F32_FINITE_DIFFERENCE_TOLERANCE,
             ),
@@ -117,11 +133,12 @@ impl PathComparison {
                 "f64",
                 &head64,
                 &x64,
+                &targets64,
                 F64_PATHS_TOLERANCE,
                 F64_FINITE_DIFFERENCE_TOLERANCE,
             ),
         ];
-        for (dtype, head, x, paths_tolerance, numerical_tolerance) in precisions {
+        for (dtype, head, x, targets, paths_tolerance, numerical_tolerance) in precisions {
             let mut results = Vec::with_capacity(paths.len());
             for &path in paths {
                 let gradients = path.loss_and_gradients(head, x.clone(), targets, options)?;
@@ -213,6 +230,9 @@ impl fmt::Display for PathComparison {
             "head gradients on a batch of N = {} rows, D = {} features, C = {} classes",
             self.rows, self.d_input, self.n_classes
         )?;
+        if let Some(note) = &self.f64_elsewhere {
+            writeln!(f, "  ({note})")?;
+        }
         for loss in &self.losses {
             writeln!(
                 f,

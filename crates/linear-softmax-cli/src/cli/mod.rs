@@ -97,7 +97,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, Failure> {
     }
 }
 
-/// The CPU backend to run on.
+/// The backend to run on.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
 pub enum Backend {
     /// Burn's pure-Rust CPU backend (gemm matmul).
@@ -106,6 +106,13 @@ pub enum Backend {
     /// The ndarray backend (matrixmultiply matmul); built with the `ndarray` feature.
     #[cfg(feature = "ndarray")]
     Ndarray,
+    /// Burn's wgpu backend on the default GPU (Vulkan, Metal, DX12); built with the `wgpu`
+    /// feature.
+    #[cfg(feature = "wgpu")]
+    Wgpu,
+    /// Burn's CUDA backend on GPU 0; built with the `cuda` feature.
+    #[cfg(feature = "cuda")]
+    Cuda,
 }
 
 impl Backend {
@@ -116,6 +123,10 @@ impl Backend {
             Self::Flex => Device::flex(),
             #[cfg(feature = "ndarray")]
             Self::Ndarray => Device::ndarray(),
+            #[cfg(feature = "wgpu")]
+            Self::Wgpu => Device::wgpu(burn::tensor::DeviceKind::DefaultDevice),
+            #[cfg(feature = "cuda")]
+            Self::Cuda => Device::cuda(0),
         };
         device.seed(seed);
         device
