@@ -13,7 +13,7 @@ use burn::tensor::{DType, DeviceKind};
 use common::cases::{Kind, all_paths, cases, targets};
 use common::mlp::{Mlp, batch};
 use common::{F32_AGREEMENT, F32_NETWORK, assert_close, host, loss_backward, problem, uniform};
-use linear_softmax::fused::{self, Kernel};
+use linear_softmax::fused::{self, Chunking, Kernel};
 use linear_softmax::{Error, HeadGradients, LossOptions, LossPath, Reduction, Targets, autodiff};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -25,6 +25,13 @@ const F32_ACROSS_BACKENDS: f64 = F32_AGREEMENT;
 
 fn wgpu() -> Device {
     Device::wgpu(DeviceKind::DefaultDevice)
+}
+
+/// Waits for the device's queued work. Every test that queues work on wgpu ends with this:
+/// lavapipe crashed at process exit (about 1 run in 15) while a shader of work nobody read back
+/// was still compiling.
+fn finish_wgpu() {
+    wgpu().sync().expect("the device finishes its queued work");
 }
 
 fn assert_all_close(context: &str, actual: &HeadGradients, expected: &HeadGradients, tol: f64) {
@@ -54,6 +61,7 @@ fn the_fused_op_has_a_kernel_on_wgpu() {
         assert_eq!(choice.kernel, Kernel::Tensor, "{}", choice.reason);
         assert!(choice.reason.contains("CubeCL"), "{}", choice.reason);
     }
+    finish_wgpu();
 }
 
 /// Every option and target kind of the option tests: manual, fused (plain values and through
@@ -86,6 +94,7 @@ fn every_path_agrees_with_flex_for_every_option() {
             }
         }
     }
+    finish_wgpu();
 }
 
 /// The route users take: head, input, targets and upstream gradient all on the model's
@@ -122,6 +131,7 @@ fn loss_backward_on_the_model_device_matches_autodiff() {
             }
         }
     }
+    finish_wgpu();
 }
 
 /// Only the tracked inputs get gradients: a frozen head (plain parameters) under a tracked
@@ -145,6 +155,7 @@ fn a_frozen_head_on_wgpu_gives_only_the_input_gradient() {
         &host(&reference.d_input),
         F32_AGREEMENT,
     );
+    finish_wgpu();
 }
 
 /// The head as the last layer of an MLP on wgpu: every parameter of the network gets the same
@@ -168,6 +179,7 @@ fn every_mlp_parameter_gets_the_same_gradient_on_wgpu() {
         assert_close(name, actual, expected, F32_NETWORK);
         assert_close(&format!("{name} vs flex"), actual, flex, F32_NETWORK);
     }
+    finish_wgpu();
 }
 
 #[test]
@@ -187,6 +199,7 @@ fn an_input_on_another_device_is_an_error() {
     let x = Tensor::<2>::zeros([3, 2], &Device::flex());
     let loss = p.head.loss(x, &targets, &LossOptions::new());
     assert!(loss.is_ok(), "targets move to the input's device: {loss:?}");
+    finish_wgpu();
 }
 
 /// f64 on wgpu is refused with an error on every path: wgpu claims f64, but its f64 exp and log
@@ -210,4 +223,24 @@ fn f64_on_wgpu_is_an_error() {
             assert!(message.contains("exp and log"), "{message}");
         }
     }
+    finish_wgpu();
+}
+
+/// On a GPU the chunk's logits may take as much memory as the input (Liger-Kernel's rule), on a
+/// CPU the cache-sized budget holds.
+#[test]
+fn a_gpu_chunk_is_as_large_as_the_input() {
+    let chunking = Chunking::new();
+    let lm_head = |device: &Device| chunking.rows_on(device, [8192, 4096], 32768, DType::F32);
+    assert_eq!(lm_head(&wgpu()).unwrap(), 1024);
+    assert_eq!(lm_head(&wgpu().autodiff()).unwrap(), 1024);
+    assert_eq!(lm_head(&Device::flex()).unwrap(), 240);
+    // A small input: the budget is the floor.
+    let small = chunking.rows_on(&wgpu(), [2048, 512], 32768, DType::F32);
+    assert_eq!(small.unwrap(), 240);
+    let fixed = Chunking::new().with_rows(Some(7));
+    assert_eq!(
+        fixed.rows_on(&wgpu(), [100, 4096], 10, DType::F32).unwrap(),
+        7
+    );
 }

@@ -396,6 +396,11 @@ mod tests {
                 }
             }
         }
+        for device in devices {
+            // Nothing above read the gradients back: let the device finish before the process
+            // exits (lavapipe crashed at exit while still compiling a shader).
+            device.sync().expect("the device finishes its queued work");
+        }
     }
 
     #[test]
