@@ -171,26 +171,17 @@ pub fn train(
                     graph_step(&model, x, &targets, &config.options, path)
                 }
                 LossPath::Manual => manual_step(&model.valid(), x, &targets, &config.options),
-            }
-            .and_then(|(loss, gradients)| {
-                // The L2 penalty or hidden layers can overflow where the head's check cannot see.
-                match loss.is_finite() {
-                    true => Ok((loss, gradients)),
-                    false => Err(HeadError::NonFiniteLoss {
-                        row: 0,
-                        value: loss,
-                    }
-                    .into()),
-                }
-            })
-            .map_err(|err| match err {
-                Error::Head(HeadError::NonFiniteLoss { value, .. }) => TrainError::NonFiniteLoss {
+            }?;
+            // Every path lets NaN and infinity propagate (the head's policy: no read back per
+            // step inside it); the loss is on the host here anyway, so a non-finite one stops
+            // training before its step is applied.
+            if !loss.is_finite() {
+                return Err(TrainError::NonFiniteLoss {
                     epoch,
                     step: step + 1,
-                    value,
-                },
-                err => err.into(),
-            })?;
+                    value: loss,
+                });
+            }
             model = optimizer.step(config.learning_rate, model, gradients);
             loss_sum += loss;
             observer.on_step(loss);

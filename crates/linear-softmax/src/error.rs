@@ -83,15 +83,24 @@ pub enum Error {
     /// A batch with no rows: the mean loss is undefined.
     #[error("empty batch: the input has no rows")]
     EmptyBatch,
-    /// The loss of some row is NaN or infinite (non-finite inputs or parameters).
-    #[error(
-        "non-finite loss {value} in row {row}: the inputs or parameters contain NaN or infinity, or overflow"
-    )]
-    NonFiniteLoss {
-        /// First row whose loss is not finite.
+    /// An entry of the input is NaN or infinite ([`LinearSoftmax::check_finite`]).
+    ///
+    /// [`LinearSoftmax::check_finite`]: crate::LinearSoftmax::check_finite
+    #[error("input x[{row}, {column}] is NaN or infinite")]
+    NonFiniteInput {
+        /// Row of the first such entry.
         row: usize,
-        /// Its loss.
-        value: f64,
+        /// Its column.
+        column: usize,
+    },
+    /// An entry of the head's weight or bias is NaN or infinite
+    /// ([`LinearSoftmax::check_finite`]).
+    ///
+    /// [`LinearSoftmax::check_finite`]: crate::LinearSoftmax::check_finite
+    #[error("parameter {at} is NaN or infinite")]
+    NonFiniteParameter {
+        /// The first such entry, e.g. `weight[3, 7]` or `bias[7]`.
+        at: String,
     },
     /// A configuration or loss option outside its valid range.
     #[error("invalid {name} = {value}: {expected}")]

@@ -7,6 +7,7 @@ use burn::tensor::DType;
 use burn::tensor::activation::softmax;
 
 use crate::error::{Error, Result};
+use crate::host::to_host_f64;
 use crate::loss_path::LossPath;
 use crate::options::LossOptions;
 use crate::targets::Targets;
@@ -163,6 +164,52 @@ impl LinearSoftmax {
         check_dtype(&head_device, expected)
     }
 
+    /// Checks that `x` and the head's parameters hold only finite values: the opt-in half of
+    /// the crate's policy on NaN and infinity.
+    ///
+    /// Every loss path lets NaN and infinity propagate, as PyTorch does: a NaN in `x` or `W`
+    /// gives `Ok` with a NaN loss and NaN gradients. Checking on every call would read values
+    /// back to the host on every step (on a GPU, a synchronisation), so the check is this
+    /// separate call: on a new data set, or once a loss came back non-finite, to name the
+    /// culprit. It reads `x`, `W` and `b` back once.
+    ///
+    /// Returns [`Error::NonFiniteInput`] naming the first such entry of `x`, else
+    /// [`Error::NonFiniteParameter`] naming the first of `W`, then `b`.
+    ///
+    /// ```
+    /// use burn::prelude::*;
+    /// use linear_softmax::{Error, LinearSoftmaxConfig, LossOptions, Targets};
+    ///
+    /// let device = Device::flex();
+    /// let head = LinearSoftmaxConfig::new(2, 3).init(&device)?;
+    /// let x = Tensor::<2>::from_data([[0.5, 1.0], [f32::NAN, 0.0]], &device);
+    /// let targets = Targets::from_indices(&[2, 0], 3, &device)?;
+    /// let loss = head.loss(x.clone(), &targets, &LossOptions::new())?;
+    /// assert!(loss.into_scalar::<f32>().is_nan());
+    /// assert_eq!(
+    ///     head.check_finite(&x),
+    ///     Err(Error::NonFiniteInput { row: 1, column: 0 })
+    /// );
+    /// # Ok::<(), linear_softmax::Error>(())
+    /// ```
+    pub fn check_finite(&self, x: &Tensor<2>) -> Result<()> {
+        self.check_input(x)?;
+        if let Some((row, column)) = first_non_finite(x)? {
+            return Err(Error::NonFiniteInput { row, column });
+        }
+        if let Some((row, column)) = first_non_finite(&self.weight())? {
+            let at = format!("weight[{row}, {column}]");
+            return Err(Error::NonFiniteParameter { at });
+        }
+        if let Some(bias) = self.bias()
+            && let Some((_, column)) = first_non_finite(&bias.unsqueeze_dim(0))?
+        {
+            let at = format!("bias[{column}]");
+            return Err(Error::NonFiniteParameter { at });
+        }
+        Ok(())
+    }
+
     /// Checks `x` and that `targets` has one label per row of `x` and this head's class count.
     pub(crate) fn check_batch(&self, x: &Tensor<2>, targets: &Targets) -> Result<()> {
         self.check_input(x)?;
@@ -302,6 +349,14 @@ fn is_wgpu(device: &burn::backend::DispatchDevice) -> bool {
         DispatchDevice::Cube(device) => device.runtime() == RuntimeId::Wgpu,
         _ => false,
     }
+}
+
+/// The `(row, column)` of the first NaN or infinite entry of `tensor`, read back once.
+fn first_non_finite(tensor: &Tensor<2>) -> Result<Option<(usize, usize)>> {
+    let columns = tensor.dims()[1].max(1);
+    let values = to_host_f64(tensor)?;
+    let first = values.iter().position(|value| !value.is_finite());
+    Ok(first.map(|index| (index / columns, index % columns)))
 }
 
 pub(crate) fn check_input_dims([rows, features]: [usize; 2], d_input: usize) -> Result<()> {

@@ -12,6 +12,14 @@
 //! and [`gradcheck`]: centred finite differences in `f64`, the independent witness.
 //! [`LossPath`] switches between the three wherever a loss is asked for.
 //!
+//! # Errors, NaN and infinity
+//!
+//! What can be checked from metadata (shapes, float types, devices, options) and what is
+//! validated once where it enters (labels, probabilities) is an [`Error`] on every path. Values
+//! are not inspected in the hot path: NaN and infinity in the input or the parameters
+//! propagate to the loss and gradients on every path, as in PyTorch, with no read back to the
+//! host. [`LinearSoftmax::check_finite`] is the opt-in check that finds and names them.
+//!
 //! ```
 //! use burn::prelude::*;
 //! use linear_softmax::{LinearSoftmaxConfig, LossOptions, Targets, autodiff, manual};

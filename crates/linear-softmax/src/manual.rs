@@ -24,10 +24,9 @@
 use burn::prelude::*;
 use burn::tensor::IndexingUpdateOp;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::gradients::HeadGradients;
 use crate::head::LinearSoftmax;
-use crate::host::to_host_f64;
 use crate::options::{LossOptions, Reduction};
 use crate::resolved::{ResolvedLoss, ResolvedTargets};
 use crate::targets::Targets;
@@ -400,8 +399,8 @@ pub fn loss_and_log_sum_exp(
 /// The loss and its hand-derived gradients `dW, db, dX` (upstream gradient 1 for every entry
 /// of the loss, as `loss.backward()` would seed it).
 ///
-/// Returns [`Error::NonFiniteLoss`] naming the first row whose loss is NaN or infinite (this
-/// reads the summed loss back to the host once per call).
+/// NaN and infinity in `x` or the head propagate to the loss and gradients, as on every path
+/// (nothing is read back); [`LinearSoftmax::check_finite`] finds and names them.
 pub fn loss_and_gradients(
     head: &LinearSoftmax,
     x: Tensor<2>,
@@ -420,7 +419,6 @@ pub fn loss_and_gradients(
         .map(|cap| softcap_forward(logits.clone(), cap));
     let (row_losses, cache) =
         softmax_cross_entropy_forward(capped.clone().unwrap_or(logits), targets, options);
-    check_finite(&row_losses)?;
     let denominator = cache.denominator.clone();
     let loss = reduction_forward(row_losses, denominator.clone(), options.reduction);
 
@@ -440,19 +438,4 @@ pub fn loss_and_gradients(
         d_bias,
         d_input,
     })
-}
-
-/// `Ok` when every row loss is finite (one scalar read back); otherwise the first bad row.
-fn check_finite(row_losses: &Tensor<1>) -> Result<()> {
-    let total = to_host_f64(&row_losses.clone().sum())?[0];
-    if total.is_finite() {
-        return Ok(());
-    }
-    let rows = to_host_f64(row_losses)?;
-    let (row, &value) = rows
-        .iter()
-        .enumerate()
-        .find(|(_, loss)| !loss.is_finite())
-        .unwrap_or((0, &total));
-    Err(Error::NonFiniteLoss { row, value })
 }

@@ -4,9 +4,9 @@ mod common;
 
 use burn::prelude::*;
 use burn::tensor::DType;
-use common::problem;
+use common::{backends, problem};
 use linear_softmax::{
-    Error, LinearSoftmax, LinearSoftmaxConfig, LossOptions, Targets, autodiff, manual,
+    Error, LinearSoftmax, LinearSoftmaxConfig, LossOptions, LossPath, Targets, autodiff, manual,
 };
 
 fn device() -> Device {
@@ -129,22 +129,48 @@ fn empty_batch() {
     assert_eq!(p.head.predict(x).unwrap_err(), Error::EmptyBatch);
 }
 
+/// The policy on NaN and infinity, on every path and backend: they propagate to the loss and
+/// the gradients (`Ok`, nothing read back), and `check_finite` names the first bad entry.
 #[test]
-fn non_finite_input_names_the_first_bad_row() {
-    let p = problem([4, 3, 5], true, DType::F32, &device(), 1);
-    let mut values = vec![0.5f32; 12];
-    values[7] = f32::NAN; // row 2
-    values[10] = f32::INFINITY; // row 3
-    let x = Tensor::<2>::from_data(TensorData::new(values, [4, 3]), &device());
-    let err = manual::loss_and_gradients(&p.head, x, &p.targets, &LossOptions::new()).unwrap_err();
-    assert!(
-        matches!(err, Error::NonFiniteLoss { row: 2, .. }),
-        "{err:?}"
-    );
-    assert_eq!(
-        err.to_string(),
-        "non-finite loss NaN in row 2: the inputs or parameters contain NaN or infinity, or overflow"
-    );
+fn non_finite_values_propagate_and_check_finite_names_them() {
+    for (backend, device) in backends() {
+        let p = problem([4, 3, 5], true, DType::F32, &device, 1);
+        let mut values = vec![0.5f32; 12];
+        values[7] = f32::NAN; // row 2, column 1
+        values[10] = f32::INFINITY; // row 3
+        let x = Tensor::<2>::from_data(TensorData::new(values, [4, 3]), &device);
+        for path in LossPath::ALL {
+            let options = LossOptions::new();
+            let gradients = path.loss_and_gradients(&p.head, x.clone(), &p.targets, &options);
+            let gradients = gradients.unwrap_or_else(|err| panic!("{backend} {path}: {err}"));
+            let loss = gradients.loss.into_scalar::<f32>();
+            assert!(loss.is_nan(), "{backend} {path}: loss {loss}");
+            let graph = p.head.loss_with_path(x.clone(), &p.targets, &options, path);
+            assert!(
+                graph.unwrap().into_scalar::<f32>().is_nan(),
+                "{backend} {path}"
+            );
+        }
+        let err = p.head.check_finite(&x).unwrap_err();
+        assert_eq!(
+            err,
+            Error::NonFiniteInput { row: 2, column: 1 },
+            "{backend}"
+        );
+        assert_eq!(err.to_string(), "input x[2, 1] is NaN or infinite");
+        assert_eq!(p.head.check_finite(&p.x), Ok(()), "{backend}");
+
+        let mut weight = common::host(&p.head.weight());
+        weight[5 * 2 + 3] = f64::NEG_INFINITY;
+        let weight = common::tensor(weight, [3, 5], DType::F32, &device);
+        let head = LinearSoftmax::from_tensors(weight, p.head.bias()).unwrap();
+        let err = head.check_finite(&p.x).unwrap_err();
+        assert_eq!(err.to_string(), "parameter weight[2, 3] is NaN or infinite");
+        let bias = Tensor::<1>::from_data([0.0, 0.0, 0.0, f32::NAN, 0.0], &device);
+        let head = LinearSoftmax::from_tensors(p.head.weight(), Some(bias)).unwrap();
+        let err = head.check_finite(&p.x).unwrap_err();
+        assert_eq!(err.to_string(), "parameter bias[3] is NaN or infinite");
+    }
 }
 
 #[test]
