@@ -57,7 +57,14 @@ fn the_fused_op_has_a_kernel_on_wgpu() {
     let device = wgpu();
     for device in [device.clone(), device.autodiff()] {
         let p = problem([5, 3, 40], true, DType::F32, &device, 1);
-        let choice = fused::kernel_for(&p.head, &p.x, &p.targets, &LossOptions::new());
+        let options = LossOptions::new();
+        let choice = fused::kernel_for(&p.head, &p.x, &p.targets, &options);
+        assert_eq!(choice.kernel, Kernel::Cube, "{}", choice.reason);
+        let probabilities = targets(Kind::Probabilities, &p, [5, 40], &device, 2);
+        let choice = fused::kernel_for(&p.head, &p.x, &probabilities, &options);
+        assert_eq!(choice.kernel, Kernel::Tensor, "{}", choice.reason);
+        let softcap = options.with_softcap(Some(5.0));
+        let choice = fused::kernel_for(&p.head, &p.x, &p.targets, &softcap);
         assert_eq!(choice.kernel, Kernel::Tensor, "{}", choice.reason);
         assert!(choice.reason.contains("CubeCL"), "{}", choice.reason);
     }
@@ -243,4 +250,27 @@ fn a_gpu_chunk_is_as_large_as_the_input() {
         fixed.rows_on(&wgpu(), [100, 4096], 10, DType::F32).unwrap(),
         7
     );
+}
+
+/// More rows in one chunk than a grid dimension holds (65535 cubes): the row-pass kernel's
+/// second grid dimension takes the rest.
+#[test]
+fn a_chunk_of_more_rows_than_a_grid_dimension_holds() {
+    let device = wgpu();
+    let p = problem([65_600, 2, 3], true, DType::F32, &device, 9);
+    let options = LossOptions::new().with_reduction(Reduction::Sum);
+    let choice = fused::kernel_for(&p.head, &p.x, &p.targets, &options);
+    assert_eq!(choice.kernel, Kernel::Cube, "{}", choice.reason);
+    let one_chunk = Chunking::new().with_rows(Some(65_600));
+    let fused = fused::loss_and_gradients_with_chunking(
+        &p.head,
+        p.x.clone(),
+        &p.targets,
+        &options,
+        &one_chunk,
+    )
+    .unwrap();
+    let reference = autodiff::loss_and_gradients(&p.head, p.x, &p.targets, &options).unwrap();
+    assert_all_close("65600 rows", &fused, &reference, F32_AGREEMENT);
+    finish_wgpu();
 }

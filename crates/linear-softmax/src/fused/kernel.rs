@@ -14,7 +14,7 @@ use super::backend::{
     FusedInputs, FusedOutput, FusedSpec, Optional, RowUpstream, TargetPrimitives, WantedGradients,
 };
 use super::cpu::{self, RawBackend, few_classes};
-use super::tensor_kernel::{self, PlainBackend};
+use super::tensor_kernel::{self, PlainBackend, RowPass};
 use crate::head::LinearSoftmax;
 use crate::options::LossOptions;
 use crate::targets::{TargetKind, Targets};
@@ -28,9 +28,13 @@ pub enum Kernel {
     /// One streaming pass over the rows for a classifier with few classes (`C <= 16`), the
     /// raw kernel's row code without GEMMs.
     FewClasses,
-    /// The chunk loop on tensor operations: every option and target kind, any float type; the
-    /// kernel of the CubeCL backends (wgpu, CUDA).
+    /// The chunk loop on tensor operations: every option and target kind, any float type (on
+    /// the CubeCL backends: probability targets and softcap).
     Tensor,
+    /// The chunk loop on a CubeCL backend (wgpu, CUDA) with each chunk's row pass as one
+    /// kernel launch (`cube.rs`) and the GEMMs through the backend's matmul: class indices
+    /// without softcap.
+    Cube,
     /// No fused kernel: the device's backend has no implementation of the fused op, so the call
     /// runs the [`crate::autodiff`] path (the same loss and gradients, with its `[N, C]`
     /// intermediates).
@@ -72,14 +76,32 @@ pub fn kernel_for(
             let classes = matches!(targets.kind(), TargetKind::Classes { .. });
             choose(x.dtype(), head.n_classes(), classes, options)
         }
-        FusedBackend::Cube => KernelChoice {
-            kernel: Kernel::Tensor,
-            reason: "a CubeCL device: the chunk loop on the backend's tensor operations",
-        },
+        FusedBackend::Cube => {
+            let classes = matches!(targets.kind(), TargetKind::Classes { .. });
+            choose_cube(classes, options)
+        }
         FusedBackend::Unsupported => KernelChoice {
             kernel: Kernel::Autodiff,
             reason: "this device's backend has no fused implementation: the autodiff path runs",
         },
+    }
+}
+
+/// The rule of the CubeCL backends: the row-pass kernel where it applies.
+pub(crate) fn choose_cube(class_targets: bool, options: &LossOptions) -> KernelChoice {
+    let tensor = |reason| KernelChoice {
+        kernel: Kernel::Tensor,
+        reason,
+    };
+    if !class_targets {
+        tensor("a CubeCL device with probability targets: the row pass on tensor operations")
+    } else if options.softcap.is_some() {
+        tensor("a CubeCL device with softcap: the row pass on tensor operations")
+    } else {
+        KernelChoice {
+            kernel: Kernel::Cube,
+            reason: "a CubeCL device with class indices: one row-pass launch per chunk",
+        }
     }
 }
 
@@ -165,17 +187,19 @@ pub(crate) fn plain_kernel<B: PlainBackend + RawBackend>(
         Kernel::Raw | Kernel::FewClasses => {
             cpu::linear_cross_entropy::<B>(&inputs, &spec, wanted, &upstream)
         }
-        Kernel::Tensor => tensor_kernel(inputs, spec, wanted, upstream),
-        Kernel::Autodiff => unreachable!("a CPU backend has the fused op"),
+        Kernel::Tensor => tensor_kernel(inputs, spec, wanted, upstream, RowPass::Tensor),
+        Kernel::Cube | Kernel::Autodiff => unreachable!("the CPU rule picks a CPU kernel"),
     }
 }
 
-/// The chunk loop on tensors wrapping the primitives.
+/// The chunk loop on tensors wrapping the primitives, with `row_pass` running each chunk's
+/// row pass.
 fn tensor_kernel<B: PlainBackend>(
     inputs: FusedInputs<B>,
     spec: FusedSpec,
     wanted: WantedGradients,
     upstream: RowUpstream<B>,
+    row_pass: RowPass,
 ) -> FusedOutput<B> {
     let FusedInputs {
         x,
@@ -208,6 +232,7 @@ fn tensor_kernel<B: PlainBackend>(
             RowUpstream::Rows(rows) => Some(B::wrap(rows)),
         },
         B::WEIGHT_TRANSPOSE,
+        row_pass,
     );
     let optional = |tensor: Option<FloatTensor<B>>| Optional::from(tensor);
     FusedOutput {
@@ -249,9 +274,9 @@ plain_fused_ops!(Flex);
 #[cfg(feature = "ndarray")]
 plain_fused_ops!(NdArray);
 
-/// The CubeCL backends (every runtime, with or without Burn's fusion): the tensor kernel on the
-/// backend's own operations; the upstream gradient stays on the device (the trait's default
-/// broadcast multiply).
+/// The CubeCL backends (every runtime, with Burn's fusion): the chunk loop on the backend's own
+/// operations, with the row pass as one kernel launch where [`choose_cube`] says so; the
+/// upstream gradient stays on the device (the trait's default broadcast multiply).
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 impl super::backend::FusedLinearCrossEntropyOps for burn::backend::Cube {
     fn linear_cross_entropy_with_gradients(
@@ -260,7 +285,12 @@ impl super::backend::FusedLinearCrossEntropyOps for burn::backend::Cube {
         wanted: WantedGradients,
         upstream: RowUpstream<Self>,
     ) -> FusedOutput<Self> {
-        tensor_kernel::<Self>(inputs, spec, wanted, upstream)
+        let class_targets = matches!(inputs.targets, TargetPrimitives::Classes(_));
+        let row_pass = match choose_cube(class_targets, &spec.options).kernel {
+            Kernel::Cube => RowPass::Cube,
+            _ => RowPass::Tensor,
+        };
+        tensor_kernel::<Self>(inputs, spec, wanted, upstream, row_pass)
     }
 }
 

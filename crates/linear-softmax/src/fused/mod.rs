@@ -29,9 +29,10 @@
 //! no host read on the way) implemented for Flex, NdArray and the CubeCL backends (`kernel.rs`,
 //! which picks one of the kernels of [`Kernel`] per call, from metadata alone: [`kernel_for`]
 //! tells which) and by hand for `Autodiff<B, C>` (`autodiff.rs`). The kernels: `cpu/` (chunked
-//! GEMMs on raw CPU buffers; `cpu/few_classes.rs`, one streaming pass for `C <= 16`) and
+//! GEMMs on raw CPU buffers; `cpu/few_classes.rs`, one streaming pass for `C <= 16`),
 //! `tensor_kernel.rs` (the chunk loop on tensor operations: every CubeCL call, and the CPU
-//! cases the raw kernels do not take).
+//! cases the raw kernels do not take) and `cube/` (on CubeCL, each chunk's row pass as one
+//! kernel launch: class indices without softcap).
 //!
 //! # Backends without the op
 //!
@@ -63,6 +64,8 @@ mod autodiff;
 #[allow(deprecated)]
 mod backend;
 mod cpu;
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+mod cube;
 mod kernel;
 mod tensor_kernel;
 

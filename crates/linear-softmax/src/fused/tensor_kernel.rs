@@ -95,6 +95,16 @@ plain_backend!(NdArray, WeightTranspose::Contiguous);
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 plain_backend!(Cube, WeightTranspose::View);
 
+/// Who runs each chunk's row pass (losses, log-sum-exps, `dS` from the logits).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RowPass {
+    /// The manual path's tensor functions: every option and target kind.
+    Tensor,
+    /// One CubeCL kernel launch per chunk (`cube.rs`): class indices, no softcap.
+    #[cfg(any(feature = "wgpu", feature = "cuda"))]
+    Cube,
+}
+
 /// The loss, the wanted gradients and the per-row log-sum-exp, as tensors.
 pub(crate) struct ChunkedOutput {
     /// The reduced loss: `[1]`, or `[N]` for reduction none.
@@ -125,6 +135,7 @@ pub(crate) fn linear_cross_entropy(
     wanted: WantedGradients,
     row_upstream: Option<Tensor<1>>,
     weight_transpose: WeightTranspose,
+    row_pass: RowPass,
 ) -> ChunkedOutput {
     let [n_rows, d_input] = x.dims();
     let chunk_rows = chunk_rows.clamp(1, n_rows);
@@ -155,26 +166,43 @@ pub(crate) fn linear_cross_entropy(
         let end = (start + chunk_rows).min(n_rows);
         let x_chunk = x.clone().slice([start..end, 0..d_input]);
         let logits = manual::linear_forward(x_chunk.clone(), weight.clone(), bias.clone());
-        let capped = options
-            .softcap
-            .map(|cap| manual::softcap_forward(logits.clone(), cap));
-        let (losses, cache) = manual::softmax_cross_entropy_forward_resolved(
-            capped.clone().unwrap_or(logits),
-            &resolved.rows(start..end),
-        );
-        row_losses.push(losses);
-        log_sum_exps.push(cache.log_sum_exp.clone());
-        if !wanted.any() {
-            continue;
-        }
-        let d_rows = match &row_upstream {
+        let d_rows = || match &row_upstream {
             Some(upstream) => upstream.clone().slice(start..end),
             None => Tensor::ones([end - start], (&x.device(), x.dtype())),
         };
-        let mut d_logits = manual::softmax_cross_entropy_backward(cache, d_rows);
-        if let (Some(capped), Some(cap)) = (capped, options.softcap) {
-            d_logits = manual::softcap_backward(capped, cap, d_logits);
-        }
+        let rows = resolved.rows(start..end);
+        let d_logits = match row_pass {
+            RowPass::Tensor => {
+                let capped = options
+                    .softcap
+                    .map(|cap| manual::softcap_forward(logits.clone(), cap));
+                let (losses, cache) = manual::softmax_cross_entropy_forward_resolved(
+                    capped.clone().unwrap_or(logits),
+                    &rows,
+                );
+                row_losses.push(losses);
+                log_sum_exps.push(cache.log_sum_exp.clone());
+                if !wanted.any() {
+                    continue;
+                }
+                let d_logits = manual::softmax_cross_entropy_backward(cache, d_rows());
+                match (capped, options.softcap) {
+                    (Some(capped), Some(cap)) => manual::softcap_backward(capped, cap, d_logits),
+                    _ => d_logits,
+                }
+            }
+            #[cfg(any(feature = "wgpu", feature = "cuda"))]
+            RowPass::Cube => {
+                let (losses, log_sum_exp, d_logits) =
+                    super::cube::row_pass(logits, &rows, d_rows());
+                row_losses.push(losses);
+                log_sum_exps.push(log_sum_exp);
+                if !wanted.any() {
+                    continue;
+                }
+                d_logits
+            }
+        };
         if wanted.bias {
             d_bias = Some(accumulate(
                 d_bias,

@@ -1,0 +1,119 @@
+//! The row-pass kernel: one cube per row, strided loops over the classes, tree reductions in
+//! shared memory.
+
+use burn_cubecl::cubecl;
+use cubecl::prelude::*;
+
+/// The maximum (`max`) or the sum of `value` over the cube's units, left in `shared[0]`.
+#[cube]
+fn reduce<F: Float>(shared: &mut Shared<[F]>, value: F, #[comptime] max: bool) {
+    let unit = UNIT_POS_X as usize;
+    shared[unit] = value;
+    sync_cube();
+    // A runtime loop (CUBE_DIM_X = units): one barrier per halving.
+    let mut stride = (CUBE_DIM_X / 2) as usize;
+    while stride > 0 {
+        if unit < stride {
+            let other = shared[unit + stride];
+            if max {
+                shared[unit] = F::max(shared[unit], other);
+            } else {
+                shared[unit] += other;
+            }
+        }
+        sync_cube();
+        stride /= 2;
+    }
+}
+
+/// One cube of `units` (a power of two, = `CUBE_DIM_X`) per row of `logits` `[R, C]`: the row's
+/// loss and log-sum-exp, and its `dS` row in `d_logits` (formulas in the parent module). Every
+/// per-row input is `[R]`; `class_weights` is `[C]`.
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+pub(super) fn cross_entropy_rows_kernel<F: Float, I: Numeric>(
+    logits: &Tensor<F>,
+    labels: &Tensor<I>,
+    row_weights: &Tensor<F>,
+    valid: &Tensor<F>,
+    factors: &Tensor<F>,
+    class_weights: &Tensor<F>,
+    losses: &mut Tensor<F>,
+    log_sum_exp: &mut Tensor<F>,
+    d_logits: &mut Tensor<F>,
+    smoothing: f32,
+    z_loss: f32,
+    weight_sum: f32,
+    #[comptime] units: usize,
+    #[define(F, I)] _dtypes: [ElemType; 2],
+) {
+    // Rows beyond 65535 (a grid dimension's limit) go to the grid's second dimension; the
+    // whole cube leaves together, so no barrier is skipped by part of it.
+    let row = (CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X) as usize;
+    if row >= losses.shape(0) {
+        terminate!();
+    }
+    let unit = UNIT_POS_X as usize;
+    let step = CUBE_DIM_X as usize;
+    let c = logits.shape(1);
+    let base = row * logits.stride(0);
+    let mut shared = Shared::<[F]>::new_slice(units);
+
+    // Pass 1: the row max (WGSL has no -inf literal: start from the row's first logit).
+    let mut max = logits[base];
+    let mut k = unit;
+    while k < c {
+        max = F::max(max, logits[base + k]);
+        k += step;
+    }
+    reduce::<F>(&mut shared, max, true);
+    let max = shared[0];
+    sync_cube();
+
+    // Pass 2: sum_k exp(s_k - max), and sum_k w_k s_k for label smoothing.
+    let mut sum = F::new(0.0);
+    let mut weighted = F::new(0.0);
+    let mut k = unit;
+    while k < c {
+        let s = logits[base + k];
+        weighted += class_weights[k] * s;
+        sum += F::exp(s - max);
+        k += step;
+    }
+    reduce::<F>(&mut shared, sum, false);
+    let sum = shared[0];
+    sync_cube();
+    reduce::<F>(&mut shared, weighted, false);
+    let weighted = shared[0];
+
+    let lse = max + F::ln(sum);
+    let label = u32::cast_from(labels[row]) as usize;
+    let eps = F::cast_from(smoothing);
+    let beta = F::cast_from(z_loss);
+    let total = F::cast_from(weight_sum);
+    let spread = eps / F::cast_from(c as u32);
+    let r = row_weights[row];
+    let v = valid[row];
+    if unit == 0 {
+        losses[row] = (F::new(1.0) - eps) * r * (lse - logits[base + label])
+            + v * spread * (total * lse - weighted)
+            + beta * v * lse * lse;
+        log_sum_exp[row] = lse;
+    }
+
+    // Pass 3: dS.
+    let f = factors[row];
+    let coef = (F::new(1.0) - eps) * r + spread * v * total + F::new(2.0) * beta * v * lse;
+    let scale = f * coef / sum;
+    let spread = f * v * spread;
+    let hit = f * (F::new(1.0) - eps) * r;
+    let mut k = unit;
+    while k < c {
+        let mut d = F::exp(logits[base + k] - max) * scale - spread * class_weights[k];
+        if k == label {
+            d -= hit;
+        }
+        d_logits[base + k] = d;
+        k += step;
+    }
+}
