@@ -1,0 +1,126 @@
+//! Half-precision heads (bf16, f16) on every path and CPU backend that has the type (Flex; not
+//! NdArray): every path's loss and gradients, as plain values and through `.backward()`, match
+//! the f32 computation of the same values.
+
+mod common;
+
+use burn::prelude::*;
+use burn::tensor::DType;
+use common::cases::{Kind, targets};
+use common::{assert_close, assert_gradients_close, backends, loss_backward, problem, uniform};
+use linear_softmax::{LossOptions, LossPath, Reduction, check_dtype};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+
+/// bf16 keeps 8 significant bits (epsilon 2^-8 = 3.9e-3): the inputs, parameters, logits and
+/// every partial sum are rounded to it, a few roundings deep, against the f32 computation of
+/// the same (bf16-representable) values.
+const BF16_VS_F32: f64 = 4e-2;
+/// f16 keeps 11 significant bits (epsilon 2^-11 = 4.9e-4), by the same argument.
+const F16_VS_F32: f64 = 5e-3;
+
+#[test]
+fn every_path_computes_in_half_precision() {
+    let mut checked = Vec::new();
+    for (backend, device) in backends() {
+        for (dtype, tolerance) in [(DType::BF16, BF16_VS_F32), (DType::F16, F16_VS_F32)] {
+            if check_dtype(&device, dtype).is_err() {
+                // Burn itself refuses to make such a tensor (NdArray has no bf16/f16): nothing to
+                // run; the head's own check is the `check_dtype` just asked.
+                continue;
+            }
+            checked.push((backend, dtype));
+            let [n, d, c] = [9, 7, 21];
+            let plain = problem([n, d, c], true, DType::F32, &device, 4);
+            let soft = targets(Kind::Probabilities, &plain, [n, c], &device, 5);
+            let half = |p: &common::Problem| {
+                let head = p.head.clone().cast(dtype);
+                (head, p.x.clone().cast(dtype))
+            };
+            let (head, x) = half(&plain);
+            // The f32 reference sees the same values: the half-precision ones, widened.
+            let exact = common::Problem {
+                head: head.clone().cast(DType::F32),
+                x: x.clone().cast(DType::F32),
+                targets: plain.targets.clone(),
+                labels: plain.labels.clone(),
+            };
+            let options = LossOptions::new().with_label_smoothing(0.1);
+            for (kind, targets) in [("classes", &plain.targets), ("probabilities", &soft)] {
+                for path in LossPath::ALL {
+                    let context = format!("{backend} {dtype:?} {kind} {path}");
+                    let result = path.loss_and_gradients(&head, x.clone(), targets, &options);
+                    let gradients = result.unwrap_or_else(|err| panic!("{context}: {err}"));
+                    assert_eq!(gradients.d_weight.dtype(), dtype, "{context}");
+                    let reference = path
+                        .loss_and_gradients(&exact.head, exact.x.clone(), targets, &options)
+                        .unwrap();
+                    assert_gradients_close(&context, &gradients, &reference, tolerance);
+                }
+            }
+        }
+    }
+    // Flex computes in both: the loops above did not skip everything.
+    assert!(checked.contains(&("flex", DType::BF16)), "{checked:?}");
+    assert!(checked.contains(&("flex", DType::F16)), "{checked:?}");
+}
+
+/// The route users take in half precision: the model on the autodiff device, `head.loss(..)?`
+/// then `.backward()`, with a random upstream for reduction none.
+#[test]
+fn loss_backward_in_half_precision_matches_f32() {
+    let mut checked = 0;
+    for (backend, plain_device) in backends() {
+        let device = plain_device.clone().autodiff();
+        for (dtype, tolerance) in [(DType::BF16, BF16_VS_F32), (DType::F16, F16_VS_F32)] {
+            if check_dtype(&device, dtype).is_err() {
+                continue;
+            }
+            checked += 1;
+            let [n, d, c] = [6, 5, 17];
+            // Cast on the plain device, then tracked: the half-precision parameters are leaves.
+            let p = problem([n, d, c], true, DType::F32, &plain_device, 7);
+            let (head, x) = (p.head.cast(dtype), p.x.cast(dtype));
+            let half = common::Problem {
+                head: head.clone().train(),
+                x: x.clone().autodiff(),
+                targets: p.targets.clone(),
+                labels: p.labels.clone(),
+            };
+            let exact = common::Problem {
+                head: head.cast(DType::F32).train(),
+                x: x.cast(DType::F32).autodiff(),
+                targets: p.targets,
+                labels: p.labels,
+            };
+            let mut rng = StdRng::seed_from_u64(3);
+            let upstream = uniform(&mut rng, n, 2.0);
+            let upstream = |dtype| Tensor::<1>::from_data(upstream.as_slice(), (&device, dtype));
+            for reduction in [Reduction::Mean, Reduction::None] {
+                let options = LossOptions::new().with_reduction(reduction);
+                for path in LossPath::ALL {
+                    let context = format!("{backend} {dtype:?} {reduction:?} {path}");
+                    let actual =
+                        loss_backward(&half, &half.targets, &options, path, &upstream(dtype));
+                    let expected = loss_backward(
+                        &exact,
+                        &exact.targets,
+                        &options,
+                        path,
+                        &upstream(DType::F32),
+                    );
+                    for ((what, actual), expected) in
+                        ["loss", "dW", "db", "dX"].iter().zip(actual).zip(expected)
+                    {
+                        let context = format!("{context} {what}");
+                        assert_close(&context, &actual, &expected, tolerance);
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        checked >= 2,
+        "Flex computes in bf16 and f16: {checked} cases ran"
+    );
+}
