@@ -241,11 +241,9 @@ pub fn loss_and_log_sum_exp_with_chunking(
     options: &LossOptions,
     chunking: &Chunking,
 ) -> Result<(Tensor<1>, Tensor<1>)> {
-    if FusedBackend::of(&x.device()) == FusedBackend::Unsupported {
-        chunking.rows_for(x.dims()[0], head.n_classes(), x.dtype())?;
+    let Some((inputs, spec)) = prepare(head, &x, targets, options, chunking, Graph::Keep)? else {
         return crate::autodiff::loss_and_log_sum_exp(head, x, targets, options);
-    }
-    let (inputs, spec) = prepare(head, x, targets, options, chunking, Graph::Keep)?;
+    };
     let (loss, log_sum_exp) = Dispatch::linear_cross_entropy(inputs, spec);
     let loss = manual::with_l2(Tensor::from_dispatch(loss), head.weight(), options);
     Ok((loss, Tensor::from_dispatch(log_sum_exp)))
@@ -260,18 +258,22 @@ enum Graph {
     Detach,
 }
 
-/// Validates the batch and the options once, picks the chunk size, and assembles the op's
-/// arguments: every tensor on the device of `x` (the class weights uploaded here, once).
+/// Validates the batch, the options and the chunking once, picks the chunk size, and assembles
+/// the op's arguments: every tensor on the device of `x` (the class weights uploaded here,
+/// once). `None` when the device's backend has no fused op: the caller runs the autodiff path.
 fn prepare(
     head: &LinearSoftmax,
-    x: Tensor<2>,
+    x: &Tensor<2>,
     targets: &Targets,
     options: &LossOptions,
     chunking: &Chunking,
     graph: Graph,
-) -> Result<(FusedInputs<Dispatch>, FusedSpec)> {
-    head.check_loss_inputs(&x, targets, options)?;
+) -> Result<Option<(FusedInputs<Dispatch>, FusedSpec)>> {
+    head.check_loss_inputs(x, targets, options)?;
     let chunk_rows = chunking.rows_on(&x.device(), x.dims(), head.n_classes(), x.dtype())?;
+    if FusedBackend::of(&x.device()) == FusedBackend::Unsupported {
+        return Ok(None);
+    }
     let detach = |tensor: Tensor<2>| match graph {
         Graph::Keep => tensor,
         Graph::Detach => tensor.detach(),
@@ -283,7 +285,7 @@ fn prepare(
     let (device, dtype) = (x.device(), x.dtype());
     let class_weights = resolved::class_weights(options, &device, dtype);
     let inputs = FusedInputs {
-        x: detach(x).into_dispatch(),
+        x: detach(x.clone()).into_dispatch(),
         weight: detach(head.weight()).into_dispatch(),
         bias: Optional::from(bias.map(Tensor::into_dispatch)),
         targets: target_primitives(targets, &device),
@@ -293,7 +295,7 @@ fn prepare(
         options: options.clone(),
         chunk_rows,
     };
-    Ok((inputs, spec))
+    Ok(Some((inputs, spec)))
 }
 
 /// The fused loss and its gradients `dW, db, dX` as plain values (no graph), with the default
@@ -315,11 +317,9 @@ pub fn loss_and_gradients_with_chunking(
     options: &LossOptions,
     chunking: &Chunking,
 ) -> Result<HeadGradients> {
-    if FusedBackend::of(&x.device()) == FusedBackend::Unsupported {
-        chunking.rows_for(x.dims()[0], head.n_classes(), x.dtype())?;
+    let Some((inputs, spec)) = prepare(head, &x, targets, options, chunking, Graph::Detach)? else {
         return crate::autodiff::loss_and_gradients(head, x, targets, options);
-    }
-    let (inputs, spec) = prepare(head, x, targets, options, chunking, Graph::Detach)?;
+    };
     let weight = head.weight().detach();
     let output = Dispatch::linear_cross_entropy_with_gradients(
         inputs,
