@@ -114,7 +114,12 @@ impl Targets {
         ignore_index: Option<i64>,
     ) -> Result<Self> {
         let [batch, time] = labels.dims();
-        let labels = labels.reshape([batch * time]);
+        let labels = if batch * time == 0 {
+            // Burn's `reshape` reads a 0 as "keep this dimension": build the empty labels.
+            Tensor::from_data(TensorData::new(Vec::<i64>::new(), [0]), &labels.device())
+        } else {
+            labels.reshape([batch * time])
+        };
         validate_labels(&to_host_i64(&labels)?, n_classes, ignore_index)?;
         Ok(Self {
             kind: TargetKind::Classes {
@@ -133,7 +138,7 @@ impl Targets {
         [rows, n_classes]: [usize; 2],
         device: &Device,
     ) -> Result<Self> {
-        if values.len() != rows * n_classes {
+        if rows.checked_mul(n_classes) != Some(values.len()) {
             return Err(Error::ShapeMismatch {
                 what: "probability targets",
                 expected: vec![rows, n_classes],
@@ -168,7 +173,7 @@ impl Targets {
         [rows, n_classes]: [usize; 2],
         device: &Device,
     ) -> Result<Self> {
-        if multi_hot.len() != rows * n_classes || n_classes == 0 {
+        if rows.checked_mul(n_classes) != Some(multi_hot.len()) || n_classes == 0 {
             return Err(Error::ShapeMismatch {
                 what: "multi-hot targets",
                 expected: vec![rows, n_classes],
@@ -274,7 +279,20 @@ impl Targets {
     }
 }
 
+/// Targets need a class to point at: a count of 0 classes is refused by every constructor.
+fn check_class_count(n_classes: usize) -> Result<()> {
+    if n_classes == 0 {
+        return Err(Error::InvalidOption {
+            name: "n_classes",
+            value: "0".into(),
+            expected: "at least 1",
+        });
+    }
+    Ok(())
+}
+
 fn validate_labels(labels: &[i64], n_classes: usize, ignore_index: Option<i64>) -> Result<()> {
+    check_class_count(n_classes)?;
     let bad = labels.iter().enumerate().find(|&(_, &label)| {
         !(0..n_classes as i64).contains(&label) && Some(label) != ignore_index
     });
@@ -289,6 +307,7 @@ fn validate_labels(labels: &[i64], n_classes: usize, ignore_index: Option<i64>) 
 }
 
 fn validate_probabilities(values: &[f64], n_classes: usize) -> Result<()> {
+    check_class_count(n_classes)?;
     for (row, probabilities) in values.chunks(n_classes.max(1)).enumerate() {
         if let Some((class, &value)) = probabilities
             .iter()
