@@ -58,6 +58,17 @@ impl ClassifierConfig {
             .init(device)?;
         Ok(Classifier { hidden, head })
     }
+
+    /// The number of parameters (weights and biases) of the classifier, `None` if it overflows.
+    pub fn n_parameters(&self) -> Option<usize> {
+        let mut widths = vec![self.d_input];
+        widths.extend(&self.hidden);
+        widths.push(self.n_classes);
+        widths.windows(2).try_fold(0usize, |total, pair| {
+            let layer = pair[0].checked_mul(pair[1])?.checked_add(pair[1])?;
+            total.checked_add(layer)
+        })
+    }
 }
 
 /// An MLP whose final layer is a [`LinearSoftmax`] head (just the head without hidden layers).
@@ -159,6 +170,21 @@ pub fn load(dir: &Path, device: &Device) -> Result<(Classifier, ClassifierConfig
     let bytes = std::fs::read(&weights)
         .map_err(|err| file_error(&weights, format!("cannot read the parameters: {err}")))?;
     let size = bytes.len();
+    // Every parameter takes at least a byte of the record: a config that promises more (a
+    // config.json of another model, or a corrupt one) must not allocate a model that large.
+    match config.n_parameters() {
+        Some(n_parameters) if n_parameters <= size => {}
+        n_parameters => {
+            return Err(file_error(
+                &config_path,
+                format!(
+                    "a model of {} parameters ({config:?}), but {WEIGHTS_FILE} has {size} bytes: \
+                     the config and the parameters are not from one model",
+                    n_parameters.map_or_else(|| "too many".into(), |n| n.to_string())
+                ),
+            ));
+        }
+    }
     let record = ModuleRecord::from_bytes(Bytes::from_bytes_vec(bytes)).map_err(|err| {
         file_error(
             &weights,

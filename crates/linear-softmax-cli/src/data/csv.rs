@@ -69,10 +69,25 @@ impl CsvRows {
 /// `n_classes`: the number of classes the labels must lie in (a trained model's); `None` infers
 /// it as the largest label + 1.
 pub fn load_csv(path: &Path, label: &LabelColumn, n_classes: Option<usize>) -> Result<Dataset> {
-    let source = path.display().to_string();
-    let rows = parse_csv(&read_text(path)?, &source, Some(label))?;
+    parse_labelled_csv(
+        &read_text(path)?,
+        &path.display().to_string(),
+        label,
+        n_classes,
+    )
+}
+
+/// Parses a labelled data set from CSV `text` read from `source` (the name errors carry);
+/// `n_classes` as in [`load_csv`].
+pub fn parse_labelled_csv(
+    text: &str,
+    source: &str,
+    label: &LabelColumn,
+    n_classes: Option<usize>,
+) -> Result<Dataset> {
+    let rows = parse_csv(text, source, Some(label))?;
     let labels = rows.labels.expect("a label column was asked for");
-    let n_classes = check_classes(&labels, &rows.lines, n_classes, &source)?;
+    let n_classes = check_classes(&labels, &rows.lines, n_classes, source)?;
     Ok(Dataset {
         features: rows.features,
         labels,

@@ -34,14 +34,35 @@ pub struct IdxArray {
 /// `n_classes`: the number of classes the labels must lie in (a trained model's); `None` infers
 /// it as the largest label + 1.
 pub fn load_idx(images: &Path, labels: &Path, n_classes: Option<usize>) -> Result<Dataset> {
-    let image_source = images.display().to_string();
-    let label_source = labels.display().to_string();
-    let image_array = parse_idx(&read_bytes(images)?, &image_source, 3)?;
-    let label_array = parse_idx(&read_bytes(labels)?, &label_source, 1)?;
+    idx_dataset(
+        (&read_bytes(images)?, &images.display().to_string()),
+        (&read_bytes(labels)?, &labels.display().to_string()),
+        n_classes,
+    )
+}
+
+/// A [`Dataset`] from the bytes of an IDX images file and an IDX labels file, each given with
+/// the name its errors carry; `n_classes` as in [`load_idx`].
+pub fn idx_dataset(
+    (image_bytes, image_source): (&[u8], &str),
+    (label_bytes, label_source): (&[u8], &str),
+    n_classes: Option<usize>,
+) -> Result<Dataset> {
+    let image_array = parse_idx(image_bytes, image_source, 3)?;
+    let label_array = parse_idx(label_bytes, label_source, 1)?;
     let (n_images, n_labels) = (image_array.dims[0], label_array.dims[0]);
+    if image_array.dims[1..].contains(&0) {
+        return Err(data_error(
+            image_source,
+            format!(
+                "offset 8: images of {} x {} pixels: expected at least one pixel",
+                image_array.dims[1], image_array.dims[2]
+            ),
+        ));
+    }
     if n_images != n_labels {
         return Err(data_error(
-            &label_source,
+            label_source,
             format!(
                 "{n_labels} labels, but {image_source} has {n_images} images: expected one label per image"
             ),
@@ -64,7 +85,7 @@ pub fn load_idx(images: &Path, labels: &Path, n_classes: Option<usize>) -> Resul
         .find(|(_, label)| **label as usize >= n_classes)
     {
         return Err(data_error(
-            &label_source,
+            label_source,
             format!(
                 "offset {}: label {label} is out of range: the model has classes 0..{n_classes}",
                 8 + index
@@ -73,7 +94,7 @@ pub fn load_idx(images: &Path, labels: &Path, n_classes: Option<usize>) -> Resul
     }
     if n_classes < 2 {
         return Err(data_error(
-            &label_source,
+            label_source,
             "expected at least two classes".into(),
         ));
     }
@@ -92,14 +113,39 @@ pub fn load_idx(images: &Path, labels: &Path, n_classes: Option<usize>) -> Resul
 /// Parses an IDX array of unsigned bytes with `n_dims` dimensions from `bytes` (gzipped or not).
 pub fn parse_idx(bytes: &[u8], source: &str, n_dims: usize) -> Result<IdxArray> {
     if bytes.starts_with(&GZIP_MAGIC) {
-        let mut plain = Vec::new();
-        GzDecoder::new(bytes)
-            .read_to_end(&mut plain)
-            .map_err(|err| data_error(source, format!("not a valid gzip stream: {err}")))?;
+        let plain = gunzip(bytes, source, n_dims)?;
         let source = format!("{source} (decompressed)");
         return parse_plain(&plain, &source, n_dims);
     }
     parse_plain(bytes, source, n_dims)
+}
+
+/// Decompresses a gzipped IDX file, reading no more than its header says the file holds plus
+/// one byte (so that trailing bytes are still reported): a small file cannot expand into more
+/// memory than the array it declares.
+fn gunzip(bytes: &[u8], source: &str, n_dims: usize) -> Result<Vec<u8>> {
+    let invalid =
+        |err: std::io::Error| data_error(source, format!("not a valid gzip stream: {err}"));
+    let mut decoder = GzDecoder::new(bytes);
+    let header_len = 4 + 4 * n_dims;
+    let mut plain = Vec::new();
+    (&mut decoder)
+        .take(header_len as u64)
+        .read_to_end(&mut plain)
+        .map_err(invalid)?;
+    if plain.len() < header_len {
+        // parse_plain names what is missing.
+        return Ok(plain);
+    }
+    let declared = plain[4..]
+        .chunks_exact(4)
+        .map(|size| u64::from(u32::from_be_bytes(size.try_into().expect("4 bytes"))))
+        .fold(1u64, u64::saturating_mul);
+    decoder
+        .take(declared.saturating_add(1))
+        .read_to_end(&mut plain)
+        .map_err(invalid)?;
+    Ok(plain)
 }
 
 fn parse_plain(bytes: &[u8], source: &str, n_dims: usize) -> Result<IdxArray> {

@@ -5,9 +5,9 @@ mod csv;
 mod digits;
 mod idx;
 
-pub use csv::{CsvRows, LabelColumn, load_csv, load_csv_features, parse_csv};
+pub use csv::{CsvRows, LabelColumn, load_csv, load_csv_features, parse_csv, parse_labelled_csv};
 pub use digits::{DIGITS_CLASSES, DIGITS_FEATURES, digits};
-pub use idx::{IdxArray, load_idx, parse_idx};
+pub use idx::{IdxArray, idx_dataset, load_idx, parse_idx};
 
 use linear_softmax::Error as HeadError;
 use std::path::Path;
