@@ -65,7 +65,8 @@ pub fn model_dir(data: &[u8]) {
 }
 
 /// `Targets` from arbitrary values through each constructor (the first byte picks it; then the
-/// shape and the values): every target a constructor accepts gives a finite loss on every path.
+/// shape and the values): every target a constructor accepts gives a finite loss and finite
+/// gradients on every path, through `.backward()`.
 pub fn targets(data: &[u8]) {
     let mut input = Bytes(data);
     let device = Device::flex();
@@ -126,8 +127,14 @@ pub fn targets(data: &[u8]) {
         let loss = head
             .loss_with_path(x.clone(), &targets, &options, path)
             .unwrap_or_else(|err| panic!("{path}: accepted targets refused: {err}"));
-        let loss = loss.into_scalar::<f64>();
+        // The user's route ends in backward (which also frees the graph: Burn keeps the graph
+        // of a tracked loss that never reaches backward, tracel-ai/burn#4970).
+        let grads = loss.clone().sum().backward();
+        let loss = loss.sum().into_scalar::<f64>();
         assert!(loss.is_finite(), "{path}: loss {loss}");
+        let d_weight = head.weight().grad(&grads).expect("the weight is tracked");
+        let d_weight = d_weight.abs().max().into_scalar::<f64>();
+        assert!(d_weight.is_finite(), "{path}: dW max {d_weight}");
     }
 }
 
