@@ -51,8 +51,10 @@ fn config(share: f64) -> ProptestConfig {
         .unwrap_or(DEFAULT_CASES);
     let mut config = ProptestConfig {
         cases: ((total as f64 * share).round() as u32).max(1),
-        failure_persistence: Some(Box::new(FileFailurePersistence::SourceParallel(
-            "proptest-regressions",
+        // Relative to the package root, where cargo runs tests (proptest's own default looks
+        // for a lib.rs beside the test file, which tests/ has not).
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(
+            "proptest-regressions/properties.txt",
         ))),
         ..ProptestConfig::default()
     };
