@@ -111,6 +111,59 @@ def make_case(name, n, d, c, seed, bias=True, reduction="mean", ignore_index=Non
     }
 
 
+def make_sequence_case(name, batch, time, d, c, seed, lengths, reduction="mean", weights=False,
+                       smoothing=0.0):
+    """An LM head on a padded batch in PyTorch's own sequence form: logits [B, T, C] and
+    F.cross_entropy(logits.transpose(1, 2), labels [B, T]) (its K-dimensional path), positions
+    past each sequence's length labelled -100. Stored flat, row b * T + t, with "sequence"."""
+    g = torch.Generator().manual_seed(seed)
+    x = f32_exact(torch.rand(batch, time, d, generator=g, dtype=torch.float64) * 4 - 2).requires_grad_()
+    w = f32_exact(torch.rand(d, c, generator=g, dtype=torch.float64) * 2 - 1).requires_grad_()
+    b = f32_exact(torch.rand(c, generator=g, dtype=torch.float64) - 0.5).requires_grad_()
+    labels = torch.randint(0, c, (batch, time), generator=g)
+    for row, length in enumerate(lengths):
+        labels[row, length:] = IGNORE
+    class_weights = f32_exact(0.25 + torch.rand(c, generator=g, dtype=torch.float64) * 2) if weights else None
+    logits = x @ w + b
+    loss = F.cross_entropy(logits.transpose(1, 2), labels, weight=class_weights, reduction=reduction,
+                           ignore_index=IGNORE, label_smoothing=smoothing)
+    loss.sum().backward()
+    flat = lambda t: t.detach().reshape(-1).tolist()
+    return {
+        "name": name,
+        "torch_version": torch.__version__,
+        "shape": [batch * time, d, c],
+        "sequence": [batch, time],
+        "x": flat(x),
+        "weight": flat(w),
+        "bias": flat(b),
+        "labels": flat(labels),
+        "probabilities": None,
+        "multi_hot": None,
+        "options": {
+            "reduction": reduction,
+            "ignore_index": IGNORE,
+            "pad_tokens": None,
+            "weights": flat(class_weights) if class_weights is not None else None,
+            "label_smoothing": smoothing,
+            "z_loss": 0.0,
+            "softcap": None,
+            "l2": 0.0,
+        },
+        "loss": flat(loss.reshape(-1)),
+        "d_weight": flat(w.grad),
+        "d_bias": flat(b.grad),
+        "d_input": flat(x.grad),
+    }
+
+
+SEQUENCE_CASES = [
+    dict(name="sequence_padded", batch=3, time=5, d=6, c=11, lengths=(5, 2, 4)),
+    dict(name="sequence_padded_none", batch=3, time=5, d=6, c=11, lengths=(5, 2, 4), reduction="none"),
+    dict(name="sequence_padded_weights_smoothing", batch=2, time=7, d=4, c=9, lengths=(3, 7),
+         weights=True, smoothing=0.1),
+]
+
 CASES = [
     dict(name="plain", n=7, d=31, c=10),
     dict(name="one_row_one_feature", n=1, d=1, c=2),
@@ -149,7 +202,10 @@ def main():
     for seed, spec in enumerate(CASES):
         case = make_case(seed=seed, **spec)
         (OUT / f"{case['name']}.json").write_text(json.dumps(case) + "\n")
-    print(f"wrote {len(CASES)} cases with torch {torch.__version__} to {OUT}")
+    for seed, spec in enumerate(SEQUENCE_CASES, start=len(CASES)):
+        case = make_sequence_case(seed=seed, **spec)
+        (OUT / f"{case['name']}.json").write_text(json.dumps(case) + "\n")
+    print(f"wrote {len(CASES) + len(SEQUENCE_CASES)} cases with torch {torch.__version__} to {OUT}")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::gradients::HeadGradients;
 use crate::head::{LinearSoftmax, log_sum_exp};
 use crate::manual::{linear_forward, reduction_forward, with_l2};
@@ -125,19 +125,7 @@ pub fn sequence_loss(
     targets: &Targets,
     options: &LossOptions,
 ) -> Result<Tensor<1>> {
-    let [batch, time, features] = x.dims();
-    // Checked before the reshape: Burn's `reshape` reads a 0 as "keep this dimension", so an
-    // empty batch or a 0-wide input would be a shape panic there instead of an error.
-    if batch * time == 0 {
-        return Err(Error::EmptyBatch);
-    }
-    if features != head.d_input() {
-        return Err(Error::InputWidthMismatch {
-            got: features,
-            expected: head.d_input(),
-        });
-    }
-    loss(head, x.reshape([batch * time, features]), targets, options)
+    loss(head, head.sequence_rows(x)?, targets, options)
 }
 
 /// The loss and the (capped) logits from explicit parameters; the callers check.

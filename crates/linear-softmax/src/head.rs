@@ -282,6 +282,56 @@ impl LinearSoftmax {
         LossPath::default().loss_and_log_sum_exp(self, x, targets, options)
     }
 
+    /// The loss of a sequence batch `x` `[B, T, D]` (an LM head) by the fused op: the rows
+    /// `x.reshape([B * T, D])`, see [`LossPath::sequence_loss`].
+    ///
+    /// # Shapes
+    /// - `x`: `[B, T, D]`, `targets`: `[B, T]` labels ([`Targets::from_sequence_tensor`]),
+    ///   result: `[1]` (`[B * T]` with reduction none)
+    ///
+    /// # Example
+    /// ```
+    /// use burn::prelude::*;
+    /// use linear_softmax::{LinearSoftmaxConfig, LossOptions, Targets};
+    ///
+    /// let device = Device::flex().autodiff();
+    /// let head = LinearSoftmaxConfig::new(8, 50).init(&device).unwrap();
+    /// // Two sequences of 4 tokens; the second is padded after 2 tokens (label -100).
+    /// let hidden = Tensor::<3>::random([2, 4, 8], burn::tensor::Distribution::Default, &device)
+    ///     .require_grad();
+    /// let labels = Tensor::<2, Int>::from_data([[3, 14, 15, 9], [2, 6, -100, -100]], &device);
+    /// let targets = Targets::from_sequence_tensor(labels, 50, Some(-100)).unwrap();
+    /// let options = LossOptions::new().with_ignore_index(Some(-100));
+    /// let loss = head.sequence_loss(hidden.clone(), &targets, &options).unwrap();
+    /// let grads = loss.backward();
+    /// assert_eq!(hidden.grad(&grads).unwrap().dims(), [2, 4, 8]);
+    /// ```
+    pub fn sequence_loss(
+        &self,
+        x: Tensor<3>,
+        targets: &Targets,
+        options: &LossOptions,
+    ) -> Result<Tensor<1>> {
+        LossPath::default().sequence_loss(self, x, targets, options)
+    }
+
+    /// The rows `[B * T, D]` of a sequence batch `x` `[B, T, D]`, checked first: Burn's
+    /// `reshape` reads a 0 as "keep this dimension", so an empty batch or a 0-wide input would
+    /// be a shape panic there instead of an error.
+    pub(crate) fn sequence_rows(&self, x: Tensor<3>) -> Result<Tensor<2>> {
+        let [batch, time, features] = x.dims();
+        if batch * time == 0 {
+            return Err(Error::EmptyBatch);
+        }
+        if features != self.d_input() {
+            return Err(Error::InputWidthMismatch {
+                got: features,
+                expected: self.d_input(),
+            });
+        }
+        Ok(x.reshape([batch * time, features]))
+    }
+
     /// [`loss`](Self::loss) through a chosen [`LossPath`], to compare the paths.
     pub fn loss_with_path(
         &self,

@@ -90,6 +90,25 @@ impl LossPath {
         }
     }
 
+    /// The loss of a sequence batch (an LM head) through this path: `x` `[B, T, D]` is taken as
+    /// the `N = B * T` rows `x.reshape([B * T, D])` (a view of a contiguous `x`, no copy), row
+    /// `b * T + t` for position `t` of sequence `b`; build the targets with
+    /// [`Targets::from_sequence_tensor`] (`[B, T]` labels, padding marked by an ignore index).
+    /// `.backward()` gives `x` its gradient in `x`'s shape.
+    ///
+    /// # Shapes
+    /// - `x`: `[B, T, D]`, `targets`: `B * T` rows, result: `[1]` (`[B * T]` with reduction
+    ///   none: `.reshape([B, T])` gives the grid)
+    pub fn sequence_loss(
+        self,
+        head: &LinearSoftmax,
+        x: Tensor<3>,
+        targets: &Targets,
+        options: &LossOptions,
+    ) -> Result<Tensor<1>> {
+        self.loss(head, head.sequence_rows(x)?, targets, options)
+    }
+
     /// [`loss`](Self::loss) and the per-row log-sum-exp `lse_i` `[N]` of the (capped) logits,
     /// detached from the graph (every path computes it on the way to the loss).
     pub fn loss_and_log_sum_exp(

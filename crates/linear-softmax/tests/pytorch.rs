@@ -40,6 +40,9 @@ struct Fixture {
     d_weight: Vec<f64>,
     d_bias: Option<Vec<f64>>,
     d_input: Vec<f64>,
+    /// `[B, T]` of a sequence case (rows `b * T + t`), written from PyTorch's `[B, C, T]` form.
+    sequence: Option<[usize; 2]>,
+    labels: Option<Vec<i64>>,
 }
 
 fn load(path: &Path, device: &Device, dtype: DType) -> Fixture {
@@ -73,8 +76,10 @@ fn load(path: &Path, device: &Device, dtype: DType) -> Fixture {
         .with_z_loss(o["z_loss"].as_f64().unwrap())
         .with_softcap(o["softcap"].as_f64())
         .with_l2(o["l2"].as_f64().unwrap());
-    let targets = if let Some(labels) = json["labels"].as_array() {
-        let labels: Vec<i64> = labels.iter().map(|v| v.as_i64().unwrap()).collect();
+    let labels: Option<Vec<i64>> = json["labels"]
+        .as_array()
+        .map(|labels| labels.iter().map(|v| v.as_i64().unwrap()).collect());
+    let targets = if let Some(labels) = labels.clone() {
         match options.ignore_index {
             Some(ignore) => Targets::from_indices_with_ignore(&labels, c, ignore, device),
             None => Targets::from_indices(&labels, c, device),
@@ -105,6 +110,11 @@ fn load(path: &Path, device: &Device, dtype: DType) -> Fixture {
         d_weight: floats(&json["d_weight"]).unwrap(),
         d_bias: floats(&json["d_bias"]),
         d_input: floats(&json["d_input"]).unwrap(),
+        sequence: json["sequence"].as_array().map(|bt| {
+            let bt: Vec<usize> = bt.iter().map(|v| v.as_u64().unwrap() as usize).collect();
+            [bt[0], bt[1]]
+        }),
+        labels,
     }
 }
 
@@ -179,4 +189,58 @@ fn every_path_matches_pytorch() {
             }
         }
     }
+}
+
+/// The sequence cases (PyTorch's `F.cross_entropy(logits [B, C, T], labels [B, T])` with
+/// padding) through every path's `sequence_loss` on `x` `[B, T, D]` and `.backward()`, with the
+/// targets from `Targets::from_sequence_tensor` on the model's device.
+#[test]
+fn sequence_batches_match_pytorch_on_every_path() {
+    let mut cases = 0;
+    for (backend, plain) in backends() {
+        let device = plain.autodiff();
+        for (dtype, tolerance) in [(DType::F64, PYTORCH_F64), (DType::F32, PYTORCH_F32)] {
+            for path in fixtures() {
+                let f = load(&path, &device, dtype);
+                let Some([batch, time]) = f.sequence else {
+                    continue;
+                };
+                cases += 1;
+                let c = f.head.n_classes();
+                let labels = Tensor::<2, Int>::from_data(
+                    TensorData::new(f.labels.clone().unwrap(), [batch, time]),
+                    &device,
+                );
+                let targets =
+                    Targets::from_sequence_tensor(labels, c, f.options.ignore_index).unwrap();
+                for loss_path in linear_softmax::LossPath::ALL {
+                    let context = format!("{}: {loss_path} {backend} {dtype:?}", f.name);
+                    let d = f.head.d_input();
+                    let x = f.x.clone().reshape([batch, time, d]).require_grad();
+                    let loss = loss_path
+                        .sequence_loss(&f.head, x.clone(), &targets, &f.options)
+                        .unwrap();
+                    let grads = loss.clone().sum().backward();
+                    let pairs = [
+                        ("loss", host(&loss), &f.loss),
+                        (
+                            "dW",
+                            host(&f.head.weight().grad(&grads).unwrap()),
+                            &f.d_weight,
+                        ),
+                        ("dX", host(&x.grad(&grads).unwrap()), &f.d_input),
+                        (
+                            "db",
+                            host(&f.head.bias().unwrap().grad(&grads).unwrap()),
+                            f.d_bias.as_ref().unwrap(),
+                        ),
+                    ];
+                    for (what, got, expected) in pairs {
+                        assert_close(&format!("{context} {what}"), &got, expected, tolerance);
+                    }
+                }
+            }
+        }
+    }
+    assert!(cases >= 3, "{cases} sequence cases");
 }
