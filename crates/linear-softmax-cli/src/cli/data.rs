@@ -21,7 +21,7 @@ pub struct DataArgs {
     /// pixels are scaled to [0, 1].
     #[arg(long, value_name = "FILE", requires = "idx_labels")]
     pub idx_images: Option<PathBuf>,
-    /// MNIST-format IDX labels ([count]; gzipped or not), one per image.
+    /// MNIST-format IDX labels (one dimension: the count; gzipped or not), one per image.
     #[arg(long, value_name = "FILE", requires = "idx_images")]
     pub idx_labels: Option<PathBuf>,
 }
