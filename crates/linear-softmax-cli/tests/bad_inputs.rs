@@ -21,6 +21,17 @@ use linear_softmax_cli::data::{LabelColumn, load_csv, load_idx};
 use linear_softmax_cli::model::{self, ClassifierConfig};
 use tempfile::TempDir;
 
+/// A result as the catalogue reads it: `Err` carries the message the user sees.
+trait Outcome {
+    fn outcome(self) -> Result<(), String>;
+}
+
+impl<T, E: std::fmt::Display> Outcome for Result<T, E> {
+    fn outcome(self) -> Result<(), String> {
+        self.map(|_| ()).map_err(|err| err.to_string())
+    }
+}
+
 /// One row of the catalogue.
 struct Case {
     /// What is wrong with the input.
@@ -103,8 +114,7 @@ fn head_cases(
             move || {
                 let b = make_plain()?;
                 path.loss_and_gradients(&b.head.valid(), b.x.inner(), &b.targets, &b.options)
-                    .map(|_| ())
-                    .map_err(|err| err.to_string())
+                    .outcome()
             },
         ));
     }
@@ -269,31 +279,19 @@ fn construction_rows() -> Vec<Case> {
             "label 7 of 3 classes",
             "Targets::from_indices",
             &["label 7", "index 1", "0..3"],
-            move || {
-                Targets::from_indices(&[0, 7, 1], 3, &d())
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-            },
+            move || Targets::from_indices(&[0, 7, 1], 3, &d()).outcome(),
         ),
         case(
             "label -1",
             "Targets::from_indices",
             &["label -1", "index 0"],
-            move || {
-                Targets::from_indices(&[-1], 3, &d())
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-            },
+            move || Targets::from_indices(&[-1], 3, &d()).outcome(),
         ),
         case(
             "label -100 without ignore",
             "Targets::from_indices",
             &["label -100"],
-            move || {
-                Targets::from_indices(&[0, -100], 3, &d())
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-            },
+            move || Targets::from_indices(&[0, -100], 3, &d()).outcome(),
         ),
         case(
             "probability -0.2",
@@ -301,69 +299,46 @@ fn construction_rows() -> Vec<Case> {
             &["probability -0.2", "row 1"],
             move || {
                 Targets::from_probabilities(&[0.5, 0.5, 0.0, 1.2, -0.2, 0.0], [2, 3], &d())
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
+                    .outcome()
             },
         ),
         case(
             "probability NaN",
             "Targets::from_probabilities",
             &["probability NaN", "row 0"],
-            move || {
-                Targets::from_probabilities(&[f64::NAN, 1.0], [1, 2], &d())
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-            },
+            move || Targets::from_probabilities(&[f64::NAN, 1.0], [1, 2], &d()).outcome(),
         ),
         case(
             "a row summing to 0.9",
             "Targets::from_probabilities",
             &["sum to 0.8999", "row 1"],
             move || {
-                Targets::from_probabilities(&[0.5, 0.5, 0.0, 0.3, 0.3, 0.3], [2, 3], &d())
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
+                Targets::from_probabilities(&[0.5, 0.5, 0.0, 0.3, 0.3, 0.3], [2, 3], &d()).outcome()
             },
         ),
         case(
             "2 values for [2, 3]",
             "Targets::from_probabilities",
             &["got [2]", "[2, 3]"],
-            move || {
-                Targets::from_probabilities(&[0.5, 0.5], [2, 3], &d())
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-            },
+            move || Targets::from_probabilities(&[0.5, 0.5], [2, 3], &d()).outcome(),
         ),
         case(
             "shape [2^63, 4] (its size overflows)",
             "Targets::from_probabilities",
             &["9223372036854775808"],
-            move || {
-                Targets::from_probabilities(&[0.5, 0.5], [1 << 63, 4], &d())
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-            },
+            move || Targets::from_probabilities(&[0.5, 0.5], [1 << 63, 4], &d()).outcome(),
         ),
         case(
             "shape [2^62, 8] (its size overflows)",
             "Targets::from_multi_hot",
             &["4611686018427387904"],
-            move || {
-                Targets::from_multi_hot(&[true, false], [1 << 62, 8], &d())
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-            },
+            move || Targets::from_multi_hot(&[true, false], [1 << 62, 8], &d()).outcome(),
         ),
         case(
             "a multi-hot row with no class",
             "Targets::from_multi_hot",
             &["row 1", "no class set"],
-            move || {
-                Targets::from_multi_hot(&[true, false, false, false], [2, 2], &d())
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-            },
+            move || Targets::from_multi_hot(&[true, false, false, false], [2, 2], &d()).outcome(),
         ),
         #[cfg(feature = "ndarray")]
         case(
@@ -373,80 +348,59 @@ fn construction_rows() -> Vec<Case> {
             move || {
                 #[allow(deprecated)]
                 let device = Device::ndarray();
-                linear_softmax::check_dtype(&device, DType::BF16).map_err(|e| e.to_string())
+                linear_softmax::check_dtype(&device, DType::BF16).outcome()
             },
         ),
         case(
             "labels for 0 classes",
             "Targets::from_indices_with_ignore",
             &["n_classes = 0"],
-            move || {
-                Targets::from_indices_with_ignore(&[-100], 0, -100, &d())
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-            },
+            move || Targets::from_indices_with_ignore(&[-100], 0, -100, &d()).outcome(),
         ),
         case(
             "probabilities [4, 0]",
             "Targets::from_probabilities",
             &["n_classes = 0"],
-            move || {
-                Targets::from_probabilities(&[], [4, 0], &d())
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-            },
+            move || Targets::from_probabilities(&[], [4, 0], &d()).outcome(),
         ),
         case(
             "sequence input [2, 0, 4]",
-            "autodiff::sequence_loss",
+            "LinearSoftmax::sequence_loss",
             &["empty batch"],
             move || {
                 let head = LinearSoftmaxConfig::new(4, 3).init(&d()).unwrap();
                 let labels = Tensor::<2, Int>::zeros([2, 0], &d());
-                let targets =
-                    Targets::from_sequence_tensor(labels, 3, None).map_err(|e| e.to_string())?;
+                let targets = Targets::from_sequence_tensor(labels, 3, None).unwrap();
                 let x = Tensor::<3>::zeros([2, 0, 4], &d());
-                linear_softmax::autodiff::sequence_loss(&head, x, &targets, &LossOptions::new())
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
+                head.sequence_loss(x, &targets, &LossOptions::new())
+                    .outcome()
             },
         ),
         case(
             "sequence input [2, 3, 0]",
-            "autodiff::sequence_loss",
+            "LinearSoftmax::sequence_loss",
             &["0 features", "expects 4"],
             move || {
                 let head = LinearSoftmaxConfig::new(4, 3).init(&d()).unwrap();
                 let targets =
                     Targets::from_sequence_tensor(Tensor::<2, Int>::zeros([2, 3], &d()), 3, None)
-                        .map_err(|e| e.to_string())?;
+                        .unwrap();
                 let x = Tensor::<3>::zeros([2, 3, 0], &d());
-                linear_softmax::autodiff::sequence_loss(&head, x, &targets, &LossOptions::new())
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
+                head.sequence_loss(x, &targets, &LossOptions::new())
+                    .outcome()
             },
         ),
         case(
             "n_classes 0",
             "LinearSoftmaxConfig::init",
             &["n_classes = 0"],
-            move || {
-                LinearSoftmaxConfig::new(3, 0)
-                    .init(&d())
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-            },
+            move || LinearSoftmaxConfig::new(3, 0).init(&d()).outcome(),
         ),
         case(
             "d_input 0",
             "LinearSoftmaxConfig::init",
             &["d_input = 0"],
-            move || {
-                LinearSoftmaxConfig::new(0, 3)
-                    .init(&d())
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-            },
+            move || LinearSoftmaxConfig::new(0, 3).init(&d()).outcome(),
         ),
         case(
             "bias [4] for weight [3, 5]",
@@ -457,8 +411,7 @@ fn construction_rows() -> Vec<Case> {
                     Tensor::<2>::zeros([3, 5], &d()),
                     Some(Tensor::<1>::zeros([4], &d())),
                 )
-                .map(|_| ())
-                .map_err(|e| e.to_string())
+                .outcome()
             },
         ),
         case(
@@ -470,7 +423,7 @@ fn construction_rows() -> Vec<Case> {
                 let mut values = vec![0.0f32; 12];
                 values[6] = f32::NAN;
                 let x = Tensor::<2>::from_data(TensorData::new(values, [3, 4]), &d());
-                head.check_finite(&x).map_err(|e| e.to_string())
+                head.check_finite(&x).outcome()
             },
         ),
         case(
@@ -486,7 +439,7 @@ fn construction_rows() -> Vec<Case> {
                     LinearSoftmax::from_tensors(Tensor::<2>::zeros([4, 3], &d()), Some(bias))
                         .unwrap();
                 head.check_finite(&Tensor::<2>::zeros([2, 4], &d()))
-                    .map_err(|e| e.to_string())
+                    .outcome()
             },
         ),
         case(
@@ -497,8 +450,7 @@ fn construction_rows() -> Vec<Case> {
                 Chunking::new()
                     .with_rows(Some(0))
                     .rows_for(10, 3, DType::F32)
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
+                    .outcome()
             },
         ),
     ]
@@ -525,11 +477,7 @@ fn csv_case(files: &Files, name: &str, text: &[u8], label: LabelColumn, expected
         format!("{name}: {:?}", String::from_utf8_lossy(text)),
         "data::load_csv",
         &pieces,
-        move || {
-            load_csv(&path, &label, None)
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        },
+        move || load_csv(&path, &label, None).outcome(),
     )
 }
 
@@ -679,11 +627,7 @@ fn loader_rows(files: &Files) -> Vec<Case> {
         "a missing file",
         "data::load_csv",
         &["missing.csv", "cannot read"],
-        move || {
-            load_csv(&missing, &LabelColumn::Last, None)
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        },
+        move || load_csv(&missing, &LabelColumn::Last, None).outcome(),
     ));
 
     let images = idx(&[2, 1, 2], &[0, 9, 200, 255], 3);
@@ -792,9 +736,7 @@ fn loader_rows(files: &Files) -> Vec<Case> {
         let image_path = files.write(&format!("{input}.images"), &image_bytes);
         let label_path = files.write(&format!("{input}.labels"), &label_bytes);
         rows.push(case(input, "data::load_idx", &expected, move || {
-            load_idx(&image_path, &label_path, n_classes)
-                .map(|_| ())
-                .map_err(|e| e.to_string())
+            load_idx(&image_path, &label_path, n_classes).outcome()
         }));
     }
     rows
@@ -810,9 +752,7 @@ fn saved_model(files: &Files, name: &str) -> PathBuf {
 
 fn load_case(input: &str, dir: PathBuf, expected: &[&str]) -> Case {
     case(input, "model::load", expected, move || {
-        model::load(&dir, &Device::flex())
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        model::load(&dir, &Device::flex()).outcome()
     })
 }
 
