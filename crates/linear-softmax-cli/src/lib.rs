@@ -9,6 +9,8 @@ pub mod cli;
 pub mod data;
 mod error;
 mod host;
+#[cfg(feature = "learner")]
+pub mod learner;
 pub mod metrics;
 pub mod model;
 pub mod plots;

@@ -40,7 +40,8 @@ pub enum OptimizerKind {
 }
 
 impl OptimizerKind {
-    fn init(self) -> Result<ModuleOptimizer> {
+    /// The optimizer, or an error for a momentum outside `[0, 1)`.
+    pub fn init(self) -> Result<ModuleOptimizer> {
         match self {
             Self::Sgd { momentum } if !(0.0..1.0).contains(&momentum) => {
                 Err(HeadError::InvalidOption {
