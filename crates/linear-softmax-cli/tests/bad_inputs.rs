@@ -19,6 +19,7 @@ use linear_softmax::{
 use linear_softmax_cli::cli::{self, Cli, Failure};
 use linear_softmax_cli::data::{LabelColumn, load_csv, load_idx};
 use linear_softmax_cli::model::{self, ClassifierConfig};
+use linear_softmax_cli::to_host_f64;
 use tempfile::TempDir;
 
 /// A result as the catalogue reads it: `Err` carries the message the user sees.
@@ -1017,14 +1018,8 @@ fn a_save_killed_halfway_leaves_the_previous_model_loadable() {
     let device = Device::flex();
     let (before, _) = model::load(&dir, &device).unwrap();
     let x = Tensor::<2>::ones([2, 4], &device);
-    let probabilities = |model: &model::Classifier| {
-        model
-            .probabilities(x.clone())
-            .unwrap()
-            .into_data()
-            .try_to_vec::<f32>()
-            .unwrap()
-    };
+    let probabilities =
+        |model: &model::Classifier| to_host_f64(&model.probabilities(x.clone()).unwrap()).unwrap();
 
     // What a save killed during its write leaves: half of a new record in the temporary file.
     let config = ClassifierConfig::new(4, 3).with_hidden(vec![5]);
