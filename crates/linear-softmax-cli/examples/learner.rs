@@ -1,6 +1,7 @@
 //! The digits classifier trained by `burn::train`'s `Learner`: Burn's supervised training loop
-//! with its loss and accuracy metrics, a checkpoint per epoch, and its terminal dashboard when
-//! stdout is a terminal (plain progress lines otherwise). The loss is the head's fused op.
+//! with its loss and accuracy metrics, checkpoints (the last two epochs and the best one), and
+//! its terminal dashboard when stdout is a terminal (plain progress lines otherwise). The loss
+//! is the head's fused op.
 //!
 //! ```text
 //! cargo run --release --features learner --example learner -- [--epochs 30] [--hidden 64]

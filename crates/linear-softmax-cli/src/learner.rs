@@ -1,7 +1,8 @@
 //! The classifier in `burn::train`'s `Learner` (feature `learner`): Burn's training-step traits
 //! for [`Classifier`] with the head's fused loss, a batcher for a [`Dataset`], and
 //! [`train_with_learner`], which runs Burn's supervised training with its loss and accuracy
-//! metrics, checkpoints, and the terminal dashboard where there is a terminal (plain lines
+//! metrics, checkpoints (Burn's default strategy: the last two epochs and the one with the best
+//! validation loss), and the terminal dashboard where there is a terminal (plain lines
 //! otherwise).
 
 use std::path::Path;
@@ -17,6 +18,7 @@ use burn::train::metric::{AccuracyMetric, LossMetric};
 use burn::train::{
     ClassificationOutput, InferenceStep, Learner, SupervisedTraining, TrainOutput, TrainStep,
 };
+use linear_softmax::manual::linear_forward;
 use linear_softmax::{LossOptions, Targets};
 
 use crate::data::Dataset;
@@ -70,18 +72,20 @@ impl Batcher<Row, RowBatch> for RowBatcher {
 impl Classifier {
     /// The fused loss of a batch, with the logits and labels Burn's metrics read.
     ///
-    /// The logits `[B, C]` are computed a second time, detached, for the accuracy metric (the
-    /// fused loss never materialises them).
+    /// The logits `[B, C]` are computed a second time for the accuracy metric (the fused loss
+    /// never materialises them), from detached features and parameters: outside the graph, so
+    /// nothing of it waits for a backward pass that never comes.
     pub fn forward_classification(&self, batch: RowBatch) -> ClassificationOutput {
         let features = self.features(batch.x);
         let loss = self
             .head
             .loss(features.clone(), &batch.targets, &LossOptions::new())
-            .expect("a batch of the data set's shape");
-        let logits = self
-            .head
-            .forward(features.detach())
-            .expect("a batch of the data set's shape");
+            .expect("train_with_learner checked the batches' shape against the model");
+        let logits = linear_forward(
+            features.detach(),
+            self.head.weight().detach(),
+            self.head.bias().map(Tensor::detach),
+        );
         let labels = batch
             .targets
             .indices()
@@ -129,8 +133,9 @@ pub struct LearnerConfig {
 
 /// Trains a classifier for `train` with `burn::train`'s supervised training, validating on
 /// `valid` after each epoch; checkpoints and metric logs go to `directory`
-/// (`checkpoint/model-{epoch}.bpk`, as Burn writes them). Returns the trained model (on the
-/// device's plain view).
+/// (`checkpoint/model-{epoch}.bpk`, as Burn writes them, kept for the last two epochs and the
+/// best one). Returns the trained model (on the device's plain view); an interrupted run (the
+/// dashboard quit) is an error.
 pub fn train_with_learner(
     train: &Dataset,
     valid: &Dataset,
@@ -138,14 +143,7 @@ pub fn train_with_learner(
     directory: &Path,
     device: &Device,
 ) -> Result<Classifier> {
-    if config.epochs == 0 || config.batch_size == 0 {
-        return Err(linear_softmax::Error::InvalidOption {
-            name: "epochs and batch size",
-            value: format!("{} and {}", config.epochs, config.batch_size),
-            expected: "at least 1 each",
-        }
-        .into());
-    }
+    check(config, train, valid)?;
     device.seed(config.seed);
     let model = ClassifierConfig::new(train.n_features, train.n_classes)
         .with_hidden(config.hidden.clone())
@@ -166,13 +164,65 @@ pub fn train_with_learner(
         .summary();
     let learner = Learner::new(model, config.optimizer.init()?, config.learning_rate);
     let result = training.launch(learner);
+    let failure = |message: String| Error::Data {
+        source_name: directory.display().to_string(),
+        message,
+    };
     if let Some(error) = result.error {
-        return Err(Error::Data {
-            source_name: directory.display().to_string(),
-            message: format!("training failed: {error}"),
-        });
+        return Err(failure(format!("training failed: {error}")));
+    }
+    if let Some(interruption) = result.interrupted {
+        let reason = interruption.reason.unwrap_or_else(|| "stopped".into());
+        return Err(failure(format!("training interrupted ({reason})")));
     }
     Ok(result.model)
+}
+
+/// What the training steps cannot report (they return no `Result`): the settings, and a
+/// validation set of the training set's shape.
+fn check(config: &LearnerConfig, train: &Dataset, valid: &Dataset) -> Result<()> {
+    let invalid = |name, value: String, expected| -> Result<()> {
+        Err(linear_softmax::Error::InvalidOption {
+            name,
+            value,
+            expected,
+        }
+        .into())
+    };
+    if config.epochs == 0 {
+        return invalid("epochs", "0".into(), "at least 1");
+    }
+    if config.batch_size == 0 {
+        return invalid("batch size", "0".into(), "at least 1");
+    }
+    if !(config.learning_rate.is_finite() && config.learning_rate > 0.0) {
+        return invalid(
+            "learning rate",
+            config.learning_rate.to_string(),
+            "a finite rate > 0",
+        );
+    }
+    for (what, data) in [("training", train), ("validation", valid)] {
+        if data.is_empty() || data.n_features == 0 {
+            return invalid(
+                "data set",
+                format!(
+                    "{what}: {} rows of {} features",
+                    data.len(),
+                    data.n_features
+                ),
+                "at least one row and one feature",
+            );
+        }
+    }
+    if (valid.n_features, valid.n_classes) != (train.n_features, train.n_classes) {
+        return invalid(
+            "validation set",
+            format!("{} features, {} classes", valid.n_features, valid.n_classes),
+            "the training set's features and classes",
+        );
+    }
+    Ok(())
 }
 
 /// Loads the checkpoint Burn's training wrote after `epoch` (1-based) into a classifier of

@@ -170,8 +170,14 @@ pub fn load(dir: &Path, device: &Device) -> Result<(Classifier, ClassifierConfig
     let bytes = std::fs::read(&weights)
         .map_err(|err| file_error(&weights, format!("cannot read the parameters: {err}")))?;
     let size = bytes.len();
-    // Every parameter takes at least a byte of the record: a config that promises more (a
-    // config.json of another model, or a corrupt one) must not allocate a model that large.
+    let record = ModuleRecord::from_bytes(Bytes::from_bytes_vec(bytes)).map_err(|err| {
+        file_error(
+            &weights,
+            format!("{size} bytes, not a valid burnpack record ({err}): truncated or corrupt?"),
+        )
+    })?;
+    // Every parameter takes at least a byte of the (valid) record: a config that promises more
+    // (a config.json of another model, or a corrupt one) must not allocate a model that large.
     match config.n_parameters() {
         Some(n_parameters) if n_parameters <= size => {}
         n_parameters => {
@@ -185,12 +191,6 @@ pub fn load(dir: &Path, device: &Device) -> Result<(Classifier, ClassifierConfig
             ));
         }
     }
-    let record = ModuleRecord::from_bytes(Bytes::from_bytes_vec(bytes)).map_err(|err| {
-        file_error(
-            &weights,
-            format!("{size} bytes, not a valid burnpack record ({err}): truncated or corrupt?"),
-        )
-    })?;
     let model = config
         .init(device)?
         .try_load_record(record)

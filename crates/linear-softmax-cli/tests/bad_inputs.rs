@@ -719,6 +719,14 @@ fn loader_rows(files: &Files) -> Vec<Case> {
             vec!["at least two classes"],
         ),
         (
+            // Decompressed no further than the header: the sizes overflow, so nothing follows.
+            "gzipped sizes that overflow",
+            gzip(&[idx(&[u32::MAX, u32::MAX, u32::MAX], &[], 3), vec![0; 4096]].concat()),
+            labels.clone(),
+            None,
+            vec!["overflow", "decompressed"],
+        ),
+        (
             "corrupt gzip",
             [&gzip(&images)[..20], &[0xde, 0xad, 0xbe, 0xef]].concat(),
             labels.clone(),

@@ -55,3 +55,37 @@ fn one_epoch_through_the_learner_learns_and_its_checkpoint_reloads() {
         );
     }
 }
+
+#[test]
+fn a_validation_set_of_another_shape_is_an_error_before_training() {
+    let device = Device::flex();
+    let (train, test) = digits().unwrap().stratified_split(0.2, 42).unwrap();
+    let mut fewer_classes = test.clone();
+    fewer_classes.n_classes = 9;
+    let config = LearnerConfig {
+        hidden: vec![],
+        epochs: 1,
+        batch_size: 32,
+        optimizer: OptimizerKind::Sgd { momentum: 0.9 },
+        learning_rate: 0.05,
+        seed: 7,
+    };
+    let dir = tempfile::TempDir::new().unwrap();
+    let err = train_with_learner(&train, &fewer_classes, &config, dir.path(), &device)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        err.contains("validation set = 64 features, 9 classes"),
+        "{err}"
+    );
+    let nan_rate = LearnerConfig {
+        learning_rate: f64::NAN,
+        ..config
+    };
+    let err = train_with_learner(&train, &test, &nan_rate, dir.path(), &device)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(err.contains("learning rate = NaN"), "{err}");
+}

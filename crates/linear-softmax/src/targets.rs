@@ -173,7 +173,8 @@ impl Targets {
         [rows, n_classes]: [usize; 2],
         device: &Device,
     ) -> Result<Self> {
-        if rows.checked_mul(n_classes) != Some(multi_hot.len()) || n_classes == 0 {
+        check_class_count(n_classes)?;
+        if rows.checked_mul(n_classes) != Some(multi_hot.len()) {
             return Err(Error::ShapeMismatch {
                 what: "multi-hot targets",
                 expected: vec![rows, n_classes],
@@ -308,7 +309,7 @@ fn validate_labels(labels: &[i64], n_classes: usize, ignore_index: Option<i64>) 
 
 fn validate_probabilities(values: &[f64], n_classes: usize) -> Result<()> {
     check_class_count(n_classes)?;
-    for (row, probabilities) in values.chunks(n_classes.max(1)).enumerate() {
+    for (row, probabilities) in values.chunks(n_classes).enumerate() {
         if let Some((class, &value)) = probabilities
             .iter()
             .enumerate()

@@ -190,5 +190,6 @@ fn the_head_defaults_to_the_fused_path_for_sequences() {
     let fused = LossPath::Fused
         .sequence_loss(&head, x, &targets, &options)
         .unwrap();
+    assert_eq!(LossPath::default(), LossPath::Fused);
     assert_eq!(host(&by_head), host(&fused));
 }

@@ -51,12 +51,15 @@ pub fn idx_dataset(
     let image_array = parse_idx(image_bytes, image_source, 3)?;
     let label_array = parse_idx(label_bytes, label_source, 1)?;
     let (n_images, n_labels) = (image_array.dims[0], label_array.dims[0]);
-    if image_array.dims[1..].contains(&0) {
+    if let Some(zero) = image_array.dims[1..].iter().position(|&dim| dim == 0) {
+        // The sizes are u32s after the 4-byte magic and the count.
         return Err(data_error(
             image_source,
             format!(
-                "offset 8: images of {} x {} pixels: expected at least one pixel",
-                image_array.dims[1], image_array.dims[2]
+                "offset {}: images of {} x {} pixels: expected at least one pixel",
+                8 + 4 * zero,
+                image_array.dims[1],
+                image_array.dims[2]
             ),
         ));
     }
@@ -137,10 +140,15 @@ fn gunzip(bytes: &[u8], source: &str, n_dims: usize) -> Result<Vec<u8>> {
         // parse_plain names what is missing.
         return Ok(plain);
     }
+    let expected_magic = [0, 0, UNSIGNED_BYTE, n_dims as u8];
     let declared = plain[4..]
         .chunks_exact(4)
         .map(|size| u64::from(u32::from_be_bytes(size.try_into().expect("4 bytes"))))
-        .fold(1u64, u64::saturating_mul);
+        .try_fold(1u64, u64::checked_mul);
+    let Some(declared) = declared.filter(|_| plain[..4] == expected_magic) else {
+        // A wrong magic number or sizes that overflow: parse_plain names them from the header.
+        return Ok(plain);
+    };
     decoder
         .take(declared.saturating_add(1))
         .read_to_end(&mut plain)
