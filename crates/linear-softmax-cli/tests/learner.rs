@@ -72,8 +72,7 @@ fn a_validation_set_of_another_shape_is_an_error_before_training() {
     };
     let dir = tempfile::TempDir::new().unwrap();
     let err = train_with_learner(&train, &fewer_classes, &config, dir.path(), &device)
-        .err()
-        .expect("refused")
+        .expect_err("refused")
         .to_string();
     assert!(
         err.contains("validation set = 64 features, 9 classes"),
@@ -84,8 +83,7 @@ fn a_validation_set_of_another_shape_is_an_error_before_training() {
         ..config
     };
     let err = train_with_learner(&train, &test, &nan_rate, dir.path(), &device)
-        .err()
-        .expect("refused")
+        .expect_err("refused")
         .to_string();
     assert!(err.contains("learning rate = NaN"), "{err}");
 }
