@@ -18,19 +18,24 @@ const LINEAR_ONE_EPOCH: f64 = 0.85;
 /// 10%.
 const MLP_ONE_EPOCH: f64 = 0.5;
 
+/// One epoch of the CLI's default SGD (momentum 0.9, learning rate 0.05, batches of 32).
+fn one_epoch(hidden: Vec<usize>) -> LearnerConfig {
+    LearnerConfig {
+        hidden,
+        epochs: 1,
+        batch_size: 32,
+        optimizer: OptimizerKind::Sgd { momentum: 0.9 },
+        learning_rate: 0.05,
+        seed: 7,
+    }
+}
+
 #[test]
 fn one_epoch_through_the_learner_learns_and_its_checkpoint_reloads() {
     let device = Device::flex();
     let (train, test) = digits().unwrap().stratified_split(0.2, 42).unwrap();
     for (hidden, expected) in [(vec![], LINEAR_ONE_EPOCH), (vec![16], MLP_ONE_EPOCH)] {
-        let config = LearnerConfig {
-            hidden: hidden.clone(),
-            epochs: 1,
-            batch_size: 32,
-            optimizer: OptimizerKind::Sgd { momentum: 0.9 },
-            learning_rate: 0.05,
-            seed: 7,
-        };
+        let config = one_epoch(hidden.clone());
         let dir = tempfile::TempDir::new().unwrap();
         let model = train_with_learner(&train, &test, &config, dir.path(), &device).unwrap();
         let accuracy = evaluate(&model, &test, &device)
@@ -62,14 +67,7 @@ fn a_validation_set_of_another_shape_is_an_error_before_training() {
     let (train, test) = digits().unwrap().stratified_split(0.2, 42).unwrap();
     let mut fewer_classes = test.clone();
     fewer_classes.n_classes = 9;
-    let config = LearnerConfig {
-        hidden: vec![],
-        epochs: 1,
-        batch_size: 32,
-        optimizer: OptimizerKind::Sgd { momentum: 0.9 },
-        learning_rate: 0.05,
-        seed: 7,
-    };
+    let config = one_epoch(vec![]);
     let dir = tempfile::TempDir::new().unwrap();
     let err = train_with_learner(&train, &fewer_classes, &config, dir.path(), &device)
         .expect_err("refused")

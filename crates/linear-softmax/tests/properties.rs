@@ -19,7 +19,8 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use burn::prelude::*;
 use burn::tensor::DType;
-use common::{backends, host, tensor};
+use common::cases::IGNORE;
+use common::{backends, host, tensor, uniform};
 use linear_softmax::{
     Chunking, HeadGradients, LinearSoftmax, LossOptions, Reduction, Targets, fused, manual,
 };
@@ -36,8 +37,6 @@ const DEFAULT_SEED: u64 = 0x5eed_1234;
 /// within a small factor of it. Measured over the 10,000 cases: every error is within 1x the
 /// bound, and 0.25x fails (the bound is not loose by orders of magnitude).
 const BOUND_SAFETY: f64 = 4.0;
-/// The PyTorch ignore label the ignoring target kinds use.
-const IGNORE: i64 = -100;
 
 /// A proptest config running `share` of the cases, with the fixed seed and the committed
 /// regressions file.
@@ -168,8 +167,9 @@ fn f32_exact(value: f64) -> f64 {
 
 /// Values in `[-scale, scale)`, rounded to f32.
 fn values(rng: &mut StdRng, len: usize, scale: f64) -> Vec<f64> {
-    (0..len)
-        .map(|_| f32_exact(rng.random_range(-scale..scale)))
+    uniform(rng, len, scale)
+        .into_iter()
+        .map(f32_exact)
         .collect()
 }
 

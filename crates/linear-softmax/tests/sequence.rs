@@ -5,12 +5,11 @@
 mod common;
 
 use burn::prelude::*;
+use common::cases::IGNORE;
 use common::{assert_close, backends, dtypes, host, tensor, uniform};
 use linear_softmax::{LinearSoftmax, LossOptions, LossPath, Reduction, Targets};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
-
-const IGNORE: i64 = -100;
 
 /// `[B, T]` labels in `0..C` where sequence `b` is `lengths[b]` long and padded after.
 fn padded_labels(lengths: &[usize], time: usize, c: usize, seed: u64) -> Vec<i64> {
