@@ -25,7 +25,7 @@ use crate::model::Classifier;
 use linear_softmax::LossOptions;
 use linear_softmax::Targets;
 use linear_softmax::manual;
-use linear_softmax::{LinearSoftmax, LossPath};
+use linear_softmax::{LinearSoftmax, LossPath, LossStats};
 
 /// The optimizer of [`train`], from `burn::optim`.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -89,7 +89,9 @@ pub struct EpochMetrics {
     pub epoch: usize,
     /// Mean training loss over the epoch's steps (with the L2 penalty, as optimised).
     pub train_loss: f64,
-    /// Accuracy on the whole training set after the epoch.
+    /// Accuracy on the epoch's training batches, each counted by its own step's loss pass
+    /// (before that step's update; `loss_with_stats`, no second forward pass), as Keras and
+    /// burn-train report it.
     pub train_accuracy: f64,
     /// Mean cross-entropy on the test set after the epoch.
     pub test_loss: f64,
@@ -163,11 +165,17 @@ pub fn train(
         let steps = order.len().div_ceil(config.batch_size);
         observer.on_epoch_start(epoch, steps);
         let mut loss_sum = 0.0;
+        // The epoch's correct and counted rows, summed on the device, read once at its end.
+        let mut tally: Option<[Tensor<1, Int>; 2]> = None;
         for (step, rows) in order.chunks(config.batch_size).enumerate() {
             let batch = train.subset(rows);
             let x = batch.features_tensor(device);
             let targets = batch.targets(device)?;
-            let (loss, gradients) = match config.path {
+            let Step {
+                loss,
+                gradients,
+                stats,
+            } = match config.path {
                 path @ (LossPath::Autodiff | LossPath::Fused) => {
                     graph_step(&model, x, &targets, &config.options, path)
                 }
@@ -185,14 +193,25 @@ pub fn train(
             }
             model = optimizer.step(config.learning_rate, model, gradients);
             loss_sum += loss;
+            tally = Some(match tally {
+                Some([correct, counted]) => [correct + stats.correct, counted + stats.counted],
+                None => [stats.correct, stats.counted],
+            });
             observer.on_step(loss);
         }
         let plain = model.valid();
         let on_test = evaluate(&plain, test, device)?;
+        let train_accuracy = match &tally {
+            Some([correct, counted]) => {
+                let counted = to_host_i64(counted)?[0];
+                to_host_i64(correct)?[0] as f64 / counted.max(1) as f64
+            }
+            None => 0.0,
+        };
         let metrics = EpochMetrics {
             epoch,
             train_loss: loss_sum / steps as f64,
-            train_accuracy: evaluate(&plain, train, device)?.confusion.accuracy(),
+            train_accuracy,
             test_loss: on_test.mean_loss,
             test_accuracy: on_test.confusion.accuracy(),
             seconds: started.elapsed().as_secs_f64(),
@@ -200,6 +219,15 @@ pub fn train(
         observer.on_epoch_end(&metrics, &plain)?;
     }
     Ok(model.valid())
+}
+
+/// What one training step computed.
+struct Step {
+    /// The batch's loss, on the host.
+    loss: f64,
+    gradients: GradientsParams,
+    /// The batch's predictions and correct rows, from the loss's own pass.
+    stats: LossStats,
 }
 
 /// Burn's autograd through the whole network, the head's loss through `path` (the autodiff
@@ -211,14 +239,13 @@ fn graph_step(
     targets: &Targets,
     options: &LossOptions,
     path: LossPath,
-) -> Result<(f64, GradientsParams)> {
-    let loss = model
-        .head
-        .loss_with_path(model.features(x), targets, options, path)?;
-    Ok((
-        to_host_f64(&loss)?[0],
-        GradientsParams::from_grads(loss.backward(), model),
-    ))
+) -> Result<Step> {
+    let (loss, stats) = path.loss_with_stats(&model.head, model.features(x), targets, options)?;
+    Ok(Step {
+        loss: to_host_f64(&loss)?[0],
+        gradients: GradientsParams::from_grads(loss.backward(), model),
+        stats,
+    })
 }
 
 /// The hand-derived backward: the head's `dW, db, dX`, then, layer by layer downwards,
@@ -228,7 +255,7 @@ fn manual_step(
     x: Tensor<2>,
     targets: &Targets,
     options: &LossOptions,
-) -> Result<(f64, GradientsParams)> {
+) -> Result<Step> {
     // Forward, keeping each hidden layer's input and pre-activation for the backward.
     let mut saved = Vec::with_capacity(model.hidden.len());
     let mut activation = x;
@@ -237,7 +264,8 @@ fn manual_step(
         saved.push((activation, pre_activation.clone()));
         activation = relu(pre_activation);
     }
-    let head = manual::loss_and_gradients(&model.head, activation, targets, options)?;
+    let (head, stats) =
+        manual::loss_gradients_and_stats(&model.head, activation, targets, options)?;
     let mut gradients = GradientsParams::new();
     let linear = &model.head.linear;
     gradients.register(linear.weight.id, head.d_weight);
@@ -259,7 +287,11 @@ fn manual_step(
         }
         d_activation = layer_gradients.d_input;
     }
-    Ok((to_host_f64(&head.loss)?[0], gradients))
+    Ok(Step {
+        loss: to_host_f64(&head.loss)?[0],
+        gradients,
+        stats,
+    })
 }
 
 fn check_step_settings(batch_size: usize, learning_rate: f64) -> Result<()> {

@@ -10,7 +10,9 @@
 //! `sweep_c` (N = 2048, D = 512, C in {4096, 32768, 131072}) and `sweep_n` (D = 512, C = 32768,
 //! N in {512, 2048, 8192}). Paths: our `autodiff` path, the `manual` (hand-derived) gradients,
 //! the `fused` op (default chunking), Burn's `Linear` + `CrossEntropyLoss` (`burn_ce`), all
-//! through `.backward()` except `manual` (which returns its gradients directly), and the
+//! through `.backward()` except `manual` (which returns its gradients directly),
+//! `fused_stats` (the fused step through `fused::loss_with_stats`, which also returns the
+//! predictions and the correct count: its cost over `fused` is the statistics'), and the
 //! `floor`: the step's three GEMMs `S = XW`, `X^T G`, `G W^T` on the same backend (transposes
 //! made contiguous before timing). The LM-sized steps take about a second each: those groups
 //! take ten single-iteration samples.
@@ -29,14 +31,16 @@ enum Step {
     Autodiff,
     Manual,
     Fused,
+    FusedStats,
     BurnCe,
     Floor,
 }
 
-const STEPS: [Step; 5] = [
+const STEPS: [Step; 6] = [
     Step::Autodiff,
     Step::Manual,
     Step::Fused,
+    Step::FusedStats,
     Step::BurnCe,
     Step::Floor,
 ];
@@ -47,6 +51,7 @@ impl Step {
             Self::Autodiff => "autodiff",
             Self::Manual => "manual",
             Self::Fused => "fused",
+            Self::FusedStats => "fused_stats",
             Self::BurnCe => "burn_ce",
             Self::Floor => "floor",
         }
@@ -100,14 +105,20 @@ fn step(kind: Step, p: &Problem) -> f32 {
                 .expect("a valid batch");
             first(g.d_weight) + first(g.d_input)
         }
-        Step::Autodiff | Step::Fused | Step::BurnCe => {
+        Step::Autodiff | Step::Fused | Step::FusedStats | Step::BurnCe => {
             let head = p.head.clone().train();
             let x = p.x.clone().autodiff().require_grad();
+            let mut correct = 0.0;
             let loss = match kind {
                 Step::Autodiff => {
                     head.loss_with_path(x.clone(), &p.targets, &options, LossPath::Autodiff)
                 }
                 Step::Fused => fused::loss(&head, x.clone(), &p.targets, &options),
+                Step::FusedStats => fused::loss_with_stats(&head, x.clone(), &p.targets, &options)
+                    .map(|(loss, stats)| {
+                        correct = stats.correct.into_scalar::<i64>() as f32;
+                        loss
+                    }),
                 _ => {
                     let logits = head.linear.forward(x.clone());
                     let labels = p.targets.indices().expect("class targets").clone();
@@ -124,7 +135,7 @@ fn step(kind: Step, p: &Problem) -> f32 {
                 .grad_remove(&mut grads)
                 .expect("W is tracked");
             let d_input = x.grad_remove(&mut grads).expect("x is tracked");
-            first(d_weight) + first(d_input)
+            first(d_weight) + first(d_input) + correct
         }
     }
 }

@@ -16,6 +16,7 @@ use crate::head::{LinearSoftmax, log_sum_exp};
 use crate::manual::{linear_forward, reduction_forward, with_l2};
 use crate::options::LossOptions;
 use crate::resolved::{ResolvedLoss, ResolvedTargets};
+use crate::stats::LossStats;
 use crate::targets::Targets;
 
 /// The per-row losses `l_i` `[N]` of `logits` `[N, C]` and the mean's denominator `[1]`.
@@ -114,7 +115,22 @@ pub fn loss_and_log_sum_exp(
 ) -> Result<(Tensor<1>, Tensor<1>)> {
     head.check_loss_inputs(&x, targets, options)?;
     let (loss, logits) = loss_of_parts(x, head.weight(), head.bias(), targets, options);
-    Ok((loss, log_sum_exp(logits.detach())))
+    Ok((loss, log_sum_exp(logits.capped.detach())))
+}
+
+/// [`loss`] and the per-row [`LossStats`], taken from the full `[N, C]` logits this path
+/// forms anyway; the statistics are detached from the graph.
+pub fn loss_with_stats(
+    head: &LinearSoftmax,
+    x: Tensor<2>,
+    targets: &Targets,
+    options: &LossOptions,
+) -> Result<(Tensor<1>, LossStats)> {
+    head.check_loss_inputs(&x, targets, options)?;
+    let (loss, logits) = loss_of_parts(x, head.weight(), head.bias(), targets, options);
+    let log_sum_exp = log_sum_exp(logits.capped.clone().detach());
+    let stats = LossStats::from_logits(logits.raw, logits.capped, log_sum_exp, targets, options);
+    Ok((loss, stats))
 }
 
 /// The loss of a sequence batch `x` `[B, T, D]` (an LM head), as `N = B * T` rows; build the
@@ -128,24 +144,31 @@ pub fn sequence_loss(
     loss(head, head.sequence_rows(x)?, targets, options)
 }
 
-/// The loss and the (capped) logits from explicit parameters; the callers check.
+/// The logits of a loss: `S = X W + b` and `S'`, after the softcap (`S` itself without one).
+pub(crate) struct Logits {
+    pub(crate) raw: Tensor<2>,
+    pub(crate) capped: Tensor<2>,
+}
+
+/// The loss and the logits from explicit parameters; the callers check.
 pub(crate) fn loss_of_parts(
     x: Tensor<2>,
     weight: Tensor<2>,
     bias: Option<Tensor<1>>,
     targets: &Targets,
     options: &LossOptions,
-) -> (Tensor<1>, Tensor<2>) {
-    let mut logits = linear_forward(x, weight.clone(), bias);
-    if let Some(cap) = options.softcap {
+) -> (Tensor<1>, Logits) {
+    let raw = linear_forward(x, weight.clone(), bias);
+    let capped = match options.softcap {
         // Written out rather than calling `manual::softcap_forward`: this path is the reference.
         // `* (1 / c)`, not `/ c`: Burn 0.22.1's autodiff `div_scalar` backward rounds the
         // scalar to f32, which would cost f64 gradients 8 digits.
-        logits = (logits * (1.0 / cap)).tanh() * cap;
-    }
-    let (rows, denominator) = cross_entropy_rows(logits.clone(), targets, options);
+        Some(cap) => (raw.clone() * (1.0 / cap)).tanh() * cap,
+        None => raw.clone(),
+    };
+    let (rows, denominator) = cross_entropy_rows(capped.clone(), targets, options);
     let loss = reduction_forward(rows, denominator, options.reduction);
-    (with_l2(loss, weight, options), logits)
+    (with_l2(loss, weight, options), Logits { raw, capped })
 }
 
 /// The loss and the gradients `dW, db, dX` that Burn's autograd derives (the loss's every

@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 use crate::host::to_host_f64;
 use crate::loss_path::LossPath;
 use crate::options::LossOptions;
+use crate::stats::LossStats;
 use crate::targets::Targets;
 
 /// Configuration of a [`LinearSoftmax`] head, created with [`init`](LinearSoftmaxConfig::init).
@@ -280,6 +281,37 @@ impl LinearSoftmax {
         options: &LossOptions,
     ) -> Result<(Tensor<1>, Tensor<1>)> {
         LossPath::default().loss_and_log_sum_exp(self, x, targets, options)
+    }
+
+    /// [`loss`](Self::loss) and the per-row [`LossStats`] from the same fused pass: each
+    /// row's predicted class, the number of correct rows among those not ignored, the target
+    /// log-probabilities and `lse`, with no second forward pass and no `[N, C]` tensor (see
+    /// [`crate::fused::loss_with_stats`]). The statistics are detached from the graph.
+    ///
+    /// # Shapes
+    /// - `x`: `[N, D]`, `targets`: `[N]` or `[N, C]`, loss: `[1]` (`[N]` with reduction none)
+    pub fn loss_with_stats(
+        &self,
+        x: Tensor<2>,
+        targets: &Targets,
+        options: &LossOptions,
+    ) -> Result<(Tensor<1>, LossStats)> {
+        LossPath::default().loss_with_stats(self, x, targets, options)
+    }
+
+    /// [`sequence_loss`](Self::sequence_loss) and the per-token [`LossStats`] (token accuracy
+    /// over the non-padding positions, token log-likelihoods), by the fused op.
+    ///
+    /// # Shapes
+    /// - `x`: `[B, T, D]`, `targets`: `[B, T]` labels; the statistics' rows are the `B * T`
+    ///   positions (`.reshape([B, T])` gives the grid)
+    pub fn sequence_loss_with_stats(
+        &self,
+        x: Tensor<3>,
+        targets: &Targets,
+        options: &LossOptions,
+    ) -> Result<(Tensor<1>, LossStats)> {
+        LossPath::default().sequence_loss_with_stats(self, x, targets, options)
     }
 
     /// The loss of a sequence batch `x` `[B, T, D]` (an LM head) by the fused op: the rows

@@ -48,6 +48,7 @@ mod loss_path;
 pub mod manual;
 mod options;
 mod resolved;
+mod stats;
 mod targets;
 
 pub use error::{Error, Result};
@@ -56,6 +57,7 @@ pub use gradients::HeadGradients;
 pub use head::{LinearSoftmax, LinearSoftmaxConfig, check_dtype, log_sum_exp};
 pub use loss_path::LossPath;
 pub use options::{LossOptions, Reduction};
+pub use stats::LossStats;
 pub use targets::{PROBABILITY_SUM_TOLERANCE, TargetKind, Targets};
 
 #[doc = include_str!("../README.md")]

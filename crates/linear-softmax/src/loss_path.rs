@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 use crate::gradients::HeadGradients;
 use crate::head::LinearSoftmax;
 use crate::options::LossOptions;
+use crate::stats::LossStats;
 use crate::targets::Targets;
 use crate::{autodiff, fused, manual};
 
@@ -123,6 +124,39 @@ impl LossPath {
             Self::Manual => manual::loss_and_log_sum_exp(head, x, targets, options),
             Self::Fused => fused::loss_and_log_sum_exp(head, x, targets, options),
         }
+    }
+
+    /// [`loss`](Self::loss) and the per-row [`LossStats`] (predictions, the correct and
+    /// counted rows, target log-probabilities, `lse`), detached from the graph: the fused path
+    /// computes them in its chunked pass, the others from the `[N, C]` logits they form.
+    ///
+    /// # Shapes
+    /// - `x`: `[N, D]`, `targets`: `[N]` or `[N, C]`, loss: `[1]` (`[N]` with reduction none)
+    pub fn loss_with_stats(
+        self,
+        head: &LinearSoftmax,
+        x: Tensor<2>,
+        targets: &Targets,
+        options: &LossOptions,
+    ) -> Result<(Tensor<1>, LossStats)> {
+        match self {
+            Self::Autodiff => autodiff::loss_with_stats(head, x, targets, options),
+            Self::Manual => manual::loss_with_stats(head, x, targets, options),
+            Self::Fused => fused::loss_with_stats(head, x, targets, options),
+        }
+    }
+
+    /// [`sequence_loss`](Self::sequence_loss) and the per-token [`LossStats`]: the
+    /// predictions and target log-probabilities come as `B * T` rows (`.reshape([B, T])`
+    /// gives the grid), and padding is not counted.
+    pub fn sequence_loss_with_stats(
+        self,
+        head: &LinearSoftmax,
+        x: Tensor<3>,
+        targets: &Targets,
+        options: &LossOptions,
+    ) -> Result<(Tensor<1>, LossStats)> {
+        self.loss_with_stats(head, head.sequence_rows(x)?, targets, options)
     }
 
     /// The loss and its gradients `dW, db, dX` through this path, as plain values.

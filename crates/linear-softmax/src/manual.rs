@@ -29,6 +29,7 @@ use crate::gradients::HeadGradients;
 use crate::head::LinearSoftmax;
 use crate::options::{LossOptions, Reduction};
 use crate::resolved::{ResolvedLoss, ResolvedTargets};
+use crate::stats::LossStats;
 use crate::targets::Targets;
 
 /// Scores `S = X W + b`.
@@ -396,6 +397,27 @@ pub fn loss_and_log_sum_exp(
     Ok((with_l2(loss, weight, options), log_sum_exp))
 }
 
+/// [`loss`] and the per-row [`LossStats`], taken from the `[N, C]` logits this path forms
+/// anyway; the statistics are detached from any graph.
+pub fn loss_with_stats(
+    head: &LinearSoftmax,
+    x: Tensor<2>,
+    targets: &Targets,
+    options: &LossOptions,
+) -> Result<(Tensor<1>, LossStats)> {
+    head.check_loss_inputs(&x, targets, options)?;
+    let weight = head.weight();
+    let logits = linear_forward(x, weight.clone(), head.bias());
+    let capped = options
+        .softcap
+        .map(|cap| softcap_forward(logits.clone(), cap));
+    let capped = capped.unwrap_or_else(|| logits.clone());
+    let (row_losses, cache) = softmax_cross_entropy_forward(capped.clone(), targets, options);
+    let stats = LossStats::from_logits(logits, capped, cache.log_sum_exp, targets, options);
+    let loss = reduction_forward(row_losses, cache.denominator, options.reduction);
+    Ok((with_l2(loss, weight, options), stats))
+}
+
 /// The loss and its hand-derived gradients `dW, db, dX` (upstream gradient 1 for every entry
 /// of the loss, as `loss.backward()` would seed it).
 ///
@@ -407,6 +429,29 @@ pub fn loss_and_gradients(
     targets: &Targets,
     options: &LossOptions,
 ) -> Result<HeadGradients> {
+    Ok(gradients_and_maybe_stats(head, x, targets, options, false)?.0)
+}
+
+/// [`loss_and_gradients`] and the per-row [`LossStats`] from the same logits: a training step
+/// by hand that reports its accuracy without a second forward pass.
+pub fn loss_gradients_and_stats(
+    head: &LinearSoftmax,
+    x: Tensor<2>,
+    targets: &Targets,
+    options: &LossOptions,
+) -> Result<(HeadGradients, LossStats)> {
+    let (gradients, stats) = gradients_and_maybe_stats(head, x, targets, options, true)?;
+    Ok((gradients, stats.expect("asked for")))
+}
+
+/// The hand-derived gradients, and the statistics when `stats`.
+fn gradients_and_maybe_stats(
+    head: &LinearSoftmax,
+    x: Tensor<2>,
+    targets: &Targets,
+    options: &LossOptions,
+    stats: bool,
+) -> Result<(HeadGradients, Option<LossStats>)> {
     head.check_loss_inputs(&x, targets, options)?;
     let weight = head.weight();
     let bias = head.bias();
@@ -417,8 +462,15 @@ pub fn loss_and_gradients(
     let capped = options
         .softcap
         .map(|cap| softcap_forward(logits.clone(), cap));
-    let (row_losses, cache) =
-        softmax_cross_entropy_forward(capped.clone().unwrap_or(logits), targets, options);
+    let (row_losses, cache) = softmax_cross_entropy_forward(
+        capped.clone().unwrap_or_else(|| logits.clone()),
+        targets,
+        options,
+    );
+    let stats = stats.then(|| {
+        let capped = capped.clone().unwrap_or_else(|| logits.clone());
+        LossStats::from_logits(logits, capped, cache.log_sum_exp.clone(), targets, options)
+    });
     let denominator = cache.denominator.clone();
     let loss = reduction_forward(row_losses, denominator.clone(), options.reduction);
 
@@ -432,10 +484,11 @@ pub fn loss_and_gradients(
         d_bias,
         d_input,
     } = linear_backward(x, weight.clone(), has_bias, d_logits);
-    Ok(HeadGradients {
+    let gradients = HeadGradients {
         loss: with_l2(loss, weight.clone(), options),
         d_weight: with_l2_gradient(d_weight, weight, options),
         d_bias,
         d_input,
-    })
+    };
+    Ok((gradients, stats))
 }

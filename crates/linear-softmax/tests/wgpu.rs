@@ -259,3 +259,64 @@ fn a_chunk_of_more_rows_than_a_grid_dimension_holds() {
     assert_gradients_close("65600 rows", &fused, &reference, F32_AGREEMENT);
     finish_wgpu();
 }
+
+/// `loss_with_stats` on wgpu, on the model's autodiff device: the Cube kernel (class indices,
+/// some ignored) and the tensor kernel (probabilities; softcap) give `predict`'s predictions
+/// and the autodiff path's counts, target log-probabilities and `lse`; `.backward()` works.
+#[test]
+fn statistics_on_wgpu_match_predict_and_the_autodiff_path() {
+    let device = wgpu().autodiff();
+    let [n, d, c] = [9, 6, 37];
+    let p = problem([n, d, c], true, DType::F32, &device, 4);
+    let head = p.head.clone().train();
+    let ignored = targets(Kind::Ignored, &p, [n, c], &device, 1);
+    let soft = targets(Kind::Probabilities, &p, [n, c], &device, 2);
+    let ignore = LossOptions::new().with_ignore_index(Some(common::cases::IGNORE));
+    let softcap = LossOptions::new().with_softcap(Some(5.0));
+    let int = |tensor: &Tensor<1, Int>| tensor.to_data().convert::<i64>().to_vec::<i64>().unwrap();
+    let predicted = int(&head.predict(p.x.clone()).unwrap());
+    let cases = [
+        ("classes, ignored rows", &ignored, &ignore, Kernel::Cube),
+        ("probabilities", &soft, &LossOptions::new(), Kernel::Tensor),
+        ("softcap", &p.targets, &softcap, Kernel::Tensor),
+    ];
+    for (name, targets, options, kernel) in cases {
+        assert_eq!(
+            fused::kernel_for(&head, &p.x, targets, options).kernel,
+            kernel
+        );
+        let x = p.x.clone().require_grad();
+        let (loss, stats) = head.loss_with_stats(x.clone(), targets, options).unwrap();
+        assert!(x.grad(&loss.backward()).is_some(), "{name}");
+        let (_, reference) = LossPath::Autodiff
+            .loss_with_stats(&head, p.x.clone(), targets, options)
+            .unwrap();
+        assert_eq!(int(&stats.predictions), predicted, "{name}: predictions");
+        assert_eq!(
+            int(&stats.correct),
+            int(&reference.correct),
+            "{name}: correct"
+        );
+        assert_eq!(
+            int(&stats.counted),
+            int(&reference.counted),
+            "{name}: counted"
+        );
+        for (what, actual, expected) in [
+            (
+                "target log-probability",
+                &stats.target_log_probability,
+                &reference.target_log_probability,
+            ),
+            ("lse", &stats.log_sum_exp, &reference.log_sum_exp),
+        ] {
+            assert_close(
+                &format!("{name}: {what}"),
+                &host(actual),
+                &host(expected),
+                F32_AGREEMENT,
+            );
+        }
+    }
+    finish_wgpu();
+}

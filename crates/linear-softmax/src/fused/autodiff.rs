@@ -20,18 +20,15 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, AutodiffBackend, Backend};
 
 use super::backend::{
-    FusedInputs, FusedLinearCrossEntropyOps, FusedOutput, FusedSpec, Optional, RowUpstream,
-    TargetPrimitives, WantedGradients,
+    FusedInputs, FusedLinearCrossEntropyOps, FusedOutput, FusedSpec, Optional, OptionalInt,
+    RowUpstream, TargetPrimitives, WantedGradients,
 };
 use crate::options::Reduction;
 
 impl<B: FusedLinearCrossEntropyOps, C: CheckpointStrategy> FusedLinearCrossEntropyOps
     for Autodiff<B, C>
 {
-    fn linear_cross_entropy(
-        inputs: FusedInputs<Self>,
-        spec: FusedSpec,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+    fn linear_cross_entropy(inputs: FusedInputs<Self>, spec: FusedSpec) -> FusedOutput<Self> {
         let FusedInputs {
             x,
             weight,
@@ -72,28 +69,31 @@ impl<B: FusedLinearCrossEntropyOps, C: CheckpointStrategy> FusedLinearCrossEntro
             };
             let state = RecomputeState {
                 inputs: inputs.clone(),
-                spec: spec.clone(),
+                // The statistics come from the forward pass; the backward recomputes gradients.
+                spec: FusedSpec {
+                    stats: false,
+                    ..spec.clone()
+                },
                 wanted,
             };
-            let (loss, log_sum_exp) = B::linear_cross_entropy(inputs, spec);
+            let output = B::linear_cross_entropy(inputs, spec);
             let loss = match bias_node {
                 Some(bias_node) => record::<B, C, 3, _>(
                     RecomputeBackward,
                     [x_node, weight_node, bias_node],
-                    loss,
+                    output.loss.clone(),
                     state,
                 ),
-                None => record::<B, C, 2, _>(RecomputeBackward, [x_node, weight_node], loss, state),
+                None => record::<B, C, 2, _>(
+                    RecomputeBackward,
+                    [x_node, weight_node],
+                    output.loss.clone(),
+                    state,
+                ),
             };
-            return (loss, Self::from_inner(log_sum_exp));
+            return with_constants(loss, output);
         }
-        let FusedOutput {
-            loss,
-            d_input,
-            d_weight,
-            d_bias,
-            log_sum_exp,
-        } = B::linear_cross_entropy_with_gradients(
+        let output = B::linear_cross_entropy_with_gradients(
             FusedInputs {
                 x,
                 weight,
@@ -105,26 +105,33 @@ impl<B: FusedLinearCrossEntropyOps, C: CheckpointStrategy> FusedLinearCrossEntro
             wanted,
             RowUpstream::Ones,
         );
+        // The gradients move into the node's state; the rest of the output is handed out.
         let (d_input, d_weight, d_bias) = (
-            d_input.into_option(),
-            d_weight.into_option(),
-            d_bias.into_option(),
+            output.d_input.into_option(),
+            output.d_weight.into_option(),
+            output.d_bias.into_option(),
         );
         let loss = match bias_node {
             Some(bias_node) => record::<B, C, 3, _>(
                 PrecomputedBackward,
                 [x_node, weight_node, bias_node],
-                loss,
+                output.loss.clone(),
                 [d_input, d_weight, d_bias],
             ),
             None => record::<B, C, 2, _>(
                 PrecomputedBackward,
                 [x_node, weight_node],
-                loss,
+                output.loss.clone(),
                 [d_input, d_weight],
             ),
         };
-        (loss, Self::from_inner(log_sum_exp))
+        let rest = FusedOutput {
+            d_input: Optional::Absent,
+            d_weight: Optional::Absent,
+            d_bias: Optional::Absent,
+            ..output
+        };
+        with_constants(loss, rest)
     }
 
     fn linear_cross_entropy_with_gradients(
@@ -159,8 +166,35 @@ impl<B: FusedLinearCrossEntropyOps, C: CheckpointStrategy> FusedLinearCrossEntro
             d_weight: optional(output.d_weight),
             d_bias: optional(output.d_bias),
             log_sum_exp: constant(output.log_sum_exp),
+            predictions: inner_int(output.predictions),
+            target_logits: optional(output.target_logits),
         }
     }
+}
+
+/// The graph node `loss` with the inner kernel's per-row outputs as constants (its gradients,
+/// kept by the node, are not handed out).
+fn with_constants<B: Backend, C: CheckpointStrategy>(
+    loss: FloatTensor<Autodiff<B, C>>,
+    output: FusedOutput<B>,
+) -> FusedOutput<Autodiff<B, C>> {
+    let constant = <Autodiff<B, C> as AutodiffBackend>::from_inner;
+    FusedOutput {
+        loss,
+        d_input: Optional::Absent,
+        d_weight: Optional::Absent,
+        d_bias: Optional::Absent,
+        log_sum_exp: constant(output.log_sum_exp),
+        predictions: inner_int(output.predictions),
+        target_logits: output.target_logits.into_option().map(constant).into(),
+    }
+}
+
+/// Int tensors are the same on `Autodiff<B, C>` as on `B` (autodiff does not wrap them).
+fn inner_int<B: Backend, C: CheckpointStrategy>(
+    tensor: OptionalInt<B>,
+) -> OptionalInt<Autodiff<B, C>> {
+    tensor.into_option().into()
 }
 
 /// The targets as the inner backend's primitives: labels are Int tensors, which autodiff does

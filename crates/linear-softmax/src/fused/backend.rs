@@ -87,6 +87,34 @@ impl<B: Backend> Optional<B> {
     }
 }
 
+/// An optional Int tensor (the per-row predictions, when statistics were not asked for).
+#[derive(Clone, Debug, ExtensionType)]
+pub enum OptionalInt<B: Backend> {
+    /// The tensor.
+    Present(IntTensor<B>),
+    /// No tensor.
+    Absent,
+}
+
+impl<B: Backend> OptionalInt<B> {
+    /// The tensor as an `Option`.
+    pub fn into_option(self) -> Option<IntTensor<B>> {
+        match self {
+            Self::Present(tensor) => Some(tensor),
+            Self::Absent => None,
+        }
+    }
+}
+
+impl<B: Backend> From<Option<IntTensor<B>>> for OptionalInt<B> {
+    fn from(tensor: Option<IntTensor<B>>) -> Self {
+        match tensor {
+            Some(tensor) => Self::Present(tensor),
+            None => Self::Absent,
+        }
+    }
+}
+
 /// The targets as primitives of the loss's backend (validated where they were built).
 #[derive(Clone, Debug, ExtensionType)]
 pub enum TargetPrimitives<B: Backend> {
@@ -127,12 +155,14 @@ pub enum RowUpstream<B: Backend> {
     Rows(FloatTensor<B>),
 }
 
-/// What the fused op returns: the loss, the gradients it was asked for, and the per-row
-/// log-sum-exp (a by-product of the row pass, free to keep).
+/// What the fused op returns: the loss, the gradients it was asked for, the per-row
+/// log-sum-exp (a by-product of the row pass, free to keep), and the per-row statistics when
+/// [`FusedSpec::stats`] asked for them.
 ///
 /// # Shapes
 /// - `loss`: `[1]` (`[N]` for reduction none), without the L2 term
-/// - `d_input`: `[N, D]`, `d_weight`: `[D, C]`, `d_bias`: `[C]`, `log_sum_exp`: `[N]`
+/// - `d_input`: `[N, D]`, `d_weight`: `[D, C]`, `d_bias`: `[C]`, `log_sum_exp`: `[N]`,
+///   `predictions`: `[N]` (Int), `target_logits`: `[N]`
 #[derive(Clone, Debug, ExtensionType)]
 pub struct FusedOutput<B: Backend> {
     /// The reduced loss.
@@ -148,15 +178,27 @@ pub struct FusedOutput<B: Backend> {
     pub d_bias: Optional<B>,
     /// `lse_i`, the per-row log-sum-exp of the (capped) logits.
     pub log_sum_exp: FloatTensor<B>,
+    /// `argmax_k S_ik` of the logits before any softcap (the first maximum; a NaN counts as
+    /// the largest), with the labels' Int type.
+    #[extension_type]
+    pub predictions: OptionalInt<B>,
+    /// `sum_k T_ik S'_ik` of the (capped) logits for the targets as given (class indices:
+    /// `S'_{i, y_i}`, an arbitrary value for ignored rows; probabilities: the expectation).
+    #[extension_type]
+    pub target_logits: Optional<B>,
 }
 
-/// The plain (non-tensor) part of a fused call: the loss definition and the chunk size.
+/// The plain (non-tensor) part of a fused call: the loss definition, the chunk size, and
+/// whether to return the per-row statistics.
 #[derive(Clone, Debug)]
 pub struct FusedSpec {
     /// The loss options (the L2 term is left to the callers).
     pub options: LossOptions,
     /// Rows per chunk `R`.
     pub chunk_rows: usize,
+    /// Whether the row pass also returns each row's prediction and target logit
+    /// ([`FusedOutput::predictions`], [`FusedOutput::target_logits`]).
+    pub stats: bool,
 }
 
 /// Linear layer + softmax cross-entropy with every [`LossOptions`] option (but the L2 term,
@@ -175,24 +217,24 @@ pub struct FusedSpec {
     Autodiff
 )]
 pub trait FusedLinearCrossEntropyOps: Backend {
-    /// The loss and the per-row log-sum-exp `lse_i` `[N]`.
+    /// The loss, the per-row log-sum-exp `lse_i` `[N]` and, when `spec.stats`, the per-row
+    /// statistics; no gradients.
     ///
     /// On a plain backend this is the forward pass alone. On `Autodiff<B, C>` the loss is a
     /// graph node: the gradients of the tracked inputs are computed in the same pass and kept
     /// for the backward, which only scales them by the upstream gradient (reduction none: the
-    /// backward recomputes the chunks with the per-row upstream gradient); `lse` is a
-    /// constant.
+    /// backward recomputes the chunks with the per-row upstream gradient); everything else is
+    /// a constant.
     fn linear_cross_entropy(
         #[extension_type] inputs: FusedInputs<Self>,
         spec: FusedSpec,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        let output = Self::linear_cross_entropy_with_gradients(
+    ) -> FusedOutput<Self> {
+        Self::linear_cross_entropy_with_gradients(
             inputs,
             spec,
             WantedGradients::NONE,
             RowUpstream::Ones,
-        );
-        (output.loss, output.log_sum_exp)
+        )
     }
 
     /// The loss, the `wanted` gradients (for the upstream `upstream`) and the per-row

@@ -227,6 +227,7 @@ fn tensor_kernel<B: PlainBackend>(
         &spec.options,
         spec.chunk_rows,
         wanted,
+        spec.stats,
         match upstream {
             RowUpstream::Ones => None,
             RowUpstream::Rows(rows) => Some(B::wrap(rows)),
@@ -241,6 +242,8 @@ fn tensor_kernel<B: PlainBackend>(
         d_weight: optional(output.d_weight.map(B::unwrap)),
         d_bias: optional(output.d_bias.map(B::unwrap)),
         log_sum_exp: B::unwrap(output.log_sum_exp),
+        predictions: output.predictions.map(B::unwrap_int).into(),
+        target_logits: optional(output.target_logits.map(B::unwrap)),
     }
 }
 
@@ -361,6 +364,7 @@ mod tests {
                     FusedSpec {
                         options: LossOptions::new(),
                         chunk_rows: 1,
+                        stats: false,
                     },
                     wanted,
                     RowUpstream::Ones,
@@ -407,10 +411,21 @@ mod tests {
                 Targets::from_probabilities(&uniform, [2, n_classes], &device).unwrap();
             let upstream = Tensor::<1>::from_data([0.5, -2.0], &device);
             for targets in [&classes, &probabilities] {
-                for reduction in [Reduction::Mean, Reduction::None] {
+                for (reduction, stats) in [Reduction::Mean, Reduction::None]
+                    .into_iter()
+                    .flat_map(|reduction| [(reduction, false), (reduction, true)])
+                {
                     let options = LossOptions::new().with_reduction(reduction);
                     let before = reads_on_this_thread();
-                    let loss = head.loss(x.clone(), targets, &options).unwrap();
+                    let loss = match stats {
+                        false => head.loss(x.clone(), targets, &options).unwrap(),
+                        // The statistics stay on the device too, until someone reads them.
+                        true => {
+                            head.loss_with_stats(x.clone(), targets, &options)
+                                .unwrap()
+                                .0
+                        }
+                    };
                     let loss = match reduction {
                         Reduction::None => (loss * upstream.clone()).sum(),
                         _ => loss * 2.5,
@@ -419,7 +434,7 @@ mod tests {
                     assert_eq!(
                         reads_on_this_thread(),
                         before,
-                        "{device:?}, C = {n_classes}, {reduction:?}"
+                        "{device:?}, C = {n_classes}, {reduction:?}, stats: {stats}"
                     );
                     assert!(x.grad(&grads).is_some());
                     assert!(head.linear.weight.grad(&grads).is_some());

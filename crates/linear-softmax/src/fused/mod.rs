@@ -88,6 +88,7 @@ use crate::head::LinearSoftmax;
 use crate::manual;
 use crate::options::LossOptions;
 use crate::resolved;
+use crate::stats::LossStats;
 use crate::targets::{TargetKind, Targets};
 
 /// How many rows the fused kernel processes at a time.
@@ -244,9 +245,58 @@ pub fn loss_and_log_sum_exp_with_chunking(
     let Some((inputs, spec)) = prepare(head, &x, targets, options, chunking, Graph::Keep)? else {
         return crate::autodiff::loss_and_log_sum_exp(head, x, targets, options);
     };
-    let (loss, log_sum_exp) = Dispatch::linear_cross_entropy(inputs, spec);
-    let loss = manual::with_l2(Tensor::from_dispatch(loss), head.weight(), options);
-    Ok((loss, Tensor::from_dispatch(log_sum_exp)))
+    let output = Dispatch::linear_cross_entropy(inputs, spec);
+    let loss = manual::with_l2(Tensor::from_dispatch(output.loss), head.weight(), options);
+    Ok((loss, Tensor::from_dispatch(output.log_sum_exp)))
+}
+
+/// [`loss`] and the per-row [`LossStats`] (predictions, the correct and counted rows, the
+/// target log-probabilities, `lse`) from the same chunked pass, with the default
+/// [`Chunking`].
+///
+/// The raw CPU kernels find each row's prediction in the row pass, where the row maximum
+/// already is; the tensor kernels take an `argmax` of each chunk's logits; no `[N, C]` tensor
+/// is formed either way. The statistics are constants, outside the graph; the loss is the
+/// graph node [`loss`] returns.
+///
+/// # Shapes
+/// - `x`: `[N, D]`, `targets`: `[N]` or `[N, C]`, loss: `[1]` (`[N]` with reduction none);
+///   see [`LossStats`] for the rest
+pub fn loss_with_stats(
+    head: &LinearSoftmax,
+    x: Tensor<2>,
+    targets: &Targets,
+    options: &LossOptions,
+) -> Result<(Tensor<1>, LossStats)> {
+    loss_with_stats_and_chunking(head, x, targets, options, &Chunking::new())
+}
+
+/// [`loss_with_stats`] with an explicit [`Chunking`].
+pub fn loss_with_stats_and_chunking(
+    head: &LinearSoftmax,
+    x: Tensor<2>,
+    targets: &Targets,
+    options: &LossOptions,
+    chunking: &Chunking,
+) -> Result<(Tensor<1>, LossStats)> {
+    let Some((inputs, spec)) = prepare(head, &x, targets, options, chunking, Graph::Keep)? else {
+        return crate::autodiff::loss_with_stats(head, x, targets, options);
+    };
+    let spec = FusedSpec {
+        stats: true,
+        ..spec
+    };
+    let output = Dispatch::linear_cross_entropy(inputs, spec);
+    let asked = "the kernel returns the statistics it was asked for";
+    let stats = LossStats::from_rows(
+        Tensor::from_dispatch(output.predictions.into_option().expect(asked)),
+        Tensor::from_dispatch(output.target_logits.into_option().expect(asked)),
+        Tensor::from_dispatch(output.log_sum_exp),
+        targets,
+        options,
+    );
+    let loss = manual::with_l2(Tensor::from_dispatch(output.loss), head.weight(), options);
+    Ok((loss, stats))
 }
 
 /// Whether the op's tensors keep their place in the caller's graph.
@@ -294,6 +344,7 @@ fn prepare(
     let spec = FusedSpec {
         options: options.clone(),
         chunk_rows,
+        stats: false,
     };
     Ok(Some((inputs, spec)))
 }

@@ -30,7 +30,7 @@ use burn::prelude::*;
 use super::backend::WantedGradients;
 use crate::manual;
 use crate::options::{LossOptions, Reduction};
-use crate::resolved::ResolvedLoss;
+use crate::resolved::{ResolvedLoss, ResolvedTargets};
 use crate::targets::Targets;
 
 /// How the kernel gets `W^T` for `dX_r = dS_r W^T`.
@@ -55,6 +55,8 @@ pub(crate) trait PlainBackend: Backend {
     fn unwrap<const D: usize>(tensor: Tensor<D>) -> FloatTensor<Self>;
     /// An Int primitive as a (non-autodiff) tensor.
     fn wrap_int<const D: usize>(primitive: IntTensor<Self>) -> Tensor<D, Int>;
+    /// The Int tensor's primitive back.
+    fn unwrap_int<const D: usize>(tensor: Tensor<D, Int>) -> IntTensor<Self>;
 }
 
 macro_rules! plain_backend {
@@ -74,6 +76,15 @@ macro_rules! plain_backend {
                     kind: DispatchTensorKind::$backend(BackendTensor::Int(primitive)),
                     autodiff: DispatchAutodiffContext::Disabled,
                 })
+            }
+            fn unwrap_int<const D: usize>(tensor: Tensor<D, Int>) -> IntTensor<Self> {
+                match tensor.into_dispatch().kind {
+                    DispatchTensorKind::$backend(tensor) => tensor.int(),
+                    _ => unreachable!(
+                        "a {} kernel produced a tensor of another backend",
+                        stringify!($backend)
+                    ),
+                }
             }
             fn unwrap<const D: usize>(tensor: Tensor<D>) -> FloatTensor<Self> {
                 match tensor.into_dispatch().kind {
@@ -105,7 +116,8 @@ pub(crate) enum RowPass {
     Cube,
 }
 
-/// The loss, the wanted gradients and the per-row log-sum-exp, as tensors.
+/// The loss, the wanted gradients, the per-row log-sum-exp and the per-row statistics when
+/// asked for, as tensors.
 pub(crate) struct ChunkedOutput {
     /// The reduced loss: `[1]`, or `[N]` for reduction none.
     pub loss: Tensor<1>,
@@ -114,9 +126,14 @@ pub(crate) struct ChunkedOutput {
     pub d_bias: Option<Tensor<1>>,
     /// `lse_i`, `[N]`.
     pub log_sum_exp: Tensor<1>,
+    /// `argmax_k S_ik` of the uncapped logits, `[N]`.
+    pub predictions: Option<Tensor<1, Int>>,
+    /// `sum_k T_ik S'_ik` of the (capped) logits, `[N]`.
+    pub target_logits: Option<Tensor<1>>,
 }
 
-/// Runs the chunked forward pass and the gradients in `wanted`.
+/// Runs the chunked forward pass and the gradients in `wanted`, with each row's prediction and
+/// target logit when `stats`.
 ///
 /// `row_upstream` is the upstream gradient of each row's loss for reduction none (`None`:
 /// `loss.backward()`'s seed of ones); the L2 term is not included (the caller adds it).
@@ -133,6 +150,7 @@ pub(crate) fn linear_cross_entropy(
     options: &LossOptions,
     chunk_rows: usize,
     wanted: WantedGradients,
+    stats: bool,
     row_upstream: Option<Tensor<1>>,
     weight_transpose: WeightTranspose,
     row_pass: RowPass,
@@ -158,6 +176,8 @@ pub(crate) fn linear_cross_entropy(
         ResolvedLoss::with_class_weights(targets, options, class_weights, &x.device(), x.dtype());
     let mut row_losses = Vec::with_capacity(n_rows.div_ceil(chunk_rows));
     let mut log_sum_exps = Vec::new();
+    let mut predictions = Vec::new();
+    let mut target_logits = Vec::new();
     let mut d_weight: Option<Tensor<2>> = None;
     let mut d_bias: Option<Tensor<1>> = None;
     let mut d_input_chunks = Vec::with_capacity(n_rows.div_ceil(chunk_rows));
@@ -171,11 +191,18 @@ pub(crate) fn linear_cross_entropy(
             None => Tensor::ones([end - start], (&x.device(), x.dtype())),
         };
         let rows = resolved.rows(start..end);
+        if stats {
+            // Before the softcap, as `LinearSoftmax::predict` sees the logits.
+            predictions.push(logits.clone().argmax(1).squeeze_dim(1));
+        }
         let d_logits = match row_pass {
             RowPass::Tensor => {
                 let capped = options
                     .softcap
                     .map(|cap| manual::softcap_forward(logits.clone(), cap));
+                if stats {
+                    target_logits.push(target_logit(capped.as_ref().unwrap_or(&logits), &rows));
+                }
                 let (losses, cache) = manual::softmax_cross_entropy_forward_resolved(
                     capped.clone().unwrap_or(logits),
                     &rows,
@@ -193,6 +220,9 @@ pub(crate) fn linear_cross_entropy(
             }
             #[cfg(any(feature = "wgpu", feature = "cuda"))]
             RowPass::Cube => {
+                if stats {
+                    target_logits.push(target_logit(&logits, &rows));
+                }
                 let (losses, log_sum_exp, d_logits) =
                     super::cube::row_pass(logits, &rows, d_rows());
                 row_losses.push(losses);
@@ -244,6 +274,21 @@ pub(crate) fn linear_cross_entropy(
         d_weight: d_weight.map(mean_scale),
         d_bias: d_bias.map(|d_bias| mean_scale(d_bias.unsqueeze_dim(0)).squeeze_dim(0)),
         log_sum_exp: Tensor::cat(log_sum_exps, 0),
+        predictions: stats.then(|| Tensor::cat(predictions, 0)),
+        target_logits: stats.then(|| Tensor::cat(target_logits, 0)),
+    }
+}
+
+/// `sum_k T_ik S'_ik` for a chunk's (capped) logits `[R, C]`: `S'_{i, y_i}` for class indices
+/// (class 0 for ignored rows), the expectation under `T` for probabilities; `[R]`.
+fn target_logit(logits: &Tensor<2>, rows: &ResolvedLoss) -> Tensor<1> {
+    match &rows.targets {
+        ResolvedTargets::Classes { labels, .. } => {
+            logits.clone().gather(1, labels.clone()).squeeze_dim(1)
+        }
+        ResolvedTargets::Probabilities(probabilities) => (probabilities.clone() * logits.clone())
+            .sum_dim(1)
+            .squeeze_dim(1),
     }
 }
 

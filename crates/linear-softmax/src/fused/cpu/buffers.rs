@@ -8,7 +8,6 @@ use std::borrow::Cow;
 
 use burn::backend::Backend;
 use burn::backend::tensor::{FloatTensor, IntTensor};
-#[cfg(feature = "flex")]
 use burn::tensor::DType;
 use burn::tensor::TensorData;
 
@@ -112,9 +111,12 @@ impl RawBackend for burn::backend::NdArray {
 }
 
 /// The kernel's host outputs as primitives of `B` on `device`.
+///
+/// The predictions take the labels' Int type `label_dtype`.
 pub(super) fn into_primitives<B: Backend, E: RawFloat>(
     output: HostOutput<E>,
     shape: Shape,
+    label_dtype: DType,
     device: &B::Device,
 ) -> FusedOutput<B> {
     let Shape {
@@ -134,5 +136,15 @@ pub(super) fn into_primitives<B: Backend, E: RawFloat>(
             .into(),
         d_bias: output.d_bias.map(|v| primitive(v, vec![n_classes])).into(),
         log_sum_exp: primitive(output.log_sum_exp, vec![n_rows]),
+        predictions: (output.predictions)
+            .map(|v| {
+                let data = TensorData::new(v, vec![n_rows]).convert_dtype(label_dtype);
+                B::int_from_data(data, device)
+            })
+            .into(),
+        target_logits: output
+            .target_logits
+            .map(|v| primitive(v, vec![n_rows]))
+            .into(),
     }
 }

@@ -6,15 +6,25 @@ use super::isa::Isa;
 use super::rows::{ChunkRows, RowTargets, row_pass};
 use super::{Inputs, Outputs};
 
+/// The batch-wide settings of the chunk loop.
+pub(super) struct Chunks<'a, E> {
+    /// `b`, added in the row pass.
+    pub(super) bias: Option<&'a [E]>,
+    pub(super) targets: &'a RowTargets<E>,
+    /// `f_i` of row `i` of the batch.
+    pub(super) factor: &'a dyn Fn(usize) -> f64,
+    /// Rows per chunk `R`.
+    pub(super) chunk_rows: usize,
+    /// Whether the row pass finds the predictions.
+    pub(super) stats: bool,
+    pub(super) isa: Isa,
+}
+
 /// Runs the batch `chunk_rows` rows at a time through one reused `[R, C]` buffer:
 /// `S_r = X_r W`, the row pass (`S_r <- dS_r` in place), `dW += X_r^T dS_r`, `dX_r = dS_r W^T`.
 pub(super) fn pass<E: RawFloat>(
     inputs: Inputs<'_, E>,
-    bias: Option<&[E]>,
-    targets: &RowTargets<E>,
-    factor: &dyn Fn(usize) -> f64,
-    chunk_rows: usize,
-    isa: Isa,
+    chunks: &Chunks<'_, E>,
     mut out: Outputs<'_, E>,
 ) {
     let Inputs {
@@ -22,7 +32,15 @@ pub(super) fn pass<E: RawFloat>(
         weight,
         features: d,
     } = inputs;
-    let n_rows = out.losses.len();
+    let Chunks {
+        bias,
+        targets,
+        factor,
+        chunk_rows,
+        stats,
+        isa,
+    } = *chunks;
+    let n_rows = out.rows.len();
     let c = weight.len() / d;
     let weight = MatRef::row_major(weight, d, c);
     let gradients = out.d_input.is_some() || out.d_weight.is_some() || out.d_bias.is_some();
@@ -49,14 +67,14 @@ pub(super) fn pass<E: RawFloat>(
             targets,
             factors: &factors,
             gradients,
+            stats,
             n_classes: c,
             isa,
         };
         let partial_bias = row_pass(
             logits,
             &chunk,
-            &mut out.losses[start..end],
-            &mut out.log_sum_exp[start..end],
+            out.rows.rows(start, end),
             out.d_bias.is_some(),
         );
         if let (Some(d_bias), Some(partial)) = (&mut out.d_bias, partial_bias) {

@@ -27,7 +27,7 @@ use rayon::prelude::*;
 
 use super::float::RawFloat;
 use super::isa::IsaKind;
-use super::rows::{ChunkRows, LANES, row_kernel};
+use super::rows::{ChunkRows, LANES, RowOutputs, row_kernel};
 use super::{Inputs, Outputs};
 
 #[cfg(target_arch = "x86_64")]
@@ -50,7 +50,7 @@ pub(super) fn pass<E: RawFloat>(
     out: Outputs<'_, E>,
 ) {
     let (d, c) = (inputs.features, chunk.n_classes);
-    let n = out.losses.len();
+    let n = out.rows.len();
     debug_assert!(c <= MAX_CLASSES && inputs.x.len() == n * d);
     // W [D, C] padded to [D, LANES], and W^T [C, D] (each class's weights contiguous).
     let mut weight_padded = vec![E::ZERO; d * LANES];
@@ -80,15 +80,14 @@ pub(super) fn pass<E: RawFloat>(
     };
     d_input_blocks.resize_with(tasks, || None);
     let blocks: Vec<Block<'_, E>> = out
-        .losses
-        .chunks_mut(rows_per_task)
-        .zip(out.log_sum_exp.chunks_mut(rows_per_task))
+        .rows
+        .split(rows_per_task)
+        .into_iter()
         .zip(d_input_blocks)
         .enumerate()
-        .map(|(task, ((losses, log_sum_exp), d_input))| Block {
+        .map(|(task, (rows, d_input))| Block {
             first: task * rows_per_task,
-            losses,
-            log_sum_exp,
+            rows,
             d_input,
         })
         .collect();
@@ -142,8 +141,7 @@ struct Shared<'a, E> {
 /// One block of consecutive rows and its slices of the row outputs.
 struct Block<'a, E> {
     first: usize,
-    losses: &'a mut [E],
-    log_sum_exp: &'a mut [E],
+    rows: RowOutputs<'a, E>,
     d_input: Option<&'a mut [E]>,
 }
 
@@ -194,12 +192,11 @@ fn block_rows<E: RawFloat, const FMA: bool, const AVX512: bool>(
 ) -> Partials<E> {
     let c = shared.chunk.n_classes;
     let d = shared.d;
-    let rows = block.losses.len();
+    let rows = block.rows.len();
     let mut state = BlockState {
         d_bias: shared.want_bias.then(|| vec![E::ZERO; c]),
         d_weight_t: shared.want_weight.then(|| vec![E::ZERO; c * d]),
-        losses: block.losses,
-        log_sum_exp: block.log_sum_exp,
+        rows: block.rows,
         d_input: block.d_input,
     };
     let grouped = rows - rows % ROWS;
@@ -224,8 +221,7 @@ struct BlockState<'a, E> {
     d_bias: Option<Vec<E>>,
     /// The block's `dS^T X` `[C, D]`.
     d_weight_t: Option<Vec<E>>,
-    losses: &'a mut [E],
-    log_sum_exp: &'a mut [E],
+    rows: RowOutputs<'a, E>,
     d_input: Option<&'a mut [E]>,
 }
 
@@ -251,12 +247,13 @@ fn row_group<E: RawFloat, const FMA: bool, const AVX512: bool, const R: usize>(
     let mut logits = logits_dispatch::<E, FMA, AVX512, R>(&x_rows, weight_padded);
     for (r, logits) in logits.iter_mut().enumerate() {
         let local = offset + r;
-        (state.losses[local], state.log_sum_exp[local]) = row_kernel(
+        let result = row_kernel(
             &mut logits[..c],
             chunk,
             first + local,
             state.d_bias.as_deref_mut(),
         );
+        state.rows.set(local, result);
     }
     if !chunk.gradients {
         return;
@@ -506,6 +503,7 @@ mod tests {
             targets: &targets,
             factors: &factors,
             gradients: true,
+            stats: true,
             n_classes: c,
             isa: Isa::detect(),
         };
@@ -528,10 +526,15 @@ mod tests {
         };
         let run = |build: &dyn Fn(Block<'_, f32>) -> Partials<f32>| {
             let (mut losses, mut lse, mut d_input) = (vec![0.0; n], vec![0.0; n], vec![0.0; n * d]);
+            let (mut predictions, mut target_logits) = (vec![0; n], vec![0.0; n]);
             let partials = build(Block {
                 first: 0,
-                losses: &mut losses,
-                log_sum_exp: &mut lse,
+                rows: RowOutputs {
+                    losses: &mut losses,
+                    log_sum_exp: &mut lse,
+                    predictions: Some(&mut predictions),
+                    target_logits: Some(&mut target_logits),
+                },
                 d_input: Some(&mut d_input),
             });
             let d_weight_t = partials.d_weight_t.expect("wanted");

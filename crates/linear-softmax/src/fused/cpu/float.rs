@@ -24,6 +24,7 @@ pub(crate) trait RawFloat:
     fn of(value: f64) -> Self;
     fn to_f64(self) -> f64;
     fn ln(self) -> Self;
+    fn is_nan(self) -> bool;
     /// `exp(x)` for `x <= 0` (a shifted logit), vectorisable.
     fn exp_nonpositive(self) -> Self;
     /// `self * a + b` with one rounding: one instruction where the caller enables `fma`, a
@@ -69,6 +70,10 @@ macro_rules! raw_float {
             }
             fn ln(self) -> Self {
                 $ty::ln(self)
+            }
+            #[inline(always)]
+            fn is_nan(self) -> bool {
+                $ty::is_nan(self)
             }
             #[inline(always)]
             fn exp_nonpositive(self) -> Self {

@@ -58,7 +58,7 @@ pub(crate) use buffers::RawBackend;
 use buffers::{RawSlice, into_primitives};
 use float::RawFloat;
 use isa::Isa;
-use rows::{ChunkRows, RowTargets, row_targets};
+use rows::{ChunkRows, RowOutputs, RowTargets, row_targets};
 
 use super::backend::{
     FusedInputs, FusedOutput, FusedSpec, RowUpstream, TargetPrimitives, WantedGradients,
@@ -89,6 +89,7 @@ pub(crate) fn linear_cross_entropy<B: RawBackend>(
     };
     let [n_rows, d_input] = x.shape().dims::<2>();
     let n_classes = weight.shape().dims::<2>()[1];
+    let label_dtype = labels.dtype();
     let labels = B::labels(labels);
     let raw = |tensor| B::raw(tensor).expect(CHOSEN);
     let bias = bias.as_option().map(raw);
@@ -130,10 +131,11 @@ pub(crate) fn linear_cross_entropy<B: RawBackend>(
                 options,
                 spec.chunk_rows,
                 wanted,
+                spec.stats,
                 upstream,
                 isa,
             );
-            into_primitives::<B, $ty>(output, shape, &device)
+            into_primitives::<B, $ty>(output, shape, label_dtype, &device)
         }};
     }
     match raw(x) {
@@ -180,6 +182,7 @@ fn kernel<E: RawFloat>(
     options: &LossOptions,
     chunk_rows: usize,
     wanted: WantedGradients,
+    stats: bool,
     upstream: Option<&[E]>,
     isa: Isa,
 ) -> HostOutput<E> {
@@ -212,6 +215,8 @@ fn kernel<E: RawFloat>(
     let mut d_input = wanted.input.then(|| vec![E::ZERO; n_rows * d]);
     let mut d_weight = wanted.weight.then(|| vec![E::ZERO; d * c]);
     let mut d_bias = wanted.bias.then(|| vec![E::ZERO; c]);
+    let mut predictions = stats.then(|| vec![0_i64; n_rows]);
+    let mut target_logits = stats.then(|| vec![E::ZERO; n_rows]);
     let factor = |i: usize| mean_scale * upstream.map_or(1.0, |g| g[i].to_f64());
     let inputs = Inputs {
         x,
@@ -219,8 +224,12 @@ fn kernel<E: RawFloat>(
         features: d,
     };
     let outputs = Outputs {
-        losses: &mut row_losses,
-        log_sum_exp: &mut log_sum_exp,
+        rows: RowOutputs {
+            losses: &mut row_losses,
+            log_sum_exp: &mut log_sum_exp,
+            predictions: predictions.as_deref_mut(),
+            target_logits: target_logits.as_deref_mut(),
+        },
         d_input: d_input.as_deref_mut(),
         d_weight: d_weight.as_deref_mut(),
         d_bias: d_bias.as_deref_mut(),
@@ -233,12 +242,21 @@ fn kernel<E: RawFloat>(
             targets,
             factors: &factors,
             gradients: wanted.any(),
+            stats,
             n_classes: c,
             isa,
         };
         few_classes::pass(inputs, &batch, outputs);
     } else {
-        chunks::pass(inputs, bias, targets, &factor, chunk_rows, isa, outputs);
+        let chunks = chunks::Chunks {
+            bias,
+            targets,
+            factor: &factor,
+            chunk_rows,
+            stats,
+            isa,
+        };
+        chunks::pass(inputs, &chunks, outputs);
     }
 
     let loss = match options.reduction {
@@ -254,15 +272,15 @@ fn kernel<E: RawFloat>(
         d_weight,
         d_bias,
         log_sum_exp,
+        predictions,
+        target_logits,
     }
 }
 
 /// The kernel's outputs, each `None` when not wanted.
 pub(super) struct Outputs<'a, E> {
-    /// `l_i`, `[N]`.
-    pub(super) losses: &'a mut [E],
-    /// `lse_i`, `[N]`.
-    pub(super) log_sum_exp: &'a mut [E],
+    /// The per-row outputs, `[N]` each.
+    pub(super) rows: RowOutputs<'a, E>,
     /// `dX`, `[N, D]`, overwritten.
     pub(super) d_input: Option<&'a mut [E]>,
     /// `dW`, `[D, C]`, overwritten.
@@ -286,4 +304,6 @@ pub(super) struct HostOutput<E> {
     pub(super) d_weight: Option<Vec<E>>,
     pub(super) d_bias: Option<Vec<E>>,
     pub(super) log_sum_exp: Vec<E>,
+    pub(super) predictions: Option<Vec<i64>>,
+    pub(super) target_logits: Option<Vec<E>>,
 }

@@ -95,54 +95,136 @@ pub(super) struct ChunkRows<'a, E> {
     pub(super) factors: &'a [f64],
     /// Whether to turn the logits into `dS`.
     pub(super) gradients: bool,
+    /// Whether to find each row's prediction (its first maximum).
+    pub(super) stats: bool,
     pub(super) n_classes: usize,
     /// The build of the row code, detected once per call.
     pub(super) isa: Isa,
 }
 
-/// One task's rows: `(index, ((logits, losses), log_sum_exps))`.
-type RowBlock<'a, E> = (usize, ((&'a mut [E], &'a mut [E]), &'a mut [E]));
+/// What the row pass writes per row, for a run of consecutive rows.
+pub(in crate::fused) struct RowOutputs<'a, E> {
+    /// `l_i`.
+    pub(super) losses: &'a mut [E],
+    /// `lse_i`.
+    pub(super) log_sum_exp: &'a mut [E],
+    /// `argmax_k S_ik`, when the statistics are wanted.
+    pub(super) predictions: Option<&'a mut [i64]>,
+    /// `S_{i, y_i}`, when the statistics are wanted.
+    pub(super) target_logits: Option<&'a mut [E]>,
+}
 
-/// The row pass over a chunk's logits `[rows, C]`: row losses and log-sum-exps, the logits
-/// turned into `dS` in place (when gradients are wanted), and `colsum(dS)` when `bias`.
+impl<'a, E> RowOutputs<'a, E> {
+    /// The number of rows.
+    pub(super) fn len(&self) -> usize {
+        self.losses.len()
+    }
+
+    /// Row `row`'s results.
+    #[inline(always)]
+    pub(super) fn set(&mut self, row: usize, result: RowResult<E>) {
+        self.losses[row] = result.loss;
+        self.log_sum_exp[row] = result.log_sum_exp;
+        if let Some(predictions) = self.predictions.as_deref_mut() {
+            predictions[row] = result.prediction as i64;
+        }
+        if let Some(target_logits) = self.target_logits.as_deref_mut() {
+            target_logits[row] = result.target_logit;
+        }
+    }
+
+    /// Rows `start..end`, borrowed.
+    pub(super) fn rows(&mut self, start: usize, end: usize) -> RowOutputs<'_, E> {
+        RowOutputs {
+            losses: &mut self.losses[start..end],
+            log_sum_exp: &mut self.log_sum_exp[start..end],
+            predictions: self.predictions.as_deref_mut().map(|p| &mut p[start..end]),
+            target_logits: self
+                .target_logits
+                .as_deref_mut()
+                .map(|t| &mut t[start..end]),
+        }
+    }
+
+    /// Consecutive blocks of `rows` rows (the last may be shorter).
+    pub(super) fn split(self, rows: usize) -> Vec<RowOutputs<'a, E>> {
+        let blocks = self.len().div_ceil(rows);
+        let mut predictions = optional_blocks(self.predictions, rows, blocks).into_iter();
+        let mut target_logits = optional_blocks(self.target_logits, rows, blocks).into_iter();
+        self.losses
+            .chunks_mut(rows)
+            .zip(self.log_sum_exp.chunks_mut(rows))
+            .map(|(losses, log_sum_exp)| RowOutputs {
+                losses,
+                log_sum_exp,
+                predictions: predictions.next().flatten(),
+                target_logits: target_logits.next().flatten(),
+            })
+            .collect()
+    }
+}
+
+/// `blocks` blocks of `rows` elements of `values`, or `blocks` `None`s.
+fn optional_blocks<T>(
+    values: Option<&mut [T]>,
+    rows: usize,
+    blocks: usize,
+) -> Vec<Option<&mut [T]>> {
+    let mut split: Vec<Option<&mut [T]>> = match values {
+        Some(values) => values.chunks_mut(rows).map(Some).collect(),
+        None => Vec::new(),
+    };
+    split.resize_with(blocks, || None);
+    split
+}
+
+/// One row's results.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct RowResult<E> {
+    /// `l_i`.
+    pub(super) loss: E,
+    /// `lse_i`.
+    pub(super) log_sum_exp: E,
+    /// `argmax_k S_ik` (0 unless the chunk wants statistics).
+    pub(super) prediction: usize,
+    /// `S_{i, y_i}`.
+    pub(super) target_logit: E,
+}
+
+/// The row pass over a chunk's logits `[rows, C]`: row losses and log-sum-exps (and the
+/// statistics), the logits turned into `dS` in place (when gradients are wanted), and
+/// `colsum(dS)` when `bias`.
 pub(super) fn row_pass<E: RawFloat>(
     logits: &mut [E],
     chunk: &ChunkRows<'_, E>,
-    losses: &mut [E],
-    log_sum_exp: &mut [E],
+    out: RowOutputs<'_, E>,
     bias: bool,
 ) -> Option<Vec<E>> {
     let c = chunk.n_classes;
-    let rows = losses.len();
+    let rows = out.len();
     let tasks = if rows * c < PARALLEL_ELEMENTS {
         1
     } else {
         (2 * rayon::current_num_threads()).min(rows)
     };
     let rows_per_task = rows.div_ceil(tasks);
-    let block = |(task, ((logits, losses), log_sum_exp)): RowBlock<'_, E>| {
+    let block = |(task, (logits, mut out)): (usize, (&mut [E], RowOutputs<'_, E>))| {
         let mut partial = bias.then(|| vec![E::ZERO; c]);
         let first = task * rows_per_task;
-        for (offset, ((row, loss), lse)) in logits
-            .chunks_exact_mut(c)
-            .zip(losses.iter_mut())
-            .zip(log_sum_exp.iter_mut())
-            .enumerate()
-        {
-            let local = first + offset;
-            (*loss, *lse) = row_dispatch(row, chunk, local, partial.as_deref_mut());
+        for (offset, row) in logits.chunks_exact_mut(c).enumerate() {
+            let result = row_dispatch(row, chunk, first + offset, partial.as_deref_mut());
+            out.set(offset, result);
         }
         partial
     };
-    let chunks = logits
+    let blocks = logits
         .chunks_mut(rows_per_task * c)
-        .zip(losses.chunks_mut(rows_per_task))
-        .zip(log_sum_exp.chunks_mut(rows_per_task))
+        .zip(out.split(rows_per_task))
         .enumerate();
     let partials: Vec<Option<Vec<E>>> = if tasks == 1 {
-        chunks.map(block).collect()
+        blocks.map(block).collect()
     } else {
-        chunks
+        blocks
             .collect::<Vec<_>>()
             .into_par_iter()
             .map(block)
@@ -163,7 +245,7 @@ fn row_dispatch<E: RawFloat>(
     chunk: &ChunkRows<'_, E>,
     local: usize,
     partial: Option<&mut [E]>,
-) -> (E, E) {
+) -> RowResult<E> {
     #[cfg(target_arch = "x86_64")]
     if std::any::TypeId::of::<E>() == std::any::TypeId::of::<f32>() {
         match chunk.isa.kind() {
@@ -184,7 +266,7 @@ fn row_avx512<E: RawFloat>(
     chunk: &ChunkRows<'_, E>,
     local: usize,
     partial: Option<&mut [E]>,
-) -> (E, E) {
+) -> RowResult<E> {
     row_kernel(row, chunk, local, partial)
 }
 
@@ -195,15 +277,20 @@ fn row_avx2<E: RawFloat>(
     chunk: &ChunkRows<'_, E>,
     local: usize,
     partial: Option<&mut [E]>,
-) -> (E, E) {
+) -> RowResult<E> {
     row_kernel(row, chunk, local, partial)
 }
 
 /// Lanes of the independent accumulators that let the reductions vectorise.
 pub(super) const LANES: usize = 16;
 
-/// One row `s` (`C` logits, row `local` of the chunk): returns `(l_i, lse_i)` and, when the
-/// chunk wants gradients, overwrites `s` with `dS_i` (adding it to `partial`, the column sums).
+/// One row `s` (`C` logits, row `local` of the chunk): returns `l_i`, `lse_i`, `S_{i, y_i}`
+/// and, when the chunk wants statistics, the row's prediction; when the chunk wants gradients,
+/// overwrites `s` with `dS_i` (adding it to `partial`, the column sums).
+///
+/// The prediction is the first maximum, or the first NaN when the row has one: the rule of
+/// Burn's `argmax` on the CPU backends (and of PyTorch's), so that it equals what
+/// `LinearSoftmax::predict` gives for the same logits.
 ///
 /// ```text
 /// l_i  = (1 - eps) r_i (lse - s_y) + v_i (eps / C) (W lse - sum_k w_k s_k) + beta v_i lse^2
@@ -216,7 +303,7 @@ pub(super) fn row_kernel<E: RawFloat>(
     chunk: &ChunkRows<'_, E>,
     local: usize,
     partial: Option<&mut [E]>,
-) -> (E, E) {
+) -> RowResult<E> {
     let targets = chunk.targets;
     let row = chunk.start + local;
     let c = chunk.n_classes;
@@ -239,6 +326,8 @@ pub(super) fn row_kernel<E: RawFloat>(
         0.0
     };
     let true_logit = s[label];
+    // Before pass 2 overwrites the logits (the row is still in cache).
+    let prediction = if chunk.stats { first_max(s, max) } else { 0 };
 
     // Pass 2: exp(s - max) in place, and its sum.
     let sum = lane_exp_sum(s, max);
@@ -275,7 +364,26 @@ pub(super) fn row_kernel<E: RawFloat>(
             partial.iter_mut().zip(s.iter()).for_each(|(p, &s)| *p += s);
         }
     }
-    (E::of(loss), lse)
+    RowResult {
+        loss: E::of(loss),
+        log_sum_exp: lse,
+        prediction,
+        target_logit: true_logit,
+    }
+}
+
+/// The index of the first NaN of `s` if it has one, else of the first element equal to `max`
+/// (the row maximum, which skipped NaNs: comparisons with NaN are false): Burn's `argmax`.
+#[inline(always)]
+fn first_max<E: RawFloat>(s: &[E], max: E) -> usize {
+    // A branch-free fold that vectorises; the position scans stop early.
+    let has_nan = s.iter().fold(false, |any, value| any | value.is_nan());
+    let position = if has_nan {
+        s.iter().position(|value| value.is_nan())
+    } else {
+        s.iter().position(|&value| value == max)
+    };
+    position.unwrap_or(0)
 }
 
 #[inline(always)]

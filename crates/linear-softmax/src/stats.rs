@@ -1,0 +1,192 @@
+//! What a loss pass knows about each row besides its loss: the predicted class, whether it is
+//! right, the log-probability of the target ([`LossStats`]).
+
+use burn::prelude::*;
+
+use crate::error::Result;
+use crate::host::to_host_i64;
+use crate::options::LossOptions;
+use crate::targets::{TargetKind, Targets};
+
+/// Per-row statistics computed alongside a loss, by the same pass: for the fused path, by its
+/// chunks' row pass (the row maximum is already there), so neither a second forward pass nor
+/// an `[N, C]` tensor is needed. Every tensor is on the loss's device, detached from any graph;
+/// nothing is read back to the host until [`accuracy`](Self::accuracy) is called.
+///
+/// With logits `S = X W + b` (`S'` after the softcap, when that option is on),
+/// `lse_i = log sum_k exp(S'_ik)` and targets `T` (one-hot rows for class indices):
+///
+/// ```text
+/// predictions_i            = argmax_k S_ik                       (the class `predict` gives)
+/// correct                  = #{ i counted : predictions_i is a right answer }
+/// counted                  = #{ i : row i is not ignored }
+/// target_log_probability_i = sum_k T_ik (S'_ik - lse_i)          (0 for ignored rows)
+/// ```
+///
+/// For class indices a prediction is right when it is the label, and ignored rows (the
+/// `ignore_index`, `pad_tokens`) are not counted. For probability targets a prediction is
+/// right when the target gives it the row's largest probability (for one-hot rows, the
+/// label; with several tied classes, as multi-hot targets have, any of them), and every row
+/// counts. `argmax` takes the first maximum, and a NaN as the largest value, as Burn's
+/// `argmax` on the CPU backends and PyTorch's do. The target log-probability ignores label
+/// smoothing, class weights and the z-loss: it is `log p(y_i | x_i)` for class indices (the
+/// token log-likelihood of an LM head) and the negative plain cross-entropy for probabilities.
+///
+/// # Shapes
+/// - `predictions`: `[N]` (Int), `correct`: `[1]` (Int), `counted`: `[1]` (Int),
+///   `target_log_probability`: `[N]`, `log_sum_exp`: `[N]`
+///
+/// # Example
+/// ```
+/// use burn::prelude::*;
+/// use linear_softmax::{LinearSoftmaxConfig, LossOptions, Targets};
+///
+/// let device = Device::flex().autodiff();
+/// let head = LinearSoftmaxConfig::new(3, 4).init(&device)?;
+/// let x = Tensor::<2>::from_data([[0.5, -1.0, 2.0], [1.5, 0.0, -0.5], [0.0, 1.0, 0.0]], &device);
+/// // The last row is padding (label -100): it is neither correct nor counted.
+/// let targets = Targets::from_indices_with_ignore(&[3, 0, -100], 4, -100, &device)?;
+/// let options = LossOptions::new().with_ignore_index(Some(-100));
+///
+/// let (loss, stats) = head.loss_with_stats(x.clone(), &targets, &options)?;
+/// let grads = loss.backward();
+/// assert!(head.linear.weight.grad(&grads).is_some());
+///
+/// assert_eq!(stats.predictions.to_data(), head.predict(x)?.to_data());
+/// assert_eq!(stats.counted.clone().into_scalar::<i64>(), 2);
+/// let accuracy = stats.accuracy()?.expect("two rows count");
+/// assert!((0.0..=1.0).contains(&accuracy));
+/// # Ok::<(), linear_softmax::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct LossStats {
+    /// `argmax_k S_ik`, `[N]` (Int): the class [`LinearSoftmax::predict`](crate::LinearSoftmax::predict)
+    /// gives for the same logits.
+    pub predictions: Tensor<1, Int>,
+    /// How many counted rows were predicted right, `[1]` (Int).
+    pub correct: Tensor<1, Int>,
+    /// How many rows count (those not ignored), `[1]` (Int): the accuracy's denominator.
+    pub counted: Tensor<1, Int>,
+    /// `sum_k T_ik log softmax(S')_ik`, `[N]`; 0 for ignored rows.
+    pub target_log_probability: Tensor<1>,
+    /// `lse_i`, `[N]`, of the (capped) logits.
+    pub log_sum_exp: Tensor<1>,
+}
+
+impl LossStats {
+    /// `correct / counted`, read back to the host (one read of each count); `None` when no row
+    /// counts. In a training loop, sum `correct` and `counted` over the steps on the device and
+    /// read them once per epoch instead: on a GPU every read waits for the device.
+    pub fn accuracy(&self) -> Result<Option<f64>> {
+        let correct = to_host_i64(&self.correct)?[0];
+        let counted = to_host_i64(&self.counted)?[0];
+        Ok((counted > 0).then(|| correct as f64 / counted as f64))
+    }
+
+    /// The statistics from a pass's per-row results: `predictions` `[N]`, the target logits
+    /// `sum_k T_ik S'_ik` `[N]` (any value for ignored rows) and `lse` `[N]`.
+    pub(crate) fn from_rows(
+        predictions: Tensor<1, Int>,
+        target_logits: Tensor<1>,
+        log_sum_exp: Tensor<1>,
+        targets: &Targets,
+        options: &LossOptions,
+    ) -> Self {
+        let device = log_sum_exp.device();
+        let rows = log_sum_exp.dims()[0];
+        let (correct, counted, target_log_probability) = match targets.kind() {
+            TargetKind::Classes { indices, .. } => {
+                let labels = indices.clone().to_device(&device);
+                let ignored = ignored_rows(&labels, options);
+                let predictions = predictions.clone().cast(labels.dtype());
+                let right = predictions.equal(labels);
+                let log_probability = target_logits - log_sum_exp.clone();
+                match ignored {
+                    None => (
+                        right.int().sum(),
+                        Tensor::from_data([rows as i64], &device),
+                        log_probability,
+                    ),
+                    Some(ignored) => (
+                        right.bool_and(ignored.clone().bool_not()).int().sum(),
+                        ignored.clone().bool_not().int().sum(),
+                        log_probability.mask_fill(ignored, 0.0),
+                    ),
+                }
+            }
+            TargetKind::Probabilities(probabilities) => {
+                let probabilities = probabilities.clone().to_device(&device);
+                let predicted = probabilities
+                    .clone()
+                    .gather(1, predictions.clone().unsqueeze_dim(1));
+                let largest = probabilities.clone().max_dim(1);
+                let right = predicted.equal(largest).squeeze_dim::<1>(1);
+                // sum_k T_ik (S'_ik - lse_i), with the rows' sums as given (1 within the
+                // constructors' tolerance).
+                let mass = probabilities.sum_dim(1).squeeze_dim::<1>(1);
+                let mass = mass.cast(log_sum_exp.dtype());
+                (
+                    right.int().sum(),
+                    Tensor::from_data([rows as i64], &device),
+                    target_logits - log_sum_exp.clone() * mass,
+                )
+            }
+        };
+        Self {
+            predictions,
+            correct,
+            counted,
+            target_log_probability,
+            log_sum_exp,
+        }
+    }
+
+    /// The statistics from the full logits `S` and capped logits `S'` `[N, C]` (the same
+    /// tensor without a softcap) and their `lse` `[N]`, as the autodiff and manual paths have
+    /// them.
+    pub(crate) fn from_logits(
+        logits: Tensor<2>,
+        capped: Tensor<2>,
+        log_sum_exp: Tensor<1>,
+        targets: &Targets,
+        options: &LossOptions,
+    ) -> Self {
+        let (logits, capped) = (logits.detach(), capped.detach());
+        let predictions = logits.argmax(1).squeeze_dim(1);
+        let target_logits = match targets.kind() {
+            TargetKind::Classes { indices, .. } => {
+                let labels = indices.clone().to_device(&capped.device());
+                // Ignored rows point at class 0; their value is masked out.
+                let labels = match ignored_rows(&labels, options) {
+                    Some(ignored) => labels.mask_fill(ignored, 0),
+                    None => labels,
+                };
+                capped
+                    .clone()
+                    .gather(1, labels.unsqueeze_dim(1))
+                    .squeeze_dim(1)
+            }
+            TargetKind::Probabilities(probabilities) => {
+                let probabilities = probabilities.clone().to_device(&capped.device());
+                (probabilities.cast(capped.dtype()) * capped.clone())
+                    .sum_dim(1)
+                    .squeeze_dim(1)
+            }
+        };
+        Self::from_rows(
+            predictions,
+            target_logits,
+            log_sum_exp.detach(),
+            targets,
+            options,
+        )
+    }
+}
+
+/// The rows whose label the options ignore, `[N]`; `None` when no label can be ignored.
+fn ignored_rows(labels: &Tensor<1, Int>, options: &LossOptions) -> Option<Tensor<1, Bool>> {
+    options
+        .ignored_labels()
+        .map(|value| labels.clone().equal_elem(value))
+        .reduce(|a, b| a.bool_or(b))
+}
