@@ -14,11 +14,11 @@ use burn::data::dataset::InMemDataset;
 use burn::module::Module;
 use burn::prelude::*;
 use burn::store::ModuleRecord;
+use burn::tensor::IndexingUpdateOp;
 use burn::train::metric::{AccuracyMetric, LossMetric};
 use burn::train::{
     ClassificationOutput, InferenceStep, Learner, SupervisedTraining, TrainOutput, TrainStep,
 };
-use linear_softmax::manual::linear_forward;
 use linear_softmax::{LossOptions, Targets};
 
 use crate::data::Dataset;
@@ -70,28 +70,32 @@ impl Batcher<Row, RowBatch> for RowBatcher {
 }
 
 impl Classifier {
-    /// The fused loss of a batch, with the logits and labels Burn's metrics read.
+    /// The fused loss of a batch, with the predictions and labels Burn's metrics read.
     ///
-    /// The logits `[B, C]` are computed a second time for the accuracy metric (the fused loss
-    /// never materialises them), from detached features and parameters: outside the graph, so
-    /// nothing of it waits for a backward pass that never comes.
+    /// Burn's `AccuracyMetric` takes the `argmax` of `ClassificationOutput`'s `output`: the
+    /// one-hot rows of the predictions the fused pass found (`loss_with_stats`) carry exactly
+    /// that, so the metric needs no second forward pass through the head. They are constants,
+    /// outside the graph.
     pub fn forward_classification(&self, batch: RowBatch) -> ClassificationOutput {
         let features = self.features(batch.x);
-        let loss = self
+        let (loss, stats) = self
             .head
-            .loss(features.clone(), &batch.targets, &LossOptions::new())
+            .loss_with_stats(features, &batch.targets, &LossOptions::new())
             .expect("train_with_learner checked the batches' shape against the model");
-        let logits = linear_forward(
-            features.detach(),
-            self.head.weight().detach(),
-            self.head.bias().map(Tensor::detach),
+        let rows = stats.predictions.dims()[0];
+        let device = loss.device();
+        let predicted = Tensor::<2>::zeros([rows, self.head.n_classes()], &device).scatter(
+            1,
+            stats.predictions.unsqueeze_dim(1),
+            Tensor::ones([rows, 1], &device),
+            IndexingUpdateOp::Add,
         );
         let labels = batch
             .targets
             .indices()
             .expect("class-index targets")
             .clone();
-        ClassificationOutput::new(loss, logits, labels)
+        ClassificationOutput::new(loss, predicted, labels)
     }
 }
 

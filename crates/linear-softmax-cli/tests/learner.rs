@@ -1,10 +1,14 @@
 //! The classifier in `burn::train`'s Learner (feature `learner`): one epoch on the digits
 //! learns, for the linear classifier and an MLP, and the checkpoint Burn wrote reloads into the
-//! same model.
+//! same model; the accuracy metric reads the fused pass's predictions.
 
+use burn::data::dataloader::batcher::Batcher;
 use burn::prelude::*;
+use linear_softmax::LossOptions;
 use linear_softmax_cli::data::digits;
-use linear_softmax_cli::learner::{LearnerConfig, load_checkpoint, train_with_learner};
+use linear_softmax_cli::learner::{
+    LearnerConfig, Row, RowBatcher, load_checkpoint, train_with_learner,
+};
 use linear_softmax_cli::metrics::evaluate;
 use linear_softmax_cli::model::{Classifier, ClassifierConfig};
 use linear_softmax_cli::to_host_f64;
@@ -84,4 +88,45 @@ fn a_validation_set_of_another_shape_is_an_error_before_training() {
         .expect_err("refused")
         .to_string();
     assert!(err.contains("learning rate = NaN"), "{err}");
+}
+
+/// What Burn's accuracy metric reads: the `argmax` of the output rows, which are the one-hot
+/// predictions of the fused pass, is `predict`'s class for every row of a batch; the loss is
+/// the head's.
+#[test]
+fn the_metric_output_carries_the_predictions_of_the_fused_pass() {
+    let device = Device::flex().autodiff();
+    let (_, test) = digits().unwrap().stratified_split(0.2, 42).unwrap();
+    let model = ClassifierConfig::new(test.n_features, test.n_classes)
+        .with_hidden(vec![16])
+        .init(&device)
+        .unwrap();
+    let batcher = RowBatcher {
+        n_features: test.n_features,
+        n_classes: test.n_classes,
+    };
+    let rows: Vec<Row> = (0..50)
+        .map(|i| Row {
+            features: test.features[i * test.n_features..(i + 1) * test.n_features].to_vec(),
+            label: test.labels[i],
+        })
+        .collect();
+    let batch = batcher.batch(rows, &device);
+    let features = model.features(batch.x.clone());
+    let expected_loss = model
+        .head
+        .loss(features.clone(), &batch.targets, &LossOptions::new())
+        .unwrap();
+    let output = model.forward_classification(batch);
+    let int = |t: Tensor<1, Int>| t.to_data().convert::<i64>().try_to_vec::<i64>().unwrap();
+    assert_eq!(
+        int(output.output.clone().argmax(1).squeeze_dim(1)),
+        int(model.head.predict(features).unwrap())
+    );
+    let sums = to_host_f64(&output.output.sum_dim(1)).unwrap();
+    assert!(sums.iter().all(|&s| s == 1.0), "one-hot rows: {sums:?}");
+    assert_eq!(
+        to_host_f64(&output.loss).unwrap(),
+        to_host_f64(&expected_loss).unwrap()
+    );
 }

@@ -273,7 +273,13 @@ fn statistics_on_wgpu_match_predict_and_the_autodiff_path() {
     let soft = targets(Kind::Probabilities, &p, [n, c], &device, 2);
     let ignore = LossOptions::new().with_ignore_index(Some(common::cases::IGNORE));
     let softcap = LossOptions::new().with_softcap(Some(5.0));
-    let int = |tensor: &Tensor<1, Int>| tensor.to_data().convert::<i64>().to_vec::<i64>().unwrap();
+    let int = |tensor: &Tensor<1, Int>| {
+        tensor
+            .to_data()
+            .convert::<i64>()
+            .try_to_vec::<i64>()
+            .unwrap()
+    };
     let predicted = int(&head.predict(p.x.clone()).unwrap());
     let cases = [
         ("classes, ignored rows", &ignored, &ignore, Kernel::Cube),
