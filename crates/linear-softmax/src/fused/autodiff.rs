@@ -167,7 +167,9 @@ impl<B: FusedLinearCrossEntropyOps, C: CheckpointStrategy> FusedLinearCrossEntro
             d_bias: optional(output.d_bias),
             log_sum_exp: constant(output.log_sum_exp),
             predictions: inner_int(output.predictions),
-            target_logits: optional(output.target_logits),
+            target_log_probability: optional(output.target_log_probability),
+            correct: inner_int(output.correct),
+            counted: inner_int(output.counted),
         }
     }
 }
@@ -186,7 +188,12 @@ fn with_constants<B: Backend, C: CheckpointStrategy>(
         d_bias: Optional::Absent,
         log_sum_exp: constant(output.log_sum_exp),
         predictions: inner_int(output.predictions),
-        target_logits: output.target_logits.into_option().map(constant).into(),
+        target_log_probability: (output.target_log_probability)
+            .into_option()
+            .map(constant)
+            .into(),
+        correct: inner_int(output.correct),
+        counted: inner_int(output.counted),
     }
 }
 

@@ -162,7 +162,8 @@ pub enum RowUpstream<B: Backend> {
 /// # Shapes
 /// - `loss`: `[1]` (`[N]` for reduction none), without the L2 term
 /// - `d_input`: `[N, D]`, `d_weight`: `[D, C]`, `d_bias`: `[C]`, `log_sum_exp`: `[N]`,
-///   `predictions`: `[N]` (Int), `target_logits`: `[N]`
+///   `predictions`: `[N]` (Int), `target_log_probability`: `[N]`, `correct` and `counted`:
+///   `[1]` (Int)
 #[derive(Clone, Debug, ExtensionType)]
 pub struct FusedOutput<B: Backend> {
     /// The reduced loss.
@@ -182,10 +183,15 @@ pub struct FusedOutput<B: Backend> {
     /// the largest), with the labels' Int type.
     #[extension_type]
     pub predictions: OptionalInt<B>,
-    /// `sum_k T_ik S'_ik` of the (capped) logits for the targets as given (class indices:
-    /// `S'_{i, y_i}`, an arbitrary value for ignored rows; probabilities: the expectation).
+    /// `sum_k T_ik (S'_ik - lse_i)` for the targets as given, 0 for ignored rows.
     #[extension_type]
-    pub target_logits: Optional<B>,
+    pub target_log_probability: Optional<B>,
+    /// The counted rows predicted right (see [`crate::LossStats`]).
+    #[extension_type]
+    pub correct: OptionalInt<B>,
+    /// The rows not ignored.
+    #[extension_type]
+    pub counted: OptionalInt<B>,
 }
 
 /// The plain (non-tensor) part of a fused call: the loss definition, the chunk size, and
@@ -196,8 +202,8 @@ pub struct FusedSpec {
     pub options: LossOptions,
     /// Rows per chunk `R`.
     pub chunk_rows: usize,
-    /// Whether the row pass also returns each row's prediction and target logit
-    /// ([`FusedOutput::predictions`], [`FusedOutput::target_logits`]).
+    /// Whether the pass also returns the statistics of [`crate::LossStats`]
+    /// ([`FusedOutput::predictions`] and the fields after it).
     pub stats: bool,
 }
 

@@ -17,6 +17,7 @@ use super::cpu::{self, RawBackend, few_classes};
 use super::tensor_kernel::{self, PlainBackend, RowPass};
 use crate::head::LinearSoftmax;
 use crate::options::LossOptions;
+use crate::stats::LossStats;
 use crate::targets::{TargetKind, Targets};
 
 /// The kernels of the fused op.
@@ -218,11 +219,12 @@ fn tensor_kernel<B: PlainBackend>(
             TargetKind::Probabilities(B::wrap(probabilities))
         }
     };
+    let targets = Targets::trusted(kind, n_classes);
     let output = tensor_kernel::linear_cross_entropy(
         B::wrap(x),
         B::wrap(weight),
         bias.into_option().map(B::wrap),
-        &Targets::trusted(kind, n_classes),
+        &targets,
         class_weights.into_option().map(B::wrap),
         &spec.options,
         spec.chunk_rows,
@@ -236,14 +238,36 @@ fn tensor_kernel<B: PlainBackend>(
         row_pass,
     );
     let optional = |tensor: Option<FloatTensor<B>>| Optional::from(tensor);
+    // The statistics' reductions on the device, from the chunks' predictions and target logits.
+    let stats = output
+        .predictions
+        .zip(output.target_logits)
+        .map(|(predictions, target_logits)| {
+            let log_sum_exp = output.log_sum_exp.clone();
+            LossStats::from_rows(
+                predictions,
+                target_logits,
+                log_sum_exp,
+                &targets,
+                &spec.options,
+            )
+        });
     FusedOutput {
         loss: B::unwrap(output.loss),
         d_input: optional(output.d_input.map(B::unwrap)),
         d_weight: optional(output.d_weight.map(B::unwrap)),
         d_bias: optional(output.d_bias.map(B::unwrap)),
         log_sum_exp: B::unwrap(output.log_sum_exp),
-        predictions: output.predictions.map(B::unwrap_int).into(),
-        target_logits: optional(output.target_logits.map(B::unwrap)),
+        predictions: (stats.as_ref())
+            .map(|stats| B::unwrap_int(stats.predictions.clone()))
+            .into(),
+        target_log_probability: (stats.as_ref())
+            .map(|stats| B::unwrap(stats.target_log_probability.clone()))
+            .into(),
+        correct: (stats.as_ref())
+            .map(|stats| B::unwrap_int(stats.correct.clone()))
+            .into(),
+        counted: stats.map(|stats| B::unwrap_int(stats.counted)).into(),
     }
 }
 

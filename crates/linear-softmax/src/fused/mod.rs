@@ -78,8 +78,8 @@ pub use kernel::{Kernel, KernelChoice, kernel_for};
 use kernel::FusedBackend;
 
 use backend::{
-    FusedInputs, FusedLinearCrossEntropyOps, FusedSpec, Optional, RowUpstream, TargetPrimitives,
-    WantedGradients,
+    FusedInputs, FusedLinearCrossEntropyOps, FusedSpec, Optional, OptionalInt, RowUpstream,
+    TargetPrimitives, WantedGradients,
 };
 
 use crate::error::{Error, Result};
@@ -288,13 +288,17 @@ pub fn loss_with_stats_and_chunking(
     };
     let output = Dispatch::linear_cross_entropy(inputs, spec);
     let asked = "the kernel returns the statistics it was asked for";
-    let stats = LossStats::from_rows(
-        Tensor::from_dispatch(output.predictions.into_option().expect(asked)),
-        Tensor::from_dispatch(output.target_logits.into_option().expect(asked)),
-        Tensor::from_dispatch(output.log_sum_exp),
-        targets,
-        options,
-    );
+    let int =
+        |tensor: OptionalInt<Dispatch>| Tensor::from_dispatch(tensor.into_option().expect(asked));
+    let stats = LossStats {
+        predictions: int(output.predictions),
+        correct: int(output.correct),
+        counted: int(output.counted),
+        target_log_probability: Tensor::from_dispatch(
+            output.target_log_probability.into_option().expect(asked),
+        ),
+        log_sum_exp: Tensor::from_dispatch(output.log_sum_exp),
+    };
     let loss = manual::with_l2(Tensor::from_dispatch(output.loss), head.weight(), options);
     Ok((loss, stats))
 }

@@ -127,6 +127,19 @@ pub(super) fn into_primitives<B: Backend, E: RawFloat>(
     let primitive = |values: Vec<E>, dims: Vec<usize>| {
         B::float_from_data(TensorData::new(values, dims), device)
     };
+    let int = |values: Vec<i64>| {
+        let len = values.len();
+        let data = TensorData::new(values, vec![len]).convert_dtype(label_dtype);
+        B::int_from_data(data, device)
+    };
+    let (mut predictions, mut target_log_probability, mut correct, mut counted) =
+        (None, None, None, None);
+    if let Some(stats) = output.stats {
+        predictions = Some(int(stats.predictions));
+        target_log_probability = Some(primitive(stats.target_log_probability, vec![n_rows]));
+        correct = Some(int(vec![stats.correct]));
+        counted = Some(int(vec![stats.counted]));
+    }
     let loss_len = output.loss.len();
     FusedOutput {
         loss: primitive(output.loss, vec![loss_len]),
@@ -136,15 +149,9 @@ pub(super) fn into_primitives<B: Backend, E: RawFloat>(
             .into(),
         d_bias: output.d_bias.map(|v| primitive(v, vec![n_classes])).into(),
         log_sum_exp: primitive(output.log_sum_exp, vec![n_rows]),
-        predictions: (output.predictions)
-            .map(|v| {
-                let data = TensorData::new(v, vec![n_rows]).convert_dtype(label_dtype);
-                B::int_from_data(data, device)
-            })
-            .into(),
-        target_logits: output
-            .target_logits
-            .map(|v| primitive(v, vec![n_rows]))
-            .into(),
+        predictions: predictions.into(),
+        target_log_probability: target_log_probability.into(),
+        correct: correct.into(),
+        counted: counted.into(),
     }
 }

@@ -259,6 +259,28 @@ fn kernel<E: RawFloat>(
         chunks::pass(inputs, &chunks, outputs);
     }
 
+    // The statistics' reductions here, on the host buffers (no tensor operations).
+    let stats = predictions
+        .zip(target_logits)
+        .map(|(predictions, target_logits)| {
+            let (mut correct, mut counted) = (0, 0);
+            let mut target_log_probability = target_logits;
+            for (row, value) in target_log_probability.iter_mut().enumerate() {
+                if targets.is_valid(row) {
+                    counted += 1;
+                    correct += i64::from(predictions[row] == targets.labels[row] as i64);
+                    *value = *value - log_sum_exp[row];
+                } else {
+                    *value = E::ZERO;
+                }
+            }
+            HostStats {
+                predictions,
+                target_log_probability,
+                correct,
+                counted,
+            }
+        });
     let loss = match options.reduction {
         Reduction::None => row_losses,
         Reduction::Mean | Reduction::Sum => {
@@ -272,8 +294,7 @@ fn kernel<E: RawFloat>(
         d_weight,
         d_bias,
         log_sum_exp,
-        predictions,
-        target_logits,
+        stats,
     }
 }
 
@@ -304,6 +325,13 @@ pub(super) struct HostOutput<E> {
     pub(super) d_weight: Option<Vec<E>>,
     pub(super) d_bias: Option<Vec<E>>,
     pub(super) log_sum_exp: Vec<E>,
-    pub(super) predictions: Option<Vec<i64>>,
-    pub(super) target_logits: Option<Vec<E>>,
+    pub(super) stats: Option<HostStats<E>>,
+}
+
+/// The statistics of [`crate::LossStats`], on the host.
+pub(super) struct HostStats<E> {
+    pub(super) predictions: Vec<i64>,
+    pub(super) target_log_probability: Vec<E>,
+    pub(super) correct: i64,
+    pub(super) counted: i64,
 }

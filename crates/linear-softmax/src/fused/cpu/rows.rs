@@ -42,7 +42,7 @@ impl<E: RawFloat> RowTargets<E> {
             .map_or(1.0, |w| w[self.labels[row]].to_f64())
     }
 
-    fn is_valid(&self, row: usize) -> bool {
+    pub(super) fn is_valid(&self, row: usize) -> bool {
         self.valid.as_ref().is_none_or(|valid| valid[row])
     }
 }
