@@ -285,8 +285,9 @@ impl LinearSoftmax {
 
     /// [`loss`](Self::loss) and the per-row [`LossStats`] from the same fused pass: each
     /// row's predicted class, the number of correct rows among those not ignored, the target
-    /// log-probabilities and `lse`, with no second forward pass and no `[N, C]` tensor (see
-    /// [`crate::fused::loss_with_stats`]). The statistics are detached from the graph.
+    /// log-probabilities and `lse`, with no second forward pass and (on a backend with the
+    /// fused op) no `[N, C]` tensor (see [`crate::fused::loss_with_stats`]). The statistics are
+    /// detached from the graph.
     ///
     /// # Shapes
     /// - `x`: `[N, D]`, `targets`: `[N]` or `[N, C]`, loss: `[1]` (`[N]` with reduction none)

@@ -10,7 +10,8 @@ use crate::targets::{TargetKind, Targets};
 
 /// Per-row statistics computed alongside a loss, by the same pass: for the fused path, by its
 /// chunks' row pass (the row maximum is already there), so neither a second forward pass nor
-/// an `[N, C]` tensor is needed. Every tensor is on the loss's device, detached from any graph;
+/// (on a backend with the fused op) an `[N, C]` tensor is needed. Every tensor is on the loss's
+/// device, detached from any graph, its Int tensors of the device's Int type (as `argmax`'s);
 /// nothing is read back to the host until [`accuracy`](Self::accuracy) is called.
 ///
 /// With logits `S = X W + b` (`S'` after the softcap, when that option is on),
@@ -28,7 +29,9 @@ use crate::targets::{TargetKind, Targets};
 /// right when the target gives it the row's largest probability (for one-hot rows, the
 /// label; with several tied classes, as multi-hot targets have, any of them), and every row
 /// counts. `argmax` takes the first maximum, and a NaN as the largest value, as Burn's
-/// `argmax` on the CPU backends and PyTorch's do. The target log-probability ignores label
+/// `argmax` on the CPU backends and PyTorch's do. The fused kernels compute the logits with
+/// their own GEMMs, whose sums run in another order than `forward`'s: two classes within a few
+/// ulps of each other may rank the other way than in `predict`. The target log-probability ignores label
 /// smoothing, class weights and the z-loss: it is `log p(y_i | x_i)` for class indices (the
 /// token log-likelihood of an LM head) and the negative plain cross-entropy for probabilities.
 ///
@@ -98,8 +101,9 @@ impl LossStats {
             TargetKind::Classes { indices, .. } => {
                 let labels = indices.clone().to_device(&device);
                 let ignored = ignored_rows(&labels, options);
-                let predictions = predictions.clone().cast(labels.dtype());
-                let right = predictions.equal(labels);
+                // The labels may be of a narrower Int type than the predictions.
+                let labels = labels.cast(predictions.dtype());
+                let right = predictions.clone().equal(labels);
                 let log_probability = target_logits - log_sum_exp.clone();
                 match ignored {
                     None => (

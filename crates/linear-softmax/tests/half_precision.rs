@@ -124,3 +124,55 @@ fn loss_backward_in_half_precision_matches_f32() {
         "Flex computes in bf16 and f16: {checked} cases ran"
     );
 }
+
+/// The statistics in half precision (the tensor kernel of the fused path): each path's
+/// predictions are `predict`'s on the same half-precision head, its counts the autodiff path's,
+/// its target log-probabilities the f32 ones within the type's tolerance.
+#[test]
+fn statistics_in_half_precision() {
+    for (backend, device) in backends() {
+        for (dtype, tolerance) in [(DType::BF16, BF16_VS_F32), (DType::F16, F16_VS_F32)] {
+            if check_dtype(&device, dtype).is_err() {
+                continue;
+            }
+            let [n, d, c] = [9, 7, 21];
+            let plain = problem([n, d, c], true, DType::F32, &device, 4);
+            let (head, x) = (plain.head.clone().cast(dtype), plain.x.clone().cast(dtype));
+            let options = LossOptions::new();
+            let int =
+                |t: &Tensor<1, Int>| t.to_data().convert::<i64>().try_to_vec::<i64>().unwrap();
+            let predicted = int(&head.predict(x.clone()).unwrap());
+            let (_, reference) = LossPath::Autodiff
+                .loss_with_stats(
+                    &head.clone().cast(DType::F32),
+                    x.clone().cast(DType::F32),
+                    &plain.targets,
+                    &options,
+                )
+                .unwrap();
+            let (_, autodiff) = LossPath::Autodiff
+                .loss_with_stats(&head, x.clone(), &plain.targets, &options)
+                .unwrap();
+            for path in LossPath::ALL {
+                let (_, stats) = path
+                    .loss_with_stats(&head, x.clone(), &plain.targets, &options)
+                    .unwrap();
+                let what = format!("{backend} {dtype:?} {path}");
+                assert_eq!(int(&stats.predictions), predicted, "{what}: predictions");
+                assert_eq!(
+                    int(&stats.correct),
+                    int(&autodiff.correct),
+                    "{what}: correct"
+                );
+                assert_eq!(int(&stats.counted), [n as i64], "{what}: counted");
+                let host = |t: &Tensor<1>| common::host(t);
+                assert_close(
+                    &format!("{what}: target log-probability"),
+                    &host(&stats.target_log_probability),
+                    &host(&reference.target_log_probability),
+                    tolerance,
+                );
+            }
+        }
+    }
+}

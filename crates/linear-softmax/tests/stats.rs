@@ -414,3 +414,55 @@ fn bad_input_is_refused_as_by_loss() {
         );
     }
 }
+
+/// Batches large enough that the row pass runs on several rayon tasks (the chunked kernel:
+/// `R C >= 2^15` elements; the few-classes kernel: `N D >= 2^15`), so each task writes its
+/// statistics at an offset into the batch.
+#[test]
+fn statistics_of_a_batch_split_over_tasks() {
+    for (backend, device) in backends() {
+        for c in [7, 40] {
+            let p = problem([1000, 40, c], true, DType::F32, &device, 21);
+            let targets = targets(Kind::Ignored, &p, [1000, c], &device, 6);
+            let options = LossOptions::new().with_ignore_index(Some(IGNORE));
+            let expected = expected(&p.head, &p.x, &targets, &options);
+            let (_, stats) = p
+                .head
+                .loss_with_stats(p.x.clone(), &targets, &options)
+                .unwrap();
+            let what = format!("{backend} C={c}, 1000 rows");
+            assert_stats(&what, &stats, &expected, common::F32_AGREEMENT);
+        }
+    }
+}
+
+/// Labels of a narrow Int type: the statistics' Int tensors have the type `predict` gives
+/// (the device's), and counts beyond the labels' range are right (u8 labels, 300 rows).
+#[test]
+fn narrow_labels_give_statistics_of_the_devices_int_type() {
+    for (backend, device) in backends() {
+        for c in [7, 40] {
+            let p = problem([300, 5, c], true, DType::F32, &device, 12);
+            let narrow: Vec<u8> = p.labels.iter().map(|&label| label as u8).collect();
+            let labels =
+                Tensor::<1, Int>::from_data(TensorData::new(narrow, [300]), (&device, DType::U8));
+            let targets = Targets::from_tensor(labels, c).unwrap();
+            let expected = expected(&p.head, &p.x, &targets, &LossOptions::new());
+            let predicted = p.head.predict(p.x.clone()).unwrap();
+            for path in LossPath::ALL {
+                let (_, stats) = path
+                    .loss_with_stats(&p.head, p.x.clone(), &targets, &LossOptions::new())
+                    .unwrap();
+                let what = format!("{backend} C={c} {path}, u8 labels");
+                for (name, tensor) in [
+                    ("predictions", &stats.predictions),
+                    ("correct", &stats.correct),
+                    ("counted", &stats.counted),
+                ] {
+                    assert_eq!(tensor.dtype(), predicted.dtype(), "{what}: {name}");
+                }
+                assert_stats(&what, &stats, &expected, common::F32_AGREEMENT);
+            }
+        }
+    }
+}

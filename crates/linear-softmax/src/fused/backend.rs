@@ -180,7 +180,7 @@ pub struct FusedOutput<B: Backend> {
     /// `lse_i`, the per-row log-sum-exp of the (capped) logits.
     pub log_sum_exp: FloatTensor<B>,
     /// `argmax_k S_ik` of the logits before any softcap (the first maximum; a NaN counts as
-    /// the largest), with the labels' Int type.
+    /// the largest), in any Int type (the callers cast to the device's).
     #[extension_type]
     pub predictions: OptionalInt<B>,
     /// `sum_k T_ik (S'_ik - lse_i)` for the targets as given, 0 for ignored rows.
@@ -243,8 +243,8 @@ pub trait FusedLinearCrossEntropyOps: Backend {
         )
     }
 
-    /// The loss, the `wanted` gradients (for the upstream `upstream`) and the per-row
-    /// log-sum-exp, as plain values.
+    /// The loss, the `wanted` gradients (for the upstream `upstream`), the per-row
+    /// log-sum-exp and, when `spec.stats`, the statistics, as plain values.
     ///
     /// On `Autodiff<B, C>` the results are constants (not part of any graph).
     fn linear_cross_entropy_with_gradients(

@@ -286,10 +286,14 @@ pub fn loss_with_stats_and_chunking(
         stats: true,
         ..spec
     };
+    let device = x.device();
     let output = Dispatch::linear_cross_entropy(inputs, spec);
     let asked = "the kernel returns the statistics it was asked for";
-    let int =
-        |tensor: OptionalInt<Dispatch>| Tensor::from_dispatch(tensor.into_option().expect(asked));
+    // The Int type `argmax` (and `predict`) gives on this device, whatever the kernel used.
+    let int_dtype = device.settings().int_dtype;
+    let int = |tensor: OptionalInt<Dispatch>| {
+        Tensor::<1, Int>::from_dispatch(tensor.into_option().expect(asked)).cast(int_dtype)
+    };
     let stats = LossStats {
         predictions: int(output.predictions),
         correct: int(output.correct),

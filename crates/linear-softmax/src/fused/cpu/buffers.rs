@@ -112,11 +112,10 @@ impl RawBackend for burn::backend::NdArray {
 
 /// The kernel's host outputs as primitives of `B` on `device`.
 ///
-/// The predictions take the labels' Int type `label_dtype`.
+/// The statistics' Int tensors are `i64` (the callers cast them to the device's Int type).
 pub(super) fn into_primitives<B: Backend, E: RawFloat>(
     output: HostOutput<E>,
     shape: Shape,
-    label_dtype: DType,
     device: &B::Device,
 ) -> FusedOutput<B> {
     let Shape {
@@ -129,8 +128,7 @@ pub(super) fn into_primitives<B: Backend, E: RawFloat>(
     };
     let int = |values: Vec<i64>| {
         let len = values.len();
-        let data = TensorData::new(values, vec![len]).convert_dtype(label_dtype);
-        B::int_from_data(data, device)
+        B::int_from_data(TensorData::new(values, vec![len]), device)
     };
     let (mut predictions, mut target_log_probability, mut correct, mut counted) =
         (None, None, None, None);

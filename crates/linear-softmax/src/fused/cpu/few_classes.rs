@@ -524,7 +524,7 @@ mod tests {
             want_bias: true,
             want_weight: true,
         };
-        let run = |build: &dyn Fn(Block<'_, f32>) -> Partials<f32>| {
+        let run = |build: &dyn Fn(Block<'_, f32>) -> Partials<f32>| -> ([Vec<f32>; 6], Vec<i64>) {
             let (mut losses, mut lse, mut d_input) = (vec![0.0; n], vec![0.0; n], vec![0.0; n * d]);
             let (mut predictions, mut target_logits) = (vec![0; n], vec![0.0; n]);
             let partials = build(Block {
@@ -539,12 +539,20 @@ mod tests {
             });
             let d_weight_t = partials.d_weight_t.expect("wanted");
             let d_bias = partials.d_bias.expect("wanted");
-            [losses, lse, d_input, d_weight_t, d_bias]
+            (
+                [losses, lse, d_input, d_weight_t, d_bias, target_logits],
+                predictions,
+            )
         };
-        let portable = run(&|block| block_rows::<f32, false, false>(block, &shared));
-        let fused = run(&|block| block_rows::<f32, true, false>(block, &shared));
-        let dispatched = run(&|block| block_dispatch(block, &shared));
-        let names = ["losses", "lse", "dX", "dW^T", "db"];
+        let (portable, portable_predictions) =
+            run(&|block| block_rows::<f32, false, false>(block, &shared));
+        let (fused, fused_predictions) =
+            run(&|block| block_rows::<f32, true, false>(block, &shared));
+        let (dispatched, dispatched_predictions) = run(&|block| block_dispatch(block, &shared));
+        // The logits of these rows are far from ties: every build predicts the same classes.
+        assert_eq!(portable_predictions, fused_predictions);
+        assert_eq!(portable_predictions, dispatched_predictions);
+        let names = ["losses", "lse", "dX", "dW^T", "db", "target logits"];
         for (name, (p, (f, x))) in names
             .iter()
             .zip(portable.iter().zip(fused.iter().zip(&dispatched)))

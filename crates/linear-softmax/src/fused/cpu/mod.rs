@@ -89,7 +89,6 @@ pub(crate) fn linear_cross_entropy<B: RawBackend>(
     };
     let [n_rows, d_input] = x.shape().dims::<2>();
     let n_classes = weight.shape().dims::<2>()[1];
-    let label_dtype = labels.dtype();
     let labels = B::labels(labels);
     let raw = |tensor| B::raw(tensor).expect(CHOSEN);
     let bias = bias.as_option().map(raw);
@@ -135,7 +134,7 @@ pub(crate) fn linear_cross_entropy<B: RawBackend>(
                 upstream,
                 isa,
             );
-            into_primitives::<B, $ty>(output, shape, label_dtype, &device)
+            into_primitives::<B, $ty>(output, shape, &device)
         }};
     }
     match raw(x) {
