@@ -2,9 +2,13 @@
 //! accuracy on the stratified 80/20 split.
 
 use burn::prelude::*;
-use linear_softmax::{LinearSoftmaxConfig, LossOptions};
+use linear_softmax::{LinearSoftmaxConfig, LossOptions, LossPath};
 use linear_softmax_cli::data::{DIGITS_CLASSES, DIGITS_FEATURES, digits};
-use linear_softmax_cli::train::{SgdConfig, accuracy, train_sgd};
+use linear_softmax_cli::metrics::evaluate;
+use linear_softmax_cli::model::{Classifier, ClassifierConfig};
+use linear_softmax_cli::train::{
+    EpochMetrics, OptimizerKind, SgdConfig, TrainConfig, TrainObserver, accuracy, train, train_sgd,
+};
 
 #[test]
 fn embedded_digits_load_whole_and_scaled() {
@@ -67,4 +71,59 @@ fn manual_sgd_reaches_95_percent_on_digits() {
         losses.last().unwrap() < &(losses[0] * 0.5),
         "loss fell: {losses:?}"
     );
+}
+
+/// Keeps the last epoch's metrics.
+struct LastEpoch(Option<EpochMetrics>);
+
+impl TrainObserver for LastEpoch {
+    fn on_epoch_end(
+        &mut self,
+        metrics: &EpochMetrics,
+        _model: &Classifier,
+    ) -> linear_softmax_cli::Result<()> {
+        self.0 = Some(*metrics);
+        Ok(())
+    }
+}
+
+/// The train accuracy of an epoch is counted by its steps' own loss passes: with a learning
+/// rate too small to move any parameter, every step sees the initial model, so the epoch's
+/// train accuracy is the initial model's accuracy on the whole training set, on every path.
+#[test]
+fn the_train_accuracy_counts_every_row_of_the_epoch_from_the_steps() {
+    let device = Device::flex();
+    device.seed(5);
+    let (train_set, test) = digits().unwrap().stratified_split(0.2, 42).unwrap();
+    let model = ClassifierConfig::new(DIGITS_FEATURES, DIGITS_CLASSES)
+        .with_hidden(vec![16])
+        .init(&device)
+        .unwrap();
+    let expected = evaluate(&model, &train_set, &device)
+        .unwrap()
+        .confusion
+        .accuracy();
+    for path in LossPath::ALL {
+        let config = TrainConfig {
+            epochs: 1,
+            batch_size: 50,
+            learning_rate: 1e-30,
+            optimizer: OptimizerKind::Sgd { momentum: 0.0 },
+            path,
+            options: LossOptions::new(),
+            seed: 3,
+        };
+        let mut last = LastEpoch(None);
+        train(
+            model.clone(),
+            &train_set,
+            &test,
+            &config,
+            &device,
+            &mut last,
+        )
+        .unwrap();
+        let metrics = last.0.expect("one epoch ran");
+        assert_eq!(metrics.train_accuracy, expected, "{path}");
+    }
 }
