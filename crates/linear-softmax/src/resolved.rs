@@ -67,6 +67,18 @@ pub(crate) fn class_weights(
     })
 }
 
+/// The one rule of ignored rows (`LossOptions::ignored_labels`), on the device: the rows of
+/// `labels` `[N]` whose label the options ignore; `None` when no label can be ignored.
+pub(crate) fn ignored_rows(
+    labels: &Tensor<1, Int>,
+    options: &LossOptions,
+) -> Option<Tensor<1, Bool>> {
+    options
+        .ignored_labels()
+        .map(|value| labels.clone().equal_elem(value))
+        .reduce(|a, b| a.bool_or(b))
+}
+
 impl ResolvedLoss {
     /// Resolves `options` against `targets` for logits on `device` in `dtype`.
     pub(crate) fn new(
@@ -93,11 +105,7 @@ impl ResolvedLoss {
             TargetKind::Classes { indices, .. } => {
                 let indices = indices.clone().to_device(device);
                 let rows = indices.dims()[0];
-                // The one rule of ignored rows (`LossOptions::ignored_labels`), on the device.
-                let ignored = options
-                    .ignored_labels()
-                    .map(|value| indices.clone().equal_elem(value))
-                    .reduce(|a, b| a.bool_or(b));
+                let ignored = ignored_rows(&indices, options);
                 let (labels, valid) = match ignored {
                     None => (indices, None),
                     Some(ignored) => (

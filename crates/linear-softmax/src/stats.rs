@@ -6,6 +6,7 @@ use burn::prelude::*;
 use crate::error::Result;
 use crate::host::to_host_i64;
 use crate::options::LossOptions;
+use crate::resolved::{ResolvedLoss, ResolvedTargets, ignored_rows};
 use crate::targets::{TargetKind, Targets};
 
 /// Per-row statistics computed alongside a loss, by the same pass: for the fused path, by its
@@ -157,26 +158,8 @@ impl LossStats {
     ) -> Self {
         let (logits, capped) = (logits.detach(), capped.detach());
         let predictions = logits.argmax(1).squeeze_dim(1);
-        let target_logits = match targets.kind() {
-            TargetKind::Classes { indices, .. } => {
-                let labels = indices.clone().to_device(&capped.device());
-                // Ignored rows point at class 0; their value is masked out.
-                let labels = match ignored_rows(&labels, options) {
-                    Some(ignored) => labels.mask_fill(ignored, 0),
-                    None => labels,
-                };
-                capped
-                    .clone()
-                    .gather(1, labels.unsqueeze_dim(1))
-                    .squeeze_dim(1)
-            }
-            TargetKind::Probabilities(probabilities) => {
-                let probabilities = probabilities.clone().to_device(&capped.device());
-                (probabilities.cast(capped.dtype()) * capped.clone())
-                    .sum_dim(1)
-                    .squeeze_dim(1)
-            }
-        };
+        let resolved = ResolvedLoss::new(targets, options, &capped.device(), capped.dtype());
+        let target_logits = target_logits(&capped, &resolved.targets);
         Self::from_rows(
             predictions,
             target_logits,
@@ -187,10 +170,15 @@ impl LossStats {
     }
 }
 
-/// The rows whose label the options ignore, `[N]`; `None` when no label can be ignored.
-fn ignored_rows(labels: &Tensor<1, Int>, options: &LossOptions) -> Option<Tensor<1, Bool>> {
-    options
-        .ignored_labels()
-        .map(|value| labels.clone().equal_elem(value))
-        .reduce(|a, b| a.bool_or(b))
+/// `sum_k T_ik S'_ik` of (capped) logits `[R, C]`: `S'_{i, y_i}` for class indices (class 0
+/// for ignored rows), the expectation under `T` for probabilities; `[R]`.
+pub(crate) fn target_logits(logits: &Tensor<2>, targets: &ResolvedTargets) -> Tensor<1> {
+    match targets {
+        ResolvedTargets::Classes { labels, .. } => {
+            logits.clone().gather(1, labels.clone()).squeeze_dim(1)
+        }
+        ResolvedTargets::Probabilities(probabilities) => (probabilities.clone() * logits.clone())
+            .sum_dim(1)
+            .squeeze_dim(1),
+    }
 }

@@ -252,22 +252,25 @@ fn tensor_kernel<B: PlainBackend>(
                 &spec.options,
             )
         });
+    let (predictions, target_log_probability, correct, counted) = match stats {
+        Some(stats) => (
+            Some(B::unwrap_int(stats.predictions)),
+            Some(B::unwrap(stats.target_log_probability)),
+            Some(B::unwrap_int(stats.correct)),
+            Some(B::unwrap_int(stats.counted)),
+        ),
+        None => (None, None, None, None),
+    };
     FusedOutput {
         loss: B::unwrap(output.loss),
         d_input: optional(output.d_input.map(B::unwrap)),
         d_weight: optional(output.d_weight.map(B::unwrap)),
         d_bias: optional(output.d_bias.map(B::unwrap)),
         log_sum_exp: B::unwrap(output.log_sum_exp),
-        predictions: (stats.as_ref())
-            .map(|stats| B::unwrap_int(stats.predictions.clone()))
-            .into(),
-        target_log_probability: (stats.as_ref())
-            .map(|stats| B::unwrap(stats.target_log_probability.clone()))
-            .into(),
-        correct: (stats.as_ref())
-            .map(|stats| B::unwrap_int(stats.correct.clone()))
-            .into(),
-        counted: stats.map(|stats| B::unwrap_int(stats.counted)).into(),
+        predictions: predictions.into(),
+        target_log_probability: optional(target_log_probability),
+        correct: correct.into(),
+        counted: counted.into(),
     }
 }
 

@@ -30,7 +30,8 @@ use burn::prelude::*;
 use super::backend::WantedGradients;
 use crate::manual;
 use crate::options::{LossOptions, Reduction};
-use crate::resolved::{ResolvedLoss, ResolvedTargets};
+use crate::resolved::ResolvedLoss;
+use crate::stats;
 use crate::targets::Targets;
 
 /// How the kernel gets `W^T` for `dX_r = dS_r W^T`.
@@ -201,7 +202,8 @@ pub(crate) fn linear_cross_entropy(
                     .softcap
                     .map(|cap| manual::softcap_forward(logits.clone(), cap));
                 if stats {
-                    target_logits.push(target_logit(capped.as_ref().unwrap_or(&logits), &rows));
+                    let capped = capped.as_ref().unwrap_or(&logits);
+                    target_logits.push(stats::target_logits(capped, &rows.targets));
                 }
                 let (losses, cache) = manual::softmax_cross_entropy_forward_resolved(
                     capped.clone().unwrap_or(logits),
@@ -221,7 +223,7 @@ pub(crate) fn linear_cross_entropy(
             #[cfg(any(feature = "wgpu", feature = "cuda"))]
             RowPass::Cube => {
                 if stats {
-                    target_logits.push(target_logit(&logits, &rows));
+                    target_logits.push(stats::target_logits(&logits, &rows.targets));
                 }
                 let (losses, log_sum_exp, d_logits) =
                     super::cube::row_pass(logits, &rows, d_rows());
@@ -276,19 +278,6 @@ pub(crate) fn linear_cross_entropy(
         log_sum_exp: Tensor::cat(log_sum_exps, 0),
         predictions: stats.then(|| Tensor::cat(predictions, 0)),
         target_logits: stats.then(|| Tensor::cat(target_logits, 0)),
-    }
-}
-
-/// `sum_k T_ik S'_ik` for a chunk's (capped) logits `[R, C]`: `S'_{i, y_i}` for class indices
-/// (class 0 for ignored rows), the expectation under `T` for probabilities; `[R]`.
-fn target_logit(logits: &Tensor<2>, rows: &ResolvedLoss) -> Tensor<1> {
-    match &rows.targets {
-        ResolvedTargets::Classes { labels, .. } => {
-            logits.clone().gather(1, labels.clone()).squeeze_dim(1)
-        }
-        ResolvedTargets::Probabilities(probabilities) => (probabilities.clone() * logits.clone())
-            .sum_dim(1)
-            .squeeze_dim(1),
     }
 }
 
