@@ -7,8 +7,10 @@ mod common;
 use burn::prelude::*;
 use burn::tensor::DType;
 use common::cases::{Kind, targets};
-use common::{assert_close, assert_gradients_close, backends, loss_backward, problem, uniform};
-use linear_softmax::{LossOptions, LossPath, Reduction, check_dtype};
+use common::{
+    assert_close, assert_gradients_close, backends, host, loss_backward, problem, uniform,
+};
+use linear_softmax::{LossOptions, LossPath, Reduction, Targets, check_dtype};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
@@ -173,6 +175,60 @@ fn statistics_in_half_precision() {
                     tolerance,
                 );
             }
+        }
+    }
+}
+
+/// The bf16 raw kernels sum in f32: the mean over 2048 identical rows is the one row's loss
+/// and gradient. A sum in bf16 (8 significant bits) stops growing once one more term of the
+/// same value rounds away, at 256 terms: `dW` would be an eighth of its value. Chunks of 1024
+/// rows put 1024 terms in each GEMM's sum; chunks of 4 rows, 512 chunks into `dW`'s
+/// accumulation across chunks.
+#[test]
+fn bf16_raw_kernels_sum_in_f32() {
+    let device = Device::flex();
+    // One rounding of each output; the one row's own outputs are rounded once too.
+    const TWO_ROUNDINGS: f64 = 2.0 / 256.0;
+    for (c, chunk_rows) in [(10, None), (40, Some(1024)), (40, Some(4))] {
+        let one = problem([1, 8, c], true, DType::F32, &device, 11);
+        let head = one.head.cast(DType::BF16);
+        let x = one.x.cast(DType::BF16);
+        let n = 2048;
+        let many = Targets::from_indices(&vec![one.labels[0]; n], c, &device).unwrap();
+        let options = LossOptions::new();
+        let chunking = linear_softmax::Chunking::new().with_rows(chunk_rows);
+        let expected =
+            linear_softmax::fused::loss_and_gradients(&head, x.clone(), &one.targets, &options)
+                .unwrap();
+        let actual = linear_softmax::fused::loss_and_gradients_with_chunking(
+            &head,
+            x.repeat_dim(0, n),
+            &many,
+            &options,
+            &chunking,
+        )
+        .unwrap();
+        let context = format!("C = {c}, chunks of {chunk_rows:?} rows");
+        assert_eq!(actual.d_weight.dtype(), DType::BF16, "{context}");
+        // Each row's dX is the one row's divided by N (the mean).
+        let first_row = actual.d_input.clone().narrow(0, 0, 1) * n as f64;
+        let pairs = [
+            ("loss", host(&actual.loss), host(&expected.loss)),
+            ("dW", host(&actual.d_weight), host(&expected.d_weight)),
+            (
+                "db",
+                host(actual.d_bias.as_ref().unwrap()),
+                host(expected.d_bias.as_ref().unwrap()),
+            ),
+            ("dX", host(&first_row), host(&expected.d_input)),
+        ];
+        for (what, actual, expected) in pairs {
+            assert_close(
+                &format!("{context} {what}"),
+                &actual,
+                &expected,
+                TWO_ROUNDINGS,
+            );
         }
     }
 }

@@ -24,10 +24,11 @@ use crate::targets::{TargetKind, Targets};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kernel {
     /// Chunks of `R` rows on raw CPU buffers: three GEMMs per chunk around a vectorised row
-    /// pass, one reused `[R, C]` buffer (Flex, NdArray; class indices; f32, f64).
+    /// pass, one reused `[R, C]` buffer (Flex, NdArray; class indices; f32, f64, and bf16 with
+    /// bf16 GEMMs summing in f32, AVX512-BF16 where the CPU has it).
     Raw,
     /// One streaming pass over the rows for a classifier with few classes (`C <= 16`), the
-    /// raw kernel's row code without GEMMs.
+    /// raw kernel's row code without GEMMs (bf16 inputs widened to f32).
     FewClasses,
     /// The chunk loop on tensor operations: every option and target kind, any float type (on
     /// the CubeCL backends: probability targets and softcap).
@@ -153,8 +154,8 @@ pub(crate) fn choose(
         kernel: Kernel::Tensor,
         reason,
     };
-    if !matches!(dtype, DType::F32 | DType::F64) {
-        return tensor("the raw kernels run f32 and f64 only");
+    if !matches!(dtype, DType::F32 | DType::F64 | DType::BF16) {
+        return tensor("the raw kernels run f32, f64 and bf16 only");
     }
     if !class_targets {
         return tensor("probability targets: the raw kernels take class indices only");
@@ -170,7 +171,7 @@ pub(crate) fn choose(
     } else {
         KernelChoice {
             kernel: Kernel::Raw,
-            reason: "class indices in f32 or f64: chunked GEMMs on raw buffers",
+            reason: "class indices in f32, f64 or bf16: chunked GEMMs on raw buffers",
         }
     }
 }
@@ -368,6 +369,11 @@ mod tests {
 
         let choice = choose(DType::F16, 32768, true, &plain);
         assert_eq!(choice.kernel, Kernel::Tensor);
+        assert_eq!(choose(DType::BF16, 32768, true, &plain).kernel, Kernel::Raw);
+        assert_eq!(
+            choose(DType::BF16, 10, true, &plain).kernel,
+            Kernel::FewClasses
+        );
     }
 
     #[test]

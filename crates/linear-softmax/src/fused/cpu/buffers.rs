@@ -8,10 +8,9 @@ use std::borrow::Cow;
 
 use burn::backend::Backend;
 use burn::backend::tensor::{FloatTensor, IntTensor};
-use burn::tensor::DType;
 use burn::tensor::TensorData;
+use burn::tensor::{DType, Element, bf16};
 
-use super::float::RawFloat;
 use super::{HostOutput, Shape};
 use crate::fused::backend::FusedOutput;
 
@@ -20,11 +19,13 @@ use crate::fused::backend::FusedOutput;
 pub(crate) enum RawSlice<'a> {
     F32(Cow<'a, [f32]>),
     F64(Cow<'a, [f64]>),
+    Bf16(Cow<'a, [bf16]>),
 }
 
 /// A plain CPU backend whose primitives expose their buffers.
 pub(crate) trait RawBackend: Backend {
-    /// The tensor's elements in row-major order (`None` for dtypes other than f32/f64).
+    /// The tensor's elements in row-major order (`None` for dtypes other than f32, f64 and
+    /// bf16).
     fn raw(tensor: &FloatTensor<Self>) -> Option<RawSlice<'_>>;
     /// An Int tensor's elements in row-major order, as `i64`.
     fn labels(tensor: &IntTensor<Self>) -> Vec<i64>;
@@ -41,6 +42,10 @@ impl RawBackend for burn::backend::Flex {
             DType::F64 => RawSlice::F64(match tensor.as_slice::<f64>() {
                 Some(slice) => Cow::Borrowed(slice),
                 None => Cow::Owned(tensor.clone().into_data().try_to_vec::<f64>().ok()?),
+            }),
+            DType::BF16 => RawSlice::Bf16(match tensor.as_slice::<bf16>() {
+                Some(slice) => Cow::Borrowed(slice),
+                None => Cow::Owned(tensor.clone().into_data().try_to_vec::<bf16>().ok()?),
             }),
             _ => return None,
         })
@@ -113,7 +118,7 @@ impl RawBackend for burn::backend::NdArray {
 /// The kernel's host outputs as primitives of `B` on `device`.
 ///
 /// The statistics' Int tensors are `i64` (the callers cast them to the device's Int type).
-pub(super) fn into_primitives<B: Backend, E: RawFloat>(
+pub(super) fn into_primitives<B: Backend, E: Element>(
     output: HostOutput<E>,
     shape: Shape,
     device: &B::Device,

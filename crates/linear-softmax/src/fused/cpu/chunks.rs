@@ -1,7 +1,7 @@
 //! The kernel for many classes: chunks of `R` rows, three GEMMs each, around the row pass.
 
 use super::float::RawFloat;
-use super::gemm::{MatMut, MatRef, gemm};
+use super::gemm::{MatMut, MatRef, Operand};
 use super::isa::Isa;
 use super::rows::{ChunkRows, RowTargets, row_pass};
 use super::{Inputs, Outputs};
@@ -22,8 +22,11 @@ pub(super) struct Chunks<'a, E> {
 
 /// Runs the batch `chunk_rows` rows at a time through one reused `[R, C]` buffer:
 /// `S_r = X_r W`, the row pass (`S_r <- dS_r` in place), `dW += X_r^T dS_r`, `dX_r = dS_r W^T`.
-pub(super) fn pass<E: RawFloat>(
-    inputs: Inputs<'_, E>,
+///
+/// The GEMMs' operands are of type `M`: `E` itself, or bf16 with `E = f32`, where `dS_r` is
+/// rounded once to bf16 after the row pass and every GEMM sums in f32.
+pub(super) fn pass<E: RawFloat, M: Operand<E>>(
+    inputs: Inputs<'_, M>,
     chunks: &Chunks<'_, E>,
     mut out: Outputs<'_, E>,
 ) {
@@ -45,6 +48,8 @@ pub(super) fn pass<E: RawFloat>(
     let weight = MatRef::row_major(weight, d, c);
     let gradients = out.d_input.is_some() || out.d_weight.is_some() || out.d_bias.is_some();
     let mut buffer = vec![E::ZERO; chunk_rows * c];
+    // dS_r as operands, when they are not the buffer itself.
+    let mut rounded = Vec::new();
 
     for start in (0..n_rows).step_by(chunk_rows) {
         let end = (start + chunk_rows).min(n_rows);
@@ -52,13 +57,7 @@ pub(super) fn pass<E: RawFloat>(
         let logits = &mut buffer[..rows * c];
         let x_chunk = MatRef::row_major(&x[start * d..end * d], rows, d);
         // S_r = X_r W (the bias is added in the row pass, while the row is in cache).
-        gemm(
-            E::of(1.0),
-            x_chunk,
-            weight,
-            E::ZERO,
-            MatMut::row_major(logits, rows, c),
-        );
+        M::gemm(x_chunk, weight, E::ZERO, MatMut::row_major(logits, rows, c));
 
         let factors: Vec<f64> = (start..end).map(factor).collect();
         let chunk = ChunkRows {
@@ -83,18 +82,21 @@ pub(super) fn pass<E: RawFloat>(
                 .zip(partial)
                 .for_each(|(sum, p)| *sum += p);
         }
-        let d_logits = MatRef::row_major(&*logits, rows, c);
+        if out.d_weight.is_none() && out.d_input.is_none() {
+            continue;
+        }
+        let d_logits = MatRef::row_major(M::operands(logits, &mut rounded), rows, c);
         if let Some(d_weight) = &mut out.d_weight {
             // dW += X_r^T dS_r, X_r^T read through strides; the first chunk overwrites the
             // zeros (beta = 0: no read of dW).
             let beta = if start == 0 { E::ZERO } else { E::of(1.0) };
             let d_weight = MatMut::row_major(d_weight, d, c);
-            gemm(E::of(1.0), x_chunk.t(), d_logits, beta, d_weight);
+            M::gemm(x_chunk.t(), d_logits, beta, d_weight);
         }
         if let Some(d_input) = &mut out.d_input {
             // dX_r = dS_r W^T straight into the output, W^T read through strides.
             let d_input = MatMut::row_major(&mut d_input[start * d..end * d], rows, d);
-            gemm(E::of(1.0), d_logits, weight.t(), E::ZERO, d_input);
+            M::gemm(d_logits, weight.t(), E::ZERO, d_input);
         }
     }
 }

@@ -1,10 +1,68 @@
-//! The one safe GEMM wrapper of the CPU kernel: `C <- alpha A B + beta C` on matrix views whose
-//! extents are checked against their slices, posed so that the library threads well.
+//! The safe GEMM wrappers of the CPU kernel: `C <- alpha A B + beta C` on matrix views whose
+//! extents are checked against their slices, posed so that the library threads well; and the
+//! chunk loop's GEMMs for each operand type ([`Operand`]: f32 and f64 through the library, bf16
+//! through our own kernel with f32 sums).
+
+use burn::tensor::bf16;
+use rayon::prelude::*;
 
 use super::float::RawFloat;
 
 #[cfg(feature = "openblas-system")]
 pub(super) mod blas;
+mod packed_bf16;
+
+/// The element type of the chunk loop's GEMM operands (`X`, `W`, `dS`), for a kernel whose row
+/// pass and sums run in `E`: `E` itself, or bf16 for `E = f32`.
+pub(super) trait Operand<E: RawFloat>: Copy + Send + Sync + 'static {
+    /// `C <- A B + beta C`, with `C` in `E`.
+    fn gemm(a: MatRef<'_, Self>, b: MatRef<'_, Self>, beta: E, c: MatMut<'_, E>);
+
+    /// `values` as operands: themselves when the types agree, else rounded into `scratch`.
+    fn operands<'a>(values: &'a [E], scratch: &'a mut Vec<Self>) -> &'a [Self];
+
+    /// `values` in `E` when the types agree (`None` for bf16).
+    fn as_compute(values: &[Self]) -> Option<&[E]>;
+}
+
+impl<E: RawFloat> Operand<E> for E {
+    fn gemm(a: MatRef<'_, E>, b: MatRef<'_, E>, beta: E, c: MatMut<'_, E>) {
+        gemm(E::of(1.0), a, b, beta, c);
+    }
+
+    fn operands<'a>(values: &'a [E], _: &'a mut Vec<E>) -> &'a [E] {
+        values
+    }
+
+    fn as_compute(values: &[E]) -> Option<&[E]> {
+        Some(values)
+    }
+}
+
+impl Operand<f32> for bf16 {
+    fn gemm(a: MatRef<'_, bf16>, b: MatRef<'_, bf16>, beta: f32, c: MatMut<'_, f32>) {
+        packed_bf16::gemm_bf16(a, b, beta, c);
+    }
+
+    /// Each value rounded once to the nearest bf16 (ties to even), on rayon's threads.
+    fn operands<'a>(values: &'a [f32], scratch: &'a mut Vec<bf16>) -> &'a [bf16] {
+        scratch.resize(values.len(), bf16::ZERO);
+        const ROUNDING_CHUNK: usize = 1 << 14;
+        scratch
+            .par_chunks_mut(ROUNDING_CHUNK)
+            .zip(values.par_chunks(ROUNDING_CHUNK))
+            .for_each(|(out, values)| {
+                out.iter_mut()
+                    .zip(values)
+                    .for_each(|(out, &value)| *out = bf16::from_f32(value))
+            });
+        scratch
+    }
+
+    fn as_compute(_: &[bf16]) -> Option<&[f32]> {
+        None
+    }
+}
 
 /// A matrix over a slice: `rows x cols`, element `(i, j)` at `i * row_stride + j * col_stride`.
 #[derive(Clone, Copy, Debug)]
@@ -57,6 +115,21 @@ impl<'a, E> MatMut<'a, E> {
     }
 }
 
+/// `[m, k, n]` of `C [m, n] <- A [m, k] B [k, n]`, checked.
+fn dimensions<A, B, C>(a: &MatRef<'_, A>, b: &MatRef<'_, B>, c: &MatMut<'_, C>) -> [usize; 3] {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    assert_eq!(
+        b.rows, k,
+        "inner dimensions of A [{m}, {k}] and B [{}, {n}]",
+        b.rows
+    );
+    assert_eq!((c.rows, c.cols), (m, n), "C for A [{m}, {k}] B [{k}, {n}]");
+    // The views were made over whole row-major slices (`row_major`), transposed or not: every
+    // element they address lies inside their slice.
+    debug_assert!(a.data.len() >= m * k && b.data.len() >= k * n && c.data.len() >= m * n);
+    [m, k, n]
+}
+
 /// `C <- alpha A B + beta C`, `A` `[m, k]`, `B` `[k, n]`, `C` `[m, n]`.
 ///
 /// Posed as `C^T = B^T A^T` when `n > m`: matrixmultiply spreads a GEMM's M dimension over its
@@ -71,16 +144,7 @@ pub(super) fn gemm<E: RawFloat>(
     beta: E,
     c: MatMut<'_, E>,
 ) {
-    let (m, k, n) = (a.rows, a.cols, b.cols);
-    assert_eq!(
-        b.rows, k,
-        "inner dimensions of A [{m}, {k}] and B [{}, {n}]",
-        b.rows
-    );
-    assert_eq!((c.rows, c.cols), (m, n), "C for A [{m}, {k}] B [{k}, {n}]");
-    // The views were made over whole row-major slices (`row_major`), transposed or not: every
-    // element they address lies inside their slice.
-    debug_assert!(a.data.len() >= m * k && b.data.len() >= k * n && c.data.len() >= m * n);
+    let [m, k, n] = dimensions(&a, &b, &c);
     if m == 0 || n == 0 {
         return;
     }

@@ -24,7 +24,8 @@
 //! |---|---|
 //! | `buffers.rs` | primitives as slices (borrowed when contiguous), labels, outputs as primitives |
 //! | `float.rs` | `f32` / `f64`: arithmetic, a vectorisable `exp`, the unsafe GEMM primitive |
-//! | `gemm.rs` | the one safe GEMM wrapper (matrix views checked against their slices) |
+//! | `gemm.rs` | the safe GEMM wrappers (matrix views checked against their slices); the GEMM of each operand type |
+//! | `gemm/packed_bf16.rs` | bf16 operands summing in f32: packed panels, an AVX512-BF16 micro kernel |
 //! | `isa.rs` | the instruction set, detected once per call |
 //! | `rows.rs` | the row pass: losses, log-sum-exps, `dS` in place, `colsum(dS)` |
 //! | `chunks.rs` | many classes: chunks of `R` rows, three GEMMs each |
@@ -34,13 +35,20 @@
 //! `threading` feature, which burn's `rayon` feature turns on; AVX-512 kernel detected at run
 //! time), or the system OpenBLAS with the `openblas-system` feature.
 //!
+//! bf16 (Flex): the GEMMs take the bf16 inputs as they are and sum in f32 (`packed_bf16.rs`,
+//! with `vdpbf16ps` where the CPU has AVX512-BF16); the `[R, C]` buffer, the row pass and `dW`'s
+//! accumulation across chunks are f32; `dS_r` is rounded once to bf16 for the two backward
+//! GEMMs, and every output once at the end. The few-classes pass runs on f32 copies of `X` and
+//! `W`.
+//!
 //! Supported: class-index targets (with `ignore_index`, `pad_tokens`, class weights, label
-//! smoothing, z-loss), every reduction, `f32` and `f64`; `kernel.rs`
+//! smoothing, z-loss), every reduction, `f32`, `f64` and `bf16`; `kernel.rs`
 //! sends everything else (probability targets, softcap, other dtypes) to the tensor-level
 //! kernel before these start. The labels and the upstream gradients are read from the
 //! backend's own CPU buffers (no device, nothing to synchronise). Peak extra memory: the
 //! outputs (`dW`, `dX`, `db`, the `[N]` losses) plus one `[R, C]` buffer and a few `[C]` partial
-//! column sums.
+//! column sums; in bf16, the outputs in f32 before their rounding (`dW` among them) and the
+//! bf16 `[R, C]` `dS_r`.
 
 mod buffers;
 mod chunks;
@@ -56,7 +64,9 @@ use burn::backend::tensor::FloatTensor;
 
 pub(crate) use buffers::RawBackend;
 use buffers::{RawSlice, into_primitives};
+use burn::tensor::bf16;
 use float::RawFloat;
+use gemm::Operand;
 use isa::Isa;
 use rows::{ChunkRows, RowOutputs, RowTargets, row_targets};
 
@@ -121,25 +131,70 @@ pub(crate) fn linear_cross_entropy<B: RawBackend>(
             let class_weights = class_weights.as_ref().map(|w| same_dtype(w).expect(CHOSEN));
             let upstream = upstream.as_ref().map(|g| same_dtype(g).expect(CHOSEN));
             let row_targets = row_targets::<$ty>(&labels, class_weights, n_classes, options);
-            let output = kernel::<$ty>(
+            let output = kernel::<$ty, $ty>(Run {
                 shape,
-                $x,
+                x: $x,
                 weight,
                 bias,
-                &row_targets,
+                targets: &row_targets,
                 options,
-                spec.chunk_rows,
+                chunk_rows: spec.chunk_rows,
                 wanted,
-                spec.stats,
+                stats: spec.stats,
                 upstream,
                 isa,
-            );
+            });
             into_primitives::<B, $ty>(output, shape, &device)
         }};
     }
     match raw(x) {
         RawSlice::F32(x_raw) => run!(F32, f32, &x_raw),
         RawSlice::F64(x_raw) => run!(F64, f64, &x_raw),
+        RawSlice::Bf16(x_raw) => {
+            // bf16 inputs: the GEMMs take them as they are and sum in f32; the row pass and
+            // every sum run in f32 on widened copies of the small operands (b, class weights,
+            // the upstream gradient); every output is rounded once, at the end.
+            fn bf16s<'a>(slice: &'a RawSlice<'_>) -> &'a [bf16] {
+                match slice {
+                    RawSlice::Bf16(values) => values,
+                    _ => unreachable!("{CHOSEN}: x, W, b and the upstream gradient share a dtype"),
+                }
+            }
+            let widen = |values: &[bf16]| values.iter().map(|v| v.to_f32()).collect::<Vec<_>>();
+            let weight = raw(weight);
+            let weight = bf16s(&weight);
+            let bias = bias.as_ref().map(|b| widen(bf16s(b)));
+            let class_weights = class_weights.as_ref().map(|w| widen(bf16s(w)));
+            let upstream = upstream.as_ref().map(|g| widen(bf16s(g)));
+            let row_targets =
+                row_targets::<f32>(&labels, class_weights.as_deref(), n_classes, options);
+            // One run in f32 on operands of either type.
+            macro_rules! run_f32 {
+                ($x:expr, $weight:expr) => {
+                    Run {
+                        shape,
+                        x: $x,
+                        weight: $weight,
+                        bias: bias.as_deref(),
+                        targets: &row_targets,
+                        options,
+                        chunk_rows: spec.chunk_rows,
+                        wanted,
+                        stats: spec.stats,
+                        upstream: upstream.as_deref(),
+                        isa,
+                    }
+                };
+            }
+            let output = if n_classes <= few_classes::MAX_CLASSES {
+                // The few-classes pass reads X once and W is tiny: widened copies, f32 throughout.
+                let (x, weight) = (widen(&x_raw), widen(weight));
+                kernel::<f32, f32>(run_f32!(&x, &weight))
+            } else {
+                kernel::<f32, bf16>(run_f32!(&x_raw, weight))
+            };
+            into_primitives::<B, bf16>(output.rounded(), shape, &device)
+        }
     }
 }
 
@@ -152,6 +207,7 @@ pub(crate) fn scale_by_scalar<B: RawBackend>(
     let scale = match B::raw(upstream) {
         Some(RawSlice::F32(g)) => g[0] as f64,
         Some(RawSlice::F64(g)) => g[0],
+        Some(RawSlice::Bf16(g)) => g[0].to_f64(),
         // Another float type: the broadcast multiply of any backend.
         None => return broadcast_scale::<B>(gradient, upstream.clone()),
     };
@@ -170,21 +226,37 @@ pub(super) struct Shape {
     pub(super) n_classes: usize,
 }
 
-#[allow(clippy::too_many_arguments)]
-/// The kernel on host slices: the mean's denominator and per-row factors, then the pass.
-fn kernel<E: RawFloat>(
+/// One call of the kernel on host slices: `x` and `weight` in the GEMMs' operand type `M`,
+/// everything else in the compute type `E`.
+struct Run<'a, E, M> {
     shape: Shape,
-    x: &[E],
-    weight: &[E],
-    bias: Option<&[E]>,
-    targets: &RowTargets<E>,
-    options: &LossOptions,
+    x: &'a [M],
+    weight: &'a [M],
+    bias: Option<&'a [E]>,
+    targets: &'a RowTargets<E>,
+    options: &'a LossOptions,
     chunk_rows: usize,
     wanted: WantedGradients,
     stats: bool,
-    upstream: Option<&[E]>,
+    upstream: Option<&'a [E]>,
     isa: Isa,
-) -> HostOutput<E> {
+}
+
+/// The kernel on host slices: the mean's denominator and per-row factors, then the pass.
+fn kernel<E: RawFloat, M: Operand<E>>(run: Run<'_, E, M>) -> HostOutput<E> {
+    let Run {
+        shape,
+        x,
+        weight,
+        bias,
+        targets,
+        options,
+        chunk_rows,
+        wanted,
+        stats,
+        upstream,
+        isa,
+    } = run;
     let Shape {
         n_rows,
         d_input: d,
@@ -234,6 +306,12 @@ fn kernel<E: RawFloat>(
         d_bias: d_bias.as_deref_mut(),
     };
     if c <= few_classes::MAX_CLASSES {
+        const WIDENED: &str = "bf16 inputs reach the few-classes pass widened to f32";
+        let inputs = Inputs {
+            x: M::as_compute(x).expect(WIDENED),
+            weight: M::as_compute(weight).expect(WIDENED),
+            features: d,
+        };
         let factors: Vec<f64> = (0..n_rows).map(factor).collect();
         let batch = ChunkRows {
             start: 0,
@@ -325,6 +403,26 @@ pub(super) struct HostOutput<E> {
     pub(super) d_bias: Option<Vec<E>>,
     pub(super) log_sum_exp: Vec<E>,
     pub(super) stats: Option<HostStats<E>>,
+}
+
+impl HostOutput<f32> {
+    /// Every output rounded once to bf16 (to nearest, ties to even).
+    fn rounded(self) -> HostOutput<bf16> {
+        let round = |values: Vec<f32>| values.into_iter().map(bf16::from_f32).collect();
+        HostOutput {
+            loss: round(self.loss),
+            d_input: self.d_input.map(round),
+            d_weight: self.d_weight.map(round),
+            d_bias: self.d_bias.map(round),
+            log_sum_exp: round(self.log_sum_exp),
+            stats: self.stats.map(|stats| HostStats {
+                target_log_probability: round(stats.target_log_probability),
+                predictions: stats.predictions,
+                correct: stats.correct,
+                counted: stats.counted,
+            }),
+        }
+    }
 }
 
 /// The statistics of [`crate::LossStats`], on the host.
