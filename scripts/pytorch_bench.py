@@ -11,8 +11,14 @@ peak above its start is measured with `torch.profiler` (profile_memory=True): th
 running total of the CPU allocations and frees recorded during the step, gradients included
 (as the counting allocator of crates/linear-softmax/examples/peak_memory.rs does).
 
-    python3 scripts/pytorch_bench.py [--repeats 3] [--json out.json]
+    python3 scripts/pytorch_bench.py [--repeats 3] [--json out.json] [--dtypes f32,bf16,autocast]
+
+`--dtypes`: `f32` (the default), `bf16` (x, W and b as bfloat16 tensors: a bf16 model) and
+`autocast` (f32 tensors under `torch.autocast("cpu", dtype=torch.bfloat16)`: the matmuls in bf16,
+the loss in f32, f32 gradients), each in the same run.
 """
+
+import contextlib
 
 import argparse
 import json
@@ -42,19 +48,23 @@ def problem(n, d, c):
     return x, w, b, labels
 
 
-def ce_step(x, w, b, labels):
+def ce_step(x, w, b, labels, autocast=False):
     x = x.detach().requires_grad_()
     w = w.detach().requires_grad_()
     b = b.detach().requires_grad_()
-    loss = F.cross_entropy(x @ w + b, labels)
+    context = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+    with context:
+        loss = F.cross_entropy(x @ w + b, labels)
     loss.backward()
     return float(loss.detach()) + float(w.grad[0, 0]) + float(x.grad[0, 0]) + float(b.grad[0])
 
 
-def floor_step(x, w, x_t, w_t):
-    s = x @ w
-    dw = x_t @ s
-    dx = s @ w_t
+def floor_step(x, w, x_t, w_t, autocast=False):
+    context = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+    with context:
+        s = x @ w
+        dw = x_t @ s
+        dx = s @ w_t
     return float(dw[0, 0]) + float(dx[0, 0])
 
 
@@ -95,27 +105,35 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", help="write the results here too")
     parser.add_argument("--only", help="run only workloads whose name contains this")
+    parser.add_argument("--dtypes", default="f32", help="comma-separated: f32, bf16, autocast")
     args = parser.parse_args()
+    dtypes = args.dtypes.split(",")
     torch.set_num_threads(2)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
-    print(f"{'workload':<12} {'N':>6} {'D':>5} {'C':>7} {'path':<8} {'best (s)':>9} {'median':>9} {'peak MiB':>9}")
+    print(f"{'workload':<12} {'N':>6} {'D':>5} {'C':>7} {'dtype':<8} {'path':<8} {'best (s)':>9} {'median':>9} {'peak MiB':>9}")
     results = []
     for name, n, d, c in WORKLOADS:
         if args.only and args.only not in name:
             continue
-        x, w, b, labels = problem(n, d, c)
-        x_t, w_t = x.t().contiguous(), w.t().contiguous()
-        runs = {
-            "pytorch": lambda: ce_step(x, w, b, labels),
-            "floor": lambda: floor_step(x, w, x_t, w_t),
-        }
-        for path, fn in runs.items():
-            best, median = best_time(fn, args.repeats)
-            peak = peak_extra(fn)
-            print(f"{name:<12} {n:>6} {d:>5} {c:>7} {path:<8} {best:>9.4f} {median:>9.4f} {peak / MIB:>9.1f}")
-            results.append(
-                dict(workload=name, n=n, d=d, c=c, path=path, best_s=best, median_s=median, peak_mib=peak / MIB)
-            )
+        for dtype in dtypes:
+            x, w, b, labels = problem(n, d, c)
+            if dtype == "bf16":
+                x, w, b = x.bfloat16(), w.bfloat16(), b.bfloat16()
+            autocast = dtype == "autocast"
+            x_t, w_t = x.t().contiguous(), w.t().contiguous()
+            runs = {
+                "pytorch": lambda: ce_step(x, w, b, labels, autocast),
+                "floor": lambda: floor_step(x, w, x_t, w_t, autocast),
+            }
+            for path, fn in runs.items():
+                best, median = best_time(fn, args.repeats)
+                peak = peak_extra(fn)
+                print(f"{name:<12} {n:>6} {d:>5} {c:>7} {dtype:<8} {path:<8} {best:>9.4f} {median:>9.4f} {peak / MIB:>9.1f}")
+                result = dict(workload=name, n=n, d=d, c=c, path=path, best_s=best, median_s=median,
+                              peak_mib=peak / MIB)
+                if dtype != "f32":
+                    result["dtype"] = dtype
+                results.append(result)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)

@@ -110,9 +110,10 @@ use crate::targets::{TargetKind, Targets};
 /// rows they show: at `C = 131072`, `R = 64` (what a 32 MiB budget alone gives) made the step
 /// 1.4x slower than `R = 256` (see BENCHMARKS.md). Set `min_rows` to 1 for a hard budget.
 ///
-/// The raw CPU kernels hold exactly one such buffer; the tensor-level kernel (probability
-/// targets, softcap, other float types) holds up to two (a broadcast operation that a backend
-/// does not run in place).
+/// The raw CPU kernels hold exactly one such buffer (in f32 for a bf16 batch, whose row pass
+/// runs in f32: [`rows_on`](Self::rows_on) budgets it so); the tensor-level kernel
+/// (probability targets, softcap, other float types) holds up to two (a broadcast operation
+/// that a backend does not run in place).
 ///
 /// On a GPU (a CubeCL device) the budget is the larger of `memory_budget` and the size of the
 /// input `X` itself, `N * D * bytes_per_element` ([`rows_on`](Self::rows_on)): a GPU wants
@@ -161,8 +162,14 @@ impl Chunking {
                 };
                 on_gpu.rows_for(n_rows, n_classes, dtype)
             }
+            // The raw CPU kernels hold a bf16 batch's logits in f32, their compute type.
             FusedBackend::Cpu | FusedBackend::Unsupported => {
-                self.rows_for(n_rows, n_classes, dtype)
+                let buffer = if dtype == DType::BF16 {
+                    DType::F32
+                } else {
+                    dtype
+                };
+                self.rows_for(n_rows, n_classes, buffer)
             }
         }
     }

@@ -48,8 +48,6 @@ pub(super) fn pass<E: RawFloat, M: Operand<E>>(
     let weight = MatRef::row_major(weight, d, c);
     let gradients = out.d_input.is_some() || out.d_weight.is_some() || out.d_bias.is_some();
     let mut buffer = vec![E::ZERO; chunk_rows * c];
-    // dS_r as operands, when they are not the buffer itself.
-    let mut rounded = Vec::new();
 
     for start in (0..n_rows).step_by(chunk_rows) {
         let end = (start + chunk_rows).min(n_rows);
@@ -85,7 +83,7 @@ pub(super) fn pass<E: RawFloat, M: Operand<E>>(
         if out.d_weight.is_none() && out.d_input.is_none() {
             continue;
         }
-        let d_logits = MatRef::row_major(M::operands(logits, &mut rounded), rows, c);
+        let d_logits = M::operand_matrix(logits, rows, c);
         if let Some(d_weight) = &mut out.d_weight {
             // dW += X_r^T dS_r, X_r^T read through strides; the first chunk overwrites the
             // zeros (beta = 0: no read of dW).

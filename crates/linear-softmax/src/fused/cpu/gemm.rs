@@ -4,9 +4,9 @@
 //! through our own kernel with f32 sums).
 
 use burn::tensor::bf16;
-use rayon::prelude::*;
 
 use super::float::RawFloat;
+use super::rounding::round_rows_in_place;
 
 #[cfg(feature = "openblas-system")]
 pub(super) mod blas;
@@ -18,8 +18,9 @@ pub(super) trait Operand<E: RawFloat>: Copy + Send + Sync + 'static {
     /// `C <- A B + beta C`, with `C` in `E`.
     fn gemm(a: MatRef<'_, Self>, b: MatRef<'_, Self>, beta: E, c: MatMut<'_, E>);
 
-    /// `values` as operands: themselves when the types agree, else rounded into `scratch`.
-    fn operands<'a>(values: &'a [E], scratch: &'a mut Vec<Self>) -> &'a [Self];
+    /// The row pass's `dS_r` (`values`, row-major `[rows, cols]`) as an operand: the buffer
+    /// itself when the types agree, else rounded in place.
+    fn operand_matrix(values: &mut [E], rows: usize, cols: usize) -> MatRef<'_, Self>;
 
     /// `values` in `E` when the types agree (`None` for bf16).
     fn as_compute(values: &[Self]) -> Option<&[E]>;
@@ -30,8 +31,8 @@ impl<E: RawFloat> Operand<E> for E {
         gemm(E::of(1.0), a, b, beta, c);
     }
 
-    fn operands<'a>(values: &'a [E], _: &'a mut Vec<E>) -> &'a [E] {
-        values
+    fn operand_matrix(values: &mut [E], rows: usize, cols: usize) -> MatRef<'_, E> {
+        MatRef::row_major(values, rows, cols)
     }
 
     fn as_compute(values: &[E]) -> Option<&[E]> {
@@ -44,19 +45,17 @@ impl Operand<f32> for bf16 {
         packed_bf16::gemm_bf16(a, b, beta, c);
     }
 
-    /// Each value rounded once to the nearest bf16 (ties to even), on rayon's threads.
-    fn operands<'a>(values: &'a [f32], scratch: &'a mut Vec<bf16>) -> &'a [bf16] {
-        scratch.resize(values.len(), bf16::ZERO);
-        const ROUNDING_CHUNK: usize = 1 << 14;
-        scratch
-            .par_chunks_mut(ROUNDING_CHUNK)
-            .zip(values.par_chunks(ROUNDING_CHUNK))
-            .for_each(|(out, values)| {
-                out.iter_mut()
-                    .zip(values)
-                    .for_each(|(out, &value)| *out = bf16::from_f32(value))
-            });
-        scratch
+    /// Each value rounded once to the nearest bf16 (ties to even), in the first half of its
+    /// row's bytes (`rounding.rs`): a row stride of `2 cols`, no second buffer.
+    fn operand_matrix(values: &mut [f32], rows: usize, cols: usize) -> MatRef<'_, bf16> {
+        assert_eq!(values.len(), rows * cols, "a [{rows}, {cols}] matrix");
+        MatRef {
+            data: round_rows_in_place(values, cols),
+            rows,
+            cols,
+            row_stride: 2 * cols,
+            col_stride: 1,
+        }
     }
 
     fn as_compute(_: &[bf16]) -> Option<&[f32]> {

@@ -56,6 +56,7 @@ pub(crate) mod few_classes;
 mod float;
 mod gemm;
 mod isa;
+mod rounding;
 mod rows;
 
 use burn::backend::Scalar;
@@ -68,6 +69,7 @@ use burn::tensor::bf16;
 use float::RawFloat;
 use gemm::Operand;
 use isa::Isa;
+use rounding::F32ToBf16;
 use rows::{ChunkRows, RowOutputs, RowTargets, row_targets};
 
 use super::backend::{
@@ -143,6 +145,7 @@ pub(crate) fn linear_cross_entropy<B: RawBackend>(
                 stats: spec.stats,
                 upstream,
                 isa,
+                d_weight: None,
             });
             into_primitives::<B, $ty>(output, shape, &device)
         }};
@@ -168,6 +171,10 @@ pub(crate) fn linear_cross_entropy<B: RawBackend>(
             let upstream = upstream.as_ref().map(|g| widen(bf16s(g)));
             let row_targets =
                 row_targets::<f32>(&labels, class_weights.as_deref(), n_classes, options);
+            // dW accumulates in f32 in the allocation of its bf16 result (no second [D, C]).
+            let mut d_weight = wanted
+                .weight
+                .then(|| F32ToBf16::zeros(shape.d_input * n_classes));
             // One run in f32 on operands of either type.
             macro_rules! run_f32 {
                 ($x:expr, $weight:expr) => {
@@ -183,6 +190,7 @@ pub(crate) fn linear_cross_entropy<B: RawBackend>(
                         stats: spec.stats,
                         upstream: upstream.as_deref(),
                         isa,
+                        d_weight: d_weight.as_mut().map(F32ToBf16::as_f32),
                     }
                 };
             }
@@ -193,7 +201,9 @@ pub(crate) fn linear_cross_entropy<B: RawBackend>(
             } else {
                 kernel::<f32, bf16>(run_f32!(&x_raw, weight))
             };
-            into_primitives::<B, bf16>(output.rounded(), shape, &device)
+            let mut output = output.rounded();
+            output.d_weight = d_weight.map(F32ToBf16::into_bf16);
+            into_primitives::<B, bf16>(output, shape, &device)
         }
     }
 }
@@ -240,6 +250,9 @@ struct Run<'a, E, M> {
     stats: bool,
     upstream: Option<&'a [E]>,
     isa: Isa,
+    /// `dW`'s accumulator, when the caller holds it (bf16: `F32ToBf16`); else the kernel
+    /// allocates it and returns it in [`HostOutput::d_weight`].
+    d_weight: Option<&'a mut [E]>,
 }
 
 /// The kernel on host slices: the mean's denominator and per-row factors, then the pass.
@@ -256,6 +269,7 @@ fn kernel<E: RawFloat, M: Operand<E>>(run: Run<'_, E, M>) -> HostOutput<E> {
         stats,
         upstream,
         isa,
+        d_weight: d_weight_of_caller,
     } = run;
     let Shape {
         n_rows,
@@ -284,7 +298,12 @@ fn kernel<E: RawFloat, M: Operand<E>>(run: Run<'_, E, M>) -> HostOutput<E> {
     let mut row_losses = vec![E::ZERO; n_rows];
     let mut log_sum_exp = vec![E::ZERO; n_rows];
     let mut d_input = wanted.input.then(|| vec![E::ZERO; n_rows * d]);
-    let mut d_weight = wanted.weight.then(|| vec![E::ZERO; d * c]);
+    let mut d_weight =
+        (wanted.weight && d_weight_of_caller.is_none()).then(|| vec![E::ZERO; d * c]);
+    let d_weight_out = match d_weight_of_caller {
+        Some(accumulator) => wanted.weight.then_some(accumulator),
+        None => d_weight.as_deref_mut(),
+    };
     let mut d_bias = wanted.bias.then(|| vec![E::ZERO; c]);
     let mut predictions = stats.then(|| vec![0_i64; n_rows]);
     let mut target_logits = stats.then(|| vec![E::ZERO; n_rows]);
@@ -302,7 +321,7 @@ fn kernel<E: RawFloat, M: Operand<E>>(run: Run<'_, E, M>) -> HostOutput<E> {
             target_logits: target_logits.as_deref_mut(),
         },
         d_input: d_input.as_deref_mut(),
-        d_weight: d_weight.as_deref_mut(),
+        d_weight: d_weight_out,
         d_bias: d_bias.as_deref_mut(),
     };
     if c <= few_classes::MAX_CLASSES {

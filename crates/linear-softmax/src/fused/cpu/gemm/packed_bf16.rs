@@ -33,12 +33,14 @@ const NC: usize = 1024;
 /// Below this many multiply-adds a GEMM runs on the calling thread.
 const PARALLEL_WORK: usize = 1 << 18;
 
-/// The micro kernel: `tile = A_panel B_panel` over `pairs` pairs of `k`.
+/// The micro kernel: `out = A_panel B_panel`, or `out += A_panel B_panel` when accumulating,
+/// over `pairs` pairs of `k`, for an `MR x NR` block `out` with row stride `ldo`.
 ///
 /// # Safety
 /// The CPU runs the kernel's instructions (only [`MicroKernel::detect`] names one that needs a
-/// CPU feature, after checking for it).
-type Micro = unsafe fn(usize, &[u32], &[u32], &mut [f32; MR * NR]);
+/// CPU feature, after checking for it); `out` is valid for reads and writes of `MR` rows of
+/// `NR` f32 at a stride of `ldo` elements, and aliases neither panel.
+type Micro = unsafe fn(usize, &[u32], &[u32], *mut f32, usize, bool);
 
 /// The micro kernels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -92,14 +94,29 @@ pub(in crate::fused::cpu) fn gemm_with(
     c: MatMut<'_, f32>,
 ) {
     let [m, k, n] = super::dimensions(&a, &b, &c);
-    let micro = micro.function();
+    let block = |a: &Lines<'_>, b: &Lines<'_>, depths, columns, beta, c: &mut [f32]| {
+        let task = Task {
+            micro: micro.function(),
+            a,
+            b,
+            depths,
+            columns,
+            beta,
+        };
+        match micro {
+            // SAFETY: only `detect` names this kernel, after checking for AVX-512.
+            #[cfg(target_arch = "x86_64")]
+            MicroKernel::Avx512Bf16 => unsafe { block_avx512(task, c, n) },
+            _ => block(task, c, n),
+        }
+    };
     let (a, b, c) = (Lines::rows_of(a), Lines::columns_of(b), c.data);
     if m == 0 || n == 0 {
         return;
     }
     let threads = rayon::current_num_threads();
     if m * n * k < PARALLEL_WORK || threads == 1 {
-        block(micro, &a, &b, 0..k, 0..n, beta, c, n);
+        block(&a, &b, 0..k, 0..n, beta, c);
     } else if n >= 4 * NR * threads {
         // By columns: each task owns a disjoint column range of C.
         let width = n.div_ceil(2 * threads).next_multiple_of(NR).min(NC);
@@ -109,7 +126,7 @@ pub(in crate::fused::cpu) fn gemm_with(
             // SAFETY: the task reads and writes only the elements of C in `columns` (`block`'s
             // contract), and the tasks' column ranges are disjoint.
             let c = unsafe { out.slice() };
-            block(micro, &a, &b, 0..k, columns, beta, c, n);
+            block(&a, &b, 0..k, columns, beta, c);
         });
     } else {
         // By ranges of k: private tiles, summed into C after.
@@ -119,7 +136,7 @@ pub(in crate::fused::cpu) fn gemm_with(
             .map(|task| {
                 let mut partial = vec![0.0_f32; m * n];
                 let ks = task * length..((task + 1) * length).min(k);
-                block(micro, &a, &b, ks, 0..n, 0.0, &mut partial, n);
+                block(&a, &b, ks, 0..n, 0.0, &mut partial);
                 partial
             })
             .reduce_with(|mut sum, partial| {
@@ -184,6 +201,7 @@ impl<'a> Lines<'a> {
 
     /// Packs `lines` (at most `W` of them) at `depths` as `[pair][W]` pairs into `out`, zero
     /// past the lines and past an odd last depth.
+    #[inline(always)]
     fn pack<const W: usize>(&self, lines: Range<usize>, depths: Range<usize>, out: &mut [u32]) {
         let pairs = depths.len().div_ceil(2);
         let full = depths.len() / 2;
@@ -232,19 +250,39 @@ impl<'a> Lines<'a> {
     }
 }
 
-/// `C[:, columns] <- A[:, depths] B[depths, columns] + beta C[:, columns]` on the calling
-/// thread, for `C` row-major `[m, ldc]`; reads and writes only C's elements in `columns`.
-#[allow(clippy::too_many_arguments)]
-fn block(
+/// One task's part of a GEMM: `C[:, columns] <- A[:, depths] B[depths, columns] + beta
+/// C[:, columns]`.
+struct Task<'a> {
     micro: Micro,
-    a: &Lines<'_>,
-    b: &Lines<'_>,
+    a: &'a Lines<'a>,
+    b: &'a Lines<'a>,
     depths: Range<usize>,
     columns: Range<usize>,
     beta: f32,
-    c: &mut [f32],
-    ldc: usize,
-) {
+}
+
+/// [`block`] built for AVX-512: the packing and the tiles' write-back in 16-lane vectors.
+///
+/// # Safety
+/// The CPU has AVX-512F, AVX-512BW and AVX-512VL.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+unsafe fn block_avx512(task: Task<'_>, c: &mut [f32], ldc: usize) {
+    block(task, c, ldc)
+}
+
+/// Runs `task` on the calling thread, for `C` row-major `[m, ldc]`; reads and writes only C's
+/// elements in `task.columns`.
+#[inline(always)]
+fn block(task: Task<'_>, c: &mut [f32], ldc: usize) {
+    let Task {
+        micro,
+        a,
+        b,
+        depths,
+        columns,
+        beta,
+    } = task;
     let m = c.len() / ldc;
     let panels_b = columns.len().div_ceil(NR);
     if depths.is_empty() {
@@ -283,15 +321,27 @@ fn block(
                 let nr = NR.min(columns.end - j0);
                 for panel_a in 0..panels_a {
                     let a_panel = &packed_a[panel_a * pairs * MR..(panel_a + 1) * pairs * MR];
-                    // SAFETY: `micro` is the kernel of a `MicroKernel`, which only `detect`
-                    // names after checking the CPU.
-                    unsafe { micro(pairs, a_panel, b_panel, &mut tile) };
                     let r0 = i0 + panel_a * MR;
+                    let start = r0 * ldc + j0;
+                    let whole = r0 + MR <= rows.end && nr == NR;
+                    if whole && (!first || beta == 0.0 || beta == 1.0) {
+                        // A whole tile of C, read only when accumulating: straight into C.
+                        let out = &mut c[start..start + (MR - 1) * ldc + NR];
+                        let accumulate = !first || beta == 1.0;
+                        // SAFETY: `micro` is the kernel of a `MicroKernel` (which only `detect`
+                        // names after checking the CPU); `out` holds MR rows of NR at stride ldc.
+                        unsafe {
+                            micro(pairs, a_panel, b_panel, out.as_mut_ptr(), ldc, accumulate)
+                        };
+                        continue;
+                    }
+                    // SAFETY: as above, with the tile's MR rows of NR at stride NR.
+                    unsafe { micro(pairs, a_panel, b_panel, tile.as_mut_ptr(), NR, false) };
                     for (ii, tile_row) in tile.chunks_exact(NR).take(rows.end - r0).enumerate() {
                         let start = (r0 + ii) * ldc + j0;
                         let row = &mut c[start..start + nr];
                         let tile_row = &tile_row[..nr];
-                        if !first {
+                        if !first || beta == 1.0 {
                             row.iter_mut().zip(tile_row).for_each(|(c, t)| *c += t);
                         } else if beta == 0.0 {
                             row.copy_from_slice(tile_row);
@@ -316,9 +366,19 @@ fn widen(pair: u32) -> (f32, f32) {
     )
 }
 
-/// The micro kernel on any CPU (safe; `unsafe` for the [`Micro`] signature).
-unsafe fn micro_portable(pairs: usize, a: &[u32], b: &[u32], tile: &mut [f32; MR * NR]) {
-    tile.fill(0.0);
+/// The micro kernel on any CPU.
+///
+/// # Safety
+/// As [`Micro`]'s.
+unsafe fn micro_portable(
+    pairs: usize,
+    a: &[u32],
+    b: &[u32],
+    out: *mut f32,
+    ldo: usize,
+    accumulate: bool,
+) {
+    let mut tile = [0.0_f32; MR * NR];
     for (a, b) in a.chunks_exact(MR).zip(b.chunks_exact(NR)).take(pairs) {
         let (mut b_low, mut b_high) = ([0.0_f32; NR], [0.0_f32; NR]);
         for ((low, high), &pair) in b_low.iter_mut().zip(&mut b_high).zip(b) {
@@ -331,25 +391,51 @@ unsafe fn micro_portable(pairs: usize, a: &[u32], b: &[u32], tile: &mut [f32; MR
             }
         }
     }
+    for (i, tile_row) in tile.chunks_exact(NR).enumerate() {
+        // SAFETY: row i of `out` holds NR f32 (the caller's contract).
+        let row = unsafe { std::slice::from_raw_parts_mut(out.add(i * ldo), NR) };
+        if accumulate {
+            row.iter_mut().zip(tile_row).for_each(|(o, t)| *o += t);
+        } else {
+            row.copy_from_slice(tile_row);
+        }
+    }
 }
 
 /// The micro kernel with AVX512-BF16: per pair of `k`, two loads of `B`, `MR` broadcasts of
-/// `A` and `2 MR` `vdpbf16ps` into 24 accumulator registers.
+/// `A` and `2 MR` `vdpbf16ps` into 24 accumulator registers, which start from `out` when
+/// accumulating.
 ///
 /// # Safety
-/// The CPU has AVX512F and AVX512-BF16.
+/// As [`Micro`]'s; the CPU has AVX512F and AVX512-BF16.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16")]
-unsafe fn micro_avx512bf16(pairs: usize, a: &[u32], b: &[u32], tile: &mut [f32; MR * NR]) {
+unsafe fn micro_avx512bf16(
+    pairs: usize,
+    a: &[u32],
+    b: &[u32],
+    out: *mut f32,
+    ldo: usize,
+    accumulate: bool,
+) {
     use std::arch::x86_64::{
-        __m512bh, _mm512_dpbf16_ps, _mm512_loadu_si512, _mm512_set1_epi32, _mm512_setzero_ps,
-        _mm512_storeu_ps,
+        __m512bh, _mm512_dpbf16_ps, _mm512_loadu_ps, _mm512_loadu_si512, _mm512_set1_epi32,
+        _mm512_setzero_ps, _mm512_storeu_ps,
     };
     assert!(
         a.len() >= pairs * MR && b.len() >= pairs * NR,
         "whole panels"
     );
     let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+    if accumulate {
+        for (i, acc) in acc.iter_mut().enumerate() {
+            // SAFETY: row i of `out` holds NR = 32 f32 (the caller's contract).
+            unsafe {
+                acc[0] = _mm512_loadu_ps(out.add(i * ldo));
+                acc[1] = _mm512_loadu_ps(out.add(i * ldo + 16));
+            }
+        }
+    }
     let (a, b) = (a.as_ptr(), b.as_ptr());
     for p in 0..pairs {
         // SAFETY: pair `p` of each panel lies within it (asserted above); unaligned loads of
@@ -364,11 +450,11 @@ unsafe fn micro_avx512bf16(pairs: usize, a: &[u32], b: &[u32], tile: &mut [f32; 
             }
         }
     }
-    for (row, acc) in tile.chunks_exact_mut(NR).zip(&acc) {
-        // SAFETY: each row of the tile holds NR = 32 f32s.
+    for (i, acc) in acc.iter().enumerate() {
+        // SAFETY: row i of `out` holds NR = 32 f32 (the caller's contract).
         unsafe {
-            _mm512_storeu_ps(row.as_mut_ptr(), acc[0]);
-            _mm512_storeu_ps(row.as_mut_ptr().add(16), acc[1]);
+            _mm512_storeu_ps(out.add(i * ldo), acc[0]);
+            _mm512_storeu_ps(out.add(i * ldo + 16), acc[1]);
         }
     }
 }

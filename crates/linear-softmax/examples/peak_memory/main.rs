@@ -4,13 +4,14 @@
 //! cargo run --release --example peak_memory                          # LM head, NdArray and Flex
 //! cargo run --release --example peak_memory -- --sweep --backend ndarray --csv sweep.csv
 //! cargo run --release --example peak_memory -- --backend ndarray --shape 2048,512,131072 --rows 128,256
+//! cargo run --release --example peak_memory -- --backend flex --dtype bf16     # bf16 (Flex only)
 //! ```
 //!
 //! Without `--sweep`: `N = 2048` rows, `D = 512` features, `C = 32768` classes, every path and
 //! several chunk sizes. With `--sweep`: the classifier (`N = 256, D = 784, C = 10`) and the LM
 //! head swept over `C` in {4096, 32768, 131072} (N = 2048) and `N` in {512, 2048, 8192}
 //! (C = 32768), for our autodiff and manual paths, Burn's CE, the fused op (default chunking
-//! and `R = 256`) and the three-GEMM floor. f32, with `x`, `W` and `b` all
+//! and `R = 256`) and the three-GEMM floor. f32 (or `--dtype bf16`), with `x`, `W` and `b` all
 //! tracked (as when the head sits on top of a network). One step is: forward, `backward()`,
 //! and taking the three gradients out. A counting global allocator records the peak number of
 //! bytes allocated during the step above what was allocated before it (the inputs and
@@ -24,6 +25,12 @@
 //! after a warm-up step; the machine is shared, so repeat runs and compare within one run.
 //! `time/ref` and `mem/ref` are ratios to Burn's `Linear` + `CrossEntropyLoss`, or to the floor
 //! when `--rows` leaves Burn's path out.
+//!
+//! `GFLOP/s` is the step's three GEMMs (`6 N D C` FLOP) over its time, and `of peak` that rate
+//! over the machine's measured peak (`peak.rs`: every core running f32 FMAs, or bf16 dot
+//! products, in its widest vector registers).
+
+mod peak;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -31,6 +38,7 @@ use std::time::{Duration, Instant};
 
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::prelude::*;
+use burn::tensor::DType;
 use linear_softmax::{Chunking, LinearSoftmax, LossOptions, LossPath, Targets, fused, manual};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -110,14 +118,14 @@ struct Problem {
 }
 
 impl Method {
-    fn name(self, [n, _, c]: [usize; 3]) -> String {
+    fn name(self, [n, d, c]: [usize; 3], device: &Device, dtype: DType) -> String {
         match self {
             Self::OurAutodiff => "ours, autodiff path".into(),
             Self::Manual => "ours, manual gradients".into(),
             Self::BurnCrossEntropy => "burn Linear + CrossEntropyLoss".into(),
             Self::Fused(None) => {
                 let rows = Chunking::new()
-                    .rows_for(n, c, burn::tensor::DType::F32)
+                    .rows_on(device, [n, d], c, dtype)
                     .expect("a valid default");
                 format!("fused, default R = {rows}")
             }
@@ -234,7 +242,7 @@ fn step(method: Method, p: &Problem) -> Measurement {
     }
 }
 
-fn problem(shape: [usize; 3], device: &Device) -> Problem {
+fn problem(shape: [usize; 3], device: &Device, dtype: DType) -> Problem {
     let [n, d, c] = shape;
     let mut rng = StdRng::seed_from_u64(7);
     let mut uniform = |len: usize, scale: f32| -> Vec<f32> {
@@ -249,7 +257,9 @@ fn problem(shape: [usize; 3], device: &Device) -> Problem {
             device,
         )),
     )
-    .expect("valid parameters");
+    .expect("valid parameters")
+    .cast(dtype);
+    let x = x.cast(dtype);
     let labels: Vec<i64> = (0..n).map(|i| ((i * 7919) % c) as i64).collect();
     let targets = Targets::from_indices(&labels, c, device).expect("labels in range");
     // Reshaping a transposed view to its own shape makes it contiguous.
@@ -274,6 +284,8 @@ struct Args {
     shape: Option<[usize; 3]>,
     /// `--rows R,R,...`: the fused op at these chunk sizes only (plus the floor).
     rows: Option<Vec<usize>>,
+    /// `--dtype f32|bf16`.
+    dtype: DType,
 }
 
 /// A comma-separated list of numbers.
@@ -290,6 +302,7 @@ fn args() -> Args {
         csv: None,
         shape: None,
         rows: None,
+        dtype: DType::F32,
     };
     let mut backend = "both".to_string();
     let mut args = std::env::args().skip(1);
@@ -309,8 +322,15 @@ fn args() -> Args {
                 parsed.shape = Some(shape.try_into().expect("--shape N,D,C: three numbers"));
             }
             "--rows" => parsed.rows = Some(numbers(args.next(), "--rows R,R,...")),
+            "--dtype" => {
+                parsed.dtype = match args.next().as_deref() {
+                    Some("f32") => DType::F32,
+                    Some("bf16") => DType::BF16,
+                    _ => panic!("--dtype f32|bf16"),
+                }
+            }
             other => panic!(
-                "unknown argument {other}: --sweep, --backend, --repeats, --csv, --shape, --rows"
+                "unknown argument {other}: --sweep, --backend, --repeats, --csv, --shape, --rows, --dtype"
             ),
         }
     }
@@ -367,15 +387,31 @@ fn main() {
         methods = rows.iter().map(|&r| Method::Fused(Some(r))).collect();
         methods.extend([Method::Fused(None), Method::Floor]);
     }
+    let dtype = args.dtype;
     let mut csv = String::from("backend,n,d,c,path,best_s,peak_mib,loss\n");
     println!(
-        "one training step, f32; x, W and b tracked (best of {} after a warm-up)",
+        "one training step, {dtype:?}; x, W and b tracked (best of {} after a warm-up)",
         args.repeats
     );
+    let peak = match dtype {
+        DType::BF16 => peak::bf16_peak(),
+        _ => peak::f32_peak(),
+    };
+    match &peak {
+        Some(peak) => println!(
+            "measured peak: {:.0} GFLOP/s ({} on every core at once)",
+            peak.gflops, peak.instruction
+        ),
+        None => println!("no peak measured on this CPU"),
+    }
     println!("(peak extra: bytes allocated above the inputs and parameters, gradients included)");
     for (backend, device) in &args.backends {
+        if let Err(err) = linear_softmax::check_dtype(device, dtype) {
+            println!("\n{backend}: skipped ({err})");
+            continue;
+        }
         for &shape in &shapes {
-            let p = problem(shape, device);
+            let p = problem(shape, device, dtype);
             let [n, d, c] = shape;
             // Millisecond steps get more repeats than the LM-sized ones.
             let repeats = if n * c < 1 << 20 {
@@ -387,8 +423,15 @@ fn main() {
             let choice = fused::kernel_for(&p.head, &p.x, &p.targets, &LossOptions::new());
             println!("  fused kernel: {:?} ({})", choice.kernel, choice.reason);
             println!(
-                "  {:<32} {:>9} {:>17} {:>10} {:>10} {:>9}",
-                "path", "step (ms)", "peak extra (MiB)", "time/ref", "mem/ref", "loss"
+                "  {:<32} {:>9} {:>17} {:>10} {:>10} {:>9} {:>8} {:>9}",
+                "path",
+                "step (ms)",
+                "peak extra (MiB)",
+                "time/ref",
+                "mem/ref",
+                "GFLOP/s",
+                "of peak",
+                "loss"
             );
             let mut results = Vec::new();
             for &method in &methods {
@@ -419,13 +462,19 @@ fn main() {
                 .map(|(_, m)| (m.time, m.peak_extra))
                 .expect("the Burn path or the floor is measured");
             for (method, m) in &results {
+                let gflops = 6.0 * (n * d * c) as f64 / m.time.as_secs_f64() / 1e9;
+                let of_peak = peak.as_ref().map_or("-".into(), |peak| {
+                    format!("{:.0}%", 100.0 * gflops / peak.gflops)
+                });
                 println!(
-                    "  {:<32} {:>9.3} {:>17.1} {:>10.2} {:>10.2} {:>9.5}",
-                    method.name(p.shape),
+                    "  {:<32} {:>9.3} {:>17.1} {:>10.2} {:>10.2} {:>9.1} {:>8} {:>9.5}",
+                    method.name(p.shape, device, dtype),
                     m.time.as_secs_f64() * 1e3,
                     m.peak_extra as f64 / MIB,
                     m.time.as_secs_f64() / burn.0.as_secs_f64(),
                     m.peak_extra as f64 / burn.1 as f64,
+                    gflops,
+                    of_peak,
                     m.loss,
                 );
                 csv.push_str(&format!(
