@@ -4,11 +4,13 @@
 //! cargo bench --bench head                                          # every group, NdArray
 //! BENCH_BACKEND=flex cargo bench --bench head -- lm_head             # one group, Flex
 //! BENCH_BACKEND=both cargo bench --bench head -- classifier
+//! BENCH_BACKEND=flex cargo bench --bench head -- lm_head            # f32 and bf16 side by side
 //! ```
 //!
 //! Groups: `classifier` (N = 256, D = 784, C = 10), `lm_head` (N = 2048, D = 512, C = 32768),
 //! `sweep_c` (N = 2048, D = 512, C in {4096, 32768, 131072}) and `sweep_n` (D = 512, C = 32768,
-//! N in {512, 2048, 8192}). Paths: our `autodiff` path, the `manual` (hand-derived) gradients,
+//! N in {512, 2048, 8192}), in f32; `lm_head_bf16`: the LM head with bf16 inputs and parameters,
+//! on the backends that have bf16 (Flex). Paths: our `autodiff` path, the `manual` (hand-derived) gradients,
 //! the `fused` op (default chunking), Burn's `Linear` + `CrossEntropyLoss` (`burn_ce`), all
 //! through `.backward()` except `manual` (which returns its gradients directly),
 //! `fused_stats` (the fused step through `fused::loss_with_stats`, which also returns the
@@ -21,8 +23,9 @@ use std::time::Duration;
 
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::prelude::*;
+use burn::tensor::DType;
 use criterion::{BenchmarkId, Criterion, SamplingMode, criterion_group, criterion_main};
-use linear_softmax::{LinearSoftmax, LossOptions, LossPath, Targets, fused, manual};
+use linear_softmax::{LinearSoftmax, LossOptions, LossPath, Targets, check_dtype, fused, manual};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
@@ -67,7 +70,7 @@ struct Problem {
     w_t: Tensor<2>,
 }
 
-fn problem([n, d, c]: [usize; 3], device: &Device) -> Problem {
+fn problem([n, d, c]: [usize; 3], device: &Device, dtype: DType) -> Problem {
     let mut rng = StdRng::seed_from_u64(7);
     let mut uniform = |len: usize, scale: f32| -> Vec<f32> {
         (0..len).map(|_| rng.random_range(-scale..scale)).collect()
@@ -76,6 +79,7 @@ fn problem([n, d, c]: [usize; 3], device: &Device) -> Problem {
     let scale = 1.0 / (d as f32).sqrt();
     let weight = Tensor::<2>::from_data(TensorData::new(uniform(d * c, scale), [d, c]), device);
     let bias = Tensor::<1>::from_data(TensorData::new(uniform(c, scale), [c]), device);
+    let (x, weight, bias) = (x.cast(dtype), weight.cast(dtype), bias.cast(dtype));
     let labels: Vec<i64> = (0..n).map(|i| ((i * 7919) % c) as i64).collect();
     // Reshaping a transposed view to its own shape makes it contiguous.
     let x_t = x.clone().transpose().reshape([d, n]);
@@ -149,9 +153,12 @@ fn backends() -> Vec<(&'static str, Device)> {
         .collect()
 }
 
-/// Benchmarks every path on each shape of a group.
-fn group(c: &mut Criterion, name: &str, shapes: &[[usize; 3]], large: bool) {
+/// Benchmarks every path on each shape of a group, in `dtype`.
+fn group(c: &mut Criterion, name: &str, shapes: &[[usize; 3]], large: bool, dtype: DType) {
     for (backend, device) in backends() {
+        if check_dtype(&device, dtype).is_err() {
+            continue;
+        }
         let mut group = c.benchmark_group(format!("{name}/{backend}"));
         if large {
             group
@@ -163,7 +170,7 @@ fn group(c: &mut Criterion, name: &str, shapes: &[[usize; 3]], large: bool) {
             group.measurement_time(Duration::from_secs(3));
         }
         for &shape in shapes {
-            let p = problem(shape, &device);
+            let p = problem(shape, &device, dtype);
             let [n, d, classes] = shape;
             for kind in STEPS {
                 let id = BenchmarkId::new(kind.name(), format!("N{n}_D{d}_C{classes}"));
@@ -175,11 +182,15 @@ fn group(c: &mut Criterion, name: &str, shapes: &[[usize; 3]], large: bool) {
 }
 
 fn classifier(c: &mut Criterion) {
-    group(c, "classifier", &[[256, 784, 10]], false);
+    group(c, "classifier", &[[256, 784, 10]], false, DType::F32);
 }
 
 fn lm_head(c: &mut Criterion) {
-    group(c, "lm_head", &[[2048, 512, 32768]], true);
+    group(c, "lm_head", &[[2048, 512, 32768]], true, DType::F32);
+}
+
+fn lm_head_bf16(c: &mut Criterion) {
+    group(c, "lm_head_bf16", &[[2048, 512, 32768]], true, DType::BF16);
 }
 
 fn sweep_c(c: &mut Criterion) {
@@ -188,12 +199,19 @@ fn sweep_c(c: &mut Criterion) {
         "sweep_c",
         &[[2048, 512, 4096], [2048, 512, 131072]],
         true,
+        DType::F32,
     );
 }
 
 fn sweep_n(c: &mut Criterion) {
-    group(c, "sweep_n", &[[512, 512, 32768], [8192, 512, 32768]], true);
+    group(
+        c,
+        "sweep_n",
+        &[[512, 512, 32768], [8192, 512, 32768]],
+        true,
+        DType::F32,
+    );
 }
 
-criterion_group!(benches, classifier, lm_head, sweep_c, sweep_n);
+criterion_group!(benches, classifier, lm_head, lm_head_bf16, sweep_c, sweep_n);
 criterion_main!(benches);
