@@ -162,7 +162,8 @@ impl Chunking {
                 };
                 on_gpu.rows_for(n_rows, n_classes, dtype)
             }
-            // The raw CPU kernels hold a bf16 batch's logits in f32, their compute type.
+            // The raw CPU kernels hold a bf16 batch's logits in f32, their compute type. (The
+            // tensor kernel's bf16 logits, and the autodiff path's, then get half the budget.)
             FusedBackend::Cpu | FusedBackend::Unsupported => {
                 let buffer = if dtype == DType::BF16 {
                     DType::F32

@@ -49,13 +49,18 @@ impl Operand<f32> for bf16 {
     /// row's bytes (`rounding.rs`): a row stride of `2 cols`, no second buffer.
     fn operand_matrix(values: &mut [f32], rows: usize, cols: usize) -> MatRef<'_, bf16> {
         assert_eq!(values.len(), rows * cols, "a [{rows}, {cols}] matrix");
-        MatRef {
+        let matrix = MatRef {
             data: round_rows_in_place(values, cols),
             rows,
             cols,
             row_stride: 2 * cols,
             col_stride: 1,
-        }
+        };
+        assert!(
+            matrix.fits(),
+            "row i at 2 i cols, within the 2 rows cols bf16"
+        );
+        matrix
     }
 
     fn as_compute(_: &[bf16]) -> Option<&[f32]> {
@@ -84,6 +89,14 @@ impl<'a, E> MatRef<'a, E> {
             row_stride: cols,
             col_stride: 1,
         }
+    }
+
+    /// Whether every element the view addresses lies inside its slice.
+    fn fits(&self) -> bool {
+        self.rows == 0
+            || self.cols == 0
+            || (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride
+                < self.data.len()
     }
 
     /// The transpose: the same elements, read through swapped strides (no copy).
@@ -123,9 +136,9 @@ fn dimensions<A, B, C>(a: &MatRef<'_, A>, b: &MatRef<'_, B>, c: &MatMut<'_, C>) 
         b.rows
     );
     assert_eq!((c.rows, c.cols), (m, n), "C for A [{m}, {k}] B [{k}, {n}]");
-    // The views were made over whole row-major slices (`row_major`), transposed or not: every
-    // element they address lies inside their slice.
-    debug_assert!(a.data.len() >= m * k && b.data.len() >= k * n && c.data.len() >= m * n);
+    // Every element a view addresses lies inside its slice (checked where the views are made:
+    // `row_major`, `t` and the bf16 `dS` of `operand_matrix`).
+    debug_assert!(a.fits() && b.fits() && c.data.len() == m * n);
     [m, k, n]
 }
 

@@ -26,6 +26,7 @@
 //! | `float.rs` | `f32` / `f64`: arithmetic, a vectorisable `exp`, the unsafe GEMM primitive |
 //! | `gemm.rs` | the safe GEMM wrappers (matrix views checked against their slices); the GEMM of each operand type |
 //! | `gemm/packed_bf16.rs` | bf16 operands summing in f32: packed panels, an AVX512-BF16 micro kernel |
+//! | `rounding.rs` | f32 results rounded to bf16 in their own memory (`dS_r`, `dW`) |
 //! | `isa.rs` | the instruction set, detected once per call |
 //! | `rows.rs` | the row pass: losses, log-sum-exps, `dS` in place, `colsum(dS)` |
 //! | `chunks.rs` | many classes: chunks of `R` rows, three GEMMs each |
@@ -37,9 +38,11 @@
 //!
 //! bf16 (Flex): the GEMMs take the bf16 inputs as they are and sum in f32 (`packed_bf16.rs`,
 //! with `vdpbf16ps` where the CPU has AVX512-BF16); the `[R, C]` buffer, the row pass and `dW`'s
-//! accumulation across chunks are f32; `dS_r` is rounded once to bf16 for the two backward
-//! GEMMs, and every output once at the end. The few-classes pass runs on f32 copies of `X` and
-//! `W`.
+//! accumulation across chunks are f32; `dS_r` is rounded once to bf16 (in place) for the two
+//! backward GEMMs, and every output from its f32 value once at the end (the reduced loss is
+//! summed in f64, so it is rounded to f32 first). A backward pass with an upstream gradient
+//! `g != 1` scales the bf16 gradients, one more rounding. The few-classes pass runs on f32
+//! copies of `X` and `W`.
 //!
 //! Supported: class-index targets (with `ignore_index`, `pad_tokens`, class weights, label
 //! smoothing, z-loss), every reduction, `f32`, `f64` and `bf16`; `kernel.rs`
@@ -47,8 +50,10 @@
 //! kernel before these start. The labels and the upstream gradients are read from the
 //! backend's own CPU buffers (no device, nothing to synchronise). Peak extra memory: the
 //! outputs (`dW`, `dX`, `db`, the `[N]` losses) plus one `[R, C]` buffer and a few `[C]` partial
-//! column sums; in bf16, the outputs in f32 before their rounding (`dW` among them) and the
-//! bf16 `[R, C]` `dS_r`.
+//! column sums; in bf16, the outputs in f32 before their rounding (`dW` rounded in its own
+//! allocation; `dX` and the `[N]` outputs in a second one), the GEMMs' packed panels (under
+//! 1 MiB per thread) and, for `dX`, a private `[R, D]` f32 tile per range of `C` (at most
+//! 32 MiB together); for few classes, the f32 copies of `X` and `W`.
 
 mod buffers;
 mod chunks;
@@ -80,7 +85,7 @@ use crate::options::{LossOptions, Reduction};
 
 /// The raw kernel on the primitives of a plain backend.
 ///
-/// `kernel.rs` sends only what it handles here (class indices, no softcap, f32 or f64);
+/// `kernel.rs` sends only what it handles here (class indices, no softcap, f32, f64 or bf16);
 /// shapes, labels, dtypes and options were checked by the public entry points.
 pub(crate) fn linear_cross_entropy<B: RawBackend>(
     inputs: &FusedInputs<B>,
@@ -95,7 +100,7 @@ pub(crate) fn linear_cross_entropy<B: RawBackend>(
         targets,
         class_weights,
     } = inputs;
-    const CHOSEN: &str = "kernel.rs chose the raw kernel for class indices in f32 or f64";
+    const CHOSEN: &str = "kernel.rs chose the raw kernel for class indices in f32, f64 or bf16";
     let TargetPrimitives::Classes(labels) = targets else {
         unreachable!("{CHOSEN}");
     };

@@ -49,8 +49,9 @@ pub(super) fn round_rows_in_place(values: &mut [f32], cols: usize) -> &[bf16] {
     unsafe { std::slice::from_raw_parts(values.as_ptr().cast::<bf16>(), 2 * values.len()) }
 }
 
-/// An f32 accumulator whose allocation becomes its bf16 rounding: `2 n` bf16 seen as `n` f32,
-/// then rounded in place and shrunk to `n` bf16.
+/// An f32 accumulator whose allocation becomes its bf16 rounding: `2 n + 1` bf16 (one spare,
+/// for an allocation that is only 2-aligned) seen as `n` f32, then rounded in place and shrunk
+/// to `n` bf16.
 pub(super) struct F32ToBf16 {
     storage: Vec<bf16>,
     /// 0, or 1 when the allocation is not 4-aligned (the f32 start one bf16 in).
@@ -61,11 +62,8 @@ pub(super) struct F32ToBf16 {
 impl F32ToBf16 {
     /// `len` zeros.
     pub(super) fn zeros(len: usize) -> Self {
-        // One spare bf16, for an allocation that is only 2-aligned.
-        let mut storage = vec![bf16::ZERO; 2 * len + 1];
-        // SAFETY: every bit pattern is a valid f32.
-        let (prefix, _, _) = unsafe { storage.align_to_mut::<f32>() };
-        let offset = prefix.len();
+        let storage = vec![bf16::ZERO; 2 * len + 1];
+        let offset = usize::from(!storage.as_ptr().addr().is_multiple_of(4));
         Self {
             storage,
             offset,
@@ -76,10 +74,11 @@ impl F32ToBf16 {
     /// The accumulator.
     pub(super) fn as_f32(&mut self) -> &mut [f32] {
         let span = &mut self.storage[self.offset..self.offset + 2 * self.len];
-        // SAFETY: every bit pattern is a valid f32; `offset` makes the span 4-aligned.
-        let (prefix, values, _) = unsafe { span.align_to_mut::<f32>() };
-        debug_assert!(prefix.is_empty() && values.len() == self.len);
-        values
+        let start = span.as_mut_ptr().cast::<f32>();
+        assert!(start.is_aligned(), "the f32 view starts 4-aligned");
+        // SAFETY: `2 len` bf16 are the bytes of `len` f32, 4-aligned (asserted), and every bit
+        // pattern is a valid f32; borrowed from `self` for as long as the result lives.
+        unsafe { std::slice::from_raw_parts_mut(start, self.len) }
     }
 
     /// The accumulated values rounded to bf16, in the same allocation (shrunk in place by the
@@ -137,6 +136,5 @@ mod tests {
         let expected: Vec<bf16> = data.iter().map(|&v| bf16::from_f32(v)).collect();
         let rounded = accumulator.into_bf16();
         assert_eq!(rounded, expected);
-        assert_eq!(rounded.capacity(), len);
     }
 }

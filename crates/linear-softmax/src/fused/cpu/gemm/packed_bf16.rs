@@ -1,5 +1,6 @@
 //! The bf16 GEMM of the CPU kernel: `C <- A B + beta C` with `A`, `B` in bf16 and `C` in f32.
-//! Every product of two bf16 values is exact in f32, and every sum is an f32 sum.
+//! Each product of two bf16 values is exact in f32 (8-bit significands; short of overflow and
+//! underflow), and every sum is an f32 sum.
 //!
 //! A packed GEMM in the GotoBLAS layout. `B` is packed `KC x NR` panels at a time and `A` in
 //! `MR`-row panels, both as pairs of consecutive `k`: one `u32` holds `X[., 2p]` in its low
@@ -7,11 +8,14 @@
 //! `vdpbf16ps`, `acc[j] += a[2p] b[2p, j] + a[2p + 1] b[2p + 1, j]` per f32 lane, and the micro
 //! kernel holds an `MR x NR` tile of f32 accumulators in 24 of the 32 vector registers. CPUs
 //! without AVX512-BF16 run the same packed loops with the pairs widened to f32
-//! (`micro_portable`): the same sums, rounded in another order.
+//! (`micro_portable`): the same sums, rounded in another order (and `vdpbf16ps` flushes
+//! subnormal inputs and results to zero, rounding to nearest-even whatever the FPU's mode).
 //!
-//! The work is spread over rayon's threads by columns of `C` when `C` is wide (`S = X W` and
-//! `dW += X^T dS`, whose `n` is the class count), else by ranges of `k` into private tiles that
-//! are summed after (`dX = dS W^T`, whose `k` is the class count and `n` the feature count).
+//! The work is spread over rayon's threads by columns of `C` when `C` has enough column
+//! panels for every thread (`S = X W` and `dW += X^T dS`, whose `n` is the class count), else
+//! by ranges of `k` into private tiles summed in a fixed order (`dX = dS W^T` with its `D`
+//! columns: each of `A = dS` and `B = W^T` is then packed once, where a split by columns
+//! would pack `dS` once per task).
 
 use std::ops::Range;
 
@@ -28,37 +32,49 @@ const NR: usize = 32;
 const KC: usize = 256;
 /// Rows of `A` per packed block: `MC x KC` is 96 KiB, in L2.
 const MC: usize = 192;
-/// The widest column range of one task: its packed `KC x NC` block of `B` (512 KiB) in L2.
+/// Columns of `B` per packed block: `KC x NC` (512 KiB) in L2; also the widest column range
+/// of one task.
 const NC: usize = 1024;
 /// Below this many multiply-adds a GEMM runs on the calling thread.
 const PARALLEL_WORK: usize = 1 << 18;
+/// The most memory the private tiles of a split by ranges of `k` may take together.
+const PARTIALS_BUDGET: usize = 32 << 20;
 
 /// The micro kernel: `out = A_panel B_panel`, or `out += A_panel B_panel` when accumulating,
 /// over `pairs` pairs of `k`, for an `MR x NR` block `out` with row stride `ldo`.
 ///
 /// # Safety
-/// The CPU runs the kernel's instructions (only [`MicroKernel::detect`] names one that needs a
-/// CPU feature, after checking for it); `out` is valid for reads and writes of `MR` rows of
-/// `NR` f32 at a stride of `ldo` elements, and aliases neither panel.
+/// The CPU runs the kernel's instructions (a [`MicroKernel`] that needs a CPU feature exists
+/// only after [`MicroKernel::detect`] found it); `out` is valid for reads and writes of `MR`
+/// rows of `NR` f32 at a stride of `ldo` elements, and no other reference covers them.
 type Micro = unsafe fn(usize, &[u32], &[u32], *mut f32, usize, bool);
 
 /// The micro kernels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(in crate::fused::cpu) enum MicroKernel {
     /// AVX512-BF16's `vdpbf16ps`, 32 multiply-adds per instruction.
-    Avx512Bf16,
+    Avx512Bf16(Detected),
     /// Any CPU: the pairs widened to f32.
     Portable,
 }
+
+/// The proof that this CPU has AVX-512 F, BW and VL and AVX512-BF16: made only by
+/// [`MicroKernel::detect`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(in crate::fused::cpu) struct Detected(());
 
 impl MicroKernel {
     /// The best micro kernel this CPU runs.
     pub(in crate::fused::cpu) fn detect() -> Self {
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512vl")
             && std::arch::is_x86_feature_detected!("avx512bf16")
+            && std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
         {
-            return Self::Avx512Bf16;
+            return Self::Avx512Bf16(Detected(()));
         }
         Self::Portable
     }
@@ -66,10 +82,20 @@ impl MicroKernel {
     fn function(self) -> Micro {
         match self {
             #[cfg(target_arch = "x86_64")]
-            Self::Avx512Bf16 => micro_avx512bf16,
+            Self::Avx512Bf16(_) => micro_avx512bf16,
             #[cfg(not(target_arch = "x86_64"))]
-            Self::Avx512Bf16 => unreachable!("detected on x86_64 only"),
+            Self::Avx512Bf16(_) => unreachable!("detected on x86_64 only"),
             Self::Portable => micro_portable,
+        }
+    }
+
+    /// Runs `task` on the calling thread with this kernel, in the build its CPU runs best.
+    fn run(self, task: Task<'_>, c: Out) {
+        match self {
+            // SAFETY: `Detected` exists only where `detect` found these CPU features.
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx512Bf16(_) => unsafe { block_avx512(task, c) },
+            _ => block(task, c),
         }
     }
 }
@@ -94,79 +120,115 @@ pub(in crate::fused::cpu) fn gemm_with(
     c: MatMut<'_, f32>,
 ) {
     let [m, k, n] = super::dimensions(&a, &b, &c);
-    let block = |a: &Lines<'_>, b: &Lines<'_>, depths, columns, beta, c: &mut [f32]| {
-        let task = Task {
-            micro: micro.function(),
-            a,
-            b,
-            depths,
-            columns,
-            beta,
-        };
-        match micro {
-            // SAFETY: only `detect` names this kernel, after checking for AVX-512.
-            #[cfg(target_arch = "x86_64")]
-            MicroKernel::Avx512Bf16 => unsafe { block_avx512(task, c, n) },
-            _ => block(task, c, n),
-        }
-    };
-    let (a, b, c) = (Lines::rows_of(a), Lines::columns_of(b), c.data);
+    let (a, b) = (Lines::rows_of(a), Lines::columns_of(b));
     if m == 0 || n == 0 {
         return;
     }
+    let task = |depths, columns, beta| Task {
+        micro: micro.function(),
+        a: &a,
+        b: &b,
+        depths,
+        columns,
+        beta,
+    };
     let threads = rayon::current_num_threads();
+    let out = Out::of(c.data, n);
+    // Ranges of k for a split by k: multiples of KC, two per thread (for balance on a busy
+    // machine), no more than the budget of private tiles allows.
+    let ranges = k
+        .div_ceil(KC)
+        .min(2 * threads)
+        .min(PARTIALS_BUDGET / (m * n * 4).max(1))
+        .max(1);
     if m * n * k < PARALLEL_WORK || threads == 1 {
-        block(&a, &b, 0..k, 0..n, beta, c);
-    } else if n >= 4 * NR * threads {
+        micro.run(task(0..k, 0..n, beta), out);
+    } else if n >= 4 * NR * threads || ranges == 1 {
         // By columns: each task owns a disjoint column range of C.
         let width = n.div_ceil(2 * threads).next_multiple_of(NR).min(NC);
-        let out = SharedOut(c.as_mut_ptr(), c.len());
-        (0..n.div_ceil(width)).into_par_iter().for_each(|task| {
-            let columns = task * width..((task + 1) * width).min(n);
-            // SAFETY: the task reads and writes only the elements of C in `columns` (`block`'s
-            // contract), and the tasks' column ranges are disjoint.
-            let c = unsafe { out.slice() };
-            block(&a, &b, 0..k, columns, beta, c);
+        (0..n.div_ceil(width)).into_par_iter().for_each(|t| {
+            let columns = t * width..((t + 1) * width).min(n);
+            micro.run(task(0..k, columns, beta), out);
         });
     } else {
-        // By ranges of k: private tiles, summed into C after.
-        let length = k.div_ceil(2 * threads).next_multiple_of(KC);
-        let sum = (0..k.div_ceil(length))
+        // By ranges of k into private tiles, summed into C in the ranges' order (the same
+        // sums whichever thread ran which range).
+        let length = k.div_ceil(ranges).next_multiple_of(KC);
+        let partials: Vec<Vec<f32>> = (0..k.div_ceil(length))
             .into_par_iter()
-            .map(|task| {
+            .map(|t| {
                 let mut partial = vec![0.0_f32; m * n];
-                let ks = task * length..((task + 1) * length).min(k);
-                block(&a, &b, ks, 0..n, 0.0, &mut partial);
+                let depths = t * length..((t + 1) * length).min(k);
+                micro.run(task(depths, 0..n, 0.0), Out::of(&mut partial, n));
                 partial
             })
-            .reduce_with(|mut sum, partial| {
-                sum.iter_mut().zip(&partial).for_each(|(s, p)| *s += p);
-                sum
-            })
-            .expect("k > 0 here (m n k >= PARALLEL_WORK): at least one range");
-        if beta == 0.0 {
-            c.copy_from_slice(&sum);
-        } else {
-            c.iter_mut().zip(&sum).for_each(|(c, s)| *c = beta * *c + s);
+            .collect();
+        // SAFETY: no task runs any more; `out` is the whole of C.
+        let c = unsafe { out.all() };
+        for (t, partial) in partials.iter().enumerate() {
+            if t == 0 && beta == 0.0 {
+                c.copy_from_slice(partial);
+            } else if t == 0 {
+                c.iter_mut()
+                    .zip(partial)
+                    .for_each(|(c, p)| *c = beta * *c + p);
+            } else {
+                c.iter_mut().zip(partial).for_each(|(c, p)| *c += p);
+            }
         }
     }
 }
 
-/// C's elements, shared by tasks that touch disjoint elements of it.
-struct SharedOut(*mut f32, usize);
+/// C (row-major `[len / ldc, ldc]`) as a pointer that tasks share, each touching only its own
+/// columns: no task ever holds a reference to the whole of it.
+#[derive(Clone, Copy)]
+struct Out {
+    ptr: *mut f32,
+    len: usize,
+    ldc: usize,
+}
 
-// SAFETY: the tasks holding it touch disjoint elements (see its use).
-unsafe impl Sync for SharedOut {}
+// SAFETY: tasks holding copies touch disjoint elements (`block`'s contract: only the columns of
+// its task), through references made for those elements alone.
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
 
-impl SharedOut {
+impl Out {
+    /// `c`, borrowed for as long as the tasks that use it run (the callers' scopes).
+    fn of(c: &mut [f32], ldc: usize) -> Self {
+        Self {
+            ptr: c.as_mut_ptr(),
+            len: c.len(),
+            ldc,
+        }
+    }
+
+    fn rows(self) -> usize {
+        self.len / self.ldc
+    }
+
+    /// Columns `columns` of row `row`.
+    ///
+    /// # Safety
+    /// No other live reference covers these elements.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn row(&self, row: usize, columns: Range<usize>) -> &mut [f32] {
+        assert!(row < self.rows() && columns.end <= self.ldc && columns.start <= columns.end);
+        // SAFETY: in bounds (asserted); exclusive by the caller's contract.
+        unsafe {
+            let start = self.ptr.add(row * self.ldc + columns.start);
+            std::slice::from_raw_parts_mut(start, columns.len())
+        }
+    }
+
     /// The whole of C.
     ///
     /// # Safety
-    /// No two holders may touch the same element.
+    /// No other live reference covers any of it.
     #[allow(clippy::mut_from_ref)]
-    unsafe fn slice(&self) -> &mut [f32] {
-        // SAFETY: made from a live `&mut [f32]` of this length; disjointness is the caller's.
-        unsafe { std::slice::from_raw_parts_mut(self.0, self.1) }
+    unsafe fn all(&self) -> &mut [f32] {
+        // SAFETY: made from a live `&mut [f32]` of this length; exclusive by the contract.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
     }
 }
 
@@ -264,17 +326,17 @@ struct Task<'a> {
 /// [`block`] built for AVX-512: the packing and the tiles' write-back in 16-lane vectors.
 ///
 /// # Safety
-/// The CPU has AVX-512F, AVX-512BW and AVX-512VL.
+/// The CPU has AVX-512 F, BW and VL, AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
-unsafe fn block_avx512(task: Task<'_>, c: &mut [f32], ldc: usize) {
-    block(task, c, ldc)
+unsafe fn block_avx512(task: Task<'_>, c: Out) {
+    block(task, c)
 }
 
-/// Runs `task` on the calling thread, for `C` row-major `[m, ldc]`; reads and writes only C's
-/// elements in `task.columns`.
+/// Runs `task` on the calling thread, `NC` columns at a time; reads and writes only C's
+/// elements in `task.columns`, through references to those alone.
 #[inline(always)]
-fn block(task: Task<'_>, c: &mut [f32], ldc: usize) {
+fn block(task: Task<'_>, c: Out) {
     let Task {
         micro,
         a,
@@ -283,72 +345,77 @@ fn block(task: Task<'_>, c: &mut [f32], ldc: usize) {
         columns,
         beta,
     } = task;
-    let m = c.len() / ldc;
-    let panels_b = columns.len().div_ceil(NR);
     if depths.is_empty() {
         // k = 0: C <- beta C.
-        for row in c.chunks_exact_mut(ldc) {
-            for value in &mut row[columns.clone()] {
+        for i in 0..c.rows() {
+            // SAFETY: this task's columns of row i, the only reference to them.
+            for value in unsafe { c.row(i, columns.clone()) } {
                 *value = if beta == 0.0 { 0.0 } else { beta * *value };
             }
         }
         return;
     }
-    let mut packed_b = vec![0_u32; panels_b * (KC / 2) * NR];
+    let mut packed_b = vec![0_u32; NC.div_ceil(NR) * (KC / 2) * NR];
     let mut packed_a = vec![0_u32; MC.div_ceil(MR) * (KC / 2) * MR];
     let mut tile = [0.0_f32; MR * NR];
-    for k0 in depths.clone().step_by(KC) {
-        let ks = k0..(k0 + KC).min(depths.end);
-        let pairs = ks.len().div_ceil(2);
-        // The first k block applies beta; the others accumulate.
-        let first = k0 == depths.start;
-        for panel in 0..panels_b {
-            let j0 = columns.start + panel * NR;
-            let out = &mut packed_b[panel * pairs * NR..(panel + 1) * pairs * NR];
-            b.pack::<NR>(j0..(j0 + NR).min(columns.end), ks.clone(), out);
-        }
-        for i0 in (0..m).step_by(MC) {
-            let rows = i0..(i0 + MC).min(m);
-            let panels_a = rows.len().div_ceil(MR);
-            for panel in 0..panels_a {
-                let r0 = i0 + panel * MR;
-                let out = &mut packed_a[panel * pairs * MR..(panel + 1) * pairs * MR];
-                a.pack::<MR>(r0..(r0 + MR).min(rows.end), ks.clone(), out);
+    for c0 in columns.clone().step_by(NC) {
+        let columns = c0..(c0 + NC).min(columns.end);
+        let panels_b = columns.len().div_ceil(NR);
+        for k0 in depths.clone().step_by(KC) {
+            let ks = k0..(k0 + KC).min(depths.end);
+            let pairs = ks.len().div_ceil(2);
+            // The first k block applies beta; the others accumulate.
+            let first = k0 == depths.start;
+            for panel in 0..panels_b {
+                let j0 = columns.start + panel * NR;
+                let out = &mut packed_b[panel * pairs * NR..(panel + 1) * pairs * NR];
+                b.pack::<NR>(j0..(j0 + NR).min(columns.end), ks.clone(), out);
             }
-            for panel_b in 0..panels_b {
-                let b_panel = &packed_b[panel_b * pairs * NR..(panel_b + 1) * pairs * NR];
-                let j0 = columns.start + panel_b * NR;
-                let nr = NR.min(columns.end - j0);
-                for panel_a in 0..panels_a {
-                    let a_panel = &packed_a[panel_a * pairs * MR..(panel_a + 1) * pairs * MR];
-                    let r0 = i0 + panel_a * MR;
-                    let start = r0 * ldc + j0;
-                    let whole = r0 + MR <= rows.end && nr == NR;
-                    if whole && (!first || beta == 0.0 || beta == 1.0) {
-                        // A whole tile of C, read only when accumulating: straight into C.
-                        let out = &mut c[start..start + (MR - 1) * ldc + NR];
-                        let accumulate = !first || beta == 1.0;
-                        // SAFETY: `micro` is the kernel of a `MicroKernel` (which only `detect`
-                        // names after checking the CPU); `out` holds MR rows of NR at stride ldc.
-                        unsafe {
-                            micro(pairs, a_panel, b_panel, out.as_mut_ptr(), ldc, accumulate)
-                        };
-                        continue;
-                    }
-                    // SAFETY: as above, with the tile's MR rows of NR at stride NR.
-                    unsafe { micro(pairs, a_panel, b_panel, tile.as_mut_ptr(), NR, false) };
-                    for (ii, tile_row) in tile.chunks_exact(NR).take(rows.end - r0).enumerate() {
-                        let start = (r0 + ii) * ldc + j0;
-                        let row = &mut c[start..start + nr];
-                        let tile_row = &tile_row[..nr];
-                        if !first || beta == 1.0 {
-                            row.iter_mut().zip(tile_row).for_each(|(c, t)| *c += t);
-                        } else if beta == 0.0 {
-                            row.copy_from_slice(tile_row);
-                        } else {
-                            row.iter_mut()
-                                .zip(tile_row)
-                                .for_each(|(c, t)| *c = beta * *c + t);
+            for i0 in (0..c.rows()).step_by(MC) {
+                let rows = i0..(i0 + MC).min(c.rows());
+                let panels_a = rows.len().div_ceil(MR);
+                for panel in 0..panels_a {
+                    let r0 = i0 + panel * MR;
+                    let out = &mut packed_a[panel * pairs * MR..(panel + 1) * pairs * MR];
+                    a.pack::<MR>(r0..(r0 + MR).min(rows.end), ks.clone(), out);
+                }
+                for panel_b in 0..panels_b {
+                    let b_panel = &packed_b[panel_b * pairs * NR..(panel_b + 1) * pairs * NR];
+                    let j0 = columns.start + panel_b * NR;
+                    let nr = NR.min(columns.end - j0);
+                    for panel_a in 0..panels_a {
+                        let a_panel = &packed_a[panel_a * pairs * MR..(panel_a + 1) * pairs * MR];
+                        let r0 = i0 + panel_a * MR;
+                        let whole = r0 + MR <= rows.end && nr == NR;
+                        if whole && (!first || beta == 0.0 || beta == 1.0) {
+                            // A whole tile of C, read only when accumulating: straight into C.
+                            assert!(r0 + MR <= c.rows() && j0 + NR <= c.ldc);
+                            let accumulate = !first || beta == 1.0;
+                            // SAFETY: `micro` is the kernel of a `MicroKernel` (see `Micro`);
+                            // the tile's MR rows of NR columns at stride ldc lie in C (asserted)
+                            // and in this task's columns, which no other reference covers.
+                            unsafe {
+                                let out = c.ptr.add(r0 * c.ldc + j0);
+                                micro(pairs, a_panel, b_panel, out, c.ldc, accumulate);
+                            }
+                            continue;
+                        }
+                        // SAFETY: as above, into the local tile (MR rows of NR at stride NR).
+                        unsafe { micro(pairs, a_panel, b_panel, tile.as_mut_ptr(), NR, false) };
+                        for (ii, tile_row) in tile.chunks_exact(NR).take(rows.end - r0).enumerate()
+                        {
+                            // SAFETY: this task's columns of the row, the only reference to them.
+                            let row = unsafe { c.row(r0 + ii, j0..j0 + nr) };
+                            let tile_row = &tile_row[..nr];
+                            if !first || beta == 1.0 {
+                                row.iter_mut().zip(tile_row).for_each(|(c, t)| *c += t);
+                            } else if beta == 0.0 {
+                                row.copy_from_slice(tile_row);
+                            } else {
+                                row.iter_mut()
+                                    .zip(tile_row)
+                                    .for_each(|(c, t)| *c = beta * *c + t);
+                            }
                         }
                     }
                 }
@@ -475,68 +542,77 @@ mod tests {
             .collect()
     }
 
-    /// Every micro kernel this CPU runs, every layout of A and B (row-major, transposed,
-    /// strided both ways), odd k, partial panels, every way of splitting the work, beta 0
-    /// over NaNs and beta 1: the product and its f64 reference agree within the f32 sums'
-    /// rounding.
+    /// Every micro kernel this CPU runs, every layout of A and B (row-major, transposed),
+    /// odd k, partial panels, every way of splitting the work (on pools of 1, 2, 4 and 32
+    /// threads), beta 0 over NaNs, beta 1 and beta 0.5: the product and its f64 reference
+    /// agree within the f32 sums' rounding.
     #[test]
     fn every_layout_and_split_is_the_product() {
         let mut kernels = vec![MicroKernel::Portable, MicroKernel::detect()];
         kernels.dedup();
         // [m, k, n]: one block; odd k and partial panels; wide C (split by columns); long k
-        // (split by ranges of k); k = 0.
+        // (split by ranges of k); short k (one range: by columns); k = 0.
         let shapes = [
             [1, 1, 1],
             [13, 7, 33],
             [30, 513, 70],
             [40, 300, 2000],
             [25, 3001, 40],
+            [200, 40, 40],
             [3, 0, 5],
         ];
-        for micro in kernels {
-            for [m, k, n] in shapes {
-                let (a, b) = (values(m * k, 1), values(k * n, 5));
-                // Row-major and stored-transposed copies, and every pairing of them.
-                let a_t: Vec<bf16> = (0..k * m).map(|i| a[(i % m) * k + i / m]).collect();
-                let b_t: Vec<bf16> = (0..n * k).map(|i| b[(i % k) * n + i / k]).collect();
-                let mut expected = vec![0.0_f64; m * n];
-                let mut magnitude = vec![0.0_f64; m * n];
-                for i in 0..m {
-                    for j in 0..n {
-                        for p in 0..k {
-                            let product = a[i * k + p].to_f64() * b[p * n + j].to_f64();
-                            expected[i * n + j] += product;
-                            magnitude[i * n + j] += product.abs();
-                        }
-                    }
+        for threads in [1, 2, 4, 32] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            for &micro in &kernels {
+                for [m, k, n] in shapes {
+                    pool.install(|| check_product(micro, [m, k, n], threads));
                 }
-                let a_views = [
-                    MatRef::row_major(&a, m, k),
-                    MatRef::row_major(&a_t, k, m).t(),
-                ];
-                let b_views = [
-                    MatRef::row_major(&b, k, n),
-                    MatRef::row_major(&b_t, n, k).t(),
-                ];
-                for (a_view, b_view) in a_views
-                    .iter()
-                    .flat_map(|a| b_views.iter().map(move |b| (*a, *b)))
+            }
+        }
+    }
+
+    fn check_product(micro: MicroKernel, [m, k, n]: [usize; 3], threads: usize) {
+        let (a, b) = (values(m * k, 1), values(k * n, 5));
+        // Row-major and stored-transposed copies, and every pairing of them.
+        let a_t: Vec<bf16> = (0..k * m).map(|i| a[(i % m) * k + i / m]).collect();
+        let b_t: Vec<bf16> = (0..n * k).map(|i| b[(i % k) * n + i / k]).collect();
+        let mut expected = vec![0.0_f64; m * n];
+        let mut magnitude = vec![0.0_f64; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                for p in 0..k {
+                    let product = a[i * k + p].to_f64() * b[p * n + j].to_f64();
+                    expected[i * n + j] += product;
+                    magnitude[i * n + j] += product.abs();
+                }
+            }
+        }
+        let a_views = [
+            ("A", MatRef::row_major(&a, m, k)),
+            ("A^T^T", MatRef::row_major(&a_t, k, m).t()),
+        ];
+        let b_views = [
+            ("B", MatRef::row_major(&b, k, n)),
+            ("B^T^T", MatRef::row_major(&b_t, n, k).t()),
+        ];
+        for (a_name, a_view) in a_views {
+            for (b_name, b_view) in b_views {
+                let context =
+                    format!("{micro:?} [{m}, {k}, {n}] {a_name} {b_name}, {threads} threads");
+                let mut c = vec![f32::NAN; m * n];
+                // beta 0 over NaNs, then accumulating: C = AB, 2 AB, then 0.5 (2 AB) + AB.
+                for (beta, factor, roundings) in
+                    [(0.0, 1.0, k), (1.0, 2.0, k + 1), (0.5, 2.0, k + 2)]
                 {
-                    let context = format!("{micro:?} [{m}, {k}, {n}] {a_view:?} {b_view:?}");
-                    let mut c = vec![f32::NAN; m * n];
-                    gemm_with(micro, a_view, b_view, 0.0, MatMut::row_major(&mut c, m, n));
+                    gemm_with(micro, a_view, b_view, beta, MatMut::row_major(&mut c, m, n));
                     for ((c, e), s) in c.iter().zip(&expected).zip(&magnitude) {
+                        let (e, s) = (factor * e, factor * s);
                         assert!(
-                            (f64::from(*c) - e).abs() <= bound(k, *s),
-                            "{context}: {c} vs {e}"
-                        );
-                    }
-                    gemm_with(micro, a_view, b_view, 1.0, MatMut::row_major(&mut c, m, n));
-                    for ((c, e), s) in c.iter().zip(&expected).zip(&magnitude) {
-                        let (e, s) = (2.0 * e, 2.0 * s);
-                        assert!(
-                            (f64::from(*c) - e).abs() <= bound(k + 1, s),
-                            "{context}: {c} vs {e}"
+                            (f64::from(*c) - e).abs() <= bound(roundings, s),
+                            "{context}, beta {beta}: {c} vs {e}"
                         );
                     }
                 }
