@@ -7,8 +7,8 @@
 //! half and `X[., 2p + 1]` in its high half. That is the operand layout of AVX512-BF16's
 //! `vdpbf16ps`, `acc[j] += a[2p] b[2p, j] + a[2p + 1] b[2p + 1, j]` per f32 lane, and the micro
 //! kernel holds an `MR x NR` tile of f32 accumulators in 24 of the 32 vector registers. CPUs
-//! without AVX512-BF16 run the same packed loops with the pairs widened to f32
-//! (`micro_portable`): the same sums, rounded in another order (and `vdpbf16ps` flushes
+//! without AVX512-BF16 run the same packed loops with the pairs widened to f32 (`widened`, in
+//! an AVX2 + FMA build where the CPU has them): the same sums, rounded in another order (and `vdpbf16ps` flushes
 //! subnormal inputs and results to zero, rounding to nearest-even whatever the FPU's mode).
 //!
 //! The work is spread over rayon's threads by columns of `C` when `C` has enough column
@@ -54,37 +54,50 @@ type Micro = unsafe fn(usize, &[u32], &[u32], *mut f32, usize, bool);
 pub(in crate::fused::cpu) enum MicroKernel {
     /// AVX512-BF16's `vdpbf16ps`, 32 multiply-adds per instruction.
     Avx512Bf16(Detected),
+    /// AVX2 with FMA: the pairs widened to f32 in 8-lane vectors.
+    Avx2Fma(Detected),
     /// Any CPU: the pairs widened to f32.
     Portable,
 }
 
-/// The proof that this CPU has AVX-512 F, BW and VL and AVX512-BF16: made only by
-/// [`MicroKernel::detect`].
+/// The proof that this CPU has the features of the kernel that holds it: made only by
+/// [`MicroKernel::available`], after checking for them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(in crate::fused::cpu) struct Detected(());
 
 impl MicroKernel {
     /// The best micro kernel this CPU runs.
     pub(in crate::fused::cpu) fn detect() -> Self {
+        Self::available()[0]
+    }
+
+    /// Every micro kernel this CPU runs, the best first.
+    pub(in crate::fused::cpu) fn available() -> Vec<Self> {
+        let mut kernels = Vec::new();
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512bw")
-            && std::arch::is_x86_feature_detected!("avx512vl")
-            && std::arch::is_x86_feature_detected!("avx512bf16")
-            && std::arch::is_x86_feature_detected!("avx2")
-            && std::arch::is_x86_feature_detected!("fma")
         {
-            return Self::Avx512Bf16(Detected(()));
+            use std::arch::is_x86_feature_detected as has;
+            let avx2 = has!("avx2") && has!("fma");
+            if avx2 && has!("avx512f") && has!("avx512bw") && has!("avx512vl") && has!("avx512bf16")
+            {
+                kernels.push(Self::Avx512Bf16(Detected(())));
+            }
+            if avx2 {
+                kernels.push(Self::Avx2Fma(Detected(())));
+            }
         }
-        Self::Portable
+        kernels.push(Self::Portable);
+        kernels
     }
 
     fn function(self) -> Micro {
         match self {
             #[cfg(target_arch = "x86_64")]
             Self::Avx512Bf16(_) => micro_avx512bf16,
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx2Fma(_) => micro_avx2,
             #[cfg(not(target_arch = "x86_64"))]
-            Self::Avx512Bf16(_) => unreachable!("detected on x86_64 only"),
+            Self::Avx512Bf16(_) | Self::Avx2Fma(_) => unreachable!("detected on x86_64 only"),
             Self::Portable => micro_portable,
         }
     }
@@ -92,9 +105,12 @@ impl MicroKernel {
     /// Runs `task` on the calling thread with this kernel, in the build its CPU runs best.
     fn run(self, task: Task<'_>, c: Out) {
         match self {
-            // SAFETY: `Detected` exists only where `detect` found these CPU features.
+            // SAFETY: `Detected` exists only where `available` found these CPU features.
             #[cfg(target_arch = "x86_64")]
             Self::Avx512Bf16(_) => unsafe { block_avx512(task, c) },
+            // SAFETY: as above.
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx2Fma(_) => unsafe { block_avx2(task, c) },
             _ => block(task, c),
         }
     }
@@ -333,6 +349,16 @@ unsafe fn block_avx512(task: Task<'_>, c: Out) {
     block(task, c)
 }
 
+/// [`block`] built for AVX2 and FMA.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn block_avx2(task: Task<'_>, c: Out) {
+    block(task, c)
+}
+
 /// Runs `task` on the calling thread, `NC` columns at a time; reads and writes only C's
 /// elements in `task.columns`, through references to those alone.
 #[inline(always)]
@@ -445,6 +471,42 @@ unsafe fn micro_portable(
     ldo: usize,
     accumulate: bool,
 ) {
+    // SAFETY: forwarded.
+    unsafe { widened::<false>(pairs, a, b, out, ldo, accumulate) }
+}
+
+/// The widened micro kernel built for AVX2, with fused multiply-adds.
+///
+/// # Safety
+/// As [`Micro`]'s; the CPU has AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn micro_avx2(
+    pairs: usize,
+    a: &[u32],
+    b: &[u32],
+    out: *mut f32,
+    ldo: usize,
+    accumulate: bool,
+) {
+    // SAFETY: forwarded.
+    unsafe { widened::<true>(pairs, a, b, out, ldo, accumulate) }
+}
+
+/// The micro kernel with the pairs widened to f32 (`FMA`: with fused multiply-adds, which only
+/// a build with the `fma` feature may ask for: elsewhere `mul_add` is a library call).
+///
+/// # Safety
+/// As [`Micro`]'s.
+#[inline(always)]
+unsafe fn widened<const FMA: bool>(
+    pairs: usize,
+    a: &[u32],
+    b: &[u32],
+    out: *mut f32,
+    ldo: usize,
+    accumulate: bool,
+) {
     let mut tile = [0.0_f32; MR * NR];
     for (a, b) in a.chunks_exact(MR).zip(b.chunks_exact(NR)).take(pairs) {
         let (mut b_low, mut b_high) = ([0.0_f32; NR], [0.0_f32; NR]);
@@ -454,7 +516,11 @@ unsafe fn micro_portable(
         for (row, &pair) in tile.chunks_exact_mut(NR).zip(a) {
             let (a_low, a_high) = widen(pair);
             for ((acc, low), high) in row.iter_mut().zip(&b_low).zip(&b_high) {
-                *acc += a_low * low + a_high * high;
+                *acc = if FMA {
+                    a_high.mul_add(*high, a_low.mul_add(*low, *acc))
+                } else {
+                    *acc + (a_low * low + a_high * high)
+                };
             }
         }
     }
@@ -548,8 +614,7 @@ mod tests {
     /// agree within the f32 sums' rounding.
     #[test]
     fn every_layout_and_split_is_the_product() {
-        let mut kernels = vec![MicroKernel::Portable, MicroKernel::detect()];
-        kernels.dedup();
+        let kernels = MicroKernel::available();
         // [m, k, n]: one block; odd k and partial panels; wide C (split by columns); long k
         // (split by ranges of k); short k (one range: by columns); k = 0.
         let shapes = [
