@@ -232,3 +232,67 @@ fn bf16_raw_kernels_sum_in_f32() {
         }
     }
 }
+
+/// The fused path in bf16 on every option and target kind of `cases`: the raw kernels (class
+/// indices; C = 10 takes the few-classes pass, C = 40 chunks of 3 rows) and the tensor kernel
+/// (probability targets, softcap), as plain gradients and through `.backward()`, against the
+/// f32 autodiff path on the same (bf16) values.
+#[test]
+fn bf16_fused_path_on_every_case() {
+    // The raw kernels sum in f32 and round `dS` once and each output once (2^-9 each, see
+    // `tests/pytorch.rs`); the tensor kernel rounds after every op (`BF16_VS_F32`).
+    const BF16_ROUNDED_ONCE: f64 = 8e-3;
+    let device = Device::flex();
+    let [n, d] = [9, 7];
+    let mut raw_cases = 0;
+    for c in [10, 40] {
+        let plain = problem([n, d, c], true, DType::F32, &device, 21);
+        let in_bf16 = common::Problem {
+            head: plain.head.clone().cast(DType::BF16),
+            x: plain.x.clone().cast(DType::BF16),
+            targets: plain.targets.clone(),
+            labels: plain.labels.clone(),
+        };
+        let exact = common::Problem {
+            head: in_bf16.head.clone().cast(DType::F32),
+            x: in_bf16.x.clone().cast(DType::F32),
+            targets: plain.targets.clone(),
+            labels: plain.labels.clone(),
+        };
+        for (name, options, kind) in common::cases::cases(c) {
+            let targets = targets(kind, &plain, [n, c], &device, 5);
+            let choice =
+                linear_softmax::fused::kernel_for(&in_bf16.head, &in_bf16.x, &targets, &options);
+            let tolerance = match choice.kernel {
+                linear_softmax::fused::Kernel::Raw | linear_softmax::fused::Kernel::FewClasses => {
+                    raw_cases += 1;
+                    BF16_ROUNDED_ONCE
+                }
+                _ => BF16_VS_F32,
+            };
+            let expected = linear_softmax::autodiff::loss_and_gradients(
+                &exact.head,
+                exact.x.clone(),
+                &targets,
+                &options,
+            )
+            .unwrap();
+            let plain_gradients = linear_softmax::fused::loss_and_gradients_with_chunking(
+                &in_bf16.head,
+                in_bf16.x.clone(),
+                &targets,
+                &options,
+                &common::cases::small_chunks(),
+            )
+            .unwrap();
+            let graph = common::cases::fused_graph(&in_bf16, &targets, &options);
+            for (what, got) in [("fused", plain_gradients), ("fused graph", graph)] {
+                let context = format!("C = {c}, {name}, {what}, {:?}", choice.kernel);
+                assert_eq!(got.d_weight.dtype(), DType::BF16, "{context}");
+                assert_gradients_close(&context, &got, &expected, tolerance);
+            }
+        }
+    }
+    // Both raw kernels ran most of the table (every case with class indices and no softcap).
+    assert!(raw_cases >= 20, "{raw_cases} cases on the raw kernels");
+}
