@@ -21,6 +21,16 @@ const BF16_VS_F32: f64 = 4e-2;
 /// f16 keeps 11 significant bits (epsilon 2^-11 = 4.9e-4), by the same argument.
 const F16_VS_F32: f64 = 5e-3;
 
+/// `p` with its head and input cast to `dtype` (the same targets).
+fn cast(p: &common::Problem, dtype: DType) -> common::Problem {
+    common::Problem {
+        head: p.head.clone().cast(dtype),
+        x: p.x.clone().cast(dtype),
+        targets: p.targets.clone(),
+        labels: p.labels.clone(),
+    }
+}
+
 #[test]
 fn every_path_computes_in_half_precision() {
     let mut checked = Vec::new();
@@ -35,23 +45,15 @@ fn every_path_computes_in_half_precision() {
             let [n, d, c] = [9, 7, 21];
             let plain = problem([n, d, c], true, DType::F32, &device, 4);
             let soft = targets(Kind::Probabilities, &plain, [n, c], &device, 5);
-            let half = |p: &common::Problem| {
-                let head = p.head.clone().cast(dtype);
-                (head, p.x.clone().cast(dtype))
-            };
-            let (head, x) = half(&plain);
+            let half = cast(&plain, dtype);
+            let (head, x) = (&half.head, &half.x);
             // The f32 reference sees the same values: the half-precision ones, widened.
-            let exact = common::Problem {
-                head: head.clone().cast(DType::F32),
-                x: x.clone().cast(DType::F32),
-                targets: plain.targets.clone(),
-                labels: plain.labels.clone(),
-            };
+            let exact = cast(&half, DType::F32);
             let options = LossOptions::new().with_label_smoothing(0.1);
             for (kind, targets) in [("classes", &plain.targets), ("probabilities", &soft)] {
                 for path in LossPath::ALL {
                     let context = format!("{backend} {dtype:?} {kind} {path}");
-                    let result = path.loss_and_gradients(&head, x.clone(), targets, &options);
+                    let result = path.loss_and_gradients(head, x.clone(), targets, &options);
                     let gradients = result.unwrap_or_else(|err| panic!("{context}: {err}"));
                     assert_eq!(gradients.d_weight.dtype(), dtype, "{context}");
                     let reference = path
@@ -247,18 +249,8 @@ fn bf16_fused_path_on_every_case() {
     let mut raw_cases = 0;
     for c in [10, 40] {
         let plain = problem([n, d, c], true, DType::F32, &device, 21);
-        let in_bf16 = common::Problem {
-            head: plain.head.clone().cast(DType::BF16),
-            x: plain.x.clone().cast(DType::BF16),
-            targets: plain.targets.clone(),
-            labels: plain.labels.clone(),
-        };
-        let exact = common::Problem {
-            head: in_bf16.head.clone().cast(DType::F32),
-            x: in_bf16.x.clone().cast(DType::F32),
-            targets: plain.targets.clone(),
-            labels: plain.labels.clone(),
-        };
+        let in_bf16 = cast(&plain, DType::BF16);
+        let exact = cast(&in_bf16, DType::F32);
         for (name, options, kind) in common::cases::cases(c) {
             let targets = targets(kind, &plain, [n, c], &device, 5);
             let choice =

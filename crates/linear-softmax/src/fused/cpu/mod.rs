@@ -120,8 +120,15 @@ pub(crate) fn linear_cross_entropy<B: RawBackend>(
         n_classes,
     };
     let device = x.device();
-    let isa = Isa::detect();
     let options = &spec.options;
+    let call = Call {
+        shape,
+        options,
+        chunk_rows: spec.chunk_rows,
+        wanted,
+        stats: spec.stats,
+        isa: Isa::detect(),
+    };
     macro_rules! run {
         ($variant:ident, $ty:ty, $x:expr) => {{
             // The head checks that x, W and b share one dtype; the upstream gradient has the
@@ -139,17 +146,12 @@ pub(crate) fn linear_cross_entropy<B: RawBackend>(
             let upstream = upstream.as_ref().map(|g| same_dtype(g).expect(CHOSEN));
             let row_targets = row_targets::<$ty>(&labels, class_weights, n_classes, options);
             let output = kernel::<$ty, $ty>(Run {
-                shape,
+                call,
                 x: $x,
                 weight,
                 bias,
                 targets: &row_targets,
-                options,
-                chunk_rows: spec.chunk_rows,
-                wanted,
-                stats: spec.stats,
                 upstream,
-                isa,
                 d_weight: None,
             });
             into_primitives::<B, $ty>(output, shape, &device)
@@ -180,31 +182,30 @@ pub(crate) fn linear_cross_entropy<B: RawBackend>(
             let mut d_weight = wanted
                 .weight
                 .then(|| F32ToBf16::zeros(shape.d_input * n_classes));
-            // One run in f32 on operands of either type.
-            macro_rules! run_f32 {
-                ($x:expr, $weight:expr) => {
-                    Run {
-                        shape,
-                        x: $x,
-                        weight: $weight,
-                        bias: bias.as_deref(),
-                        targets: &row_targets,
-                        options,
-                        chunk_rows: spec.chunk_rows,
-                        wanted,
-                        stats: spec.stats,
-                        upstream: upstream.as_deref(),
-                        isa,
-                        d_weight: d_weight.as_mut().map(F32ToBf16::as_f32),
-                    }
-                };
-            }
+            let (bias, upstream) = (bias.as_deref(), upstream.as_deref());
+            let d_weight_f32 = d_weight.as_mut().map(F32ToBf16::as_f32);
             let output = if n_classes <= few_classes::MAX_CLASSES {
                 // The few-classes pass reads X once and W is tiny: widened copies, f32 throughout.
                 let (x, weight) = (widen(&x_raw), widen(weight));
-                kernel::<f32, f32>(run_f32!(&x, &weight))
+                kernel::<f32, f32>(Run {
+                    call,
+                    x: &x,
+                    weight: &weight,
+                    bias,
+                    targets: &row_targets,
+                    upstream,
+                    d_weight: d_weight_f32,
+                })
             } else {
-                kernel::<f32, bf16>(run_f32!(&x_raw, weight))
+                kernel::<f32, bf16>(Run {
+                    call,
+                    x: &x_raw,
+                    weight,
+                    bias,
+                    targets: &row_targets,
+                    upstream,
+                    d_weight: d_weight_f32,
+                })
             };
             let mut output = output.rounded();
             output.d_weight = d_weight.map(F32ToBf16::into_bf16);
@@ -241,20 +242,26 @@ pub(super) struct Shape {
     pub(super) n_classes: usize,
 }
 
-/// One call of the kernel on host slices: `x` and `weight` in the GEMMs' operand type `M`,
-/// everything else in the compute type `E`.
-struct Run<'a, E, M> {
+/// What a call asks of the kernel, whatever its float types.
+#[derive(Clone, Copy)]
+struct Call<'a> {
     shape: Shape,
-    x: &'a [M],
-    weight: &'a [M],
-    bias: Option<&'a [E]>,
-    targets: &'a RowTargets<E>,
     options: &'a LossOptions,
     chunk_rows: usize,
     wanted: WantedGradients,
     stats: bool,
-    upstream: Option<&'a [E]>,
     isa: Isa,
+}
+
+/// One call of the kernel on host slices: `x` and `weight` in the GEMMs' operand type `M`,
+/// everything else in the compute type `E`.
+struct Run<'a, E, M> {
+    call: Call<'a>,
+    x: &'a [M],
+    weight: &'a [M],
+    bias: Option<&'a [E]>,
+    targets: &'a RowTargets<E>,
+    upstream: Option<&'a [E]>,
     /// `dW`'s accumulator, when the caller holds it (bf16: `F32ToBf16`); else the kernel
     /// allocates it and returns it in [`HostOutput::d_weight`].
     d_weight: Option<&'a mut [E]>,
@@ -263,17 +270,20 @@ struct Run<'a, E, M> {
 /// The kernel on host slices: the mean's denominator and per-row factors, then the pass.
 fn kernel<E: RawFloat, M: Operand<E>>(run: Run<'_, E, M>) -> HostOutput<E> {
     let Run {
-        shape,
+        call:
+            Call {
+                shape,
+                options,
+                chunk_rows,
+                wanted,
+                stats,
+                isa,
+            },
         x,
         weight,
         bias,
         targets,
-        options,
-        chunk_rows,
-        wanted,
-        stats,
         upstream,
-        isa,
         d_weight: d_weight_of_caller,
     } = run;
     let Shape {
@@ -313,11 +323,6 @@ fn kernel<E: RawFloat, M: Operand<E>>(run: Run<'_, E, M>) -> HostOutput<E> {
     let mut predictions = stats.then(|| vec![0_i64; n_rows]);
     let mut target_logits = stats.then(|| vec![E::ZERO; n_rows]);
     let factor = |i: usize| mean_scale * upstream.map_or(1.0, |g| g[i].to_f64());
-    let inputs = Inputs {
-        x,
-        weight,
-        features: d,
-    };
     let outputs = Outputs {
         rows: RowOutputs {
             losses: &mut row_losses,
@@ -356,6 +361,11 @@ fn kernel<E: RawFloat, M: Operand<E>>(run: Run<'_, E, M>) -> HostOutput<E> {
             chunk_rows,
             stats,
             isa,
+        };
+        let inputs = Inputs {
+            x,
+            weight,
+            features: d,
         };
         chunks::pass(inputs, &chunks, outputs);
     }

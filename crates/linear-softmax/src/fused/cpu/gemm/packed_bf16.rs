@@ -61,32 +61,38 @@ pub(in crate::fused::cpu) enum MicroKernel {
 }
 
 /// The proof that this CPU has the features of the kernel that holds it: made only by
-/// [`MicroKernel::available`], after checking for them.
+/// [`MicroKernel::detect`], after checking for them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(in crate::fused::cpu) struct Detected(());
 
 impl MicroKernel {
-    /// The best micro kernel this CPU runs.
+    /// The best micro kernel this CPU runs (once per GEMM: no allocation, the feature tests
+    /// are cached by the standard library).
     pub(in crate::fused::cpu) fn detect() -> Self {
-        Self::available()[0]
-    }
-
-    /// Every micro kernel this CPU runs, the best first.
-    pub(in crate::fused::cpu) fn available() -> Vec<Self> {
-        let mut kernels = Vec::new();
         #[cfg(target_arch = "x86_64")]
         {
             use std::arch::is_x86_feature_detected as has;
-            let avx2 = has!("avx2") && has!("fma");
-            if avx2 && has!("avx512f") && has!("avx512bw") && has!("avx512vl") && has!("avx512bf16")
-            {
-                kernels.push(Self::Avx512Bf16(Detected(())));
-            }
-            if avx2 {
-                kernels.push(Self::Avx2Fma(Detected(())));
+            if has!("avx2") && has!("fma") {
+                if has!("avx512f") && has!("avx512bw") && has!("avx512vl") && has!("avx512bf16") {
+                    return Self::Avx512Bf16(Detected(()));
+                }
+                return Self::Avx2Fma(Detected(()));
             }
         }
-        kernels.push(Self::Portable);
+        Self::Portable
+    }
+
+    /// Every micro kernel this CPU runs, the best first.
+    #[cfg(test)]
+    fn available() -> Vec<Self> {
+        let mut kernels = vec![Self::detect()];
+        if let Self::Avx512Bf16(detected) = kernels[0] {
+            // AVX512-BF16 was only detected with AVX2 and FMA.
+            kernels.push(Self::Avx2Fma(detected));
+        }
+        if kernels[0] != Self::Portable {
+            kernels.push(Self::Portable);
+        }
         kernels
     }
 
@@ -105,7 +111,7 @@ impl MicroKernel {
     /// Runs `task` on the calling thread with this kernel, in the build its CPU runs best.
     fn run(self, task: Task<'_>, c: Out) {
         match self {
-            // SAFETY: `Detected` exists only where `available` found these CPU features.
+            // SAFETY: `Detected` exists only where `detect` found these CPU features.
             #[cfg(target_arch = "x86_64")]
             Self::Avx512Bf16(_) => unsafe { block_avx512(task, c) },
             // SAFETY: as above.
