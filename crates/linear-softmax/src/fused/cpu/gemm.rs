@@ -1,7 +1,8 @@
 //! The safe GEMM wrappers of the CPU kernel: `C <- alpha A B + beta C` on matrix views whose
 //! extents are checked against their slices, posed so that the library threads well; and the
-//! chunk loop's GEMMs for each operand type ([`Operand`]: f32 and f64 through the library, bf16
-//! through our own kernel with f32 sums).
+//! chunk loop's GEMMs for each operand type ([`Operand`]: f64 through the library, f32 through
+//! our packed GEMM on AVX-512 and the library elsewhere, bf16 through our packed GEMM with f32
+//! sums).
 
 use burn::tensor::bf16;
 
@@ -10,7 +11,7 @@ use super::rounding::round_rows_in_place;
 
 #[cfg(feature = "openblas-system")]
 pub(super) mod blas;
-mod packed_bf16;
+mod packed;
 
 /// The element type of the chunk loop's GEMM operands (`X`, `W`, `dS`), for a kernel whose row
 /// pass and sums run in `E`: `E` itself, or bf16 for `E = f32`.
@@ -26,23 +27,50 @@ pub(super) trait Operand<E: RawFloat>: Copy + Send + Sync + 'static {
     fn as_compute(values: &[Self]) -> Option<&[E]>;
 }
 
-impl<E: RawFloat> Operand<E> for E {
-    fn gemm(a: MatRef<'_, E>, b: MatRef<'_, E>, beta: E, c: MatMut<'_, E>) {
-        gemm(E::of(1.0), a, b, beta, c);
-    }
+/// The `Operand` impl of a compute type as its own operand type: the row pass's buffer as it
+/// is, and the GEMM `$gemm`.
+macro_rules! same_type_operand {
+    ($ty:ty, $gemm:path) => {
+        impl Operand<$ty> for $ty {
+            fn gemm(a: MatRef<'_, $ty>, b: MatRef<'_, $ty>, beta: $ty, c: MatMut<'_, $ty>) {
+                $gemm(a, b, beta, c);
+            }
 
-    fn operand_matrix(values: &mut [E], rows: usize, cols: usize) -> MatRef<'_, E> {
-        MatRef::row_major(values, rows, cols)
-    }
+            fn operand_matrix(values: &mut [$ty], rows: usize, cols: usize) -> MatRef<'_, $ty> {
+                MatRef::row_major(values, rows, cols)
+            }
 
-    fn as_compute(values: &[E]) -> Option<&[E]> {
-        Some(values)
+            fn as_compute(values: &[$ty]) -> Option<&[$ty]> {
+                Some(values)
+            }
+        }
+    };
+}
+
+same_type_operand!(f32, gemm_f32);
+same_type_operand!(f64, gemm_f64);
+
+/// The f32 GEMM: our packed one where the CPU has AVX-512 (the f32 LM-head step of
+/// BENCHMARKS.md takes ~10 % less time than with matrixmultiply's, whose kernel and packing
+/// are built for a general GEMM), matrixmultiply's AVX2 or portable kernels elsewhere; the
+/// system OpenBLAS whenever the `openblas-system` feature asks for it.
+fn gemm_f32(a: MatRef<'_, f32>, b: MatRef<'_, f32>, beta: f32, c: MatMut<'_, f32>) {
+    if !cfg!(feature = "openblas-system")
+        && let Some(micro) = packed::f32_kernels::avx512()
+    {
+        return packed::gemm(micro, a, b, beta, c);
     }
+    gemm(1.0, a, b, beta, c);
+}
+
+/// The f64 GEMM: matrixmultiply's (or the system OpenBLAS's).
+fn gemm_f64(a: MatRef<'_, f64>, b: MatRef<'_, f64>, beta: f64, c: MatMut<'_, f64>) {
+    gemm(1.0, a, b, beta, c);
 }
 
 impl Operand<f32> for bf16 {
     fn gemm(a: MatRef<'_, bf16>, b: MatRef<'_, bf16>, beta: f32, c: MatMut<'_, f32>) {
-        packed_bf16::gemm_bf16(a, b, beta, c);
+        packed::gemm(packed::bf16_kernels::detect(), a, b, beta, c);
     }
 
     /// Each value rounded once to the nearest bf16 (ties to even), in the first half of its

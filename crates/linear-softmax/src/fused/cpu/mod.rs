@@ -25,18 +25,22 @@
 //! | `buffers.rs` | primitives as slices (borrowed when contiguous), labels, outputs as primitives |
 //! | `float.rs` | `f32` / `f64`: arithmetic, a vectorisable `exp`, the unsafe GEMM primitive |
 //! | `gemm.rs` | the safe GEMM wrappers (matrix views checked against their slices); the GEMM of each operand type |
-//! | `gemm/packed_bf16.rs` | bf16 operands summing in f32: packed panels, an AVX512-BF16 micro kernel |
+//! | `gemm/packed.rs` | our packed GEMM (f32 sums): blocking, threads, the tiles into `C` |
+//! | `gemm/packed/bf16_kernels.rs` | bf16 operands: pairs of `k` packed, the AVX512-BF16 micro kernel |
+//! | `gemm/packed/f32_kernels.rs` | f32 operands: packed as they are, the AVX-512 micro kernel |
 //! | `rounding.rs` | f32 results rounded to bf16 in their own memory (`dS_r`, `dW`) |
 //! | `isa.rs` | the instruction set, detected once per call |
 //! | `rows.rs` | the row pass: losses, log-sum-exps, `dS` in place, `colsum(dS)` |
 //! | `chunks.rs` | many classes: chunks of `R` rows, three GEMMs each |
 //! | `few_classes.rs` | `C <= 16`: one streaming pass over the rows instead of GEMMs |
 //!
-//! The GEMMs are `matrixmultiply`'s `sgemm`/`dgemm` (threaded over the cores by its
-//! `threading` feature, which burn's `rayon` feature turns on; AVX-512 kernel detected at run
-//! time), or the system OpenBLAS with the `openblas-system` feature.
+//! The GEMMs (`gemm.rs`): in f32 on a CPU with AVX-512, our packed GEMM (`gemm/packed.rs`,
+//! on rayon's threads); elsewhere in f32, and in f64, `matrixmultiply`'s `sgemm`/`dgemm`
+//! (threaded over the cores by its `threading` feature, which burn's `rayon` feature turns on;
+//! AVX2 or portable kernels detected at run time); with the `openblas-system` feature, the
+//! system OpenBLAS in f32 and f64.
 //!
-//! bf16 (Flex): the GEMMs take the bf16 inputs as they are and sum in f32 (`packed_bf16.rs`,
+//! bf16 (Flex): the GEMMs take the bf16 inputs as they are and sum in f32 (our packed GEMM,
 //! with `vdpbf16ps` where the CPU has AVX512-BF16); the `[R, C]` buffer, the row pass and `dW`'s
 //! accumulation across chunks are f32; `dS_r` is rounded once to bf16 (in place) for the two
 //! backward GEMMs, and every output from its f32 value once at the end (the reduced loss is
@@ -51,9 +55,10 @@
 //! backend's own CPU buffers (no device, nothing to synchronise). Peak extra memory: the
 //! outputs (`dW`, `dX`, `db`, the `[N]` losses) plus one `[R, C]` buffer and a few `[C]` partial
 //! column sums; in bf16, the outputs in f32 before their rounding (`dW` rounded in its own
-//! allocation; `dX` and the `[N]` outputs in a second one), the GEMMs' packed panels (under
-//! 1 MiB per thread) and, for `dX`, a private `[R, D]` f32 tile per range of `C` (at most
-//! 32 MiB together); for few classes, the f32 copies of `X` and `W`.
+//! allocation; `dX` and the `[N]` outputs in a second one); for few classes, the f32 copies of
+//! `X` and `W`. Our packed GEMM (f32 on AVX-512, and bf16) adds its packed panels (under
+//! 0.5 MiB per thread) and, for `dX`, a private `[R, D]` f32 tile per thread beyond the first
+//! (at most 32 MiB together).
 
 mod buffers;
 mod chunks;

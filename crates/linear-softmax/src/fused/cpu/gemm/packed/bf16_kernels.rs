@@ -1,0 +1,239 @@
+//! bf16 operands of the packed GEMM: packed as pairs of consecutive `k`, one `u32` holding
+//! `X[., 2p]` in its low half and `X[., 2p + 1]` in its high half, the operand layout of
+//! AVX512-BF16's `vdpbf16ps` (`acc[j] += a[2p] b[2p, j] + a[2p + 1] b[2p + 1, j]` per f32
+//! lane). Each product of two bf16 values is exact in f32 (8-bit significands; short of
+//! overflow and underflow), and every sum is an f32 sum.
+//!
+//! CPUs without AVX512-BF16 run the same packed loops with the pairs widened to f32
+//! (`widened`, in an AVX2 + FMA build where the CPU has them): the same sums, rounded in
+//! another order (and `vdpbf16ps` flushes subnormal inputs and results to zero, rounding to
+//! nearest-even whatever the FPU's mode).
+
+use std::ops::Range;
+
+use burn::tensor::bf16;
+
+use super::transpose::transpose;
+use super::{Build, Lines, MR, MicroKernel, NR, Packed};
+
+impl Packed for bf16 {
+    type Unit = u32;
+    const DEPTHS: usize = 2;
+
+    #[inline(always)]
+    fn pack<const W: usize>(
+        lines: &Lines<'_, bf16>,
+        range: Range<usize>,
+        depths: Range<usize>,
+        out: &mut [u32],
+        build: Build,
+    ) {
+        let pairs = depths.len().div_ceil(2);
+        let full = depths.len() / 2;
+        let width = range.len();
+        let out = &mut out[..pairs * W];
+        let bits = |line, depth| lines.get(line, depth).to_bits() as u32;
+        let pair = |low: bf16, high: bf16| low.to_bits() as u32 | (high.to_bits() as u32) << 16;
+        if lines.depth_stride == 1 && cfg!(target_endian = "little") {
+            // A pair is adjacent in memory, a `u32` of the panel as it is (little-endian: the
+            // lower depth in the low half): a transpose of the lines' words into the panel.
+            let mut starts = [std::ptr::null::<u32>(); W];
+            for (start, line) in starts.iter_mut().zip(range.clone()) {
+                let first = line * lines.line_stride + depths.start;
+                *start = lines.data[first..first + 2 * full].as_ptr().cast();
+            }
+            // SAFETY: each start is valid for `2 full` bf16, read as `full` words; `out` holds
+            // `pairs * W >= full * W` words.
+            unsafe { transpose::<W>(build, &starts[..width], full, out) };
+        } else if lines.line_stride == 1 {
+            // The lines are adjacent in memory: two depths at a time, interleaved.
+            for p in 0..full {
+                let depth = depths.start + 2 * p;
+                let low = &lines.data[depth * lines.depth_stride + range.start..][..width];
+                let high = &lines.data[(depth + 1) * lines.depth_stride + range.start..][..width];
+                for ((out, &low), &high) in out[p * W..p * W + width].iter_mut().zip(low).zip(high)
+                {
+                    *out = pair(low, high);
+                }
+            }
+        } else {
+            for p in 0..full {
+                let depth = depths.start + 2 * p;
+                for (t, line) in range.clone().enumerate() {
+                    out[p * W + t] = bits(line, depth) | bits(line, depth + 1) << 16;
+                }
+            }
+        }
+        if pairs > full {
+            let depth = depths.end - 1;
+            for (t, line) in range.enumerate() {
+                out[full * W + t] = bits(line, depth);
+            }
+        }
+        if width < W {
+            for p in 0..pairs {
+                out[p * W + width..(p + 1) * W].fill(0);
+            }
+        }
+    }
+}
+
+/// The best micro kernel this CPU runs for bf16: `vdpbf16ps`, else the widened one in an
+/// AVX2 + FMA build, else the portable one.
+pub(in crate::fused::cpu) fn detect() -> MicroKernel<u32> {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512bf16")
+        && let Some(build) = Build::avx512()
+    {
+        // SAFETY: the CPU has AVX512-BF16 (checked) and AVX-512 F (in `Build::avx512`).
+        return unsafe { MicroKernel::new("avx512bf16", micro_avx512bf16, build) };
+    }
+    avx2_fma().unwrap_or_else(portable)
+}
+
+/// Every micro kernel this CPU runs for bf16, the best first, the portable one last.
+#[cfg(test)]
+pub(super) fn available() -> Vec<MicroKernel<u32>> {
+    let mut kernels = vec![detect()];
+    if kernels[0].name == "avx512bf16" {
+        kernels.extend(avx2_fma());
+    }
+    if kernels[0].name != "portable" {
+        kernels.push(portable());
+    }
+    kernels
+}
+
+/// The widened micro kernel in its AVX2 + FMA build, where the CPU has them.
+fn avx2_fma() -> Option<MicroKernel<u32>> {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(build) = Build::avx2_fma() {
+        // SAFETY: the CPU has AVX2 and FMA (in `Build::avx2_fma`).
+        return Some(unsafe { MicroKernel::new("avx2 fma", micro_avx2, build) });
+    }
+    None
+}
+
+fn portable() -> MicroKernel<u32> {
+    // SAFETY: plain Rust, for any CPU.
+    unsafe { MicroKernel::new("portable", micro_portable, Build::Portable) }
+}
+
+/// The widened pair `(low, high)`: bf16 is the high half of an f32.
+#[inline(always)]
+fn widen(pair: u32) -> (f32, f32) {
+    (
+        f32::from_bits(pair << 16),
+        f32::from_bits(pair & 0xFFFF_0000),
+    )
+}
+
+/// The micro kernel on any CPU.
+///
+/// # Safety
+/// As `Micro`'s.
+unsafe fn micro_portable(
+    pairs: usize,
+    a: &[u32],
+    b: &[u32],
+    out: *mut f32,
+    ldo: usize,
+    accumulate: bool,
+) {
+    // SAFETY: forwarded.
+    unsafe { widened::<false>(pairs, a, b, out, ldo, accumulate) }
+}
+
+/// The widened micro kernel built for AVX2, with fused multiply-adds.
+///
+/// # Safety
+/// As `Micro`'s; the CPU has AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn micro_avx2(
+    pairs: usize,
+    a: &[u32],
+    b: &[u32],
+    out: *mut f32,
+    ldo: usize,
+    accumulate: bool,
+) {
+    // SAFETY: forwarded.
+    unsafe { widened::<true>(pairs, a, b, out, ldo, accumulate) }
+}
+
+/// The micro kernel with the pairs widened to f32 (`FMA`: with fused multiply-adds, which only
+/// a build with the `fma` feature may ask for: elsewhere `mul_add` is a library call).
+///
+/// # Safety
+/// As `Micro`'s.
+#[inline(always)]
+unsafe fn widened<const FMA: bool>(
+    pairs: usize,
+    a: &[u32],
+    b: &[u32],
+    out: *mut f32,
+    ldo: usize,
+    accumulate: bool,
+) {
+    let mut tile = [0.0_f32; MR * NR];
+    for (a, b) in a.chunks_exact(MR).zip(b.chunks_exact(NR)).take(pairs) {
+        let (mut b_low, mut b_high) = ([0.0_f32; NR], [0.0_f32; NR]);
+        for ((low, high), &pair) in b_low.iter_mut().zip(&mut b_high).zip(b) {
+            (*low, *high) = widen(pair);
+        }
+        for (row, &pair) in tile.chunks_exact_mut(NR).zip(a) {
+            let (a_low, a_high) = widen(pair);
+            for ((acc, low), high) in row.iter_mut().zip(&b_low).zip(&b_high) {
+                *acc = if FMA {
+                    a_high.mul_add(*high, a_low.mul_add(*low, *acc))
+                } else {
+                    *acc + (a_low * low + a_high * high)
+                };
+            }
+        }
+    }
+    // SAFETY: the caller's contract.
+    unsafe { super::write_tile(&tile, out, ldo, accumulate) }
+}
+
+/// The micro kernel with AVX512-BF16: per pair of `k`, two loads of `B`, `MR` broadcasts of
+/// `A` and `2 MR` `vdpbf16ps` into 24 accumulator registers, which start from `out` when
+/// accumulating.
+///
+/// # Safety
+/// As `Micro`'s; the CPU has AVX512F and AVX512-BF16.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn micro_avx512bf16(
+    pairs: usize,
+    a: &[u32],
+    b: &[u32],
+    out: *mut f32,
+    ldo: usize,
+    accumulate: bool,
+) {
+    use std::arch::x86_64::{__m512bh, _mm512_dpbf16_ps, _mm512_loadu_si512, _mm512_set1_epi32};
+    assert!(
+        a.len() >= pairs * MR && b.len() >= pairs * NR,
+        "whole panels"
+    );
+    // SAFETY: the caller's contract.
+    let mut acc = unsafe { super::load_tile_avx512(out, ldo, accumulate) };
+    let (a, b) = (a.as_ptr(), b.as_ptr());
+    for p in 0..pairs {
+        // SAFETY: pair `p` of each panel lies within it (asserted above); unaligned loads of
+        // 16 u32s. A `__m512bh` is 32 bf16 in the bits of a `__m512i`.
+        unsafe {
+            let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(p * NR).cast()));
+            let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(p * NR + 16).cast()));
+            for (i, acc) in acc.iter_mut().enumerate() {
+                let a: __m512bh = std::mem::transmute(_mm512_set1_epi32(*a.add(p * MR + i) as i32));
+                acc[0] = _mm512_dpbf16_ps(acc[0], a, b0);
+                acc[1] = _mm512_dpbf16_ps(acc[1], a, b1);
+            }
+        }
+    }
+    // SAFETY: the caller's contract.
+    unsafe { super::store_tile_avx512(&acc, out, ldo) };
+}

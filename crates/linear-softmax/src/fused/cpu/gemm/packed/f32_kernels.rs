@@ -1,0 +1,150 @@
+//! f32 operands of the packed GEMM: packed as they are, one value per line and step of `k`;
+//! the micro kernel in AVX-512 fused multiply-adds.
+//!
+//! Only CPUs with AVX-512 run it: on the others, matrixmultiply's AVX2 and FMA kernels serve
+//! the f32 GEMMs (`gemm.rs`). The portable micro kernel is the tests' witness of the packing
+//! on any CPU.
+
+use std::ops::Range;
+
+use super::transpose::transpose;
+use super::{Build, Lines, MR, MicroKernel, NR, Packed};
+
+impl Packed for f32 {
+    type Unit = f32;
+    const DEPTHS: usize = 1;
+
+    #[inline(always)]
+    fn pack<const W: usize>(
+        lines: &Lines<'_, f32>,
+        range: Range<usize>,
+        depths: Range<usize>,
+        out: &mut [f32],
+        build: Build,
+    ) {
+        let width = range.len();
+        let out = &mut out[..depths.len() * W];
+        if lines.line_stride == 1 {
+            // The lines are adjacent in memory: a row of the panel is one copy (of a length
+            // known at compile time, inlined, for a whole panel).
+            for (p, depth) in depths.enumerate() {
+                let values = &lines.data[depth * lines.depth_stride + range.start..][..width];
+                if let (Ok(row), Ok(values)) = (
+                    <&mut [f32; W]>::try_from(&mut out[p * W..(p + 1) * W]),
+                    <&[f32; W]>::try_from(values),
+                ) {
+                    *row = *values;
+                } else {
+                    out[p * W..p * W + width].copy_from_slice(values);
+                }
+            }
+        } else if lines.depth_stride == 1 {
+            // Each line is adjacent in memory: a transpose into the panel.
+            let mut starts = [std::ptr::null::<u32>(); W];
+            for (start, line) in starts.iter_mut().zip(range.clone()) {
+                let first = line * lines.line_stride + depths.start;
+                *start = lines.data[first..first + depths.len()].as_ptr().cast();
+            }
+            // SAFETY: each start is valid for `depths.len()` f32 (sliced above), read as their
+            // bits; `out` holds `depths.len() * W` f32, written as bits.
+            unsafe {
+                let words = std::slice::from_raw_parts_mut(out.as_mut_ptr().cast(), out.len());
+                transpose::<W>(build, &starts[..width], depths.len(), words);
+            }
+        } else {
+            for (p, depth) in depths.enumerate() {
+                for (t, line) in range.clone().enumerate() {
+                    out[p * W + t] = lines.get(line, depth);
+                }
+            }
+        }
+        if width < W {
+            for row in out.chunks_exact_mut(W) {
+                row[width..].fill(0.0);
+            }
+        }
+    }
+}
+
+/// The AVX-512 micro kernel, where the CPU has AVX-512 (F, BW, VL, with AVX2 and FMA).
+pub(in crate::fused::cpu) fn avx512() -> Option<MicroKernel<f32>> {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(build) = Build::avx512() {
+        // SAFETY: the CPU has AVX-512 F (in `Build::avx512`).
+        return Some(unsafe { MicroKernel::new("avx512f", micro_avx512, build) });
+    }
+    None
+}
+
+/// Every micro kernel this CPU runs for f32, the portable one last.
+#[cfg(test)]
+pub(super) fn available() -> Vec<MicroKernel<f32>> {
+    // SAFETY: plain Rust, for any CPU.
+    let portable = unsafe { MicroKernel::new("portable", micro_portable, Build::Portable) };
+    avx512().into_iter().chain([portable]).collect()
+}
+
+/// The micro kernel on any CPU (separate multiplies and adds).
+///
+/// # Safety
+/// As `Micro`'s.
+#[cfg(test)]
+unsafe fn micro_portable(
+    depths: usize,
+    a: &[f32],
+    b: &[f32],
+    out: *mut f32,
+    ldo: usize,
+    accumulate: bool,
+) {
+    let mut tile = [0.0_f32; MR * NR];
+    for (a, b) in a.chunks_exact(MR).zip(b.chunks_exact(NR)).take(depths) {
+        for (row, &a) in tile.chunks_exact_mut(NR).zip(a) {
+            for (acc, &b) in row.iter_mut().zip(b) {
+                *acc += a * b;
+            }
+        }
+    }
+    // SAFETY: the caller's contract.
+    unsafe { super::write_tile(&tile, out, ldo, accumulate) }
+}
+
+/// The micro kernel with AVX-512: per step of `k`, two loads of `B`, `MR` broadcasts of `A`
+/// (folded into the multiply-adds) and `2 MR` fused multiply-adds into 24 accumulator
+/// registers, which start from `out` when accumulating.
+///
+/// # Safety
+/// As `Micro`'s; the CPU has AVX-512 F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn micro_avx512(
+    depths: usize,
+    a: &[f32],
+    b: &[f32],
+    out: *mut f32,
+    ldo: usize,
+    accumulate: bool,
+) {
+    use std::arch::x86_64::{_mm512_fmadd_ps, _mm512_loadu_ps, _mm512_set1_ps};
+    assert!(
+        a.len() >= depths * MR && b.len() >= depths * NR,
+        "whole panels"
+    );
+    // SAFETY: the caller's contract.
+    let mut acc = unsafe { super::load_tile_avx512(out, ldo, accumulate) };
+    let (a, b) = (a.as_ptr(), b.as_ptr());
+    for p in 0..depths {
+        // SAFETY: step `p` of each panel lies within it (asserted above); unaligned loads.
+        unsafe {
+            let b0 = _mm512_loadu_ps(b.add(p * NR));
+            let b1 = _mm512_loadu_ps(b.add(p * NR + 16));
+            for (i, acc) in acc.iter_mut().enumerate() {
+                let a = _mm512_set1_ps(*a.add(p * MR + i));
+                acc[0] = _mm512_fmadd_ps(a, b0, acc[0]);
+                acc[1] = _mm512_fmadd_ps(a, b1, acc[1]);
+            }
+        }
+    }
+    // SAFETY: the caller's contract.
+    unsafe { super::store_tile_avx512(&acc, out, ldo) };
+}
