@@ -61,6 +61,41 @@ pub(in crate::fused::cpu) trait Packed: Copy + Send + Sync + 'static {
         out: &mut [Self::Unit],
         build: Build,
     );
+
+    /// Packs `range` as consecutive panels of `W` lines (the last one zero-padded), each of
+    /// `units * W` units for the `units` that `depths` make.
+    #[inline(always)]
+    fn pack_panels<const W: usize>(
+        lines: &Lines<'_, Self>,
+        range: Range<usize>,
+        depths: Range<usize>,
+        out: &mut [Self::Unit],
+        build: Build,
+    ) {
+        pack_each_panel::<Self, W>(lines, range, depths, out, build);
+    }
+}
+
+/// [`Packed::pack_panels`] one panel at a time.
+#[inline(always)]
+fn pack_each_panel<P: Packed, const W: usize>(
+    lines: &Lines<'_, P>,
+    range: Range<usize>,
+    depths: Range<usize>,
+    out: &mut [P::Unit],
+    build: Build,
+) {
+    let units = depths.len().div_ceil(P::DEPTHS);
+    for (panel, start) in range.clone().step_by(W).enumerate() {
+        let out = &mut out[panel * units * W..(panel + 1) * units * W];
+        P::pack::<W>(
+            lines,
+            start..(start + W).min(range.end),
+            depths.clone(),
+            out,
+            build,
+        );
+    }
 }
 
 /// The micro kernel: `out = A_panel B_panel`, or `out += A_panel B_panel` when accumulating,
@@ -460,19 +495,11 @@ fn block<P: Packed>(task: Task<'_, P>, c: Out) {
             let units = ks.len().div_ceil(P::DEPTHS);
             // The first k block applies beta; the others accumulate.
             let first = k0 == depths.start;
-            for panel in 0..panels_b {
-                let j0 = columns.start + panel * NR;
-                let out = &mut packed_b[panel * units * NR..(panel + 1) * units * NR];
-                P::pack::<NR>(b, j0..(j0 + NR).min(columns.end), ks.clone(), out, build);
-            }
+            P::pack_panels::<NR>(b, columns.clone(), ks.clone(), &mut packed_b, build);
             for i0 in (0..c.rows()).step_by(MC) {
                 let rows = i0..(i0 + MC).min(c.rows());
                 let panels_a = rows.len().div_ceil(MR);
-                for panel in 0..panels_a {
-                    let r0 = i0 + panel * MR;
-                    let out = &mut packed_a[panel * units * MR..(panel + 1) * units * MR];
-                    P::pack::<MR>(a, r0..(r0 + MR).min(rows.end), ks.clone(), out, build);
-                }
+                P::pack_panels::<MR>(a, rows.clone(), ks.clone(), &mut packed_a, build);
                 for panel_b in 0..panels_b {
                     let b_panel = &packed_b[panel_b * units * NR..(panel_b + 1) * units * NR];
                     let j0 = columns.start + panel_b * NR;

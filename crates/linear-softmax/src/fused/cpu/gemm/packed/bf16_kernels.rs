@@ -14,7 +14,7 @@ use std::ops::Range;
 use burn::tensor::bf16;
 
 use super::transpose::transpose;
-use super::{Build, Lines, MR, MicroKernel, NR, Packed};
+use super::{Build, Lines, MR, MicroKernel, NR, Packed, pack_each_panel};
 
 impl Packed for bf16 {
     type Unit = u32;
@@ -73,6 +73,50 @@ impl Packed for bf16 {
         if width < W {
             for p in 0..pairs {
                 out[p * W + width..(p + 1) * W].fill(0);
+            }
+        }
+    }
+
+    /// Lines adjacent in memory (`W` read as `S_r = X_r W`'s B, `dS_r` as `dW`'s): pairs of
+    /// rows of the whole range, each row read in one run (across rows, strides of a whole row
+    /// of `W` defeat the hardware's prefetchers), into every panel at once.
+    #[inline(always)]
+    fn pack_panels<const W: usize>(
+        lines: &Lines<'_, bf16>,
+        range: Range<usize>,
+        depths: Range<usize>,
+        out: &mut [u32],
+        build: Build,
+    ) {
+        if lines.line_stride != 1 {
+            return pack_each_panel::<Self, W>(lines, range, depths, out, build);
+        }
+        let pairs = depths.len().div_ceil(2);
+        let row =
+            |depth: usize| &lines.data[depth * lines.depth_stride + range.start..][..range.len()];
+        for p in 0..pairs {
+            let depth = depths.start + 2 * p;
+            let low = row(depth);
+            // An odd last depth pairs with zeros.
+            let high = (depth + 1 < depths.end).then(|| row(depth + 1));
+            for (panel, start) in (0..range.len()).step_by(W).enumerate() {
+                let width = W.min(range.len() - start);
+                let out = &mut out[(panel * pairs + p) * W..][..W];
+                let low = &low[start..start + width];
+                match high {
+                    Some(high) => {
+                        let high = &high[start..start + width];
+                        for ((out, low), high) in out.iter_mut().zip(low).zip(high) {
+                            *out = low.to_bits() as u32 | (high.to_bits() as u32) << 16;
+                        }
+                    }
+                    None => {
+                        for (out, low) in out.iter_mut().zip(low) {
+                            *out = low.to_bits() as u32;
+                        }
+                    }
+                }
+                out[width..].fill(0);
             }
         }
     }
