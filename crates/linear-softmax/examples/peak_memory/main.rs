@@ -39,7 +39,9 @@ use std::time::{Duration, Instant};
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::prelude::*;
 use burn::tensor::DType;
+use linear_softmax::fused::Kernel;
 use linear_softmax::{Chunking, LinearSoftmax, LossOptions, LossPath, Targets, fused, manual};
+use peak::Peak;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
@@ -242,6 +244,28 @@ fn step(method: Method, p: &Problem) -> Measurement {
     }
 }
 
+/// The fused kernel's three GEMMs on one chunk of `rows` rows, each alone: time, GFLOP/s
+/// (`2 R D C` each) and the fraction of the measured peak.
+fn print_chunk_gemms([rows, d, c]: [usize; 3], dtype: DType, repeats: usize, peak: Option<&Peak>) {
+    let times = fused::chunk_gemm_times(rows, d, c, dtype, repeats).expect("f32 or bf16");
+    println!(
+        "  the fused kernel's GEMMs on one chunk of R = {rows} rows, each alone (best of {repeats}):"
+    );
+    let names = ["S_r = X_r W", "dW += X_r^T dS_r", "dX_r = dS_r W^T"];
+    for (name, time) in names.iter().zip(times) {
+        let gflops = 2.0 * (rows * d * c) as f64 / time.as_secs_f64() / 1e9;
+        let of_peak = peak.map_or("-".into(), |peak| {
+            format!("{:.0}%", 100.0 * gflops / peak.gflops)
+        });
+        println!(
+            "    {name:<28} {:>9.3} ms {:>9.1} GFLOP/s {:>6} of peak",
+            time.as_secs_f64() * 1e3,
+            gflops,
+            of_peak
+        );
+    }
+}
+
 fn problem(shape: [usize; 3], device: &Device, dtype: DType) -> Problem {
     let [n, d, c] = shape;
     let mut rng = StdRng::seed_from_u64(7);
@@ -405,6 +429,7 @@ fn main() {
         None => println!("no peak measured on this CPU"),
     }
     println!("(peak extra: bytes allocated above the inputs and parameters, gradients included)");
+    let mut probed = Vec::new();
     for (backend, device) in &args.backends {
         if let Err(err) = linear_softmax::check_dtype(device, dtype) {
             println!("\n{backend}: skipped ({err})");
@@ -484,6 +509,14 @@ fn main() {
                     m.peak_extra as f64 / MIB,
                     m.loss
                 ));
+            }
+            // The raw kernel's GEMMs are the same on every CPU backend: shown once per shape.
+            if choice.kernel == Kernel::Raw && !probed.contains(&shape) {
+                probed.push(shape);
+                let rows = Chunking::new()
+                    .rows_on(device, [n, d], c, dtype)
+                    .expect("a valid default");
+                print_chunk_gemms([rows, d, c], dtype, repeats, peak.as_ref());
             }
         }
     }

@@ -73,6 +73,8 @@ use burn::backend::Dispatch;
 use burn::prelude::*;
 use burn::tensor::DType;
 
+#[doc(hidden)]
+pub use cpu::chunk_gemm_times;
 pub use kernel::{Kernel, KernelChoice, kernel_for};
 
 use kernel::FusedBackend;

@@ -30,6 +30,7 @@
 //! | `gemm/packed/f32_kernels.rs` | f32 operands: packed as they are, the AVX-512 micro kernel |
 //! | `rounding.rs` | f32 results rounded to bf16 in their own memory (`dS_r`, `dW`) |
 //! | `isa.rs` | the instruction set, detected once per call |
+//! | `probe.rs` | the chunk loop's three GEMMs alone, timed (for the `peak_memory` example) |
 //! | `rows.rs` | the row pass: losses, log-sum-exps, `dS` in place, `colsum(dS)` |
 //! | `chunks.rs` | many classes: chunks of `R` rows, three GEMMs each |
 //! | `few_classes.rs` | `C <= 16`: one streaming pass over the rows instead of GEMMs |
@@ -66,6 +67,7 @@ pub(crate) mod few_classes;
 mod float;
 mod gemm;
 mod isa;
+mod probe;
 mod rounding;
 mod rows;
 
@@ -79,6 +81,8 @@ use burn::tensor::bf16;
 use float::RawFloat;
 use gemm::Operand;
 use isa::Isa;
+#[doc(hidden)]
+pub use probe::chunk_gemm_times;
 use rounding::F32ToBf16;
 use rows::{ChunkRows, RowOutputs, RowTargets, row_targets};
 
