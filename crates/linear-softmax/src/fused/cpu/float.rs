@@ -1,5 +1,7 @@
 //! The float types the CPU kernel runs in (`f32`, `f64`): their arithmetic, a vectorisable
-//! `exp` for shifted logits, and their unsafe GEMM primitive (wrapped safely in `gemm.rs`).
+//! `exp` for shifted logits, and the unsafe GEMM primitive of the library (matrixmultiply or
+//! OpenBLAS; wrapped safely in `gemm.rs`, which serves f64 with it, and f32 where our packed
+//! GEMM does not run).
 
 use std::ops::{Add, AddAssign, Div, Mul, Sub};
 

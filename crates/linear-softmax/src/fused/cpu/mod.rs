@@ -23,11 +23,14 @@
 //! | file | its one job |
 //! |---|---|
 //! | `buffers.rs` | primitives as slices (borrowed when contiguous), labels, outputs as primitives |
-//! | `float.rs` | `f32` / `f64`: arithmetic, a vectorisable `exp`, the unsafe GEMM primitive |
+//! | `float.rs` | `f32` / `f64`: arithmetic, a vectorisable `exp`, the library's unsafe GEMM primitive |
 //! | `gemm.rs` | the safe GEMM wrappers (matrix views checked against their slices); the GEMM of each operand type |
-//! | `gemm/packed.rs` | our packed GEMM (f32 sums): blocking, threads, the tiles into `C` |
-//! | `gemm/packed/bf16_kernels.rs` | bf16 operands: pairs of `k` packed, the AVX512-BF16 micro kernel |
-//! | `gemm/packed/f32_kernels.rs` | f32 operands: packed as they are, the AVX-512 micro kernel |
+//! | `gemm/packed.rs` | our packed GEMM (f32 sums): blocking, packing, threads |
+//! | `gemm/packed/kernel.rs` | its micro kernels as values, with the proof that the CPU runs them |
+//! | `gemm/packed/tile.rs` | `C` shared by the GEMM's tasks; the micro kernels' tiles in and out |
+//! | `gemm/packed/transpose.rs` | packing lines that run along `k`: 16 x 16 transposes in AVX-512 |
+//! | `gemm/packed/bf16_kernels.rs` | bf16 operands: pairs of `k` packed; `vdpbf16ps`, widened AVX2 and portable micro kernels |
+//! | `gemm/packed/f32_kernels.rs` | f32 operands: packed as they are; the AVX-512 micro kernel |
 //! | `rounding.rs` | f32 results rounded to bf16 in their own memory (`dS_r`, `dW`) |
 //! | `isa.rs` | the instruction set, detected once per call |
 //! | `probe.rs` | the chunk loop's three GEMMs alone, timed (for the `peak_memory` example) |
@@ -38,8 +41,8 @@
 //! The GEMMs (`gemm.rs`): in f32 on a CPU with AVX-512, our packed GEMM (`gemm/packed.rs`,
 //! on rayon's threads); elsewhere in f32, and in f64, `matrixmultiply`'s `sgemm`/`dgemm`
 //! (threaded over the cores by its `threading` feature, which burn's `rayon` feature turns on;
-//! AVX2 or portable kernels detected at run time); with the `openblas-system` feature, the
-//! system OpenBLAS in f32 and f64.
+//! AVX-512 (f64), AVX2 or portable kernels detected at run time); with the `openblas-system`
+//! feature, the system OpenBLAS in f32 and f64.
 //!
 //! bf16 (Flex): the GEMMs take the bf16 inputs as they are and sum in f32 (our packed GEMM,
 //! with `vdpbf16ps` where the CPU has AVX512-BF16); the `[R, C]` buffer, the row pass and `dW`'s

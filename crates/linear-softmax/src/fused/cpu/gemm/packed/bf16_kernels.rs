@@ -18,7 +18,7 @@ use super::{Build, Lines, MR, MicroKernel, NR, Packed, pack_each_panel};
 
 impl Packed for bf16 {
     type Unit = u32;
-    const DEPTHS: usize = 2;
+    const K_PER_UNIT: usize = 2;
 
     #[inline(always)]
     fn pack<const W: usize>(
@@ -125,27 +125,30 @@ impl Packed for bf16 {
 /// The best micro kernel this CPU runs for bf16: `vdpbf16ps`, else the widened one in an
 /// AVX2 + FMA build, else the portable one.
 pub(in crate::fused::cpu) fn detect() -> MicroKernel<u32> {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512bf16")
-        && let Some(build) = Build::avx512()
-    {
-        // SAFETY: the CPU has AVX512-BF16 (checked) and AVX-512 F (in `Build::avx512`).
-        return unsafe { MicroKernel::new("avx512bf16", micro_avx512bf16, build) };
-    }
-    avx2_fma().unwrap_or_else(portable)
+    avx512bf16().or_else(avx2_fma).unwrap_or_else(portable)
 }
 
 /// Every micro kernel this CPU runs for bf16, the best first, the portable one last.
 #[cfg(test)]
 pub(super) fn available() -> Vec<MicroKernel<u32>> {
-    let mut kernels = vec![detect()];
-    if kernels[0].name == "avx512bf16" {
-        kernels.extend(avx2_fma());
+    avx512bf16()
+        .into_iter()
+        .chain(avx2_fma())
+        .chain([portable()])
+        .collect()
+}
+
+/// The `vdpbf16ps` micro kernel, where the CPU has AVX512-BF16 (and the AVX-512 build's
+/// features).
+fn avx512bf16() -> Option<MicroKernel<u32>> {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512bf16")
+        && let Some(build) = Build::avx512()
+    {
+        // SAFETY: the CPU has AVX512-BF16 (checked) and AVX-512 F (in `Build::avx512`).
+        return Some(unsafe { MicroKernel::new("avx512bf16", micro_avx512bf16, build) });
     }
-    if kernels[0].name != "portable" {
-        kernels.push(portable());
-    }
-    kernels
+    None
 }
 
 /// The widened micro kernel in its AVX2 + FMA build, where the CPU has them.
@@ -238,7 +241,7 @@ unsafe fn widened<const FMA: bool>(
         }
     }
     // SAFETY: the caller's contract.
-    unsafe { super::write_tile(&tile, out, ldo, accumulate) }
+    unsafe { super::tile::write_tile(&tile, out, ldo, accumulate) }
 }
 
 /// The micro kernel with AVX512-BF16: per pair of `k`, two loads of `B`, `MR` broadcasts of
@@ -263,7 +266,7 @@ unsafe fn micro_avx512bf16(
         "whole panels"
     );
     // SAFETY: the caller's contract.
-    let mut acc = unsafe { super::load_tile_avx512(out, ldo, accumulate) };
+    let mut acc = unsafe { super::tile::load_tile_avx512(out, ldo, accumulate) };
     let (a, b) = (a.as_ptr(), b.as_ptr());
     for p in 0..pairs {
         // SAFETY: pair `p` of each panel lies within it (asserted above); unaligned loads of
@@ -279,5 +282,5 @@ unsafe fn micro_avx512bf16(
         }
     }
     // SAFETY: the caller's contract.
-    unsafe { super::store_tile_avx512(&acc, out, ldo) };
+    unsafe { super::tile::store_tile_avx512(&acc, out, ldo) };
 }

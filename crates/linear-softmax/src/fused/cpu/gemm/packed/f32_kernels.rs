@@ -1,18 +1,20 @@
 //! f32 operands of the packed GEMM: packed as they are, one value per line and step of `k`;
 //! the micro kernel in AVX-512 fused multiply-adds.
 //!
-//! Only CPUs with AVX-512 run it: on the others, matrixmultiply's AVX2 and FMA kernels serve
-//! the f32 GEMMs (`gemm.rs`). The portable micro kernel is the tests' witness of the packing
-//! on any CPU.
+//! Only CPUs with AVX-512 run it: on the others, matrixmultiply's AVX2 or portable kernels
+//! serve the f32 GEMMs (or OpenBLAS, with the `openblas-system` feature: `gemm.rs`). The
+//! portable micro kernel here exists for the tests, the witness of the packing on any CPU.
 
 use std::ops::Range;
 
 use super::transpose::transpose;
-use super::{Build, Lines, MR, MicroKernel, NR, Packed, pack_each_panel};
+use super::{Build, Lines, MicroKernel, Packed, pack_each_panel};
+#[cfg(any(test, target_arch = "x86_64"))]
+use super::{MR, NR};
 
 impl Packed for f32 {
     type Unit = f32;
-    const DEPTHS: usize = 1;
+    const K_PER_UNIT: usize = 1;
 
     #[inline(always)]
     fn pack<const W: usize>(
@@ -138,7 +140,7 @@ unsafe fn micro_portable(
         }
     }
     // SAFETY: the caller's contract.
-    unsafe { super::write_tile(&tile, out, ldo, accumulate) }
+    unsafe { super::tile::write_tile(&tile, out, ldo, accumulate) }
 }
 
 /// The micro kernel with AVX-512: per step of `k`, two loads of `B`, `MR` broadcasts of `A`
@@ -163,7 +165,7 @@ unsafe fn micro_avx512(
         "whole panels"
     );
     // SAFETY: the caller's contract.
-    let mut acc = unsafe { super::load_tile_avx512(out, ldo, accumulate) };
+    let mut acc = unsafe { super::tile::load_tile_avx512(out, ldo, accumulate) };
     let (a, b) = (a.as_ptr(), b.as_ptr());
     for p in 0..depths {
         // SAFETY: step `p` of each panel lies within it (asserted above); unaligned loads.
@@ -178,5 +180,5 @@ unsafe fn micro_avx512(
         }
     }
     // SAFETY: the caller's contract.
-    unsafe { super::store_tile_avx512(&acc, out, ldo) };
+    unsafe { super::tile::store_tile_avx512(&acc, out, ldo) };
 }
