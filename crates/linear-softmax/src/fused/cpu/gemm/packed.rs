@@ -12,9 +12,9 @@
 //! `W^T`) are packed by a transpose, in 16 x 16 register blocks with AVX-512
 //! (`packed/transpose.rs`); the others by copies, row after row of the block.
 //!
-//! The work is spread over rayon's threads by columns of `C`, each task packing `A` once
-//! per block of `NC` columns (`S_r = X_r W` and `dW += X_r^T dS_r`, whose `n` is the class
-//! count), or by ranges of `k`, the first summed into `C` and the others into private
+//! The work is spread over rayon's threads by columns of `C`, each task packing the whole of
+//! a small `A` once (`S_r = X_r W` and `dW += X_r^T dS_r`, whose `n` is the class count, `A`
+//! a chunk's `X_r`; a large `A` once per block of `NC` columns), or by ranges of `k`, the first summed into `C` and the others into private
 //! `[m, n]` tiles added to it in a fixed order (`dX_r = dS_r W^T`, whose `k` is the class
 //! count and `n` only `D`): whichever moves less memory.
 
@@ -45,6 +45,8 @@ const MC: usize = 192;
 /// Columns of `B` per packed block: `KU x NC` is 256 KiB, in L2. (1024 columns made the
 /// LM-head step ~2 % faster, for 1.5 MiB more memory, over its 100 MiB design.)
 const NC: usize = 256;
+/// The most units of A that a task keeps packed for all its blocks of columns (512 KiB).
+const KEPT_A_UNITS: usize = 1 << 17;
 /// Below this many multiply-adds a GEMM runs on the calling thread.
 const PARALLEL_WORK: usize = 1 << 18;
 /// The most memory the private tiles of a split by ranges of `k` may take together.
@@ -139,9 +141,16 @@ pub(in crate::fused::cpu) fn gemm<P: Packed>(
     // A split by columns: two ranges per thread (for balance on a busy machine).
     let width = n.div_ceil(2 * threads).next_multiple_of(NR);
     let column_tasks = n.div_ceil(width);
-    // What each split moves beyond the other: A packed once per block of NC columns of each
-    // task (against once per block of all n columns), or the private tiles written and read.
-    let more_packing = (column_tasks * width.div_ceil(NC)).saturating_sub(n.div_ceil(NC)) * m * k;
+    // What each split moves beyond the other: A packed by every task (against by the one
+    // range of all n columns), or the private tiles written and read.
+    let a_packings = |width: usize| {
+        if keeps_a::<P>(m, k, width) {
+            1
+        } else {
+            width.div_ceil(NC)
+        }
+    };
+    let more_packing = (column_tasks * a_packings(width)).saturating_sub(a_packings(n)) * m * k;
     let more_partials = 2 * (k_ranges - 1) * m * n;
     if m * n * k < PARALLEL_WORK || threads == 1 {
         micro.run(task(0..k, 0..n, beta), shared);
@@ -207,6 +216,12 @@ impl<'a, T: Copy> Lines<'a, T> {
     }
 }
 
+/// Whether a task of `width` columns packs its whole `[m, depth]` A once (A is small: `S_r`'s
+/// `X_r`, `dW`'s `X_r^T`) rather than once per block of `NC` columns.
+fn keeps_a<P: Packed>(m: usize, depth: usize, width: usize) -> bool {
+    width > NC && m.div_ceil(MR) * MR * depth.div_ceil(P::K_PER_UNIT) <= KEPT_A_UNITS
+}
+
 /// One task's part of a GEMM: `C[:, columns] <- A[:, depths] B[depths, columns] + beta
 /// C[:, columns]`.
 struct Task<'a, P: Packed> {
@@ -261,12 +276,22 @@ fn block<P: Packed>(task: Task<'_, P>, c: SharedC<'_>) {
         return;
     }
     let mut packed_b = vec![P::Unit::default(); NC.div_ceil(NR) * KU * NR];
-    let mut packed_a = vec![P::Unit::default(); MC.div_ceil(MR) * KU * MR];
+    let panels_m = c.rows().div_ceil(MR);
+    let keep_a = keeps_a::<P>(c.rows(), depths.len(), columns.len());
+    let mut packed_a = vec![
+        P::Unit::default();
+        if keep_a {
+            panels_m * MR * depths.len().div_ceil(P::K_PER_UNIT)
+        } else {
+            MC.div_ceil(MR) * KU * MR
+        }
+    ];
     let mut tile = [0.0_f32; MR * NR];
     for c0 in columns.clone().step_by(NC) {
+        let pack_a = !keep_a || c0 == columns.start;
         let columns = c0..(c0 + NC).min(columns.end);
         let panels_b = columns.len().div_ceil(NR);
-        for k0 in depths.clone().step_by(KU * P::K_PER_UNIT) {
+        for (k_block, k0) in depths.clone().step_by(KU * P::K_PER_UNIT).enumerate() {
             let ks = k0..(k0 + KU * P::K_PER_UNIT).min(depths.end);
             let units = ks.len().div_ceil(P::K_PER_UNIT);
             // The first k block applies beta; the others accumulate.
@@ -275,7 +300,18 @@ fn block<P: Packed>(task: Task<'_, P>, c: SharedC<'_>) {
             for i0 in (0..c.rows()).step_by(MC) {
                 let rows = i0..(i0 + MC).min(c.rows());
                 let panels_a = rows.len().div_ceil(MR);
-                P::pack_panels::<MR>(a, rows.clone(), ks.clone(), &mut packed_a, build);
+                // This block's panels of A: where the kept A holds them (k block after k
+                // block, each of `panels_m` panels of its units), else in the block's buffer.
+                let packed_a = if keep_a {
+                    let start = (k_block * KU * panels_m + i0 / MR * units) * MR;
+                    &mut packed_a[start..start + panels_a * units * MR]
+                } else {
+                    &mut packed_a[..panels_a * units * MR]
+                };
+                if pack_a {
+                    P::pack_panels::<MR>(a, rows.clone(), ks.clone(), packed_a, build);
+                }
+                let packed_a = &*packed_a;
                 for panel_b in 0..panels_b {
                     let b_panel = &packed_b[panel_b * units * NR..(panel_b + 1) * units * NR];
                     let j0 = columns.start + panel_b * NR;
@@ -380,9 +416,10 @@ mod tests {
     #[test]
     fn every_layout_and_split_is_the_product() {
         // [m, k, n], with the split each takes in f32 (bf16 has half as many blocks of k):
-        // one block; odd k and partial panels; by k; by columns on 2 threads, with two blocks
-        // of columns and three of k per task; by columns on 2 and 4 threads, by k on 32; by k
-        // into as many ranges as threads (up to 12); one range of k (by columns); k = 0.
+        // one block; odd k and partial panels; by k; by columns on 2 and 4 threads, A kept
+        // for two blocks of columns and three of k per task on 2; by columns on 2 threads, by
+        // k on 4 and 32; by k into as many ranges as threads (up to 12); one range of k (by
+        // columns); k = 0. One thread: a single task over every block.
         let shapes = [
             [1, 1, 1],
             [13, 7, 33],
