@@ -122,10 +122,14 @@ impl Packed for bf16 {
     }
 }
 
-/// The best micro kernel this CPU runs for bf16: `vdpbf16ps`, else the widened one in an
-/// AVX2 + FMA build, else the portable one.
+/// The best micro kernel this CPU runs for bf16: `vdpbf16ps`, else the pairs widened to f32 in
+/// AVX-512 registers (AVX-512 CPUs without AVX512-BF16: Skylake-SP to Ice Lake), else the
+/// widened one in an AVX2 + FMA build, else the portable one.
 pub(in crate::fused::cpu) fn detect() -> MicroKernel<u32> {
-    avx512bf16().or_else(avx2_fma).unwrap_or_else(portable)
+    avx512bf16()
+        .or_else(avx512_widened)
+        .or_else(avx2_fma)
+        .unwrap_or_else(portable)
 }
 
 /// Every micro kernel this CPU runs for bf16, the best first, the portable one last.
@@ -133,6 +137,7 @@ pub(in crate::fused::cpu) fn detect() -> MicroKernel<u32> {
 pub(super) fn available() -> Vec<MicroKernel<u32>> {
     avx512bf16()
         .into_iter()
+        .chain(avx512_widened())
         .chain(avx2_fma())
         .chain([portable()])
         .collect()
@@ -147,6 +152,16 @@ fn avx512bf16() -> Option<MicroKernel<u32>> {
     {
         // SAFETY: the CPU has AVX512-BF16 (checked) and AVX-512 F (in `Build::avx512`).
         return Some(unsafe { MicroKernel::new("avx512bf16", micro_avx512bf16, build) });
+    }
+    None
+}
+
+/// The widening AVX-512 micro kernel, where the CPU has the AVX-512 build's features.
+fn avx512_widened() -> Option<MicroKernel<u32>> {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(build) = Build::avx512() {
+        // SAFETY: the CPU has AVX-512 F (in `Build::avx512`).
+        return Some(unsafe { MicroKernel::new("avx512 widened", micro_avx512_widened, build) });
     }
     None
 }
@@ -279,6 +294,62 @@ unsafe fn micro_avx512bf16(
                 acc[0] = _mm512_dpbf16_ps(acc[0], a, b0);
                 acc[1] = _mm512_dpbf16_ps(acc[1], a, b1);
             }
+        }
+    }
+    // SAFETY: the caller's contract.
+    unsafe { super::tile::store_tile_avx512(&acc, out, ldo) };
+}
+
+/// The micro kernel with the pairs widened to f32 in AVX-512 registers: per pair of `k`, two
+/// loads of `B` widened into four vectors (a bf16 is the high half of an f32: the low value
+/// shifted up, the high one masked), `MR` broadcasts of `A` widened likewise, and `4 MR` fused
+/// multiply-adds into 24 accumulator registers (the sums of [`widened`], in its order).
+///
+/// # Safety
+/// As `Micro`'s; the CPU has AVX-512 F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn micro_avx512_widened(
+    pairs: usize,
+    a: &[u32],
+    b: &[u32],
+    out: *mut f32,
+    ldo: usize,
+    accumulate: bool,
+) {
+    use std::arch::x86_64::{
+        __m512i, _mm512_and_si512, _mm512_castsi512_ps, _mm512_fmadd_ps, _mm512_loadu_si512,
+        _mm512_set1_epi32, _mm512_slli_epi32,
+    };
+    assert!(
+        a.len() >= pairs * MR && b.len() >= pairs * NR,
+        "whole panels"
+    );
+    // SAFETY: the caller's contract.
+    let mut acc = unsafe { super::tile::load_tile_avx512(out, ldo, accumulate) };
+    let high_half = _mm512_set1_epi32(0xFFFF_0000_u32 as i32);
+    let widen = |pairs: __m512i| {
+        (
+            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(pairs)),
+            _mm512_castsi512_ps(_mm512_and_si512(pairs, high_half)),
+        )
+    };
+    let (a, b) = (a.as_ptr(), b.as_ptr());
+    for p in 0..pairs {
+        // SAFETY: pair `p` of each panel lies within it (asserted above); unaligned loads of
+        // 16 u32s.
+        let (b0, b1) = unsafe {
+            (
+                _mm512_loadu_si512(b.add(p * NR).cast()),
+                _mm512_loadu_si512(b.add(p * NR + 16).cast()),
+            )
+        };
+        let ((b0_low, b0_high), (b1_low, b1_high)) = (widen(b0), widen(b1));
+        for (i, acc) in acc.iter_mut().enumerate() {
+            // SAFETY: as above.
+            let (a_low, a_high) = widen(_mm512_set1_epi32(unsafe { *a.add(p * MR + i) } as i32));
+            acc[0] = _mm512_fmadd_ps(a_high, b0_high, _mm512_fmadd_ps(a_low, b0_low, acc[0]));
+            acc[1] = _mm512_fmadd_ps(a_high, b1_high, _mm512_fmadd_ps(a_low, b1_low, acc[1]));
         }
     }
     // SAFETY: the caller's contract.
