@@ -50,10 +50,10 @@ macro_rules! same_type_operand {
 same_type_operand!(f32, gemm_f32);
 same_type_operand!(f64, gemm_f64);
 
-/// The f32 GEMM: our packed one where the CPU has AVX-512 (the f32 LM-head step of
-/// BENCHMARKS.md takes ~10 % less time than with matrixmultiply's, whose kernel and packing
-/// are built for a general GEMM), matrixmultiply's AVX2 or portable kernels elsewhere; the
-/// system OpenBLAS whenever the `openblas-system` feature asks for it.
+/// The f32 GEMM: our packed one where the CPU has AVX-512 (with it, the f32 LM-head step of
+/// BENCHMARKS.md went from 1.40 s on matrixmultiply's AVX-512 kernel to 1.19-1.22 s),
+/// matrixmultiply's AVX2 or portable kernels elsewhere; the system OpenBLAS whenever the
+/// `openblas-system` feature asks for it.
 fn gemm_f32(a: MatRef<'_, f32>, b: MatRef<'_, f32>, beta: f32, c: MatMut<'_, f32>) {
     if !cfg!(feature = "openblas-system")
         && let Some(micro) = packed::f32_kernels::avx512()

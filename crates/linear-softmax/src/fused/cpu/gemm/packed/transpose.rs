@@ -100,7 +100,7 @@ pub(super) unsafe fn transpose<const W: usize>(
     out: &mut [u32],
 ) {
     match build {
-        // SAFETY: the caller's contract; `Detected` exists only where `Build::avx512` found
+        // SAFETY: the caller's contract; `Avx512Found` exists only where `Build::avx512` found
         // AVX-512 F.
         #[cfg(target_arch = "x86_64")]
         super::Build::Avx512(_) => unsafe { transpose_avx512::<W>(lines, units, out) },
