@@ -1,12 +1,14 @@
 //! The raw-buffer kernel that the plain backends run for class-index targets (`fused/raw.rs`)
 //! agrees with the autodiff path: chunk sizes 1, 7, N and more than N, f32 and f64, bias on
 //! and off, every reduction, on both CPU backends; shapes large enough that a chunk's row pass
-//! runs in parallel; inputs that are strided views; and the options that fall back to the
-//! tensor-level kernel (softcap, probability targets) still agree.
+//! runs in parallel, and a chunk whose GEMMs are large enough for our packed f32 GEMM; inputs
+//! that are strided views; and the options that fall back to the tensor-level kernel
+//! (softcap, probability targets) still agree.
 
 mod common;
 
 use burn::prelude::*;
+use burn::tensor::DType;
 use common::{Problem, assert_close, assert_gradients_close, backends, dtypes, host, problem};
 use linear_softmax::{
     Chunking, HeadGradients, LossOptions, LossPath, Reduction, Targets, autodiff, fused,
@@ -84,6 +86,44 @@ fn raw_kernel_matches_autodiff_over_chunk_sizes_dtypes_bias_and_reductions() {
         }
     }
     assert_eq!(cases, 2 * 2 * 2 * 3 * 4);
+}
+
+#[test]
+fn gemms_of_a_large_chunk_agree_with_autodiff() {
+    // 520 rows, features and classes in one chunk: each of the chunk's three GEMMs has
+    // 520^3 > 2^27 multiply-adds, which f32 on an AVX-512 CPU runs on our packed GEMM (smaller
+    // ones, and f64, on matrixmultiply): its threads split C by columns (S, dW) and by ranges
+    // of k or rows (dX), with several blocks of k. Plain and through `.backward()`.
+    const N: usize = 520;
+    // Two f32 orders of a 520-term sum differ by up to ~520 eps of its terms' magnitude, and
+    // dX's sums cancel (a row of dS sums to 0): the f32 agreement of the small shapes elsewhere
+    // (1e-5) is below what a correct GEMM of this size can promise. Measured: 1.5e-5.
+    const F32_AGREEMENT_AT_520: f64 = 520.0 * f32::EPSILON as f64;
+    for (backend, device) in backends() {
+        for (dtype, tolerance) in dtypes() {
+            let tolerance = if dtype == DType::F32 {
+                F32_AGREEMENT_AT_520
+            } else {
+                tolerance
+            };
+            let p = problem([N, N, N], true, dtype, &device, 7);
+            let options = LossOptions::new();
+            let expected =
+                autodiff::loss_and_gradients(&p.head, p.x.clone(), &p.targets, &options).unwrap();
+            let context = format!("{backend} {dtype:?}");
+            let fused = fused::loss_and_gradients_with_chunking(
+                &p.head,
+                p.x.clone(),
+                &p.targets,
+                &options,
+                &Chunking::new().with_rows(Some(N)),
+            )
+            .unwrap();
+            assert_gradients_close(&context, &fused, &expected, tolerance);
+            let graph = through_graph(&p, &p.targets, &options, N);
+            assert_gradients_close(&format!("{context} backward"), &graph, &expected, tolerance);
+        }
+    }
 }
 
 #[test]

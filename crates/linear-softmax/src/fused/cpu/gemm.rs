@@ -50,18 +50,27 @@ macro_rules! same_type_operand {
 same_type_operand!(f32, gemm_f32);
 same_type_operand!(f64, gemm_f64);
 
-/// The f32 GEMM: our packed one where the CPU has AVX-512 (with it, the f32 LM-head step of
-/// BENCHMARKS.md went from 1.40 s on matrixmultiply's AVX-512 kernel to 1.19-1.22 s),
-/// matrixmultiply's AVX2 or portable kernels elsewhere; the system OpenBLAS whenever the
-/// `openblas-system` feature asks for it.
+/// The f32 GEMM: our packed one where the CPU has AVX-512 and the GEMM has at least
+/// [`PACKED_F32_MIN_WORK`] multiply-adds (with it, the f32 LM-head step of BENCHMARKS.md went
+/// from 1.40 s on matrixmultiply's AVX-512 kernel to 1.19-1.22 s); matrixmultiply's kernels
+/// for smaller GEMMs and on other CPUs; the system OpenBLAS whenever the `openblas-system`
+/// feature asks for it.
 fn gemm_f32(a: MatRef<'_, f32>, b: MatRef<'_, f32>, beta: f32, c: MatMut<'_, f32>) {
     if !cfg!(feature = "openblas-system")
+        && a.rows * a.cols * b.cols >= PACKED_F32_MIN_WORK
         && let Some(micro) = packed::f32_kernels::avx512()
     {
         return packed::gemm(micro, a, b, beta, c);
     }
     gemm(1.0, a, b, beta, c);
 }
+
+/// Below this many multiply-adds an f32 GEMM costs less in matrixmultiply, whose per-call work
+/// is smaller (ours zeroes and packs whole blocks). Measured on classifier steps (AVX-512, two
+/// cores; each step's largest GEMM): N = 256, D = 784, C = 100 (20 M) took 0.90 ms with it
+/// against 1.07 ms with ours, N = 512, C = 200 (80 M) 2.94 against 3.30 ms, and C = 1000
+/// (200 M) 6.68 ms either way.
+const PACKED_F32_MIN_WORK: usize = 1 << 27;
 
 /// The f64 GEMM: matrixmultiply's (or the system OpenBLAS's).
 fn gemm_f64(a: MatRef<'_, f64>, b: MatRef<'_, f64>, beta: f64, c: MatMut<'_, f64>) {

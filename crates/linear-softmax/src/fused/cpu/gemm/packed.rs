@@ -14,9 +14,11 @@
 //!
 //! The work is spread over rayon's threads by columns of `C`, each task packing the whole of
 //! a small `A` once (`S_r = X_r W` and `dW += X_r^T dS_r`, whose `n` is the class count, `A`
-//! a chunk's `X_r`; a large `A` once per block of `NC` columns), or by ranges of `k`, the first summed into `C` and the others into private
-//! `[m, n]` tiles added to it in a fixed order (`dX_r = dS_r W^T`, whose `k` is the class
-//! count and `n` only `D`): whichever moves less memory.
+//! a chunk's `X_r`; a large `A` once per block of columns), or by ranges of `k`, the first
+//! summed into `C` and the others into private `[m, n]` tiles added to it in a fixed order
+//! (`dX_r = dS_r W^T`, whose `k` is the class count and `n` only `D`), or by rows of `C`, each
+//! task packing the whole of a small `B` (a classifier's `dW`, `[D, C]` for few classes):
+//! whichever moves the least memory.
 
 pub(in crate::fused::cpu) mod bf16_kernels;
 pub(in crate::fused::cpu) mod f32_kernels;
@@ -43,8 +45,13 @@ const KU: usize = 256;
 /// Rows of `A` per packed block: `MC x KU` is 192 KiB, in L2.
 const MC: usize = 192;
 /// Columns of `B` per packed block: `KU x NC` is 256 KiB, in L2. (1024 columns made the
-/// LM-head step ~2 % faster, for 1.5 MiB more memory, over its 100 MiB design.)
+/// LM-head step ~2 % faster, for 1.5 MiB more memory, over its 100 MiB design.) A task whose
+/// `A` has more rows than that, and is not kept (see [`keeps_a`]), takes blocks of as many
+/// columns as `A` has rows, up to `NC_MAX`: it packs `A` once per block, which then costs
+/// about what packing the block of `B` does.
 const NC: usize = 256;
+/// The most columns of `B` per packed block: 2 MiB.
+const NC_MAX: usize = 2048;
 /// The most units of A that a task keeps packed for all its blocks of columns (512 KiB).
 const KEPT_A_UNITS: usize = 1 << 17;
 /// Below this many multiply-adds a GEMM runs on the calling thread.
@@ -120,10 +127,11 @@ pub(in crate::fused::cpu) fn gemm<P: Packed>(
     if m == 0 || n == 0 {
         return;
     }
-    let task = |depths, columns, beta| Task {
+    let task = |rows, depths, columns, beta| Task {
         micro,
         a: &a,
         b: &b,
+        rows,
         depths,
         columns,
         beta,
@@ -138,31 +146,46 @@ pub(in crate::fused::cpu) fn gemm<P: Packed>(
         .min(threads)
         .min(PARTIALS_BUDGET / (m * n * 4).max(1) + 1)
         .max(1);
-    // A split by columns: two ranges per thread (for balance on a busy machine).
+    // A split by columns, or by rows: two ranges per thread (for balance on a busy machine).
     let width = n.div_ceil(2 * threads).next_multiple_of(NR);
     let column_tasks = n.div_ceil(width);
-    // What each split moves beyond the other: A packed by every task (against by the one
-    // range of all n columns), or the private tiles written and read.
+    let height = m.div_ceil(2 * threads).next_multiple_of(MR);
+    let row_tasks = m.div_ceil(height);
+    // What each split moves beyond packing A and B once: A packed again by every task (by
+    // columns), B packed again by every task (by rows), or the private tiles written and read
+    // (by k).
     let a_packings = |width: usize| {
         if keeps_a::<P>(m, k, width) {
             1
         } else {
-            width.div_ceil(NC)
+            width.div_ceil(column_block(m, false))
         }
     };
-    let more_packing = (column_tasks * a_packings(width)).saturating_sub(a_packings(n)) * m * k;
-    let more_partials = 2 * (k_ranges - 1) * m * n;
+    let more_for_columns = (column_tasks * a_packings(width)).saturating_sub(a_packings(n)) * m * k;
+    let more_for_rows = (row_tasks - 1) * n * k;
+    let more_for_k = if k_ranges > 1 {
+        2 * (k_ranges - 1) * m * n
+    } else {
+        usize::MAX
+    };
     if m * n * k < PARALLEL_WORK || threads == 1 {
-        micro.run(task(0..k, 0..n, beta), shared);
-    } else if k_ranges == 1 || more_packing <= more_partials {
-        // By columns: each task owns a disjoint column range of C.
+        micro.run(task(0..m, 0..k, 0..n, beta), shared);
+    } else if more_for_columns <= more_for_rows.min(more_for_k) {
+        // By columns (`S_r`, `dW`): each task owns a disjoint column range of C.
         (0..column_tasks).into_par_iter().for_each(|t| {
             let columns = t * width..((t + 1) * width).min(n);
-            micro.run(task(0..k, columns, beta), shared);
+            micro.run(task(0..m, 0..k, columns, beta), shared);
+        });
+    } else if more_for_rows <= more_for_k {
+        // By rows (few columns, short k: a classifier's `dW`): each task owns a disjoint row
+        // range of C.
+        (0..row_tasks).into_par_iter().for_each(|t| {
+            let rows = t * height..((t + 1) * height).min(m);
+            micro.run(task(rows, 0..k, 0..n, beta), shared);
         });
     } else {
-        // By ranges of k: the first into C, the others into private tiles added to C in the
-        // ranges' order (the same sums whichever thread ran which range).
+        // By ranges of k (`dX_r`): the first into C, the others into private tiles added to C
+        // in the ranges' order (the same sums whichever thread ran which range).
         let range_len = k.div_ceil(k_ranges).next_multiple_of(block_depth);
         let partials: Vec<Vec<f32>> = (0..k.div_ceil(range_len))
             .into_par_iter()
@@ -170,11 +193,11 @@ pub(in crate::fused::cpu) fn gemm<P: Packed>(
                 let depths = t * range_len..((t + 1) * range_len).min(k);
                 if t == 0 {
                     // The only task that touches C.
-                    micro.run(task(depths, 0..n, beta), shared);
+                    micro.run(task(0..m, depths, 0..n, beta), shared);
                     return None;
                 }
                 let mut partial = vec![0.0_f32; m * n];
-                micro.run(task(depths, 0..n, 0.0), SharedC::of(&mut partial, n));
+                micro.run(task(0..m, depths, 0..n, 0.0), SharedC::of(&mut partial, n));
                 Some(partial)
             })
             .collect();
@@ -222,10 +245,21 @@ fn keeps_a<P: Packed>(m: usize, depth: usize, width: usize) -> bool {
     width > NC && m.div_ceil(MR) * MR * depth.div_ceil(P::K_PER_UNIT) <= KEPT_A_UNITS
 }
 
+/// The columns of `B` per packed block for an `A` of `m` rows (`kept`: packed once for all).
+fn column_block(m: usize, kept: bool) -> usize {
+    if kept {
+        NC
+    } else {
+        m.next_multiple_of(NR).clamp(NC, NC_MAX)
+    }
+}
+
 /// One task's part of a GEMM: `C[:, columns] <- A[:, depths] B[depths, columns] + beta
 /// C[:, columns]`.
 struct Task<'a, P: Packed> {
     micro: MicroKernel<P::Unit>,
+    /// The rows of C (and of A) this task computes.
+    rows: Range<usize>,
     a: &'a Lines<'a, P>,
     b: &'a Lines<'a, P>,
     depths: Range<usize>,
@@ -253,43 +287,50 @@ unsafe fn block_avx2<P: Packed>(task: Task<'_, P>, c: SharedC<'_>) {
     block(task, c)
 }
 
-/// Runs `task` on the calling thread, `NC` columns at a time; reads and writes only C's
-/// elements in `task.columns`, through references to those alone.
+/// Runs `task` on the calling thread, a block of columns at a time; reads and writes only C's
+/// elements in `task.rows` x `task.columns`, through references to those alone.
 #[inline(always)]
 fn block<P: Packed>(task: Task<'_, P>, c: SharedC<'_>) {
     let Task {
         micro: MicroKernel { micro, build, .. },
         a,
         b,
+        rows: task_rows,
         depths,
         columns,
         beta,
     } = task;
     if depths.is_empty() {
         // k = 0: C <- beta C.
-        for i in 0..c.rows() {
-            // SAFETY: this task's columns of row i, the only reference to them.
+        for i in task_rows {
+            // SAFETY: this task's columns of its row i, the only reference to them.
             for value in unsafe { c.row(i, columns.clone()) } {
                 *value = if beta == 0.0 { 0.0 } else { beta * *value };
             }
         }
         return;
     }
-    let mut packed_b = vec![P::Unit::default(); NC.div_ceil(NR) * KU * NR];
-    let panels_m = c.rows().div_ceil(MR);
-    let keep_a = keeps_a::<P>(c.rows(), depths.len(), columns.len());
+    // The packed blocks, no larger than this task needs (a small GEMM zeroes little).
+    let units_all = depths.len().div_ceil(P::K_PER_UNIT);
+    let block_units = units_all.min(KU);
+    let m = task_rows.len();
+    let panels_m = m.div_ceil(MR);
+    let keep_a = keeps_a::<P>(m, depths.len(), columns.len());
+    let nc = column_block(m, keep_a);
+    let mut packed_b =
+        vec![P::Unit::default(); columns.len().min(nc).next_multiple_of(NR) * block_units];
     let mut packed_a = vec![
         P::Unit::default();
         if keep_a {
-            panels_m * MR * depths.len().div_ceil(P::K_PER_UNIT)
+            panels_m * MR * units_all
         } else {
-            MC.div_ceil(MR) * KU * MR
+            m.min(MC).next_multiple_of(MR) * block_units
         }
     ];
     let mut tile = [0.0_f32; MR * NR];
-    for c0 in columns.clone().step_by(NC) {
+    for c0 in columns.clone().step_by(nc) {
         let pack_a = !keep_a || c0 == columns.start;
-        let columns = c0..(c0 + NC).min(columns.end);
+        let columns = c0..(c0 + nc).min(columns.end);
         let panels_b = columns.len().div_ceil(NR);
         for (k_block, k0) in depths.clone().step_by(KU * P::K_PER_UNIT).enumerate() {
             let ks = k0..(k0 + KU * P::K_PER_UNIT).min(depths.end);
@@ -297,13 +338,14 @@ fn block<P: Packed>(task: Task<'_, P>, c: SharedC<'_>) {
             // The first k block applies beta; the others accumulate.
             let first = k0 == depths.start;
             P::pack_panels::<NR>(b, columns.clone(), ks.clone(), &mut packed_b, build);
-            for i0 in (0..c.rows()).step_by(MC) {
-                let rows = i0..(i0 + MC).min(c.rows());
+            for i0 in task_rows.clone().step_by(MC) {
+                let rows = i0..(i0 + MC).min(task_rows.end);
                 let panels_a = rows.len().div_ceil(MR);
                 // This block's panels of A: where the kept A holds them (k block after k
                 // block, each of `panels_m` panels of its units), else in the block's buffer.
                 let packed_a = if keep_a {
-                    let start = (k_block * KU * panels_m + i0 / MR * units) * MR;
+                    let start =
+                        (k_block * KU * panels_m + (i0 - task_rows.start) / MR * units) * MR;
                     &mut packed_a[start..start + panels_a * units * MR]
                 } else {
                     &mut packed_a[..panels_a * units * MR]
@@ -327,7 +369,8 @@ fn block<P: Packed>(task: Task<'_, P>, c: SharedC<'_>) {
                             let accumulate = !first || beta == 1.0;
                             // SAFETY: `micro` is the kernel of a `MicroKernel` (see `Micro`);
                             // the tile's MR rows of NR columns at stride ldc lie in C (asserted)
-                            // and in this task's columns, which no other reference covers.
+                            // and in this task's rows and columns, which no other reference
+                            // covers.
                             unsafe {
                                 let out = c.at(r0, j0);
                                 micro(units, a_panel, b_panel, out, c.ldc, accumulate);
@@ -338,7 +381,7 @@ fn block<P: Packed>(task: Task<'_, P>, c: SharedC<'_>) {
                         unsafe { micro(units, a_panel, b_panel, tile.as_mut_ptr(), NR, false) };
                         for (ii, tile_row) in tile.chunks_exact(NR).take(rows.end - r0).enumerate()
                         {
-                            // SAFETY: this task's columns of the row, the only reference to them.
+                            // SAFETY: this task's columns of its row, the only reference to them.
                             let row = unsafe { c.row(r0 + ii, j0..j0 + nr) };
                             let tile_row = &tile_row[..nr];
                             if !first || beta == 1.0 {
@@ -418,8 +461,9 @@ mod tests {
         // [m, k, n], with the split each takes in f32 (bf16 has half as many blocks of k):
         // one block; odd k and partial panels; by k; by columns on 2 and 4 threads, A kept
         // for two blocks of columns and three of k per task on 2; by columns on 2 threads, by
-        // k on 4 and 32; by k into as many ranges as threads (up to 12); one range of k (by
-        // columns); k = 0. One thread: a single task over every block.
+        // k on 4 and 32; by k into as many ranges as threads (up to 12); by rows, partial
+        // panels of rows; by rows, two blocks of rows per task on 2 threads; k = 0. One
+        // thread: a single task over every block.
         let shapes = [
             [1, 1, 1],
             [13, 7, 33],
@@ -428,6 +472,7 @@ mod tests {
             [40, 600, 1000],
             [25, 3001, 40],
             [200, 40, 40],
+            [1000, 30, 40],
             [3, 0, 5],
         ];
         let pools: Vec<_> = [1, 2, 4, 32]

@@ -7,8 +7,8 @@ use std::ops::Range;
 use super::{MR, NR};
 
 /// C (row-major `[len / ldc, ldc]`) as a pointer that a GEMM's tasks share: each touches only
-/// its own columns (or, in a split by `k`, one task the whole of C and the others only their
-/// own tiles), through references to those elements alone.
+/// its own columns, or its own rows (or, in a split by `k`, one task the whole of C and the
+/// others only their own tiles), through references to those elements alone.
 #[derive(Clone, Copy)]
 pub(super) struct SharedC<'a> {
     ptr: *mut f32,
