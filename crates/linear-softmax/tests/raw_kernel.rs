@@ -92,8 +92,8 @@ fn raw_kernel_matches_autodiff_over_chunk_sizes_dtypes_bias_and_reductions() {
 fn gemms_of_a_large_chunk_agree_with_autodiff() {
     // 520 rows, features and classes in one chunk: each of the chunk's three GEMMs has
     // 520^3 > 2^27 multiply-adds, which f32 on an AVX-512 CPU runs on our packed GEMM (smaller
-    // ones, and f64, on matrixmultiply): its threads split C by columns (S, dW) and by ranges
-    // of k or rows (dX), with several blocks of k. Plain and through `.backward()`.
+    // ones, and f64, on matrixmultiply): on 2 threads each splits by ranges of k (two), the
+    // first over two blocks of k. Plain and through `.backward()`.
     const N: usize = 520;
     // Two f32 orders of a 520-term sum differ by up to ~520 eps of its terms' magnitude, and
     // dX's sums cancel (a row of dS sums to 0): the f32 agreement of the small shapes elsewhere

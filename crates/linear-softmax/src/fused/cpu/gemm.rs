@@ -1,8 +1,8 @@
 //! The safe GEMM wrappers of the CPU kernel: `C <- alpha A B + beta C` on matrix views whose
 //! extents are checked against their slices, posed so that the library threads well; and the
 //! chunk loop's GEMMs for each operand type ([`Operand`]: f64 through the library, f32 through
-//! our packed GEMM on AVX-512 and the library elsewhere, bf16 through our packed GEMM with f32
-//! sums).
+//! our packed GEMM on AVX-512 for GEMMs of at least `PACKED_F32_MIN_WORK` multiply-adds and the
+//! library otherwise, bf16 through our packed GEMM with f32 sums).
 
 use burn::tensor::bf16;
 
@@ -57,7 +57,7 @@ same_type_operand!(f64, gemm_f64);
 /// feature asks for it.
 fn gemm_f32(a: MatRef<'_, f32>, b: MatRef<'_, f32>, beta: f32, c: MatMut<'_, f32>) {
     if !cfg!(feature = "openblas-system")
-        && a.rows * a.cols * b.cols >= PACKED_F32_MIN_WORK
+        && a.rows.saturating_mul(a.cols).saturating_mul(b.cols) >= PACKED_F32_MIN_WORK
         && let Some(micro) = packed::f32_kernels::avx512()
     {
         return packed::gemm(micro, a, b, beta, c);

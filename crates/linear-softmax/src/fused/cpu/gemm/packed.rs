@@ -1,7 +1,8 @@
 //! The packed GEMM of the CPU kernel: `C <- A B + beta C` with `C` in f32 and `A`, `B` in
 //! bf16 (`packed/bf16_kernels.rs`) or f32 (`packed/f32_kernels.rs`), every sum an f32 sum.
 //!
-//! The GotoBLAS layout. `B` is packed `KU x NC` units at a time in panels of `NR` columns,
+//! The GotoBLAS layout. `B` is packed `KU` units of `k` by a block of columns (`NC` to
+//! `NC_MAX`) at a time, in panels of `NR` columns,
 //! and `A` `MC x KU` at a time in panels of `MR` rows, where a unit is what the micro kernel
 //! takes per line and step: one f32, or a pair of bf16 `k`-neighbours in a `u32` (the operand
 //! layout of AVX512-BF16's `vdpbf16ps`). The micro kernel (`packed/kernel.rs`) holds an
@@ -17,8 +18,9 @@
 //! a chunk's `X_r`; a large `A` once per block of columns), or by ranges of `k`, the first
 //! summed into `C` and the others into private `[m, n]` tiles added to it in a fixed order
 //! (`dX_r = dS_r W^T`, whose `k` is the class count and `n` only `D`), or by rows of `C`, each
-//! task packing the whole of a small `B` (a classifier's `dW`, `[D, C]` for few classes):
-//! whichever moves the least memory.
+//! task packing the whole of `B` (few columns against many rows, when the tiles of a split by
+//! `k` would be over their budget: a large chunk's `dX`, a bf16 classifier's `dW`): whichever
+//! moves the least memory.
 
 pub(in crate::fused::cpu) mod bf16_kernels;
 pub(in crate::fused::cpu) mod f32_kernels;
@@ -46,9 +48,9 @@ const KU: usize = 256;
 const MC: usize = 192;
 /// Columns of `B` per packed block: `KU x NC` is 256 KiB, in L2. (1024 columns made the
 /// LM-head step ~2 % faster, for 1.5 MiB more memory, over its 100 MiB design.) A task whose
-/// `A` has more rows than that, and is not kept (see [`keeps_a`]), takes blocks of as many
-/// columns as `A` has rows, up to `NC_MAX`: it packs `A` once per block, which then costs
-/// about what packing the block of `B` does.
+/// `A` has more than `NC` rows and is not kept (see [`keeps_a`]) takes wider blocks, about as
+/// many columns as `A` has rows (see [`column_block`]): it packs `A` once per block, which
+/// then costs about what packing the block of `B` does.
 const NC: usize = 256;
 /// The most columns of `B` per packed block: 2 MiB.
 const NC_MAX: usize = 2048;
@@ -160,7 +162,7 @@ pub(in crate::fused::cpu) fn gemm<P: Packed>(
         if keeps_a::<P>(m, k, width) {
             1
         } else {
-            width.div_ceil(column_block(m, false))
+            width.div_ceil(column_block(m, false, width))
         }
     };
     let more_for_columns = (column_tasks * a_packings(width)).saturating_sub(a_packings(n)) * m * k;
@@ -242,22 +244,25 @@ impl<'a, T: Copy> Lines<'a, T> {
 }
 
 /// Whether a task of `width` columns packs its whole `[m, depth]` A once (A is small: `S_r`'s
-/// `X_r`, `dW`'s `X_r^T`) rather than once per block of `NC` columns.
+/// `X_r`, `dW`'s `X_r^T`) rather than once per block of columns.
 fn keeps_a<P: Packed>(m: usize, depth: usize, width: usize) -> bool {
     width > NC && m.div_ceil(MR) * MR * depth.div_ceil(P::K_PER_UNIT) <= KEPT_A_UNITS
 }
 
-/// The columns of `B` per packed block for an `A` of `m` rows (`kept`: packed once for all).
-fn column_block(m: usize, kept: bool) -> usize {
+/// The columns of `B` per packed block for a task of `width` columns and an `A` of `m` rows
+/// (`kept`: packed once for all blocks): `NC`, or for an `A` packed once per block, blocks of
+/// about `m` columns (at least `NC`, at most `NC_MAX`), as few as cover `width` with that.
+fn column_block(m: usize, kept: bool, width: usize) -> usize {
     if kept {
-        NC
-    } else {
-        m.next_multiple_of(NR).clamp(NC, NC_MAX)
+        return NC;
     }
+    let wanted = m.next_multiple_of(NR).clamp(NC, NC_MAX);
+    let blocks = (width / wanted).max(1);
+    width.div_ceil(blocks).next_multiple_of(NR).min(NC_MAX)
 }
 
-/// One task's part of a GEMM: `C[:, columns] <- A[:, depths] B[depths, columns] + beta
-/// C[:, columns]`.
+/// One task's part of a GEMM: `C[rows, columns] <- A[rows, depths] B[depths, columns] +
+/// beta C[rows, columns]`.
 struct Task<'a, P: Packed> {
     micro: MicroKernel<P::Unit>,
     /// The rows of C (and of A) this task computes.
@@ -318,7 +323,7 @@ fn block<P: Packed>(task: Task<'_, P>, c: SharedC<'_>) {
     let m = task_rows.len();
     let panels_m = m.div_ceil(MR);
     let keep_a = keeps_a::<P>(m, depths.len(), columns.len());
-    let nc = column_block(m, keep_a);
+    let nc = column_block(m, keep_a, columns.len());
     let mut packed_b =
         vec![P::Unit::default(); columns.len().min(nc).next_multiple_of(NR) * block_units];
     let mut packed_a = vec![
@@ -463,9 +468,11 @@ mod tests {
         // [m, k, n], with the split each takes in f32 (bf16 has half as many blocks of k):
         // one block; odd k and partial panels; by k; by columns on 2 and 4 threads, A kept
         // for two blocks of columns and three of k per task on 2; by columns on 2 threads, by
-        // k on 4 and 32; by k into as many ranges as threads (up to 12); by rows, partial
-        // panels of rows; by rows, two blocks of rows per task on 2 threads; k = 0. One
-        // thread: a single task over every block.
+        // k on 4 and 32; by k into as many ranges as threads (up to 12); by rows on 2 threads
+        // (the last task's 20 rows a partial panel), by columns on 4 and 32 (one range of k);
+        // by rows on 2 and 4 threads, tasks from row 252 on, two blocks of rows per task on 2;
+        // the same with A kept over two blocks of columns; k = 0. One thread: a single task
+        // over every block.
         let shapes = [
             [1, 1, 1],
             [13, 7, 33],
@@ -475,6 +482,7 @@ mod tests {
             [25, 3001, 40],
             [200, 40, 40],
             [1000, 30, 40],
+            [1000, 30, 300],
             [3, 0, 5],
         ];
         let pools: Vec<_> = [1, 2, 4, 32]

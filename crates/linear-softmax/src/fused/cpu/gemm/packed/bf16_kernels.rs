@@ -4,9 +4,10 @@
 //! lane). Each product of two bf16 values is exact in f32 (8-bit significands; short of
 //! overflow and underflow), and every sum is an f32 sum.
 //!
-//! CPUs without AVX512-BF16 run the same packed loops with the pairs widened to f32
-//! (`widened`, in an AVX2 + FMA build where the CPU has them): the same sums, rounded in
-//! another order (and `vdpbf16ps` flushes subnormal inputs and results to zero, rounding to
+//! CPUs without AVX512-BF16 run the same packed loops with the pairs widened to f32: in
+//! AVX-512 registers where the CPU has AVX-512 (`micro_avx512_widened`), else `widened` in an
+//! AVX2 + FMA build where the CPU has them, else portable: the same sums, rounded in another
+//! order (and `vdpbf16ps` flushes subnormal inputs and results to zero, rounding to
 //! nearest-even whatever the FPU's mode).
 
 use std::ops::Range;
@@ -303,7 +304,8 @@ unsafe fn micro_avx512bf16(
 /// The micro kernel with the pairs widened to f32 in AVX-512 registers: per pair of `k`, two
 /// loads of `B` widened into four vectors (a bf16 is the high half of an f32: the low value
 /// shifted up, the high one masked), `MR` broadcasts of `A` widened likewise, and `4 MR` fused
-/// multiply-adds into 24 accumulator registers (the sums of [`widened`], in its order).
+/// multiply-adds into 24 accumulator registers (the sums of [`widened`]'s fused build, the
+/// AVX2 + FMA one, in its order).
 ///
 /// # Safety
 /// As `Micro`'s; the CPU has AVX-512 F.

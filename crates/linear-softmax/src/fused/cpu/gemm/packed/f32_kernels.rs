@@ -1,8 +1,9 @@
 //! f32 operands of the packed GEMM: packed as they are, one value per line and step of `k`;
 //! the micro kernel in AVX-512 fused multiply-adds.
 //!
-//! Only CPUs with AVX-512 run it: on the others, matrixmultiply's AVX2 or portable kernels
-//! serve the f32 GEMMs (or OpenBLAS, with the `openblas-system` feature: `gemm.rs`). The
+//! Only CPUs with AVX-512 run it, for GEMMs of at least 2^27 multiply-adds: smaller ones, and
+//! every f32 GEMM on the other CPUs, take matrixmultiply's kernels (or OpenBLAS, with the
+//! `openblas-system` feature: `gemm.rs`). The
 //! portable micro kernel here exists for the tests, the witness of the packing on any CPU.
 
 use std::ops::Range;
