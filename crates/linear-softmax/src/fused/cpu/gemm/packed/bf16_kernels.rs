@@ -34,7 +34,6 @@ impl Packed for bf16 {
         let width = range.len();
         let out = &mut out[..pairs * W];
         let bits = |line, depth| lines.get(line, depth).to_bits() as u32;
-        let pair = |low: bf16, high: bf16| low.to_bits() as u32 | (high.to_bits() as u32) << 16;
         if lines.depth_stride == 1 && cfg!(target_endian = "little") {
             // A pair is adjacent in memory, a `u32` of the panel as it is (little-endian: the
             // lower depth in the low half): a transpose of the lines' words into the panel.
@@ -46,17 +45,6 @@ impl Packed for bf16 {
             // SAFETY: each start is valid for `2 full` bf16, read as `full` words; `out` holds
             // `pairs * W >= full * W` words.
             unsafe { transpose::<W>(build, &starts[..width], full, out) };
-        } else if lines.line_stride == 1 {
-            // The lines are adjacent in memory: two depths at a time, interleaved.
-            for p in 0..full {
-                let depth = depths.start + 2 * p;
-                let low = &lines.data[depth * lines.depth_stride + range.start..][..width];
-                let high = &lines.data[(depth + 1) * lines.depth_stride + range.start..][..width];
-                for ((out, &low), &high) in out[p * W..p * W + width].iter_mut().zip(low).zip(high)
-                {
-                    *out = pair(low, high);
-                }
-            }
         } else {
             for p in 0..full {
                 let depth = depths.start + 2 * p;

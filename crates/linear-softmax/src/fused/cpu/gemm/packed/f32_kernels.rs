@@ -27,21 +27,7 @@ impl Packed for f32 {
     ) {
         let width = range.len();
         let out = &mut out[..depths.len() * W];
-        if lines.line_stride == 1 {
-            // The lines are adjacent in memory: a row of the panel is one copy (of a length
-            // known at compile time, inlined, for a whole panel).
-            for (p, depth) in depths.enumerate() {
-                let values = &lines.data[depth * lines.depth_stride + range.start..][..width];
-                if let (Ok(row), Ok(values)) = (
-                    <&mut [f32; W]>::try_from(&mut out[p * W..(p + 1) * W]),
-                    <&[f32; W]>::try_from(values),
-                ) {
-                    *row = *values;
-                } else {
-                    out[p * W..p * W + width].copy_from_slice(values);
-                }
-            }
-        } else if lines.depth_stride == 1 {
+        if lines.depth_stride == 1 {
             // Each line is adjacent in memory: a transpose into the panel.
             let mut starts = [std::ptr::null::<u32>(); W];
             for (start, line) in starts.iter_mut().zip(range.clone()) {
