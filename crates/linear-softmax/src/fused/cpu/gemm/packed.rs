@@ -7,7 +7,7 @@
 //! takes per line and step: one f32, or a pair of bf16 `k`-neighbours in a `u32` (the operand
 //! layout of AVX512-BF16's `vdpbf16ps`). The micro kernel (`packed/kernel.rs`) holds an
 //! `MR x NR` tile of f32 accumulators in 24 of AVX-512's 32 vector registers, and writes it
-//! to `C` (`packed/tile.rs`).
+//! to `C` (`packed/tile.rs`), tile after tile along the rows of `C`.
 //!
 //! Operands whose lines run along `k` in memory (the rows of `X_r`, `dS_r` and `W` read as
 //! `W^T`) are packed by a transpose, in 16 x 16 register blocks with AVX-512
@@ -41,8 +41,9 @@ use tile::SharedC;
 const MR: usize = 12;
 /// Columns of the micro kernel's tile: two 16-lane f32 vectors.
 const NR: usize = 32;
-/// Units (of 4 bytes) of `k` per packed block: a `KU x NR` panel of `B` is 32 KiB, streamed
-/// through L1 by the micro kernel (which runs at the core's peak from L2: measured alone).
+/// Units (of 4 bytes) of `k` per packed block: an `MR x KU` panel of `A` is 12 KiB, held in L1
+/// while the micro kernel streams the block's `KU x NR` panels of `B` (32 KiB each) from L2
+/// (it runs at the core's peak from L2: measured alone).
 const KU: usize = 256;
 /// Rows of `A` per packed block: `MC x KU` is 192 KiB, in L2.
 const MC: usize = 192;
@@ -361,15 +362,20 @@ fn block<P: Packed>(task: Task<'_, P>, c: SharedC<'_>) {
                     P::pack_panels::<MR>(a, rows.clone(), ks.clone(), packed_a, build);
                 }
                 let packed_a = &*packed_a;
-                for panel_b in 0..panels_b {
-                    let b_panel = &packed_b[panel_b * units * NR..(panel_b + 1) * units * NR];
-                    let j0 = columns.start + panel_b * NR;
-                    let nr = NR.min(columns.end - j0);
-                    for panel_a in 0..panels_a {
-                        let a_panel = &packed_a[panel_a * units * MR..(panel_a + 1) * units * MR];
-                        let r0 = i0 + panel_a * MR;
+                // Tile after tile along C's rows: one panel of A (12 KiB, in L1) against the
+                // block's panels of B (from L2), so that C is read and written in 12 streams
+                // along its rows, which the hardware prefetches. Down C's columns (a panel of
+                // B against every panel of A: tiles 12 rows apart, each of its rows on another
+                // page of a large C), the LM-head step was 6-7 % slower, with the next tile
+                // prefetched by hand.
+                for panel_a in 0..panels_a {
+                    let a_panel = &packed_a[panel_a * units * MR..(panel_a + 1) * units * MR];
+                    let r0 = i0 + panel_a * MR;
+                    for panel_b in 0..panels_b {
+                        let b_panel = &packed_b[panel_b * units * NR..(panel_b + 1) * units * NR];
+                        let j0 = columns.start + panel_b * NR;
+                        let nr = NR.min(columns.end - j0);
                         let whole = r0 + MR <= rows.end && nr == NR;
-                        c.prefetch_tile(r0 + MR, j0);
                         if whole && (!first || beta == 0.0 || beta == 1.0) {
                             // A whole tile of C, read only when accumulating: straight into C.
                             assert!(r0 + MR <= c.rows() && j0 + NR <= c.ldc);

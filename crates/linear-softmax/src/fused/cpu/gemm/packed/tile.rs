@@ -60,26 +60,6 @@ impl<'a> SharedC<'a> {
         }
     }
 
-    /// Asks the cache for the `MR x NR` tile at `(row, column)`, where it lies in C: the
-    /// micro kernel after this one reads or writes it, 12 rows a whole row apart, which the
-    /// hardware's stride prefetchers do not follow.
-    #[inline(always)]
-    pub(super) fn prefetch_tile(&self, row: usize, column: usize) {
-        #[cfg(target_arch = "x86_64")]
-        for i in row..(row + MR).min(self.rows()) {
-            use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-            let start = i * self.ldc + column;
-            for offset in [0, 16] {
-                if start + offset < self.len {
-                    // SAFETY: a prefetch never faults; the address lies in C.
-                    unsafe { _mm_prefetch::<_MM_HINT_T0>(self.ptr.add(start + offset).cast()) };
-                }
-            }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = (row, column);
-    }
-
     /// The whole of C.
     ///
     /// # Safety
