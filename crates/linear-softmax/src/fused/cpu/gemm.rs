@@ -51,8 +51,8 @@ same_type_operand!(f32, gemm_f32);
 same_type_operand!(f64, gemm_f64);
 
 /// The f32 GEMM: our packed one where the CPU has AVX-512 and the GEMM has at least
-/// [`PACKED_F32_MIN_WORK`] multiply-adds (with it, the f32 LM-head step of BENCHMARKS.md went
-/// from 1.40 s on matrixmultiply's AVX-512 kernel to 1.19-1.22 s); matrixmultiply's kernels
+/// [`PACKED_F32_MIN_WORK`] multiply-adds (the f32 LM-head step of BENCHMARKS.md takes
+/// 1.14-1.18 s with it, 1.40 s on matrixmultiply's AVX-512 kernel); matrixmultiply's kernels
 /// for smaller GEMMs and on other CPUs; the system OpenBLAS whenever the `openblas-system`
 /// feature asks for it.
 fn gemm_f32(a: MatRef<'_, f32>, b: MatRef<'_, f32>, beta: f32, c: MatMut<'_, f32>) {
