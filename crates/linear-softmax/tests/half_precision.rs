@@ -8,9 +8,10 @@ use burn::prelude::*;
 use burn::tensor::DType;
 use common::cases::{Kind, targets};
 use common::{
-    assert_close, assert_gradients_close, backends, host, loss_backward, problem, uniform,
+    assert_close, assert_gradients_close, assert_half_precision_matches_f32, backends, host,
+    problem, uniform,
 };
-use linear_softmax::{LossOptions, LossPath, Reduction, Targets, check_dtype};
+use linear_softmax::{LossOptions, LossPath, Targets, check_dtype};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
@@ -82,45 +83,10 @@ fn loss_backward_in_half_precision_matches_f32() {
             }
             checked += 1;
             let [n, d, c] = [6, 5, 17];
-            // Cast on the plain device, then tracked: the half-precision parameters are leaves.
             let p = problem([n, d, c], true, DType::F32, &plain_device, 7);
-            let (head, x) = (p.head.cast(dtype), p.x.cast(dtype));
-            let half = common::Problem {
-                head: head.clone().train(),
-                x: x.clone().autodiff(),
-                targets: p.targets.clone(),
-                labels: p.labels.clone(),
-            };
-            let exact = common::Problem {
-                head: head.cast(DType::F32).train(),
-                x: x.cast(DType::F32).autodiff(),
-                targets: p.targets,
-                labels: p.labels,
-            };
             let mut rng = StdRng::seed_from_u64(3);
             let upstream = uniform(&mut rng, n, 2.0);
-            let upstream = |dtype| Tensor::<1>::from_data(upstream.as_slice(), (&device, dtype));
-            for reduction in [Reduction::Mean, Reduction::None] {
-                let options = LossOptions::new().with_reduction(reduction);
-                for path in LossPath::ALL {
-                    let context = format!("{backend} {dtype:?} {reduction:?} {path}");
-                    let actual =
-                        loss_backward(&half, &half.targets, &options, path, &upstream(dtype));
-                    let expected = loss_backward(
-                        &exact,
-                        &exact.targets,
-                        &options,
-                        path,
-                        &upstream(DType::F32),
-                    );
-                    for ((what, actual), expected) in
-                        ["loss", "dW", "db", "dX"].iter().zip(actual).zip(expected)
-                    {
-                        let context = format!("{context} {what}");
-                        assert_close(&context, &actual, &expected, tolerance);
-                    }
-                }
-            }
+            assert_half_precision_matches_f32(&p, &device, dtype, &upstream, tolerance, backend);
         }
     }
     assert!(

@@ -1,6 +1,7 @@
 //! Every path on a CubeCL backend, wgpu (on CI: Mesa's software Vulkan, lavapipe): the fused op
 //! runs there, and the three paths agree with each other and with Flex, for every option and
-//! target kind, as the last layer of an MLP, and with a random upstream for reduction none.
+//! target kind, as the last layer of an MLP, and with a random upstream for reduction none; in
+//! f16 too, and bf16 refused with an error.
 //!
 //! Built with the `wgpu` feature only:
 //! `cargo test --features linear-softmax/wgpu --test wgpu`.
@@ -13,8 +14,8 @@ use burn::tensor::{DType, DeviceKind};
 use common::cases::{Kind, all_paths, cases, targets};
 use common::mlp::{Mlp, batch};
 use common::{
-    F32_AGREEMENT, F32_NETWORK, assert_close, assert_gradients_close, host, loss_backward, problem,
-    uniform,
+    F32_AGREEMENT, F32_NETWORK, assert_close, assert_gradients_close,
+    assert_half_precision_matches_f32, host, loss_backward, problem, uniform,
 };
 use linear_softmax::fused::{self, Chunking, Kernel};
 use linear_softmax::{Error, LossOptions, LossPath, Reduction, Targets, autodiff};
@@ -215,6 +216,50 @@ fn f64_on_wgpu_is_an_error() {
             assert!(message.contains("exp and log"), "{message}");
         }
     }
+    finish_wgpu();
+}
+
+/// Half precision on wgpu, the route users take (the model on the autodiff device,
+/// `head.loss(..)?` then `.backward()`, a random upstream for reduction none): every float
+/// type the device computes in gives, on every path, the loss and gradients of the f32
+/// computation of the same values; a type it cannot compute in is refused on every path with
+/// `UnsupportedDType`, never a panic. On lavapipe f16 computes (Vulkan's `shaderFloat16`) and
+/// bf16 is refused (WGSL has no bf16).
+#[test]
+fn half_precision_on_wgpu() {
+    /// f16 keeps 11 significant bits (epsilon 2^-11 = 4.9e-4): the inputs, parameters, logits
+    /// and partial sums are rounded to it a few roundings deep (the CPU backends' f16 bound in
+    /// `tests/half_precision.rs`).
+    const F16_VS_F32: f64 = 5e-3;
+    let plain_device = wgpu();
+    let device = plain_device.clone().autodiff();
+    let [n, d, c] = [6, 5, 17];
+    let p = problem([n, d, c], true, DType::F32, &plain_device, 7);
+    let mut rng = StdRng::seed_from_u64(3);
+    let upstream = uniform(&mut rng, n, 2.0);
+    let mut computed = Vec::new();
+    for dtype in [DType::F16, DType::BF16] {
+        if let Err(error) = linear_softmax::check_dtype(&device, dtype) {
+            // Cast on the plain device (Burn makes the tensor), refused by every path.
+            let (head, x) = (p.head.clone().cast(dtype), p.x.clone().cast(dtype));
+            for path in LossPath::ALL {
+                let result = head.loss_with_path(x.clone(), &p.targets, &LossOptions::new(), path);
+                let refused = matches!(
+                    result,
+                    Err(Error::UnsupportedDType { dtype: refused, .. }) if refused == dtype
+                );
+                assert!(refused, "{dtype:?} {path}: {result:?}, not {error}");
+            }
+            continue;
+        }
+        computed.push(dtype);
+        assert_half_precision_matches_f32(&p, &device, dtype, &upstream, F16_VS_F32, "wgpu");
+    }
+    assert_eq!(
+        computed,
+        [DType::F16],
+        "lavapipe computes in f16, not in bf16"
+    );
     finish_wgpu();
 }
 

@@ -218,3 +218,51 @@ pub fn loss_backward(
         host(&x.grad(&grads).expect("dX")),
     ]
 }
+
+/// The route users take in half precision: `p` (on a plain device) cast to `dtype` and
+/// tracked on `device` (that device's autodiff one), `head.loss(..)?` then `.backward()` on
+/// every path, reductions mean and none (none with the random `upstream`): the loss and
+/// gradients match the f32 computation of the same values within `tolerance`.
+pub fn assert_half_precision_matches_f32(
+    p: &Problem,
+    device: &Device,
+    dtype: DType,
+    upstream: &[f64],
+    tolerance: f64,
+    context: &str,
+) {
+    // Cast on the plain device, then tracked: the half-precision parameters are leaves.
+    let (head, x) = (p.head.clone().cast(dtype), p.x.clone().cast(dtype));
+    let half = Problem {
+        head: head.clone().train(),
+        x: x.clone().autodiff(),
+        targets: p.targets.clone(),
+        labels: p.labels.clone(),
+    };
+    let exact = Problem {
+        head: head.cast(DType::F32).train(),
+        x: x.cast(DType::F32).autodiff(),
+        targets: p.targets.clone(),
+        labels: p.labels.clone(),
+    };
+    let upstream = |dtype| Tensor::<1>::from_data(upstream, (device, dtype));
+    for reduction in [Reduction::Mean, Reduction::None] {
+        let options = LossOptions::new().with_reduction(reduction);
+        for path in LossPath::ALL {
+            let actual = loss_backward(&half, &half.targets, &options, path, &upstream(dtype));
+            let expected = loss_backward(
+                &exact,
+                &exact.targets,
+                &options,
+                path,
+                &upstream(DType::F32),
+            );
+            for ((what, actual), expected) in
+                ["loss", "dW", "db", "dX"].iter().zip(actual).zip(expected)
+            {
+                let context = format!("{context} {dtype:?} {reduction:?} {path} {what}");
+                assert_close(&context, &actual, &expected, tolerance);
+            }
+        }
+    }
+}
