@@ -23,8 +23,8 @@ pub(super) struct Chunks<'a, E> {
 /// Runs the batch `chunk_rows` rows at a time through one reused `[R, C]` buffer:
 /// `S_r = X_r W`, the row pass (`S_r <- dS_r` in place), `dW += X_r^T dS_r`, `dX_r = dS_r W^T`.
 ///
-/// The GEMMs' operands are of type `M`: `E` itself, or bf16 with `E = f32`, where `dS_r` is
-/// rounded once to bf16 after the row pass and every GEMM sums in f32.
+/// The GEMMs' operands are of type `M`: `E` itself, or bf16 with `E = f32`, where the row pass
+/// rounds each row of `dS_r` once to bf16 after forming it, and every GEMM sums in f32.
 pub(super) fn pass<E: RawFloat, M: Operand<E>>(
     inputs: Inputs<'_, M>,
     chunks: &Chunks<'_, E>,
@@ -47,6 +47,8 @@ pub(super) fn pass<E: RawFloat, M: Operand<E>>(
     let c = weight.len() / d;
     let weight = MatRef::row_major(weight, d, c);
     let gradients = out.d_input.is_some() || out.d_weight.is_some() || out.d_bias.is_some();
+    // Whether the backward GEMMs run, taking `dS_r` as their operand.
+    let operands = out.d_input.is_some() || out.d_weight.is_some();
     let mut buffer = vec![E::ZERO; chunk_rows * c];
 
     for start in (0..n_rows).step_by(chunk_rows) {
@@ -73,6 +75,7 @@ pub(super) fn pass<E: RawFloat, M: Operand<E>>(
             &chunk,
             out.rows.rows(start, end),
             out.d_bias.is_some(),
+            operands.then_some(M::finish_row as fn(&mut [E])),
         );
         if let (Some(d_bias), Some(partial)) = (&mut out.d_bias, partial_bias) {
             d_bias
@@ -80,7 +83,7 @@ pub(super) fn pass<E: RawFloat, M: Operand<E>>(
                 .zip(partial)
                 .for_each(|(sum, p)| *sum += p);
         }
-        if out.d_weight.is_none() && out.d_input.is_none() {
+        if !operands {
             continue;
         }
         let d_logits = M::operand_matrix(logits, rows, c);

@@ -64,7 +64,8 @@ fn times<E: RawFloat, M: Operand<E>>(
         );
         let s = start.elapsed();
         // dS_r, as the backward GEMMs take it (bf16: rounded in place).
-        let d_logits = M::operand_matrix(&mut logits, rows, c);
+        logits.chunks_mut(c).for_each(M::finish_row);
+        let d_logits = M::operand_matrix(&logits, rows, c);
         let start = Instant::now();
         M::gemm(
             x_chunk.t(),

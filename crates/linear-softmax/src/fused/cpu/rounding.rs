@@ -6,7 +6,6 @@
 //! the run's bytes. Going up in `j`, each write lands on bytes already read.
 
 use burn::tensor::bf16;
-use rayon::prelude::*;
 
 /// Elements rounded per step: read whole into registers before any of them is written.
 const BLOCK: usize = 16;
@@ -38,12 +37,9 @@ pub(super) fn round_in_place(values: &mut [f32]) -> &mut [bf16] {
     unsafe { std::slice::from_raw_parts_mut(base.cast::<bf16>(), len) }
 }
 
-/// Rounds each `cols`-long row of `values` in place, in parallel; returns the whole buffer as
-/// bf16, row `i` of the result at bf16 offset `2 i cols` (a row stride of `2 cols`).
-pub(super) fn round_rows_in_place(values: &mut [f32], cols: usize) -> &[bf16] {
-    values.par_chunks_mut(cols.max(1)).for_each(|row| {
-        round_in_place(row);
-    });
+/// A buffer of `cols`-long f32 rows, each already passed through [`round_in_place`], as the
+/// bf16 it now holds: row `i` at bf16 offset `2 i cols` (a row stride of `2 cols`).
+pub(super) fn rounded_rows(values: &[f32]) -> &[bf16] {
     // SAFETY: the buffer's bytes, as twice as many bf16 (any bits are valid), borrowed from
     // `values` for as long as the result lives.
     unsafe { std::slice::from_raw_parts(values.as_ptr().cast::<bf16>(), 2 * values.len()) }
@@ -119,7 +115,10 @@ mod tests {
         let (rows, cols) = (5, 37);
         let mut data = values(rows * cols);
         let expected: Vec<bf16> = data.iter().map(|&v| bf16::from_f32(v)).collect();
-        let rounded = round_rows_in_place(&mut data, cols);
+        data.chunks_mut(cols).for_each(|row| {
+            round_in_place(row);
+        });
+        let rounded = rounded_rows(&data);
         for i in 0..rows {
             let row = &rounded[2 * i * cols..2 * i * cols + cols];
             assert_eq!(row, &expected[i * cols..(i + 1) * cols], "row {i}");

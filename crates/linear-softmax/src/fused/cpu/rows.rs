@@ -193,12 +193,14 @@ pub(super) struct RowResult<E> {
 
 /// The row pass over a chunk's logits `[rows, C]`: row losses and log-sum-exps (and the
 /// statistics), the logits turned into `dS` in place (when gradients are wanted), and
-/// `colsum(dS)` when `bias`.
+/// `colsum(dS)` when `bias`; then `finish_row` on each row's `dS`, while the row is in cache
+/// (the backward GEMMs' operand made of it: bf16 rounds it in place).
 pub(super) fn row_pass<E: RawFloat>(
     logits: &mut [E],
     chunk: &ChunkRows<'_, E>,
     out: RowOutputs<'_, E>,
     bias: bool,
+    finish_row: Option<fn(&mut [E])>,
 ) -> Option<Vec<E>> {
     let c = chunk.n_classes;
     let rows = out.len();
@@ -214,6 +216,9 @@ pub(super) fn row_pass<E: RawFloat>(
         for (offset, row) in logits.chunks_exact_mut(c).enumerate() {
             let result = row_dispatch(row, chunk, first + offset, partial.as_deref_mut());
             out.set(offset, result);
+            if let Some(finish) = finish_row {
+                finish(row);
+            }
         }
         partial
     };
