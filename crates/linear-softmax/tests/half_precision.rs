@@ -8,19 +8,16 @@ use burn::prelude::*;
 use burn::tensor::DType;
 use common::cases::{Kind, targets};
 use common::{
-    assert_close, assert_gradients_close, assert_half_precision_matches_f32, backends, host,
-    problem, uniform,
+    BF16_VS_F32, F16_VS_F32, assert_close, assert_gradients_close,
+    assert_half_precision_matches_f32, backends, host, problem, uniform,
 };
 use linear_softmax::{LossOptions, LossPath, Targets, check_dtype};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
-/// bf16 keeps 8 significant bits (epsilon 2^-8 = 3.9e-3): the inputs, parameters, logits and
-/// every partial sum are rounded to it, a few roundings deep, against the f32 computation of
-/// the same (bf16-representable) values.
-const BF16_VS_F32: f64 = 4e-2;
-/// f16 keeps 11 significant bits (epsilon 2^-11 = 4.9e-4), by the same argument.
-const F16_VS_F32: f64 = 5e-3;
+/// The raw kernels in bf16 sum in f32 and round `dS` once and each output once (2^-9 each, see
+/// `tests/pytorch.rs`), against the f32 computation of the same values.
+const BF16_ROUNDED_ONCE: f64 = 8e-3;
 
 /// `p` with its head and input cast to `dtype` (the same targets).
 fn cast(p: &common::Problem, dtype: DType) -> common::Problem {
@@ -207,9 +204,7 @@ fn bf16_raw_kernels_sum_in_f32() {
 /// f32 autodiff path on the same (bf16) values.
 #[test]
 fn bf16_fused_path_on_every_case() {
-    // The raw kernels sum in f32 and round `dS` once and each output once (2^-9 each, see
-    // `tests/pytorch.rs`); the tensor kernel rounds after every op (`BF16_VS_F32`).
-    const BF16_ROUNDED_ONCE: f64 = 8e-3;
+    // The tensor kernel rounds after every op (`BF16_VS_F32`), the raw ones once.
     let device = Device::flex();
     let [n, d] = [9, 7];
     let mut raw_cases = 0;
@@ -253,4 +248,94 @@ fn bf16_fused_path_on_every_case() {
     }
     // Both raw kernels ran most of the table (every case with class indices and no softcap).
     assert!(raw_cases >= 20, "{raw_cases} cases on the raw kernels");
+}
+
+/// The bf16 raw kernel under every tracking, through `.backward()`: all of `x`, `W` and `b`,
+/// each alone. Its row pass rounds each row of `dS` to bf16 only when a backward GEMM takes it
+/// (`dW` or `dX` wanted; `b` alone sums the f32 rows), and the chunks of 7 rows over 47 end in
+/// a partial one. Against the f32 autodiff path on the same (bf16) values.
+#[test]
+fn bf16_raw_kernel_under_every_tracking() {
+    let device = Device::flex();
+    let plain = problem([47, 31, 123], true, DType::F32, &device, 8);
+    let in_bf16 = cast(&plain, DType::BF16);
+    let exact = cast(&in_bf16, DType::F32);
+    let options = LossOptions::new();
+    let targets = &in_bf16.targets;
+    let choice = linear_softmax::fused::kernel_for(&in_bf16.head, &in_bf16.x, targets, &options);
+    assert_eq!(choice.kernel, linear_softmax::fused::Kernel::Raw);
+    let expected = linear_softmax::autodiff::loss_and_gradients(
+        &exact.head,
+        exact.x.clone(),
+        targets,
+        &options,
+    )
+    .unwrap();
+    let chunking = linear_softmax::Chunking::new().with_rows(Some(7));
+    let trackings = [
+        ("x, W and b", [true, true, true]),
+        ("x alone", [true, false, false]),
+        ("W alone", [false, true, false]),
+        ("b alone", [false, false, true]),
+    ];
+    for (name, [x_tracked, weight_tracked, bias_tracked]) in trackings {
+        let mut head = in_bf16.head.clone().train();
+        head.linear.weight = head.linear.weight.set_require_grad(weight_tracked);
+        head.linear.bias = head
+            .linear
+            .bias
+            .map(|bias| bias.set_require_grad(bias_tracked));
+        let x = in_bf16.x.clone().autodiff();
+        let x = if x_tracked { x.require_grad() } else { x };
+        let loss = linear_softmax::fused::loss_with_chunking(
+            &head,
+            x.clone(),
+            targets,
+            &options,
+            &chunking,
+        )
+        .unwrap();
+        assert_close(
+            &format!("{name}: loss"),
+            &host(&loss.clone().inner()),
+            &host(&expected.loss),
+            BF16_ROUNDED_ONCE,
+        );
+        let grads = loss.backward();
+        // Each gradient as its dtype and values, when the graph has it.
+        fn got<const D: usize>(gradient: Option<Tensor<D>>) -> Option<(DType, Vec<f64>)> {
+            gradient.map(|gradient| (gradient.dtype(), host(&gradient)))
+        }
+        let gradients = [
+            (
+                "dX",
+                got(x.grad(&grads)),
+                x_tracked,
+                host(&expected.d_input),
+            ),
+            (
+                "dW",
+                got(head.weight().grad(&grads)),
+                weight_tracked,
+                host(&expected.d_weight),
+            ),
+            (
+                "db",
+                got(head.bias().unwrap().grad(&grads)),
+                bias_tracked,
+                host(expected.d_bias.as_ref().unwrap()),
+            ),
+        ];
+        for (what, gradient, tracked, expected) in gradients {
+            let context = format!("{name}: {what}");
+            match gradient {
+                Some((dtype, gradient)) if tracked => {
+                    assert_eq!(dtype, DType::BF16, "{context}");
+                    assert_close(&context, &gradient, &expected, BF16_ROUNDED_ONCE);
+                }
+                None if !tracked => {}
+                other => panic!("{context}: tracked {tracked}, got {other:?}"),
+            }
+        }
+    }
 }

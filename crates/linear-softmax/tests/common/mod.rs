@@ -21,6 +21,12 @@ pub const F32_AGREEMENT: f64 = 1e-5;
 pub const FINITE_DIFFERENCE: f64 = 1e-7;
 /// An f32 computation against the f64 computation of the same (f32-representable) values.
 pub const F32_VS_F64: f64 = 1e-5;
+/// bf16 keeps 8 significant bits (epsilon 2^-8 = 3.9e-3): the inputs, parameters, logits and
+/// every partial sum are rounded to it, a few roundings deep, against the f32 computation of
+/// the same (bf16-representable) values.
+pub const BF16_VS_F32: f64 = 4e-2;
+/// f16 keeps 11 significant bits (epsilon 2^-11 = 4.9e-4), by the same argument.
+pub const F16_VS_F32: f64 = 5e-3;
 
 /// The CPU backends every property is checked on: every one this build enables.
 #[allow(deprecated)]
@@ -220,9 +226,10 @@ pub fn loss_backward(
 }
 
 /// The route users take in half precision: `p` (on a plain device) cast to `dtype` and
-/// tracked on `device` (that device's autodiff one), `head.loss(..)?` then `.backward()` on
-/// every path, reductions mean and none (none with the random `upstream`): the loss and
-/// gradients match the f32 computation of the same values within `tolerance`.
+/// tracked on `device` (that device's autodiff one), the loss on every path
+/// (`loss_with_path(..)?`) then `.backward()`, reductions mean and none (none with the random
+/// `upstream`): the loss and gradients match the f32 computation of the same values within
+/// `tolerance`.
 pub fn assert_half_precision_matches_f32(
     p: &Problem,
     device: &Device,

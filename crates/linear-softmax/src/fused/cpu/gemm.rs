@@ -91,7 +91,7 @@ impl Operand<f32> for bf16 {
     /// Each value rounded once to the nearest bf16 (ties to even), into the first half of its
     /// row's bytes (`rounding.rs`), no second buffer. The row pass does it row after row, each
     /// row still in cache from its last pass. (A pass of its own after the whole chunk read
-    /// an LM head's `[240, 32768]` buffer, 31 MiB, back from memory: the bf16 step took
+    /// an LM head's `[240, 32768]` buffer, 30 MiB, back from memory: the bf16 step took
     /// 0.699 s with it against 0.690 s, means of six alternated runs.)
     fn finish_row(row: &mut [f32]) {
         round_in_place(row);

@@ -41,9 +41,9 @@ use tile::SharedC;
 const MR: usize = 12;
 /// Columns of the micro kernel's tile: two 16-lane f32 vectors.
 const NR: usize = 32;
-/// Units (of 4 bytes) of `k` per packed block: an `MR x KU` panel of `A` is 12 KiB, held in L1
-/// while the micro kernel streams the block's `KU x NR` panels of `B` (32 KiB each) from L2
-/// (it runs at the core's peak from L2: measured alone).
+/// Units (of 4 bytes) of `k` per packed block: an `MR x KU` panel of `A` is 12 KiB, reused for
+/// a row of tiles while the micro kernel streams the block's `KU x NR` panels of `B` (32 KiB
+/// each) from L2 (it runs at the core's peak from L2: measured alone).
 const KU: usize = 256;
 /// Rows of `A` per packed block: `MC x KU` is 192 KiB, in L2.
 const MC: usize = 192;
@@ -362,12 +362,12 @@ fn block<P: Packed>(task: Task<'_, P>, c: SharedC<'_>) {
                     P::pack_panels::<MR>(a, rows.clone(), ks.clone(), packed_a, build);
                 }
                 let packed_a = &*packed_a;
-                // Tile after tile along C's rows: one panel of A (12 KiB, in L1) against the
-                // block's panels of B (from L2), so that C is read and written in 12 streams
-                // along its rows, which the hardware prefetches. Down C's columns (a panel of
-                // B against every panel of A: tiles 12 rows apart, each of its rows on another
-                // page of a large C), the LM-head step was 6-7 % slower, with the next tile
-                // prefetched by hand.
+                // Tile after tile along C's rows: one panel of A (12 KiB) against the block's
+                // panels of B (from L2), so that C is read and written in 12 streams along its
+                // rows, which the hardware prefetches. Down C's columns (a panel of B against
+                // every panel of A: tiles 12 rows apart, each of its rows on another page of a
+                // large C), the LM-head step was 4-8 % slower in f32 and 7-11 % in bf16, with
+                // the next tile prefetched by hand.
                 for panel_a in 0..panels_a {
                     let a_panel = &packed_a[panel_a * units * MR..(panel_a + 1) * units * MR];
                     let r0 = i0 + panel_a * MR;
