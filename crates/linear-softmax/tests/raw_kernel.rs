@@ -39,6 +39,40 @@ fn through_graph(
     }
 }
 
+/// The fused path with chunks of `rows` rows on `p`'s class indices, as explicit gradients (in
+/// `p`'s dtype) and through `.backward()`, agrees with `expected` within `tolerance`.
+fn assert_chunks_agree(
+    p: &Problem,
+    options: &LossOptions,
+    rows: usize,
+    expected: &HeadGradients,
+    tolerance: f64,
+    context: &str,
+) {
+    let chunking = Chunking::new().with_rows(Some(rows));
+    let explicit = fused::loss_and_gradients_with_chunking(
+        &p.head,
+        p.x.clone(),
+        &p.targets,
+        options,
+        &chunking,
+    )
+    .unwrap();
+    assert_eq!(
+        explicit.d_weight.dtype(),
+        p.head.weight().dtype(),
+        "{context}: dtype"
+    );
+    assert_gradients_close(
+        &format!("{context} explicit"),
+        &explicit,
+        expected,
+        tolerance,
+    );
+    let graph = through_graph(p, &p.targets, options, rows);
+    assert_gradients_close(&format!("{context} backward"), &graph, expected, tolerance);
+}
+
 #[test]
 fn raw_kernel_matches_autodiff_over_chunk_sizes_dtypes_bias_and_reductions() {
     // 47 rows x 700 classes: a whole-batch chunk (47 x 700 > 2^15 elements) runs its row pass
@@ -57,28 +91,7 @@ fn raw_kernel_matches_autodiff_over_chunk_sizes_dtypes_bias_and_reductions() {
                     for rows in [1, 7, N, N + 5] {
                         let context =
                             format!("{backend} {dtype:?} bias={bias} {reduction:?} R={rows}");
-                        let explicit = fused::loss_and_gradients_with_chunking(
-                            &p.head,
-                            p.x.clone(),
-                            &p.targets,
-                            &options,
-                            &Chunking::new().with_rows(Some(rows)),
-                        )
-                        .unwrap();
-                        assert_eq!(explicit.d_weight.dtype(), dtype, "{context}: dtype");
-                        assert_gradients_close(
-                            &format!("{context} explicit"),
-                            &explicit,
-                            &expected,
-                            tolerance,
-                        );
-                        let graph = through_graph(&p, &p.targets, &options, rows);
-                        assert_gradients_close(
-                            &format!("{context} backward"),
-                            &graph,
-                            &expected,
-                            tolerance,
-                        );
+                        assert_chunks_agree(&p, &options, rows, &expected, tolerance, &context);
                         cases += 1;
                     }
                 }
@@ -111,17 +124,7 @@ fn gemms_of_a_large_chunk_agree_with_autodiff() {
             let expected =
                 autodiff::loss_and_gradients(&p.head, p.x.clone(), &p.targets, &options).unwrap();
             let context = format!("{backend} {dtype:?}");
-            let fused = fused::loss_and_gradients_with_chunking(
-                &p.head,
-                p.x.clone(),
-                &p.targets,
-                &options,
-                &Chunking::new().with_rows(Some(N)),
-            )
-            .unwrap();
-            assert_gradients_close(&context, &fused, &expected, tolerance);
-            let graph = through_graph(&p, &p.targets, &options, N);
-            assert_gradients_close(&format!("{context} backward"), &graph, &expected, tolerance);
+            assert_chunks_agree(&p, &options, N, &expected, tolerance, &context);
         }
     }
 }

@@ -39,8 +39,8 @@
 //! | `few_classes.rs` | `C <= 16`: one streaming pass over the rows instead of GEMMs |
 //!
 //! The GEMMs (`gemm.rs`): in f32 on a CPU with AVX-512, from 2^27 multiply-adds on, our packed
-//! GEMM (`gemm/packed.rs`, on rayon's threads); elsewhere in f32, and in f64, `matrixmultiply`'s `sgemm`/`dgemm`
-//! (threaded over the cores by its `threading` feature, which burn's `rayon` feature turns on;
+//! GEMM (`gemm/packed.rs`, on rayon's threads); elsewhere in f32, and in f64,
+//! `matrixmultiply`'s `sgemm`/`dgemm` (threaded over the cores by its `threading` feature, which burn's `rayon` feature turns on;
 //! AVX-512 (f64), AVX2 or portable kernels detected at run time); with the `openblas-system`
 //! feature, the system OpenBLAS in f32 and f64.
 //!

@@ -37,8 +37,8 @@ pub(super) fn round_in_place(values: &mut [f32]) -> &mut [bf16] {
     unsafe { std::slice::from_raw_parts_mut(base.cast::<bf16>(), len) }
 }
 
-/// A buffer of `cols`-long f32 rows, each already passed through [`round_in_place`], as the
-/// bf16 it now holds: row `i` at bf16 offset `2 i cols` (a row stride of `2 cols`).
+/// A buffer of f32 rows, each already passed through [`round_in_place`], as the bf16 it now
+/// holds: a row of `cols` values starts at bf16 offset `2 i cols` (a row stride of `2 cols`).
 pub(super) fn rounded_rows(values: &[f32]) -> &[bf16] {
     // SAFETY: the buffer's bytes, as twice as many bf16 (any bits are valid), borrowed from
     // `values` for as long as the result lives.

@@ -2,9 +2,8 @@
 //! bf16 (`packed/bf16_kernels.rs`) or f32 (`packed/f32_kernels.rs`), every sum an f32 sum.
 //!
 //! The GotoBLAS layout. `B` is packed `KU` units of `k` by a block of columns (`NC` to
-//! `NC_MAX`) at a time, in panels of `NR` columns,
-//! and `A` `MC x KU` at a time in panels of `MR` rows, where a unit is what the micro kernel
-//! takes per line and step: one f32, or a pair of bf16 `k`-neighbours in a `u32` (the operand
+//! `NC_MAX`) at a time, in panels of `NR` columns, and `A` `MC x KU` at a time in panels of
+//! `MR` rows, where a unit is what the micro kernel takes per line and step: one f32, or a pair of bf16 `k`-neighbours in a `u32` (the operand
 //! layout of AVX512-BF16's `vdpbf16ps`). The micro kernel (`packed/kernel.rs`) holds an
 //! `MR x NR` tile of f32 accumulators in 24 of AVX-512's 32 vector registers, and writes it
 //! to `C` (`packed/tile.rs`), tile after tile along the rows of `C`.

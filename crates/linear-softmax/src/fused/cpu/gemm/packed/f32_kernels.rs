@@ -3,8 +3,8 @@
 //!
 //! Only CPUs with AVX-512 run it, for GEMMs of at least 2^27 multiply-adds: smaller ones, and
 //! every f32 GEMM on the other CPUs, take matrixmultiply's kernels (or OpenBLAS, with the
-//! `openblas-system` feature: `gemm.rs`). The
-//! portable micro kernel here exists for the tests, the witness of the packing on any CPU.
+//! `openblas-system` feature: `gemm.rs`). The portable micro kernel here exists for the tests,
+//! the witness of the packing on any CPU.
 
 use std::ops::Range;
 
