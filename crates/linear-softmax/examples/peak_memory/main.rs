@@ -417,9 +417,21 @@ fn main() {
         "one training step, {dtype:?}; x, W and b tracked (best of {} after a warm-up)",
         args.repeats
     );
+    let isa = match linear_softmax::fused::cpu_isa() {
+        Ok(isa) => isa,
+        Err(err) => {
+            eprintln!("{err}");
+            std::process::exit(2);
+        }
+    };
+    println!(
+        "CPU kernels: {isa} (this CPU: {}; {} caps it)",
+        linear_softmax::fused::CpuIsa::detected(),
+        linear_softmax::fused::MAX_CPU_ISA_VAR
+    );
     let peak = match dtype {
-        DType::BF16 => peak::bf16_peak(),
-        _ => peak::f32_peak(),
+        DType::BF16 => peak::bf16_peak(isa),
+        _ => peak::f32_peak(isa),
     };
     match &peak {
         Some(peak) => println!(

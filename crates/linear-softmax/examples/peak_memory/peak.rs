@@ -1,9 +1,12 @@
 //! The machine's peak arithmetic rate, measured: every core at once runs independent
-//! multiply-adds in the widest vector registers the CPU has (f32 FMA; bf16 dot products where
-//! the CPU has AVX512-BF16), so the ratio of a step's rate to it says how far the step is from
-//! what the cores can do, whatever their clock is today.
+//! multiply-adds in the widest vector registers the fused kernels use (`fused::cpu_isa`: the
+//! best the CPU has, or the level `LINEAR_SOFTMAX_MAX_CPU_ISA` caps it to; f32 FMA, bf16 dot
+//! products at AVX512-BF16), so the ratio of a step's rate to it says how far the step is from
+//! what the cores can do with those instructions, whatever their clock is today.
 
 use std::time::Instant;
+
+use linear_softmax::fused::CpuIsa;
 
 /// A measured peak: FLOP per second on all cores, and the instruction measured.
 pub struct Peak {
@@ -18,11 +21,11 @@ const ITERATIONS: usize = 20_000_000;
 /// Measurements, of which the fastest counts.
 const ROUNDS: usize = 5;
 
-/// The f32 peak: FMAs on 16-lane (AVX-512) or 8-lane (AVX2) vectors.
-pub fn f32_peak() -> Option<Peak> {
+/// The f32 peak at `isa`: FMAs on 16-lane (AVX-512) or 8-lane (AVX2) vectors.
+pub fn f32_peak(isa: CpuIsa) -> Option<Peak> {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx512f") {
+        if isa >= CpuIsa::Avx512 && std::arch::is_x86_feature_detected!("avx512f") {
             // SAFETY: the CPU has AVX-512F.
             let flops = ITERATIONS * ACCUMULATORS * 16 * 2;
             return Some(on_every_core(
@@ -31,7 +34,9 @@ pub fn f32_peak() -> Option<Peak> {
                 "vfmadd zmm",
             ));
         }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        if isa >= CpuIsa::Avx2
+            && std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
         {
             let flops = ITERATIONS * ACCUMULATORS * 8 * 2;
             // SAFETY: the CPU has AVX2 and FMA.
@@ -45,10 +50,12 @@ pub fn f32_peak() -> Option<Peak> {
     None
 }
 
-/// The bf16 peak: `vdpbf16ps` (32 multiply-adds per instruction) where the CPU has AVX512-BF16.
-pub fn bf16_peak() -> Option<Peak> {
+/// The bf16 peak at `isa`: `vdpbf16ps` (32 multiply-adds per instruction) at AVX512-BF16;
+/// below it, the f32 peak (the kernels widen bf16 to f32: one FMA per multiply-add).
+pub fn bf16_peak(isa: CpuIsa) -> Option<Peak> {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f")
+    if isa >= CpuIsa::Avx512Bf16
+        && std::arch::is_x86_feature_detected!("avx512f")
         && std::arch::is_x86_feature_detected!("avx512bf16")
     {
         let flops = ITERATIONS * ACCUMULATORS * 32 * 2;
@@ -59,7 +66,7 @@ pub fn bf16_peak() -> Option<Peak> {
             "vdpbf16ps zmm",
         ));
     }
-    None
+    f32_peak(isa)
 }
 
 /// Runs `kernel` (doing `flops` FLOP) on one thread per core at once; the best of

@@ -75,6 +75,7 @@ use burn::tensor::DType;
 
 #[doc(hidden)]
 pub use cpu::chunk_gemm_times;
+pub use cpu::{CpuIsa, MAX_CPU_ISA_VAR, cpu_isa};
 pub use kernel::{Kernel, KernelChoice, kernel_for};
 
 use kernel::FusedBackend;
@@ -338,6 +339,8 @@ fn prepare(
     graph: Graph,
 ) -> Result<Option<(FusedInputs<Dispatch>, FusedSpec)>> {
     head.check_loss_inputs(x, targets, options)?;
+    // A cap that names no level is refused on every device: it is a process setting.
+    cpu_isa()?;
     let chunk_rows = chunking.rows_on(&x.device(), x.dims(), head.n_classes(), x.dtype())?;
     if FusedBackend::of(&x.device()) == FusedBackend::Unsupported {
         return Ok(None);

@@ -1,8 +1,8 @@
 //! The safe GEMM wrappers of the CPU kernel: `C <- alpha A B + beta C` on matrix views whose
 //! extents are checked against their slices, posed so that the library threads well; and the
 //! chunk loop's GEMMs for each operand type ([`Operand`]: f64 through the library, f32 through
-//! our packed GEMM on AVX-512 for GEMMs of at least `PACKED_F32_MIN_WORK` multiply-adds and the
-//! library otherwise, bf16 through our packed GEMM with f32 sums).
+//! our packed GEMM on AVX-512 or AVX2 for GEMMs of at least `PACKED_F32_MIN_WORK` multiply-adds
+//! and the library otherwise, bf16 through our packed GEMM with f32 sums).
 
 use burn::tensor::bf16;
 
@@ -56,15 +56,16 @@ macro_rules! same_type_operand {
 same_type_operand!(f32, gemm_f32);
 same_type_operand!(f64, gemm_f64);
 
-/// The f32 GEMM: our packed one where the CPU has AVX-512 and the GEMM has at least
-/// [`PACKED_F32_MIN_WORK`] multiply-adds (the f32 LM-head step of BENCHMARKS.md takes
-/// 1.14-1.18 s with it, 1.40 s on matrixmultiply's AVX-512 kernel); matrixmultiply's kernels
-/// for smaller GEMMs and on other CPUs; the system OpenBLAS whenever the `openblas-system`
-/// feature asks for it.
+/// The f32 GEMM: our packed one where the CPU has AVX-512 or AVX2 and FMA, and the GEMM has
+/// at least [`PACKED_F32_MIN_WORK`] multiply-adds (the f32 LM-head step of BENCHMARKS.md takes
+/// 1.14-1.18 s with it, 1.40 s on matrixmultiply's AVX-512 kernel; capped to AVX2, 1.25-1.27 s
+/// against 1.47-1.52 s on matrixmultiply's AVX2 kernel); matrixmultiply's kernels for smaller
+/// GEMMs and on other CPUs; the system OpenBLAS whenever the `openblas-system` feature asks
+/// for it.
 fn gemm_f32(a: MatRef<'_, f32>, b: MatRef<'_, f32>, beta: f32, c: MatMut<'_, f32>) {
     if !cfg!(feature = "openblas-system")
         && a.rows.saturating_mul(a.cols).saturating_mul(b.cols) >= PACKED_F32_MIN_WORK
-        && let Some(micro) = packed::f32_kernels::avx512()
+        && let Some(micro) = packed::f32_kernels::detect()
     {
         return packed::gemm(micro, a, b, beta, c);
     }
@@ -75,7 +76,8 @@ fn gemm_f32(a: MatRef<'_, f32>, b: MatRef<'_, f32>, beta: f32, c: MatMut<'_, f32
 /// is smaller (ours zeroes and packs whole blocks). Measured on classifier steps (AVX-512, two
 /// cores; each step's largest GEMM): N = 256, D = 784, C = 100 (20 M) took 0.90 ms with it
 /// against 1.07 ms with ours, N = 512, C = 200 (80 M) 2.94 against 3.30 ms, and C = 1000
-/// (200 M) 6.68 ms either way.
+/// (200 M) 6.68 ms either way. Capped to AVX2 (both sides), steps of 256 x 784 x 1000,
+/// 512 x 784 x 400 and 1024 x 784 x 1000 were level within the noise.
 const PACKED_F32_MIN_WORK: usize = 1 << 27;
 
 /// The f64 GEMM: matrixmultiply's (or the system OpenBLAS's).

@@ -27,12 +27,12 @@
 //! | `gemm.rs` | the safe GEMM wrappers (matrix views checked against their slices); the GEMM of each operand type |
 //! | `gemm/packed.rs` | our packed GEMM (f32 sums): blocking, packing, threads |
 //! | `gemm/packed/kernel.rs` | its micro kernels as values, with the proof that the CPU runs them |
-//! | `gemm/packed/tile.rs` | `C` shared by the GEMM's tasks; the micro kernels' tiles in and out |
+//! | `gemm/packed/tile.rs` | `C` shared by the GEMM's tasks; the micro kernels' tiles (and AVX2's quarters) in and out |
 //! | `gemm/packed/transpose.rs` | packing lines that run along `k`: 16 x 16 transposes in AVX-512 |
 //! | `gemm/packed/bf16_kernels.rs` | bf16 operands: pairs of `k` packed; `vdpbf16ps`, widened AVX2 and portable micro kernels |
-//! | `gemm/packed/f32_kernels.rs` | f32 operands: packed as they are; the AVX-512 micro kernel |
+//! | `gemm/packed/f32_kernels.rs` | f32 operands: packed as they are; the AVX-512 and AVX2 micro kernels |
 //! | `rounding.rs` | f32 results rounded to bf16 in their own memory (`dS_r`, `dW`) |
-//! | `isa.rs` | the instruction set, detected once per call |
+//! | `isa.rs` | the instruction sets: detected once per process, capped by `LINEAR_SOFTMAX_MAX_CPU_ISA`; the row code's build of a call |
 //! | `probe.rs` | the chunk loop's three GEMMs alone, timed (for the `peak_memory` example) |
 //! | `rows.rs` | the row pass: losses, log-sum-exps, `dS` in place, `colsum(dS)` |
 //! | `chunks.rs` | many classes: chunks of `R` rows, three GEMMs each |
@@ -60,9 +60,9 @@
 //! outputs (`dW`, `dX`, `db`, the `[N]` losses) plus one `[R, C]` buffer and a few `[C]` partial
 //! column sums; in bf16, the outputs in f32 before their rounding (`dW` rounded in its own
 //! allocation; `dX` and the `[N]` outputs in a second one); for few classes, the f32 copies of
-//! `X` and `W`. Our packed GEMM (f32 on AVX-512, and bf16) adds its packed panels (under
-//! 0.5 MiB per thread) and, for `dX`, a private `[R, D]` f32 tile per thread beyond the first
-//! (at most 32 MiB together).
+//! `X` and `W`. Our packed GEMM (f32 on AVX-512 and AVX2, and bf16) adds its packed panels
+//! (under 0.5 MiB per thread) and, for `dX`, a private `[R, D]` f32 tile per thread beyond the
+//! first (at most 32 MiB together).
 
 mod buffers;
 mod chunks;
@@ -84,6 +84,7 @@ use burn::tensor::bf16;
 use float::RawFloat;
 use gemm::Operand;
 use isa::Isa;
+pub use isa::{CpuIsa, MAX_CPU_ISA_VAR, cpu_isa};
 #[doc(hidden)]
 pub use probe::chunk_gemm_times;
 use rounding::F32ToBf16;

@@ -3,10 +3,11 @@
 //!
 //! The GotoBLAS layout. `B` is packed `KU` units of `k` by a block of columns (`NC` to
 //! `NC_MAX`) at a time, in panels of `NR` columns, and `A` `MC x KU` at a time in panels of
-//! `MR` rows, where a unit is what the micro kernel takes per line and step: one f32, or a pair of bf16 `k`-neighbours in a `u32` (the operand
-//! layout of AVX512-BF16's `vdpbf16ps`). The micro kernel (`packed/kernel.rs`) holds an
-//! `MR x NR` tile of f32 accumulators in 24 of AVX-512's 32 vector registers, and writes it
-//! to `C` (`packed/tile.rs`), tile after tile along the rows of `C`.
+//! `MR` rows, where a unit is what the micro kernel takes per line and step: one f32, or a
+//! pair of bf16 `k`-neighbours in a `u32` (the operand layout of AVX512-BF16's `vdpbf16ps`). The micro kernel (`packed/kernel.rs`) holds an
+//! `MR x NR` tile of f32 accumulators in 24 of AVX-512's 32 vector registers (AVX2's 16 hold a
+//! quarter of it at a time), and writes it to `C` (`packed/tile.rs`), tile after tile along
+//! the rows of `C`.
 //!
 //! Operands whose lines run along `k` in memory (the rows of `X_r`, `dS_r` and `W` read as
 //! `W^T`) are packed by a transpose, in 16 x 16 register blocks with AVX-512
@@ -556,6 +557,43 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// f32's AVX-512 and AVX2 micro kernels sum in one order, so they give the same bits (on
+    /// a CPU that runs both), over partial tiles, several blocks of `k` and beta 1. Values
+    /// whose sums round, so that another order would show.
+    #[test]
+    fn kernels_of_one_sum_order_agree_bit_for_bit() {
+        same_bits::<f32>(["avx512f", "avx2 fma"]);
+    }
+
+    fn same_bits<P: Value>(names: [&str; 2]) {
+        let kernels: Vec<_> = P::kernels()
+            .into_iter()
+            .filter(|micro| names.contains(&format!("{micro:?}").as_str()))
+            .collect();
+        if kernels.len() < 2 {
+            return;
+        }
+        let [m, k, n] = [29, 1100, 70];
+        let value = |i: usize, seed: usize| P::of(((i * 7919 + seed) % 1009) as f32 / 317.0 - 1.5);
+        let a: Vec<P> = (0..m * k).map(|i| value(i, 1)).collect();
+        let b: Vec<P> = (0..k * n).map(|i| value(i, 5)).collect();
+        let results: Vec<Vec<u32>> = kernels
+            .iter()
+            .map(|&micro| {
+                let mut c: Vec<f32> = (0..m * n).map(|i| i as f32 / 7.0).collect();
+                let (a, b) = (MatRef::row_major(&a, m, k), MatRef::row_major(&b, k, n));
+                gemm(micro, a, b, 1.0, MatMut::row_major(&mut c, m, n));
+                c.iter().map(|c| c.to_bits()).collect()
+            })
+            .collect();
+        let differ = results[0]
+            .iter()
+            .zip(&results[1])
+            .filter(|(x, y)| x != y)
+            .count();
+        assert_eq!(differ, 0, "{kernels:?}: {differ} of {} elements", m * n);
     }
 
     /// A view with neither stride 1 (a column of a wider matrix, read down): the general

@@ -6,8 +6,7 @@
 //!
 //! CPUs without AVX512-BF16 run the same packed loops with the pairs widened to f32: in
 //! AVX-512 registers where the CPU has AVX-512 (`micro_avx512_widened`), else `widened` in an
-//! AVX2 + FMA build where the CPU has them, else portable: the same sums, rounded in another
-//! order (and `vdpbf16ps` flushes subnormal inputs and results to zero, rounding to
+//! AVX2 + FMA build where the CPU has them, else portable: the same sums, rounded in another order (and `vdpbf16ps` flushes subnormal inputs and results to zero, rounding to
 //! nearest-even whatever the FPU's mode).
 
 use std::ops::Range;
@@ -16,6 +15,8 @@ use burn::tensor::bf16;
 
 use super::transpose::transpose;
 use super::{Build, Lines, MR, MicroKernel, NR, Packed, pack_each_panel};
+#[cfg(target_arch = "x86_64")]
+use crate::fused::cpu::isa::{CpuIsa, level};
 
 impl Packed for bf16 {
     type Unit = u32;
@@ -133,13 +134,13 @@ pub(super) fn available() -> Vec<MicroKernel<u32>> {
 }
 
 /// The `vdpbf16ps` micro kernel, where the CPU has AVX512-BF16 (and the AVX-512 build's
-/// features).
+/// features) and the process's [`level`] allows it.
 fn avx512bf16() -> Option<MicroKernel<u32>> {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512bf16")
+    if level() >= CpuIsa::Avx512Bf16
         && let Some(build) = Build::avx512()
     {
-        // SAFETY: the CPU has AVX512-BF16 (checked) and AVX-512 F (in `Build::avx512`).
+        // SAFETY: the CPU has AVX512-BF16 (in `level`) and AVX-512 F (in `Build::avx512`).
         return Some(unsafe { MicroKernel::new("avx512bf16", micro_avx512bf16, build) });
     }
     None
@@ -293,7 +294,8 @@ unsafe fn micro_avx512bf16(
 /// loads of `B` widened into four vectors (a bf16 is the high half of an f32: the low value
 /// shifted up, the high one masked), `MR` broadcasts of `A` widened likewise, and `4 MR` fused
 /// multiply-adds into 24 accumulator registers (the sums of [`widened`]'s fused build, the
-/// AVX2 + FMA one, in its order).
+/// AVX2 + FMA one, in its order over the pairs; that one sums a tile from zero and adds it
+/// to `out` when accumulating, where this one starts from `out`).
 ///
 /// # Safety
 /// As `Micro`'s; the CPU has AVX-512 F.

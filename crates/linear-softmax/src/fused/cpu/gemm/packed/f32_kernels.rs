@@ -1,13 +1,16 @@
 //! f32 operands of the packed GEMM: packed as they are, one value per line and step of `k`;
-//! the micro kernel in AVX-512 fused multiply-adds.
+//! the micro kernel in AVX-512 or AVX2 fused multiply-adds (the same sums in the same order:
+//! the same bits).
 //!
-//! Only CPUs with AVX-512 run it, for GEMMs of at least 2^27 multiply-adds: smaller ones, and
-//! every f32 GEMM on the other CPUs, take matrixmultiply's kernels (or OpenBLAS, with the
-//! `openblas-system` feature: `gemm.rs`). The portable micro kernel here exists for the tests,
-//! the witness of the packing on any CPU.
+//! Only CPUs with AVX2 and FMA run it, for GEMMs of at least 2^27 multiply-adds: smaller
+//! ones, and every f32 GEMM on the other CPUs, take matrixmultiply's kernels (or OpenBLAS,
+//! with the `openblas-system` feature: `gemm.rs`). The portable micro kernel here exists for
+//! the tests, the witness of the packing on any CPU.
 
 use std::ops::Range;
 
+#[cfg(target_arch = "x86_64")]
+use super::tile::{QC, QR};
 use super::transpose::transpose;
 use super::{Build, Lines, MicroKernel, Packed, pack_each_panel};
 #[cfg(any(test, target_arch = "x86_64"))]
@@ -97,12 +100,31 @@ pub(in crate::fused::cpu) fn avx512() -> Option<MicroKernel<f32>> {
     None
 }
 
-/// Every micro kernel this CPU runs for f32, the portable one last.
+/// The AVX2 micro kernel, where the CPU has AVX2 and FMA.
+pub(in crate::fused::cpu) fn avx2_fma() -> Option<MicroKernel<f32>> {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(build) = Build::avx2_fma() {
+        // SAFETY: the CPU has AVX2 and FMA (in `Build::avx2_fma`).
+        return Some(unsafe { MicroKernel::new("avx2 fma", micro_avx2, build) });
+    }
+    None
+}
+
+/// The best micro kernel this CPU runs with vector instructions (AVX-512, else AVX2 + FMA).
+pub(in crate::fused::cpu) fn detect() -> Option<MicroKernel<f32>> {
+    avx512().or_else(avx2_fma)
+}
+
+/// Every micro kernel this CPU runs for f32, the best first, the portable one last.
 #[cfg(test)]
 pub(super) fn available() -> Vec<MicroKernel<f32>> {
     // SAFETY: plain Rust, for any CPU.
     let portable = unsafe { MicroKernel::new("portable", micro_portable, Build::Portable) };
-    avx512().into_iter().chain([portable]).collect()
+    avx512()
+        .into_iter()
+        .chain(avx2_fma())
+        .chain([portable])
+        .collect()
 }
 
 /// The micro kernel on any CPU (separate multiplies and adds).
@@ -168,4 +190,81 @@ unsafe fn micro_avx512(
     }
     // SAFETY: the caller's contract.
     unsafe { super::tile::store_tile_avx512(&acc, out, ldo) };
+}
+
+/// The micro kernel with AVX2: the `MR x NR` tile as four `QR x QC` (6 x 16) quarters, each
+/// over every step of `k` in turn, since 16 vector registers hold one quarter's 12
+/// accumulators, two vectors of `B` and a broadcast of `A`. Per step of a quarter: two loads
+/// of `B`, `QR` broadcasts of `A` and `2 QR` fused multiply-adds. The two quarters of a half
+/// of the `B` panel run one after the other, so that the second reads it from L1 (16 KiB,
+/// beside the 12 KiB `A` panel). Each element is the AVX-512 kernel's sum, in its order.
+///
+/// # Safety
+/// As `Micro`'s; the CPU has AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn micro_avx2(
+    depths: usize,
+    a: &[f32],
+    b: &[f32],
+    out: *mut f32,
+    ldo: usize,
+    accumulate: bool,
+) {
+    assert!(
+        a.len() >= depths * MR && b.len() >= depths * NR,
+        "whole panels"
+    );
+    for column in [0, QC] {
+        for row in [0, QR] {
+            // SAFETY: the quarter's steps lie within the panels (asserted above); its rows
+            // and columns within the caller's tile.
+            unsafe {
+                quarter_avx2(
+                    depths,
+                    a.as_ptr().add(row),
+                    b.as_ptr().add(column),
+                    out.add(row * ldo + column),
+                    ldo,
+                    accumulate,
+                );
+            }
+        }
+    }
+}
+
+/// One quarter of [`micro_avx2`]: `a` and `b` point at the quarter's first line of the
+/// panels (steps `MR` and `NR` apart), `out` at its first element.
+///
+/// # Safety
+/// `a` and `b` are valid for `depths` steps of `QR` and `QC` values; `out` as
+/// [`super::tile::load_quarter_avx2`]'s; the CPU has AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn quarter_avx2(
+    depths: usize,
+    a: *const f32,
+    b: *const f32,
+    out: *mut f32,
+    ldo: usize,
+    accumulate: bool,
+) {
+    use std::arch::x86_64::{_mm256_broadcast_ss, _mm256_fmadd_ps, _mm256_loadu_ps};
+    // SAFETY: the caller's contract.
+    let mut acc = unsafe { super::tile::load_quarter_avx2(out, ldo, accumulate) };
+    for p in 0..depths {
+        // SAFETY: step `p` lies within the panels (the caller's contract); unaligned loads.
+        unsafe {
+            let b0 = _mm256_loadu_ps(b.add(p * NR));
+            let b1 = _mm256_loadu_ps(b.add(p * NR + 8));
+            for (i, acc) in acc.iter_mut().enumerate() {
+                let a = _mm256_broadcast_ss(&*a.add(p * MR + i));
+                acc[0] = _mm256_fmadd_ps(a, b0, acc[0]);
+                acc[1] = _mm256_fmadd_ps(a, b1, acc[1]);
+            }
+        }
+    }
+    // SAFETY: the caller's contract.
+    unsafe { super::tile::store_quarter_avx2(&acc, out, ldo) };
 }

@@ -7,6 +7,8 @@
 use std::fmt;
 
 use super::{Packed, SharedC, Task, block};
+#[cfg(target_arch = "x86_64")]
+use crate::fused::cpu::isa::{CpuIsa, level};
 
 /// The micro kernel: `out = A_panel B_panel`, or `out += A_panel B_panel` when accumulating,
 /// over `units` units of `k`, for an `MR x NR` block `out` with row stride `ldo`.
@@ -77,32 +79,21 @@ pub(in crate::fused::cpu) struct Avx512Found(());
 pub(in crate::fused::cpu) struct Avx2FmaFound(());
 
 impl Build {
-    /// The AVX-512 build, where the CPU has its features (cached by the standard library: no
-    /// cost per GEMM).
+    /// The AVX-512 build, where the CPU has its features and [`level`] allows them (detected
+    /// once per process).
     pub(super) fn avx512() -> Option<Self> {
         #[cfg(target_arch = "x86_64")]
-        {
-            use std::arch::is_x86_feature_detected as has;
-            if has!("avx512f")
-                && has!("avx512bw")
-                && has!("avx512vl")
-                && has!("avx2")
-                && has!("fma")
-            {
-                return Some(Self::Avx512(Avx512Found(())));
-            }
+        if level() >= CpuIsa::Avx512 {
+            return Some(Self::Avx512(Avx512Found(())));
         }
         None
     }
 
-    /// The AVX2 + FMA build, where the CPU has them.
+    /// The AVX2 + FMA build, where the CPU has them and [`level`] allows them.
     pub(super) fn avx2_fma() -> Option<Self> {
         #[cfg(target_arch = "x86_64")]
-        {
-            use std::arch::is_x86_feature_detected as has;
-            if has!("avx2") && has!("fma") {
-                return Some(Self::Avx2Fma(Avx2FmaFound(())));
-            }
+        if level() >= CpuIsa::Avx2 {
+            return Some(Self::Avx2Fma(Avx2FmaFound(())));
         }
         None
     }

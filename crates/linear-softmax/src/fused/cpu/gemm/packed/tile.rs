@@ -142,3 +142,57 @@ pub(super) unsafe fn store_tile_avx512(
         }
     }
 }
+
+/// Rows of a quarter of the tile, which an AVX2 micro kernel holds in registers.
+pub(super) const QR: usize = MR / 2;
+/// Columns of a quarter of the tile: two 8-lane f32 vectors.
+pub(super) const QC: usize = NR / 2;
+
+/// An AVX2 micro kernel's accumulators for a `QR x QC` quarter of a tile: the quarter of `out`
+/// (row stride `ldo`) when accumulating, else zeros.
+///
+/// # Safety
+/// `out` holds `QR` rows of `QC` f32 at stride `ldo`; the CPU has AVX.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+#[inline]
+pub(super) unsafe fn load_quarter_avx2(
+    out: *const f32,
+    ldo: usize,
+    accumulate: bool,
+) -> [[std::arch::x86_64::__m256; 2]; QR] {
+    use std::arch::x86_64::{_mm256_loadu_ps, _mm256_setzero_ps};
+    let mut acc = [[_mm256_setzero_ps(); 2]; QR];
+    if accumulate {
+        for (i, acc) in acc.iter_mut().enumerate() {
+            // SAFETY: row i of `out` holds QC = 16 f32 (the caller's contract).
+            unsafe {
+                acc[0] = _mm256_loadu_ps(out.add(i * ldo));
+                acc[1] = _mm256_loadu_ps(out.add(i * ldo + 8));
+            }
+        }
+    }
+    acc
+}
+
+/// Stores an AVX2 micro kernel's accumulators into the `QR x QC` quarter of `out`.
+///
+/// # Safety
+/// As [`load_quarter_avx2`]'s, and no other reference covers the quarter.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+#[inline]
+pub(super) unsafe fn store_quarter_avx2(
+    acc: &[[std::arch::x86_64::__m256; 2]; QR],
+    out: *mut f32,
+    ldo: usize,
+) {
+    use std::arch::x86_64::_mm256_storeu_ps;
+    for (i, acc) in acc.iter().enumerate() {
+        // SAFETY: row i of `out` holds QC = 16 f32 (the caller's contract).
+        unsafe {
+            _mm256_storeu_ps(out.add(i * ldo), acc[0]);
+            _mm256_storeu_ps(out.add(i * ldo + 8), acc[1]);
+        }
+    }
+}
