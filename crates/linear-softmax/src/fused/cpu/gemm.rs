@@ -87,7 +87,7 @@ fn gemm_f64(a: MatRef<'_, f64>, b: MatRef<'_, f64>, beta: f64, c: MatMut<'_, f64
 
 impl Operand<f32> for bf16 {
     fn gemm(a: MatRef<'_, bf16>, b: MatRef<'_, bf16>, beta: f32, c: MatMut<'_, f32>) {
-        packed::gemm(packed::bf16_kernels::detect(), a, b, beta, c);
+        packed::bf16_kernels::gemm(a, b, beta, c);
     }
 
     /// Each value rounded once to the nearest bf16 (ties to even), into the first half of its

@@ -29,7 +29,8 @@
 //! | `gemm/packed/kernel.rs` | its micro kernels as values, with the proof that the CPU runs them |
 //! | `gemm/packed/tile.rs` | `C` shared by the GEMM's tasks; the micro kernels' tiles (and AVX2's quarters) in and out |
 //! | `gemm/packed/transpose.rs` | packing lines that run along `k`: 16 x 16 transposes in AVX-512 |
-//! | `gemm/packed/bf16_kernels.rs` | bf16 operands: pairs of `k` packed; `vdpbf16ps`, widened AVX2 and portable micro kernels |
+//! | `gemm/packed/bf16_kernels.rs` | bf16 operands: pairs of `k` packed; the `vdpbf16ps` and widening AVX-512 micro kernels; which way a bf16 GEMM runs |
+//! | `gemm/packed/widened.rs` | bf16 operands widened to f32 as they are packed, for the f32 micro kernels (CPUs without AVX-512) |
 //! | `gemm/packed/f32_kernels.rs` | f32 operands: packed as they are; the AVX-512 and AVX2 micro kernels |
 //! | `rounding.rs` | f32 results rounded to bf16 in their own memory (`dS_r`, `dW`) |
 //! | `isa.rs` | the instruction sets: detected once per process, capped by `LINEAR_SOFTMAX_MAX_CPU_ISA`; the row code's build of a call |

@@ -27,6 +27,7 @@ pub(in crate::fused::cpu) mod f32_kernels;
 mod kernel;
 mod tile;
 mod transpose;
+mod widened;
 
 use std::ops::Range;
 
@@ -440,6 +441,18 @@ mod tests {
         }
     }
 
+    impl Value for widened::WidenedBf16 {
+        fn of(value: f32) -> Self {
+            Self(bf16::from_f32(value))
+        }
+        fn to_f64(self) -> f64 {
+            self.0.to_f64()
+        }
+        fn kernels() -> Vec<MicroKernel<f32>> {
+            f32_kernels::available()
+        }
+    }
+
     impl Value for f32 {
         fn of(value: f32) -> Self {
             value
@@ -503,6 +516,7 @@ mod tests {
             .collect();
         for shape in shapes {
             check_product::<bf16>(shape, &pools);
+            check_product::<widened::WidenedBf16>(shape, &pools);
             check_product::<f32>(shape, &pools);
         }
     }
@@ -559,41 +573,56 @@ mod tests {
         }
     }
 
-    /// f32's AVX-512 and AVX2 micro kernels sum in one order, so they give the same bits (on
-    /// a CPU that runs both), over partial tiles, several blocks of `k` and beta 1. Values
-    /// whose sums round, so that another order would show.
+    /// The kernels that sum in one order give the same bits (where the CPU runs them), over
+    /// partial tiles and beta 1, on values whose sums round (so that another order would
+    /// show): f32's AVX-512 and AVX2 kernels, over several blocks of `k`; for bf16, the pairs
+    /// widened in AVX-512 registers and the operands widened as packed, on either f32 kernel,
+    /// over one block of `k` (odd), since a partial tile's sums restart at each block, whose
+    /// length in `k` differs between pairs and single values.
     #[test]
     fn kernels_of_one_sum_order_agree_bit_for_bit() {
-        same_bits::<f32>(["avx512f", "avx2 fma"]);
+        fn named<U>(micro: &MicroKernel<U>, names: &[&str]) -> bool {
+            names.contains(&format!("{micro:?}").as_str())
+        }
+        let fma = ["avx512f", "avx2 fma"];
+        let f32_bits: Vec<_> = f32_kernels::available()
+            .into_iter()
+            .filter(|micro| named(micro, &fma))
+            .map(|micro| product_bits::<f32>(micro, 1100))
+            .collect();
+        let widened_bits = f32_kernels::available()
+            .into_iter()
+            .filter(|micro| named(micro, &fma))
+            .map(|micro| product_bits::<widened::WidenedBf16>(micro, 255));
+        let bf16_bits: Vec<_> = bf16_kernels::available()
+            .into_iter()
+            .filter(|micro| named(micro, &["avx512 widened"]))
+            .map(|micro| product_bits::<bf16>(micro, 255))
+            .chain(widened_bits)
+            .collect();
+        for bits in [f32_bits, bf16_bits] {
+            for other in &bits[1.min(bits.len())..] {
+                let differ = bits[0].iter().zip(other).filter(|(x, y)| x != y).count();
+                assert_eq!(differ, 0, "{differ} elements differ");
+            }
+        }
     }
 
-    fn same_bits<P: Value>(names: [&str; 2]) {
-        let kernels: Vec<_> = P::kernels()
-            .into_iter()
-            .filter(|micro| names.contains(&format!("{micro:?}").as_str()))
-            .collect();
-        if kernels.len() < 2 {
-            return;
-        }
-        let [m, k, n] = [29, 1100, 70];
+    /// The bits of `C + A B` for fixed `[29, k, 70]` operands of `P`, with `micro`, on one
+    /// thread (a split by ranges of `k` adds partial sums, at points that depend on the units
+    /// of `k` per block).
+    fn product_bits<P: Value>(micro: MicroKernel<P::Unit>, k: usize) -> Vec<u32> {
+        let [m, n] = [29, 70];
         let value = |i: usize, seed: usize| P::of(((i * 7919 + seed) % 1009) as f32 / 317.0 - 1.5);
         let a: Vec<P> = (0..m * k).map(|i| value(i, 1)).collect();
         let b: Vec<P> = (0..k * n).map(|i| value(i, 5)).collect();
-        let results: Vec<Vec<u32>> = kernels
-            .iter()
-            .map(|&micro| {
-                let mut c: Vec<f32> = (0..m * n).map(|i| i as f32 / 7.0).collect();
-                let (a, b) = (MatRef::row_major(&a, m, k), MatRef::row_major(&b, k, n));
-                gemm(micro, a, b, 1.0, MatMut::row_major(&mut c, m, n));
-                c.iter().map(|c| c.to_bits()).collect()
-            })
-            .collect();
-        let differ = results[0]
-            .iter()
-            .zip(&results[1])
-            .filter(|(x, y)| x != y)
-            .count();
-        assert_eq!(differ, 0, "{kernels:?}: {differ} of {} elements", m * n);
+        let mut c: Vec<f32> = (0..m * n).map(|i| i as f32 / 7.0).collect();
+        let (a, b) = (MatRef::row_major(&a, m, k), MatRef::row_major(&b, k, n));
+        let one_thread = rayon::ThreadPoolBuilder::new().num_threads(1).build();
+        one_thread
+            .unwrap()
+            .install(|| gemm(micro, a, b, 1.0, MatMut::row_major(&mut c, m, n)));
+        c.iter().map(|c| c.to_bits()).collect()
     }
 
     /// A view with neither stride 1 (a column of a wider matrix, read down): the general
@@ -601,6 +630,7 @@ mod tests {
     #[test]
     fn strided_views_are_packed_element_by_element() {
         check_strided::<bf16>();
+        check_strided::<widened::WidenedBf16>();
         check_strided::<f32>();
     }
 

@@ -4,16 +4,20 @@
 //! lane). Each product of two bf16 values is exact in f32 (8-bit significands; short of
 //! overflow and underflow), and every sum is an f32 sum.
 //!
-//! CPUs without AVX512-BF16 run the same packed loops with the pairs widened to f32: in
-//! AVX-512 registers where the CPU has AVX-512 (`micro_avx512_widened`), else `widened` in an
-//! AVX2 + FMA build where the CPU has them, else portable: the same sums, rounded in another order (and `vdpbf16ps` flushes subnormal inputs and results to zero, rounding to
-//! nearest-even whatever the FPU's mode).
+//! AVX-512 CPUs without AVX512-BF16 run the same packed loops with the pairs widened to f32
+//! in registers (`micro_avx512_widened`); the others pack the operands widened to f32
+//! (`widened.rs`) for the f32 micro kernels: the same sums either way, rounded after each
+//! product rather than each pair (and `vdpbf16ps` flushes subnormal inputs and results to
+//! zero, rounding to nearest-even whatever the FPU's mode).
 
 use std::ops::Range;
 
 use burn::tensor::bf16;
 
+use super::super::{MatMut, MatRef};
+use super::f32_kernels;
 use super::transpose::transpose;
+use super::widened::widened;
 use super::{Build, Lines, MR, MicroKernel, NR, Packed, pack_each_panel};
 #[cfg(target_arch = "x86_64")]
 use crate::fused::cpu::isa::{CpuIsa, level};
@@ -112,24 +116,37 @@ impl Packed for bf16 {
     }
 }
 
-/// The best micro kernel this CPU runs for bf16: `vdpbf16ps`, else the pairs widened to f32 in
-/// AVX-512 registers (AVX-512 CPUs without AVX512-BF16: Skylake-SP to Ice Lake), else the
-/// widened one in an AVX2 + FMA build, else the portable one.
-pub(in crate::fused::cpu) fn detect() -> MicroKernel<u32> {
-    avx512bf16()
-        .or_else(avx512_widened)
-        .or_else(avx2_fma)
-        .unwrap_or_else(portable)
+/// `C <- A B + beta C` for bf16 `A` and `B`: packed as pairs, for `vdpbf16ps` where the CPU
+/// has AVX512-BF16, else for the pairs widened in AVX-512 registers (Skylake-SP to Ice Lake);
+/// on other CPUs widened to f32 as they are packed, for the f32 AVX2 kernel (or the portable
+/// one). Widened when packed on AVX-512, the LM-head step took 1.17-1.21 s against
+/// 1.13-1.15 s widened in registers (its panels twice the bytes); widened in registers on
+/// AVX2, 1.43-1.49 s against 1.18-1.20 s.
+pub(in crate::fused::cpu) fn gemm(
+    a: MatRef<'_, bf16>,
+    b: MatRef<'_, bf16>,
+    beta: f32,
+    c: MatMut<'_, f32>,
+) {
+    match avx512bf16().or_else(avx512_widened) {
+        Some(micro) => super::gemm(micro, a, b, beta, c),
+        None => {
+            let micro = f32_kernels::detect().unwrap_or_else(f32_kernels::portable);
+            super::gemm(micro, widened(a), widened(b), beta, c);
+        }
+    }
 }
 
-/// Every micro kernel this CPU runs for bf16, the best first, the portable one last.
+/// Every micro kernel this CPU runs for bf16 pairs, the portable one (the witness of the
+/// packing on any CPU) last.
 #[cfg(test)]
 pub(super) fn available() -> Vec<MicroKernel<u32>> {
+    // SAFETY: plain Rust, for any CPU.
+    let portable = unsafe { MicroKernel::new("portable", micro_portable, Build::Portable) };
     avx512bf16()
         .into_iter()
         .chain(avx512_widened())
-        .chain(avx2_fma())
-        .chain([portable()])
+        .chain([portable])
         .collect()
 }
 
@@ -156,23 +173,8 @@ fn avx512_widened() -> Option<MicroKernel<u32>> {
     None
 }
 
-/// The widened micro kernel in its AVX2 + FMA build, where the CPU has them.
-fn avx2_fma() -> Option<MicroKernel<u32>> {
-    #[cfg(target_arch = "x86_64")]
-    if let Some(build) = Build::avx2_fma() {
-        // SAFETY: the CPU has AVX2 and FMA (in `Build::avx2_fma`).
-        return Some(unsafe { MicroKernel::new("avx2 fma", micro_avx2, build) });
-    }
-    None
-}
-
-fn portable() -> MicroKernel<u32> {
-    // SAFETY: plain Rust, for any CPU.
-    unsafe { MicroKernel::new("portable", micro_portable, Build::Portable) }
-}
-
 /// The widened pair `(low, high)`: bf16 is the high half of an f32.
-#[inline(always)]
+#[cfg(test)]
 fn widen(pair: u32) -> (f32, f32) {
     (
         f32::from_bits(pair << 16),
@@ -180,47 +182,12 @@ fn widen(pair: u32) -> (f32, f32) {
     )
 }
 
-/// The micro kernel on any CPU.
+/// The micro kernel on any CPU: the pairs widened to f32, separate multiplies and adds.
 ///
 /// # Safety
 /// As `Micro`'s.
+#[cfg(test)]
 unsafe fn micro_portable(
-    pairs: usize,
-    a: &[u32],
-    b: &[u32],
-    out: *mut f32,
-    ldo: usize,
-    accumulate: bool,
-) {
-    // SAFETY: forwarded.
-    unsafe { widened::<false>(pairs, a, b, out, ldo, accumulate) }
-}
-
-/// The widened micro kernel built for AVX2, with fused multiply-adds.
-///
-/// # Safety
-/// As `Micro`'s; the CPU has AVX2 and FMA.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn micro_avx2(
-    pairs: usize,
-    a: &[u32],
-    b: &[u32],
-    out: *mut f32,
-    ldo: usize,
-    accumulate: bool,
-) {
-    // SAFETY: forwarded.
-    unsafe { widened::<true>(pairs, a, b, out, ldo, accumulate) }
-}
-
-/// The micro kernel with the pairs widened to f32 (`FMA`: with fused multiply-adds, which only
-/// a build with the `fma` feature may ask for: elsewhere `mul_add` is a library call).
-///
-/// # Safety
-/// As `Micro`'s.
-#[inline(always)]
-unsafe fn widened<const FMA: bool>(
     pairs: usize,
     a: &[u32],
     b: &[u32],
@@ -237,11 +204,7 @@ unsafe fn widened<const FMA: bool>(
         for (row, &pair) in tile.chunks_exact_mut(NR).zip(a) {
             let (a_low, a_high) = widen(pair);
             for ((acc, low), high) in row.iter_mut().zip(&b_low).zip(&b_high) {
-                *acc = if FMA {
-                    a_high.mul_add(*high, a_low.mul_add(*low, *acc))
-                } else {
-                    *acc + (a_low * low + a_high * high)
-                };
+                *acc += a_low * low + a_high * high;
             }
         }
     }
@@ -293,9 +256,8 @@ unsafe fn micro_avx512bf16(
 /// The micro kernel with the pairs widened to f32 in AVX-512 registers: per pair of `k`, two
 /// loads of `B` widened into four vectors (a bf16 is the high half of an f32: the low value
 /// shifted up, the high one masked), `MR` broadcasts of `A` widened likewise, and `4 MR` fused
-/// multiply-adds into 24 accumulator registers (the sums of [`widened`]'s fused build, the
-/// AVX2 + FMA one, in its order over the pairs; that one sums a tile from zero and adds it
-/// to `out` when accumulating, where this one starts from `out`).
+/// multiply-adds into 24 accumulator registers, which start from `out` when accumulating: the
+/// f32 kernels' sums on operands widened as they are packed (`widened.rs`), in their order.
 ///
 /// # Safety
 /// As `Micro`'s; the CPU has AVX-512 F.

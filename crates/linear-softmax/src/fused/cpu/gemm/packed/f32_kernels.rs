@@ -2,10 +2,11 @@
 //! the micro kernel in AVX-512 or AVX2 fused multiply-adds (the same sums in the same order:
 //! the same bits).
 //!
-//! Only CPUs with AVX2 and FMA run it, for GEMMs of at least 2^27 multiply-adds: smaller
-//! ones, and every f32 GEMM on the other CPUs, take matrixmultiply's kernels (or OpenBLAS,
-//! with the `openblas-system` feature: `gemm.rs`). The portable micro kernel here exists for
-//! the tests, the witness of the packing on any CPU.
+//! f32 GEMMs run it on CPUs with AVX2 and FMA, from 2^27 multiply-adds on: smaller ones, and
+//! every f32 GEMM on the other CPUs, take matrixmultiply's kernels (or OpenBLAS, with the
+//! `openblas-system` feature: `gemm.rs`). bf16 GEMMs on CPUs without AVX512-BF16 run these
+//! kernels on operands widened as they are packed (`widened.rs`), the portable one on CPUs
+//! without AVX2.
 
 use std::ops::Range;
 
@@ -13,7 +14,6 @@ use std::ops::Range;
 use super::tile::{QC, QR};
 use super::transpose::transpose;
 use super::{Build, Lines, MicroKernel, Packed, pack_each_panel};
-#[cfg(any(test, target_arch = "x86_64"))]
 use super::{MR, NR};
 
 impl Packed for f32 {
@@ -115,15 +115,19 @@ pub(in crate::fused::cpu) fn detect() -> Option<MicroKernel<f32>> {
     avx512().or_else(avx2_fma)
 }
 
+/// The micro kernel on any CPU.
+pub(in crate::fused::cpu) fn portable() -> MicroKernel<f32> {
+    // SAFETY: plain Rust, for any CPU.
+    unsafe { MicroKernel::new("portable", micro_portable, Build::Portable) }
+}
+
 /// Every micro kernel this CPU runs for f32, the best first, the portable one last.
 #[cfg(test)]
 pub(super) fn available() -> Vec<MicroKernel<f32>> {
-    // SAFETY: plain Rust, for any CPU.
-    let portable = unsafe { MicroKernel::new("portable", micro_portable, Build::Portable) };
     avx512()
         .into_iter()
         .chain(avx2_fma())
-        .chain([portable])
+        .chain([portable()])
         .collect()
 }
 
@@ -131,7 +135,6 @@ pub(super) fn available() -> Vec<MicroKernel<f32>> {
 ///
 /// # Safety
 /// As `Micro`'s.
-#[cfg(test)]
 unsafe fn micro_portable(
     depths: usize,
     a: &[f32],
