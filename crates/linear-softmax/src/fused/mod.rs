@@ -339,11 +339,15 @@ fn prepare(
     graph: Graph,
 ) -> Result<Option<(FusedInputs<Dispatch>, FusedSpec)>> {
     head.check_loss_inputs(x, targets, options)?;
-    // A cap that names no level is refused on every device: it is a process setting.
-    cpu_isa()?;
     let chunk_rows = chunking.rows_on(&x.device(), x.dims(), head.n_classes(), x.dtype())?;
-    if FusedBackend::of(&x.device()) == FusedBackend::Unsupported {
-        return Ok(None);
+    match FusedBackend::of(&x.device()) {
+        FusedBackend::Unsupported => return Ok(None),
+        // The CPU kernels' instruction-set cap, refused here if it names no level: the kernels
+        // below read it, and cannot return an error. Other devices never read it.
+        FusedBackend::Cpu => {
+            cpu_isa()?;
+        }
+        FusedBackend::Cube => {}
     }
     let detach = |tensor: Tensor<2>| match graph {
         Graph::Keep => tensor,

@@ -28,7 +28,7 @@
 //! | `gemm/packed.rs` | our packed GEMM (f32 sums): blocking, packing, threads |
 //! | `gemm/packed/kernel.rs` | its micro kernels as values, with the proof that the CPU runs them |
 //! | `gemm/packed/tile.rs` | `C` shared by the GEMM's tasks; the micro kernels' tiles (and AVX2's quarters) in and out |
-//! | `gemm/packed/transpose.rs` | packing lines that run along `k`: 16 x 16 transposes in AVX-512 |
+//! | `gemm/packed/transpose.rs` | packing lines that run along `k`: 16 x 16 transposes in AVX-512, 8 x 8 in AVX2 |
 //! | `gemm/packed/bf16_kernels.rs` | bf16 operands: pairs of `k` packed; the `vdpbf16ps` and widening AVX-512 micro kernels; which way a bf16 GEMM runs |
 //! | `gemm/packed/widened.rs` | bf16 operands widened to f32 as they are packed, for the f32 micro kernels (CPUs without AVX-512) |
 //! | `gemm/packed/f32_kernels.rs` | f32 operands: packed as they are; the AVX-512 and AVX2 micro kernels |
@@ -39,11 +39,11 @@
 //! | `chunks.rs` | many classes: chunks of `R` rows, three GEMMs each |
 //! | `few_classes.rs` | `C <= 16`: one streaming pass over the rows instead of GEMMs |
 //!
-//! The GEMMs (`gemm.rs`): in f32 on a CPU with AVX-512, from 2^27 multiply-adds on, our packed
-//! GEMM (`gemm/packed.rs`, on rayon's threads); elsewhere in f32, and in f64,
-//! `matrixmultiply`'s `sgemm`/`dgemm` (threaded over the cores by its `threading` feature, which burn's `rayon` feature turns on;
-//! AVX-512 (f64), AVX2 or portable kernels detected at run time); with the `openblas-system`
-//! feature, the system OpenBLAS in f32 and f64.
+//! The GEMMs (`gemm.rs`): in f32 on a CPU with AVX-512 or AVX2, from 2^27 multiply-adds on, and
+//! in bf16, our packed GEMM (`gemm/packed.rs`, on rayon's threads); elsewhere in f32, and in
+//! f64, `matrixmultiply`'s `sgemm`/`dgemm` (threaded over the cores by its `threading` feature,
+//! which burn's `rayon` feature turns on; AVX-512 (f64), AVX2 or portable kernels detected at
+//! run time); with the `openblas-system` feature, the system OpenBLAS in f32 and f64.
 //!
 //! bf16 (Flex): the GEMMs take the bf16 inputs as they are and sum in f32 (our packed GEMM,
 //! with `vdpbf16ps` where the CPU has AVX512-BF16); the `[R, C]` buffer, the row pass and `dW`'s

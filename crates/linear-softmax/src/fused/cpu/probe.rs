@@ -15,7 +15,8 @@ use crate::{Error, Result};
 /// `repeats` runs (after one run that touches every buffer). A measuring tool, not part of
 /// the API.
 ///
-/// Returns [`Error::UnsupportedDType`] for a float type other than f32, f64 and bf16.
+/// Returns [`Error::UnsupportedDType`] for a float type other than f32, f64 and bf16, and
+/// [`super::cpu_isa`]'s error for an invalid `LINEAR_SOFTMAX_MAX_CPU_ISA`.
 #[doc(hidden)]
 pub fn chunk_gemm_times(
     rows: usize,
@@ -24,6 +25,7 @@ pub fn chunk_gemm_times(
     dtype: DType,
     repeats: usize,
 ) -> Result<[Duration; 3]> {
+    super::cpu_isa()?;
     let shape = [rows, features, classes];
     match dtype {
         DType::F32 => Ok(times::<f32, f32>(shape, f32::from, repeats)),

@@ -10,7 +10,7 @@
 //! the rows of `C`.
 //!
 //! Operands whose lines run along `k` in memory (the rows of `X_r`, `dS_r` and `W` read as
-//! `W^T`) are packed by a transpose, in 16 x 16 register blocks with AVX-512
+//! `W^T`) are packed by a transpose, in 16 x 16 register blocks with AVX-512, 8 x 8 with AVX2
 //! (`packed/transpose.rs`); the others by copies, row after row of the block.
 //!
 //! The work is spread over rayon's threads by columns of `C`, each task packing the whole of
@@ -420,6 +420,7 @@ mod tests {
     use burn::tensor::bf16;
 
     use super::*;
+    use crate::fused::cpu::isa::CpuIsa;
 
     /// The operand types under test: made from small values (exact in bf16), read in f64.
     trait Value: Packed {
@@ -573,56 +574,98 @@ mod tests {
         }
     }
 
-    /// The kernels that sum in one order give the same bits (where the CPU runs them), over
-    /// partial tiles and beta 1, on values whose sums round (so that another order would
-    /// show): f32's AVX-512 and AVX2 kernels, over several blocks of `k`; for bf16, the pairs
-    /// widened in AVX-512 registers and the operands widened as packed, on either f32 kernel,
-    /// over one block of `k` (odd), since a partial tile's sums restart at each block, whose
-    /// length in `k` differs between pairs and single values.
+    /// Every micro kernel with fused multiply-adds gives, on whole tiles, the bits of the
+    /// plain sequence of fused multiply-adds from `C`'s value, `k` after `k` (over several
+    /// blocks of `k`, an odd count, beta 1, on values whose sums round): f32's AVX-512 and
+    /// AVX2 kernels; for bf16, the pairs widened in AVX-512 registers, and the operands widened
+    /// as they are packed on either f32 kernel. So the level a CPU runs changes no bit. (The
+    /// portable kernel rounds its products; `vdpbf16ps` its pairs.)
     #[test]
-    fn kernels_of_one_sum_order_agree_bit_for_bit() {
-        fn named<U>(micro: &MicroKernel<U>, names: &[&str]) -> bool {
-            names.contains(&format!("{micro:?}").as_str())
+    fn fused_kernels_give_the_bits_of_sequential_fused_multiply_adds() {
+        let fused = |name: String| name != "portable";
+        let f32_kernels: Vec<_> = f32_kernels::available()
+            .into_iter()
+            .filter(|micro| fused(format!("{micro:?}")))
+            .collect();
+        let pair_kernels: Vec<_> = bf16_kernels::available()
+            .into_iter()
+            .filter(|micro| format!("{micro:?}") == "avx512 widened")
+            .collect();
+        let level = crate::fused::cpu::isa::level();
+        assert_eq!(
+            f32_kernels.len(),
+            usize::from(level >= CpuIsa::Avx2) + usize::from(level >= CpuIsa::Avx512)
+        );
+        assert_eq!(pair_kernels.len(), usize::from(level >= CpuIsa::Avx512));
+        let same = |actual: Vec<u32>, expected: Vec<u32>, context: String| {
+            let differ = actual.iter().zip(&expected).filter(|(a, e)| a != e).count();
+            assert_eq!(
+                differ,
+                0,
+                "{context}: {differ} of {} elements differ",
+                actual.len()
+            );
+        };
+        for &micro in &f32_kernels {
+            let (f32_bits, widened) = (
+                product_bits::<f32>(micro),
+                product_bits::<widened::WidenedBf16>(micro),
+            );
+            same(f32_bits, reference_bits::<f32>(), format!("{micro:?}"));
+            same(
+                widened,
+                reference_bits::<bf16>(),
+                format!("{micro:?} widened"),
+            );
         }
-        let fma = ["avx512f", "avx2 fma"];
-        let f32_bits: Vec<_> = f32_kernels::available()
-            .into_iter()
-            .filter(|micro| named(micro, &fma))
-            .map(|micro| product_bits::<f32>(micro, 1100))
-            .collect();
-        let widened_bits = f32_kernels::available()
-            .into_iter()
-            .filter(|micro| named(micro, &fma))
-            .map(|micro| product_bits::<widened::WidenedBf16>(micro, 255));
-        let bf16_bits: Vec<_> = bf16_kernels::available()
-            .into_iter()
-            .filter(|micro| named(micro, &["avx512 widened"]))
-            .map(|micro| product_bits::<bf16>(micro, 255))
-            .chain(widened_bits)
-            .collect();
-        for bits in [f32_bits, bf16_bits] {
-            for other in &bits[1.min(bits.len())..] {
-                let differ = bits[0].iter().zip(other).filter(|(x, y)| x != y).count();
-                assert_eq!(differ, 0, "{differ} elements differ");
-            }
+        for micro in pair_kernels {
+            let bits = product_bits::<bf16>(micro);
+            same(bits, reference_bits::<bf16>(), format!("{micro:?}"));
         }
     }
 
-    /// The bits of `C + A B` for fixed `[29, k, 70]` operands of `P`, with `micro`, on one
-    /// thread (a split by ranges of `k` adds partial sums, at points that depend on the units
-    /// of `k` per block).
-    fn product_bits<P: Value>(micro: MicroKernel<P::Unit>, k: usize) -> Vec<u32> {
-        let [m, n] = [29, 70];
+    /// `[m, k, n]` of [`product_bits`]: whole tiles, blocks of `k` in either unit, `k` odd.
+    const BITS_SHAPE: [usize; 3] = [2 * MR, 1101, 2 * NR];
+
+    /// The operands of [`product_bits`] (rounded to `P`), and `C`'s starting value.
+    fn bits_operands<P: Value>() -> (Vec<P>, Vec<P>, Vec<f32>) {
+        let [m, k, n] = BITS_SHAPE;
         let value = |i: usize, seed: usize| P::of(((i * 7919 + seed) % 1009) as f32 / 317.0 - 1.5);
-        let a: Vec<P> = (0..m * k).map(|i| value(i, 1)).collect();
-        let b: Vec<P> = (0..k * n).map(|i| value(i, 5)).collect();
-        let mut c: Vec<f32> = (0..m * n).map(|i| i as f32 / 7.0).collect();
+        let a = (0..m * k).map(|i| value(i, 1)).collect();
+        let b = (0..k * n).map(|i| value(i, 5)).collect();
+        let c = (0..m * n).map(|i| i as f32 / 7.0).collect();
+        (a, b, c)
+    }
+
+    /// The bits of `C + A B` on [`bits_operands`] with `micro`, on one thread (a split by
+    /// ranges of `k` adds partial sums).
+    fn product_bits<P: Value>(micro: MicroKernel<P::Unit>) -> Vec<u32> {
+        let [m, k, n] = BITS_SHAPE;
+        let (a, b, mut c) = bits_operands::<P>();
         let (a, b) = (MatRef::row_major(&a, m, k), MatRef::row_major(&b, k, n));
         let one_thread = rayon::ThreadPoolBuilder::new().num_threads(1).build();
         one_thread
             .unwrap()
             .install(|| gemm(micro, a, b, 1.0, MatMut::row_major(&mut c, m, n)));
         c.iter().map(|c| c.to_bits()).collect()
+    }
+
+    /// The bits of `C + A B` on [`bits_operands`] of `P` by f32 fused multiply-adds, `k` after
+    /// `k`.
+    fn reference_bits<P: Value>() -> Vec<u32> {
+        let [m, k, n] = BITS_SHAPE;
+        let (a, b, c) = bits_operands::<P>();
+        let f32_of = |value: P| value.to_f64() as f32;
+        let mut bits = Vec::with_capacity(m * n);
+        for i in 0..m {
+            for j in 0..n {
+                let sum = (0..k).fold(c[i * n + j], |sum, p| {
+                    f32_of(a[i * k + p]).mul_add(f32_of(b[p * n + j]), sum)
+                });
+                bits.push(sum.to_bits());
+            }
+        }
+        bits
     }
 
     /// A view with neither stride 1 (a column of a wider matrix, read down): the general

@@ -6,8 +6,9 @@
 //!
 //! AVX-512 CPUs without AVX512-BF16 run the same packed loops with the pairs widened to f32
 //! in registers (`micro_avx512_widened`); the others pack the operands widened to f32
-//! (`widened.rs`) for the f32 micro kernels: the same sums either way, rounded after each
-//! product rather than each pair (and `vdpbf16ps` flushes subnormal inputs and results to
+//! (`widened.rs`) for the f32 micro kernels: the same sums in the same order either way (on
+//! whole tiles: a partial tile restarts its sums at each block of `k`, whose length differs
+//! between pairs and single values), rounded after each product rather than each pair (and `vdpbf16ps` flushes subnormal inputs and results to
 //! zero, rounding to nearest-even whatever the FPU's mode).
 
 use std::ops::Range;
@@ -120,7 +121,7 @@ impl Packed for bf16 {
 /// has AVX512-BF16, else for the pairs widened in AVX-512 registers (Skylake-SP to Ice Lake);
 /// on other CPUs widened to f32 as they are packed, for the f32 AVX2 kernel (or the portable
 /// one). Widened when packed on AVX-512, the LM-head step took 1.17-1.21 s against
-/// 1.13-1.15 s widened in registers (its panels twice the bytes); widened in registers on
+/// 1.12-1.15 s widened in registers (its panels twice the bytes); widened in registers on
 /// AVX2, 1.43-1.49 s against 1.18-1.20 s.
 pub(in crate::fused::cpu) fn gemm(
     a: MatRef<'_, bf16>,
@@ -257,7 +258,8 @@ unsafe fn micro_avx512bf16(
 /// loads of `B` widened into four vectors (a bf16 is the high half of an f32: the low value
 /// shifted up, the high one masked), `MR` broadcasts of `A` widened likewise, and `4 MR` fused
 /// multiply-adds into 24 accumulator registers, which start from `out` when accumulating: the
-/// f32 kernels' sums on operands widened as they are packed (`widened.rs`), in their order.
+/// f32 kernels' sums on operands widened as they are packed (`widened.rs`), in their order (on
+/// whole tiles; see the module's doc).
 ///
 /// # Safety
 /// As `Micro`'s; the CPU has AVX-512 F.

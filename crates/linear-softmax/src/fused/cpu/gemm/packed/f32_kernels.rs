@@ -4,7 +4,7 @@
 //!
 //! f32 GEMMs run it on CPUs with AVX2 and FMA, from 2^27 multiply-adds on: smaller ones, and
 //! every f32 GEMM on the other CPUs, take matrixmultiply's kernels (or OpenBLAS, with the
-//! `openblas-system` feature: `gemm.rs`). bf16 GEMMs on CPUs without AVX512-BF16 run these
+//! `openblas-system` feature: `gemm.rs`). bf16 GEMMs on CPUs without AVX-512 run these
 //! kernels on operands widened as they are packed (`widened.rs`), the portable one on CPUs
 //! without AVX2.
 
@@ -215,7 +215,7 @@ unsafe fn micro_avx2(
     accumulate: bool,
 ) {
     assert!(
-        a.len() >= depths * MR && b.len() >= depths * NR,
+        depths > 0 && a.len() >= depths * MR && b.len() >= depths * NR,
         "whole panels"
     );
     for column in [0, QC] {

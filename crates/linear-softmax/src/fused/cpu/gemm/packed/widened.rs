@@ -1,11 +1,11 @@
 //! bf16 operands widened to f32 as they are packed, for the f32 micro kernels: the bf16 GEMMs
 //! of CPUs without AVX-512 (AVX2 ones, and the portable kernel). A bf16 is the high half of an
 //! f32, so each value widens exactly, once per packing of its block, and the micro kernel runs
-//! at the f32 rate: capped to AVX2, the bf16 LM-head step took 1.18-1.20 s so, against
-//! 1.43-1.49 s with the pairs widened in the micro kernel at every use (a shift or a mask more
+//! at the f32 rate: capped to AVX2, the bf16 LM-head step took 1.21-1.25 s so, against
+//! 1.42-1.50 s with the pairs widened in the micro kernel at every use (a shift or a mask more
 //! per vector of `B` and per broadcast of `A`). The sums are the f32 kernel's: per element,
-//! `k` after `k` in fused multiply-adds from `C`'s value (those of the widening AVX-512
-//! kernel, `bf16_kernels.rs`, in its order).
+//! `k` after `k` in fused multiply-adds from `C`'s value on the vector kernels (those of the
+//! widening AVX-512 kernel, `bf16_kernels.rs`, in its order, on whole tiles).
 
 use std::ops::Range;
 
@@ -93,9 +93,13 @@ impl Packed for WidenedBf16 {
                 transpose::<W>(build, &starts[..width], full, words);
             }
             for p in 0..full {
+                // Row p of pairs, read as the words the transpose wrote (not as f32 values, which
+                // a NaN pattern need not survive on every target).
+                let row = &out[tail + p * W..][..W];
                 let mut pairs = [0_u32; W];
-                for (pair, word) in pairs.iter_mut().zip(&out[tail + p * W..][..W]) {
-                    *pair = word.to_bits();
+                for (t, pair) in pairs.iter_mut().enumerate() {
+                    // SAFETY: element t of `row`, read as the 4 bytes it is.
+                    *pair = unsafe { row.as_ptr().add(t).cast::<u32>().read() };
                 }
                 let (low, high) = out[2 * p * W..(2 * p + 2) * W].split_at_mut(W);
                 for ((low, high), &pair) in low.iter_mut().zip(high).zip(&pairs) {
