@@ -26,7 +26,7 @@
 use rayon::prelude::*;
 
 use super::float::RawFloat;
-use super::isa::IsaKind;
+use super::isa::CpuIsa;
 use super::rows::{ChunkRows, LANES, RowOutputs, row_kernel};
 use super::{Inputs, Outputs};
 
@@ -155,12 +155,12 @@ struct Partials<E> {
 /// build (separate multiply and add) otherwise.
 fn block_dispatch<E: RawFloat>(block: Block<'_, E>, shared: &Shared<'_, E>) -> Partials<E> {
     #[cfg(target_arch = "x86_64")]
-    match shared.chunk.isa.kind() {
-        // SAFETY: `Isa::detect` names these builds only on CPUs that have the features.
-        IsaKind::Avx512 => return unsafe { block_avx512(block, shared) },
+    match shared.chunk.isa.level() {
+        // SAFETY: `Isa::detect` names these levels only on CPUs that have the features.
+        CpuIsa::Avx512 | CpuIsa::Avx512Bf16 => return unsafe { block_avx512(block, shared) },
         // SAFETY: as above.
-        IsaKind::Avx2Fma => return unsafe { block_avx2(block, shared) },
-        IsaKind::Portable => {}
+        CpuIsa::Avx2 => return unsafe { block_avx2(block, shared) },
+        CpuIsa::Portable => {}
     }
     block_rows::<E, false, false>(block, shared)
 }

@@ -130,38 +130,23 @@ pub(super) fn level() -> CpuIsa {
 /// The build of the row code a call runs: detected once, where the call enters the CPU
 /// kernel, and handed down, so that every row of the call runs the same build.
 ///
-/// Only [`Isa::detect`] can name a vector build, and only after the CPU check: code that
-/// holds an `Isa` of kind [`IsaKind::Avx512`] may call the AVX-512 functions.
+/// Only [`Isa::detect`] makes one, from [`level`]: code that holds an `Isa` of level
+/// [`CpuIsa::Avx512`] (or above) may call the AVX-512 row functions (`f32` rows in 16-lane
+/// vectors), of level [`CpuIsa::Avx2`] the AVX2 + FMA ones.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Isa {
-    kind: IsaKind,
-}
-
-/// The builds of the row code.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum IsaKind {
-    /// AVX-512 (with AVX2 and FMA): `f32` rows in 16-lane vectors.
-    Avx512,
-    /// AVX2 with fused multiply-adds.
-    Avx2Fma,
-    /// Any CPU: separate multiplies and adds.
-    Portable,
+    level: CpuIsa,
 }
 
 impl Isa {
-    /// The build of [`level`] (on x86_64: AVX-512, else AVX2 + FMA, else portable).
+    /// The build of [`level`].
     pub(super) fn detect() -> Self {
-        let kind = match level() {
-            CpuIsa::Avx512 | CpuIsa::Avx512Bf16 => IsaKind::Avx512,
-            CpuIsa::Avx2 => IsaKind::Avx2Fma,
-            CpuIsa::Portable => IsaKind::Portable,
-        };
-        Self { kind }
+        Self { level: level() }
     }
 
     /// Which build.
-    pub(super) fn kind(self) -> IsaKind {
-        self.kind
+    pub(super) fn level(self) -> CpuIsa {
+        self.level
     }
 }
 

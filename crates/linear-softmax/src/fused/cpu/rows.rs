@@ -12,7 +12,7 @@
 use rayon::prelude::*;
 
 use super::float::RawFloat;
-use super::isa::{Isa, IsaKind};
+use super::isa::{CpuIsa, Isa};
 use crate::options::LossOptions;
 
 /// Per-row target data, read once from the host labels and options.
@@ -253,12 +253,14 @@ fn row_dispatch<E: RawFloat>(
 ) -> RowResult<E> {
     #[cfg(target_arch = "x86_64")]
     if std::any::TypeId::of::<E>() == std::any::TypeId::of::<f32>() {
-        match chunk.isa.kind() {
-            // SAFETY: `Isa::detect` names these builds only on CPUs that have the features.
-            IsaKind::Avx512 => return unsafe { row_avx512(row, chunk, local, partial) },
+        match chunk.isa.level() {
+            // SAFETY: `Isa::detect` names these levels only on CPUs that have the features.
+            CpuIsa::Avx512 | CpuIsa::Avx512Bf16 => {
+                return unsafe { row_avx512(row, chunk, local, partial) };
+            }
             // SAFETY: as above.
-            IsaKind::Avx2Fma => return unsafe { row_avx2(row, chunk, local, partial) },
-            IsaKind::Portable => {}
+            CpuIsa::Avx2 => return unsafe { row_avx2(row, chunk, local, partial) },
+            CpuIsa::Portable => {}
         }
     }
     row_kernel(row, chunk, local, partial)

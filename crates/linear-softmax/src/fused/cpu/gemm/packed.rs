@@ -119,6 +119,32 @@ fn pack_each_panel<P: Packed, const W: usize>(
     }
 }
 
+/// [`Packed::pack_panels`] for lines adjacent in memory (`line_stride` 1) whose units are
+/// single values, each made an f32 by `convert`: row after row of the whole range, so that
+/// each row is read in one run (across rows, strides of a whole row of `W` defeat the
+/// hardware's prefetchers), into every panel at once.
+#[inline(always)]
+fn pack_rows<T: Copy, const W: usize>(
+    lines: &Lines<'_, T>,
+    range: Range<usize>,
+    depths: Range<usize>,
+    out: &mut [f32],
+    convert: impl Fn(T) -> f32,
+) {
+    debug_assert_eq!(lines.line_stride, 1);
+    let units = depths.len();
+    for (p, depth) in depths.enumerate() {
+        let row = &lines.data[depth * lines.depth_stride + range.start..][..range.len()];
+        for (panel, values) in row.chunks(W).enumerate() {
+            let out = &mut out[(panel * units + p) * W..][..W];
+            for (out, &value) in out.iter_mut().zip(values) {
+                *out = convert(value);
+            }
+            out[values.len()..].fill(0.0);
+        }
+    }
+}
+
 /// `C <- A B + beta C` for `A` `[m, k]` and `B` `[k, n]` of `P`, `C` `[m, n]` in f32, with
 /// the micro kernel `micro`. `beta = 0` never reads `C`.
 pub(in crate::fused::cpu) fn gemm<P: Packed>(

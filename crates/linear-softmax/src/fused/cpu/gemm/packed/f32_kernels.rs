@@ -13,7 +13,7 @@ use std::ops::Range;
 #[cfg(target_arch = "x86_64")]
 use super::tile::{QC, QR};
 use super::transpose::transpose;
-use super::{Build, Lines, MicroKernel, Packed, pack_each_panel};
+use super::{Build, Lines, MicroKernel, Packed, pack_each_panel, pack_rows};
 use super::{MR, NR};
 
 impl Packed for f32 {
@@ -57,12 +57,11 @@ impl Packed for f32 {
         }
     }
 
-    /// Lines adjacent in memory (`W` read as `S_r = X_r W`'s B, `dS_r` as `dW`'s): row after
-    /// row of the whole range, so that each row is read in one run (across rows, strides of a
-    /// whole row of `W` defeat the hardware's prefetchers), into every panel at once.
+    /// Lines adjacent in memory (`W` read as `S_r = X_r W`'s B, `dS_r` as `dW`'s): copied row
+    /// after row of the whole range ([`pack_rows`]).
     #[inline(always)]
     fn pack_panels<const W: usize>(
-        lines: &Lines<'_, f32>,
+        lines: &Lines<'_, Self>,
         range: Range<usize>,
         depths: Range<usize>,
         out: &mut [f32],
@@ -71,22 +70,7 @@ impl Packed for f32 {
         if lines.line_stride != 1 {
             return pack_each_panel::<Self, W>(lines, range, depths, out, build);
         }
-        let units = depths.len();
-        for (p, depth) in depths.enumerate() {
-            let row = &lines.data[depth * lines.depth_stride + range.start..][..range.len()];
-            for (panel, values) in row.chunks(W).enumerate() {
-                let out = &mut out[(panel * units + p) * W..][..W];
-                if let (Ok(out), Ok(values)) = (
-                    <&mut [f32; W]>::try_from(&mut *out),
-                    <&[f32; W]>::try_from(values),
-                ) {
-                    *out = *values;
-                } else {
-                    out[..values.len()].copy_from_slice(values);
-                    out[values.len()..].fill(0.0);
-                }
-            }
-        }
+        pack_rows::<f32, W>(lines, range, depths, out, |value| value);
     }
 }
 

@@ -15,10 +15,25 @@ pub(super) unsafe fn transpose_portable<const W: usize>(
     out: &mut [u32],
 ) {
     assert!(lines.len() <= W && out.len() >= units * W);
+    // SAFETY: the caller's contract.
+    unsafe { words_one_by_one::<W>(lines, 0, 0..units, out) };
+}
+
+/// `out[p * W + first + t] = lines[t][p]` for the lines given and `p` in `units`, one word at
+/// a time: the portable transpose, and the words a vector one leaves.
+///
+/// # Safety
+/// Each `lines[t]` is valid for reads of `units.end` 4-byte words.
+unsafe fn words_one_by_one<const W: usize>(
+    lines: &[*const u32],
+    first: usize,
+    units: std::ops::Range<usize>,
+    out: &mut [u32],
+) {
     for (t, &line) in lines.iter().enumerate() {
-        for p in 0..units {
+        for p in units.clone() {
             // SAFETY: word p of the line (the caller's contract).
-            out[p * W + t] = unsafe { line.add(p).read_unaligned() };
+            out[p * W + first + t] = unsafe { line.add(p).read_unaligned() };
         }
     }
 }
@@ -81,12 +96,8 @@ pub(super) unsafe fn transpose_avx512<const W: usize>(
             }
         }
     }
-    for (t, &line) in lines.iter().enumerate() {
-        for p in whole..units {
-            // SAFETY: word p of the line (the caller's contract).
-            out[p * W + t] = unsafe { line.add(p).read_unaligned() };
-        }
-    }
+    // SAFETY: the caller's contract.
+    unsafe { words_one_by_one::<W>(lines, 0, whole..units, out) };
 }
 
 /// [`transpose_portable`] in 8 x 8 blocks of AVX2 registers: groups of 8 lines while 8 lanes
@@ -194,13 +205,12 @@ pub(super) unsafe fn transpose_avx2<const W: usize>(
         }
         t0 += lanes;
     }
-    // The lines no group took (none for panels of 12 or 32), then the units past the blocks.
-    for (t, &line) in lines.iter().enumerate() {
-        let units_left = if t < t0 { whole..units } else { 0..units };
-        for p in units_left {
-            // SAFETY: word p of the line (the caller's contract).
-            out[p * W + t] = unsafe { line.add(p).read_unaligned() };
-        }
+    // The units past the blocks, then the lines no group took (none for panels of 12 or 32).
+    let grouped = t0.min(lines.len());
+    // SAFETY: the caller's contract.
+    unsafe {
+        words_one_by_one::<W>(&lines[..grouped], 0, whole..units, out);
+        words_one_by_one::<W>(&lines[grouped..], grouped, 0..units, out);
     }
 }
 

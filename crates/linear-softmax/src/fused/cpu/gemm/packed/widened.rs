@@ -13,7 +13,7 @@ use burn::tensor::bf16;
 
 use super::super::MatRef;
 use super::transpose::transpose;
-use super::{Build, Lines, Packed, pack_each_panel};
+use super::{Build, Lines, Packed, pack_each_panel, pack_rows};
 
 /// A bf16 operand to be packed widened to f32.
 #[derive(Clone, Copy, Debug)]
@@ -127,9 +127,8 @@ impl Packed for WidenedBf16 {
         }
     }
 
-    /// Lines adjacent in memory (`W` read as `S_r = X_r W`'s B, `dS_r` as `dW`'s): row after
-    /// row of the whole range, each read in one run, widened into every panel at once (as
-    /// f32's, `f32_kernels.rs`).
+    /// Lines adjacent in memory (`W` read as `S_r = X_r W`'s B, `dS_r` as `dW`'s): widened row
+    /// after row of the whole range ([`pack_rows`]).
     #[inline(always)]
     fn pack_panels<const W: usize>(
         lines: &Lines<'_, Self>,
@@ -141,16 +140,6 @@ impl Packed for WidenedBf16 {
         if lines.line_stride != 1 {
             return pack_each_panel::<Self, W>(lines, range, depths, out, build);
         }
-        let units = depths.len();
-        for (p, depth) in depths.enumerate() {
-            let row = &lines.data[depth * lines.depth_stride + range.start..][..range.len()];
-            for (panel, values) in row.chunks(W).enumerate() {
-                let out = &mut out[(panel * units + p) * W..][..W];
-                for (out, value) in out.iter_mut().zip(values) {
-                    *out = value.to_f32();
-                }
-                out[values.len()..].fill(0.0);
-            }
-        }
+        pack_rows::<Self, W>(lines, range, depths, out, Self::to_f32);
     }
 }
