@@ -19,7 +19,7 @@ use super::super::{MatMut, MatRef};
 use super::f32_kernels;
 use super::transpose::transpose;
 use super::widened::widened;
-use super::{Build, Lines, MR, MicroKernel, NR, Packed, pack_each_panel};
+use super::{Build, Lines, MR, MicroKernel, NR, Packed, ROWS_AHEAD, pack_each_panel, prefetch_run};
 #[cfg(target_arch = "x86_64")]
 use crate::fused::cpu::isa::{CpuIsa, level};
 
@@ -91,6 +91,9 @@ impl Packed for bf16 {
             |depth: usize| &lines.data[depth * lines.depth_stride + range.start..][..range.len()];
         for p in 0..pairs {
             let depth = depths.start + 2 * p;
+            for ahead in depth + ROWS_AHEAD..(depth + ROWS_AHEAD + 2).min(depths.end) {
+                prefetch_run(row(ahead));
+            }
             let low = row(depth);
             // An odd last depth pairs with zeros.
             let high = (depth + 1 < depths.end).then(|| row(depth + 1));
