@@ -7,6 +7,7 @@
 
 use burn::tensor::bf16;
 
+#[cfg(target_arch = "x86_64")]
 use super::isa::{CpuIsa, level};
 
 /// Elements rounded per step: read whole into registers before any of them is written. A
@@ -208,6 +209,7 @@ mod tests {
     type Build = (&'static str, fn(&mut [f32]));
 
     /// Every build of the rounding this CPU can run, whatever the level in use.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
     fn builds() -> Vec<Build> {
         let mut builds: Vec<Build> = vec![("portable", round_blocks)];
         #[cfg(target_arch = "x86_64")]

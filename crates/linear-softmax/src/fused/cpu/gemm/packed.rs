@@ -133,12 +133,13 @@ fn pack_rows<T: Copy, const W: usize>(
 ) {
     debug_assert_eq!(lines.line_stride, 1);
     let units = depths.len();
-    let row = |depth: usize| &lines.data[depth * lines.depth_stride + range.start..][..range.len()];
+    let row_at =
+        |depth: usize| &lines.data[depth * lines.depth_stride + range.start..][..range.len()];
     for (p, depth) in depths.clone().enumerate() {
         if depth + ROWS_AHEAD < depths.end {
-            prefetch_run(row(depth + ROWS_AHEAD));
+            prefetch_run(row_at(depth + ROWS_AHEAD));
         }
-        let row = row(depth);
+        let row = row_at(depth);
         for (panel, values) in row.chunks(W).enumerate() {
             let out = &mut out[(panel * units + p) * W..][..W];
             for (out, &value) in out.iter_mut().zip(values) {
@@ -150,13 +151,15 @@ fn pack_rows<T: Copy, const W: usize>(
 }
 
 /// Rows ahead of the one being packed whose runs [`pack_rows`] (and the bf16 pairs' packing)
-/// prefetch: a run is short (a block's columns: 1 KiB for 256 f32), too short for the
+/// prefetch, within the block of `k` being packed (`W` for `S_r`; `dS_r` and `X_r^T` for
+/// `dW`): a run is short (a block's columns: 1 KiB for 256 f32), too short for the
 /// hardware's prefetchers to ramp up on. The f32 LM-head step of BENCHMARKS.md took ~2.5 % less
 /// with 4 rows ahead (`S_r` and `dW` 1-2 ms less a chunk, alternated runs), no less with 8,
 /// less so with 2; the bf16 step, whose runs are pairs of half the bytes, is level.
 const ROWS_AHEAD: usize = 4;
 
-/// Asks for every cache line of `run` to be brought into L1.
+/// Asks for every cache line of `run` to be brought into L1: an address every 64 bytes, and
+/// the last byte (a run that starts inside a line ends inside one more).
 #[inline(always)]
 fn prefetch_run<T>(run: &[T]) {
     #[cfg(target_arch = "x86_64")]
@@ -164,11 +167,14 @@ fn prefetch_run<T>(run: &[T]) {
         use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
         let bytes = std::mem::size_of_val(run);
         let start = run.as_ptr().cast::<i8>();
-        for offset in (0..bytes).step_by(64) {
+        let last = bytes.checked_sub(1);
+        for offset in (0..bytes).step_by(64).chain(last) {
             // SAFETY: a prefetch of an address inside `run`; it never faults.
             unsafe { _mm_prefetch::<_MM_HINT_T0>(start.add(offset)) };
         }
     }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = run;
 }
 
 /// `C <- A B + beta C` for `A` `[m, k]` and `B` `[k, n]` of `P`, `C` `[m, n]` in f32, with
