@@ -133,13 +133,9 @@ fn pack_rows<T: Copy, const W: usize>(
 ) {
     debug_assert_eq!(lines.line_stride, 1);
     let units = depths.len();
-    let row_at =
-        |depth: usize| &lines.data[depth * lines.depth_stride + range.start..][..range.len()];
     for (p, depth) in depths.clone().enumerate() {
-        if depth + ROWS_AHEAD < depths.end {
-            prefetch_run(row_at(depth + ROWS_AHEAD));
-        }
-        let row = row_at(depth);
+        lines.prefetch_ahead(depth..depth + 1, depths.end, range.clone());
+        let row = lines.run(depth, range.clone());
         for (panel, values) in row.chunks(W).enumerate() {
             let out = &mut out[(panel * units + p) * W..][..W];
             for (out, &value) in out.iter_mut().zip(values) {
@@ -300,6 +296,49 @@ impl<'a, T: Copy> Lines<'a, T> {
 
     fn get(&self, line: usize, depth: usize) -> T {
         self.data[line * self.line_stride + depth * self.depth_stride]
+    }
+
+    /// The values of lines `range` at `depth`, for lines adjacent in memory (`line_stride` 1):
+    /// one run.
+    fn run(&self, depth: usize, range: Range<usize>) -> &'a [T] {
+        &self.data[depth * self.depth_stride + range.start..][..range.len()]
+    }
+
+    /// Prefetches the runs ([`Lines::run`]) of `range` at the depths [`ROWS_AHEAD`] past
+    /// `depths`, those below `end`.
+    #[inline(always)]
+    fn prefetch_ahead(&self, depths: Range<usize>, end: usize, range: Range<usize>) {
+        for depth in depths.start + ROWS_AHEAD..(depths.end + ROWS_AHEAD).min(end) {
+            prefetch_run(self.run(depth, range.clone()));
+        }
+    }
+
+    /// The addresses of lines `range` (at most `W`) from `depth`, each line adjacent in memory
+    /// (`depth_stride` 1) and checked to hold `len` values there, as words for a transpose.
+    fn starts<const W: usize>(
+        &self,
+        range: Range<usize>,
+        depth: usize,
+        len: usize,
+    ) -> [*const u32; W] {
+        debug_assert_eq!(self.depth_stride, 1);
+        let mut starts = [std::ptr::null::<u32>(); W];
+        for (start, line) in starts.iter_mut().zip(range) {
+            let first = line * self.line_stride + depth;
+            *start = self.data[first..first + len].as_ptr().cast();
+        }
+        starts
+    }
+}
+
+/// Zeroes the units past `width` in each row of `W` of a packed panel (a partial panel's
+/// missing lines).
+#[inline(always)]
+fn zero_past_width<U: Copy + Default, const W: usize>(panel: &mut [U], width: usize) {
+    if width < W {
+        for row in panel.chunks_exact_mut(W) {
+            row[width..].fill(U::default());
+        }
     }
 }
 

@@ -19,7 +19,7 @@ use super::super::{MatMut, MatRef};
 use super::f32_kernels;
 use super::transpose::transpose;
 use super::widened::widened;
-use super::{Build, Lines, MR, MicroKernel, NR, Packed, ROWS_AHEAD, pack_each_panel, prefetch_run};
+use super::{Build, Lines, MR, MicroKernel, NR, Packed, pack_each_panel, zero_past_width};
 #[cfg(target_arch = "x86_64")]
 use crate::fused::cpu::isa::{CpuIsa, level};
 
@@ -43,11 +43,7 @@ impl Packed for bf16 {
         if lines.depth_stride == 1 && cfg!(target_endian = "little") {
             // A pair is adjacent in memory, a `u32` of the panel as it is (little-endian: the
             // lower depth in the low half): a transpose of the lines' words into the panel.
-            let mut starts = [std::ptr::null::<u32>(); W];
-            for (start, line) in starts.iter_mut().zip(range.clone()) {
-                let first = line * lines.line_stride + depths.start;
-                *start = lines.data[first..first + 2 * full].as_ptr().cast();
-            }
+            let starts = lines.starts::<W>(range.clone(), depths.start, 2 * full);
             // SAFETY: each start is valid for `2 full` bf16, read as `full` words; `out` holds
             // `pairs * W >= full * W` words.
             unsafe { transpose::<W>(build, &starts[..width], full, out) };
@@ -65,11 +61,7 @@ impl Packed for bf16 {
                 out[full * W + t] = bits(line, depth);
             }
         }
-        if width < W {
-            for p in 0..pairs {
-                out[p * W + width..(p + 1) * W].fill(0);
-            }
-        }
+        zero_past_width::<u32, W>(out, width);
     }
 
     /// Lines adjacent in memory (`W` read as `S_r = X_r W`'s B, `dS_r` as `dW`'s): pairs of
@@ -87,16 +79,12 @@ impl Packed for bf16 {
             return pack_each_panel::<Self, W>(lines, range, depths, out, build);
         }
         let pairs = depths.len().div_ceil(2);
-        let row =
-            |depth: usize| &lines.data[depth * lines.depth_stride + range.start..][..range.len()];
         for p in 0..pairs {
             let depth = depths.start + 2 * p;
-            for ahead in depth + ROWS_AHEAD..(depth + ROWS_AHEAD + 2).min(depths.end) {
-                prefetch_run(row(ahead));
-            }
-            let low = row(depth);
+            lines.prefetch_ahead(depth..depth + 2, depths.end, range.clone());
+            let low = lines.run(depth, range.clone());
             // An odd last depth pairs with zeros.
-            let high = (depth + 1 < depths.end).then(|| row(depth + 1));
+            let high = (depth + 1 < depths.end).then(|| lines.run(depth + 1, range.clone()));
             for (panel, start) in (0..range.len()).step_by(W).enumerate() {
                 let width = W.min(range.len() - start);
                 let out = &mut out[(panel * pairs + p) * W..][..W];

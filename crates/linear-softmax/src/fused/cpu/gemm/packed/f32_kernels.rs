@@ -13,7 +13,7 @@ use std::ops::Range;
 #[cfg(target_arch = "x86_64")]
 use super::tile::{QC, QR};
 use super::transpose::transpose;
-use super::{Build, Lines, MicroKernel, Packed, pack_each_panel, pack_rows};
+use super::{Build, Lines, MicroKernel, Packed, pack_each_panel, pack_rows, zero_past_width};
 use super::{MR, NR};
 
 impl Packed for f32 {
@@ -32,11 +32,7 @@ impl Packed for f32 {
         let out = &mut out[..depths.len() * W];
         if lines.depth_stride == 1 {
             // Each line is adjacent in memory: a transpose into the panel.
-            let mut starts = [std::ptr::null::<u32>(); W];
-            for (start, line) in starts.iter_mut().zip(range.clone()) {
-                let first = line * lines.line_stride + depths.start;
-                *start = lines.data[first..first + depths.len()].as_ptr().cast();
-            }
+            let starts = lines.starts::<W>(range.clone(), depths.start, depths.len());
             // SAFETY: each start is valid for `depths.len()` f32 (sliced above), read as their
             // bits; `out` holds `depths.len() * W` f32, written as bits.
             unsafe {
@@ -50,11 +46,7 @@ impl Packed for f32 {
                 }
             }
         }
-        if width < W {
-            for row in out.chunks_exact_mut(W) {
-                row[width..].fill(0.0);
-            }
-        }
+        zero_past_width::<f32, W>(out, width);
     }
 
     /// Lines adjacent in memory (`W` read as `S_r = X_r W`'s B, `dS_r` as `dW`'s): copied row

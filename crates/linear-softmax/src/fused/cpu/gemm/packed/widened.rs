@@ -13,7 +13,7 @@ use burn::tensor::bf16;
 
 use super::super::MatRef;
 use super::transpose::transpose;
-use super::{Build, Lines, Packed, pack_each_panel, pack_rows};
+use super::{Build, Lines, Packed, pack_each_panel, pack_rows, zero_past_width};
 
 /// A bf16 operand to be packed widened to f32.
 #[derive(Clone, Copy, Debug)]
@@ -80,11 +80,7 @@ impl Packed for WidenedBf16 {
         let full = units / 2;
         if lines.depth_stride == 1 && full > 0 && cfg!(target_endian = "little") {
             let tail = out.len() - full * W;
-            let mut starts = [std::ptr::null::<u32>(); W];
-            for (start, line) in starts.iter_mut().zip(range.clone()) {
-                let first = line * lines.line_stride + depths.start;
-                *start = lines.data[first..first + 2 * full].as_ptr().cast();
-            }
+            let starts = lines.starts::<W>(range.clone(), depths.start, 2 * full);
             // SAFETY: each start is valid for `2 full` bf16, read as `full` words; the tail
             // holds `full * W` f32, written as words.
             unsafe {
@@ -120,11 +116,7 @@ impl Packed for WidenedBf16 {
                 }
             }
         }
-        if width < W {
-            for row in out.chunks_exact_mut(W) {
-                row[width..].fill(0.0);
-            }
-        }
+        zero_past_width::<f32, W>(out, width);
     }
 
     /// Lines adjacent in memory (`W` read as `S_r = X_r W`'s B, `dS_r` as `dW`'s): widened row
