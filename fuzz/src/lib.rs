@@ -6,7 +6,7 @@
 //! input under `fuzz/regressions/<target>/` (the inputs that once failed) through it.
 
 use burn::prelude::*;
-use linear_softmax::{LinearSoftmaxConfig, LossOptions, LossPath, Targets};
+use linear_softmax::{LinearSoftmax, LinearSoftmaxConfig, LossOptions, LossPath, Targets};
 use linear_softmax_cli::data::{Dataset, LabelColumn, idx_dataset, parse_csv, parse_labelled_csv};
 use linear_softmax_cli::model;
 
@@ -66,7 +66,8 @@ pub fn model_dir(data: &[u8]) {
 
 /// `Targets` from arbitrary values through each constructor (the first byte picks it; then the
 /// shape and the values): every target a constructor accepts gives a finite loss and finite
-/// gradients on every path, through `.backward()`.
+/// gradients on every path, through `.backward()`, for an input of the targets' leading shape
+/// (`[N, D]`, or `[B, T, D]` for a sequence batch).
 pub fn targets(data: &[u8]) {
     let mut input = Bytes(data);
     let device = Device::flex();
@@ -85,6 +86,7 @@ pub fn targets(data: &[u8]) {
             Targets::from_tensor(
                 Tensor::<1, Int>::from_data(TensorData::new(labels, [len]), &device),
                 n_classes,
+                None,
             )
         }
         5 => {
@@ -92,7 +94,7 @@ pub fn targets(data: &[u8]) {
             let batch = rows.clamp(1, labels.len().max(1));
             let time = labels.len() / batch;
             let labels = labels[..batch * time].to_vec();
-            Targets::from_sequence_tensor(
+            Targets::from_tensor(
                 Tensor::<2, Int>::from_data(TensorData::new(labels, [batch, time]), &device),
                 n_classes,
                 Some(ignore_index),
@@ -115,17 +117,25 @@ pub fn targets(data: &[u8]) {
     if targets.is_empty() || targets.n_classes() > MAX_HEAD_CLASSES {
         return;
     }
+    let device = device.autodiff();
     let head = LinearSoftmaxConfig::new(3, targets.n_classes())
-        .init(&device.clone().autodiff())
+        .init(&device)
         .expect("a valid head");
-    let x = Tensor::<2>::ones([targets.len(), 3], &device.clone().autodiff());
-    let mut options = LossOptions::new();
-    if constructor == 1 || constructor == 5 {
-        options.ignore_index = Some(ignore_index);
+    let x = Tensor::<2>::ones([targets.len(), 3], &device);
+    match targets.shape() {
+        &[_] => loss_on_every_path(&head, x, &targets),
+        &[batch, time] => loss_on_every_path(&head, x.reshape([batch, time, 3]), &targets),
+        shape => panic!("targets of rank 1 or 2 from these constructors, not {shape:?}"),
     }
-    for path in [LossPath::Autodiff, LossPath::Manual, LossPath::Fused] {
+}
+
+/// The loss of `head` on `(x, targets)` on every path: accepted, finite, and with a finite
+/// gradient of the weight through `.backward()`.
+fn loss_on_every_path<const K: usize>(head: &LinearSoftmax, x: Tensor<K>, targets: &Targets) {
+    for path in LossPath::ALL {
+        let options = LossOptions::new().with_path(path);
         let loss = head
-            .loss_with_path(x.clone(), &targets, &options, path)
+            .loss(x.clone(), targets, &options)
             .unwrap_or_else(|err| panic!("{path}: accepted targets refused: {err}"));
         // The user's route ends in backward (which also frees the graph: Burn keeps the graph
         // of a tracked loss that never reaches backward, tracel-ai/burn#4970).

@@ -73,15 +73,18 @@ impl Classifier {
     /// The fused loss of a batch, with the predictions and labels Burn's metrics read.
     ///
     /// Burn's `AccuracyMetric` takes the `argmax` of `ClassificationOutput`'s `output`: the
-    /// one-hot rows of the predictions the fused pass found (`loss_with_stats`) carry exactly
+    /// one-hot rows of the predictions the fused pass found (`LossOptions::stats`) carry exactly
     /// that, so the metric needs no second forward pass through the head. They are constants,
     /// outside the graph.
     pub fn forward_classification(&self, batch: RowBatch) -> ClassificationOutput {
         let features = self.features(batch.x);
-        let (loss, stats) = self
+        let options = LossOptions::new().with_stats(true);
+        let output = self
             .head
-            .loss_with_stats(features, &batch.targets, &LossOptions::new())
+            .loss_output(features, &batch.targets, &options)
             .expect("train_with_learner checked the batches' shape against the model");
+        let stats = output.stats.expect("options.stats asks for them");
+        let loss = output.loss;
         let rows = stats.predictions.dims()[0];
         let device = loss.device();
         let predicted = Tensor::<2>::zeros([rows, self.head.n_classes()], &device).scatter(

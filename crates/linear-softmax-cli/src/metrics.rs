@@ -9,7 +9,7 @@ use crate::data::Dataset;
 use crate::error::Result;
 use crate::host::{to_host_f64, to_host_i64};
 use crate::model::Classifier;
-use linear_softmax::autodiff::cross_entropy;
+use linear_softmax::{LossOptions, LossReduction, Targets, math};
 
 /// Rows per forward pass when evaluating, to bound memory on large data sets.
 const EVALUATION_ROWS: usize = 4096;
@@ -106,6 +106,12 @@ pub fn evaluate(model: &Classifier, data: &Dataset, device: &Device) -> Result<E
         confusion,
         mean_loss: loss_sum / data.len().max(1) as f64,
     })
+}
+
+/// Mean softmax cross-entropy of `logits` `[N, C]` against class-index `targets`, `[1]`.
+fn cross_entropy(logits: Tensor<2>, targets: &Targets) -> Tensor<1> {
+    let (rows, cache) = math::softmax_cross_entropy_forward(logits, targets, &LossOptions::new());
+    math::reduction_forward(rows, cache.denominator, LossReduction::Mean)
 }
 
 impl fmt::Display for Evaluation {

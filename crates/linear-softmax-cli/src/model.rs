@@ -97,7 +97,7 @@ impl Classifier {
     pub fn d_input(&self) -> usize {
         match self.hidden.first() {
             Some(layer) => layer.weight.shape()[0],
-            None => self.head.d_input(),
+            None => self.head.n_features(),
         }
     }
 

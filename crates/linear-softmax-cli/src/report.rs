@@ -141,7 +141,8 @@ impl PathComparison {
         for (dtype, head, x, targets, paths_tolerance, numerical_tolerance) in precisions {
             let mut results = Vec::with_capacity(paths.len());
             for &path in paths {
-                let gradients = path.loss_and_gradients(head, x.clone(), targets, options)?;
+                let on_path = options.clone().with_path(path);
+                let gradients = head.gradients(x.clone(), targets, &on_path)?;
                 let gradients = HostGradients::from_tensors(&gradients)?;
                 comparison.losses.push(PathLoss {
                     dtype,

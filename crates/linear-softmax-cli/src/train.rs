@@ -24,7 +24,7 @@ use crate::metrics::evaluate;
 use crate::model::Classifier;
 use linear_softmax::LossOptions;
 use linear_softmax::Targets;
-use linear_softmax::manual;
+use linear_softmax::math;
 use linear_softmax::{LinearSoftmax, LossPath, LossStats};
 
 /// The optimizer of [`train`], from `burn::optim`.
@@ -74,7 +74,9 @@ pub struct TrainConfig {
     pub learning_rate: f64,
     /// Which optimizer.
     pub optimizer: OptimizerKind,
-    /// Which gradient path.
+    /// Which gradient path: the head's [`LossOptions::path`] in every step (it overrides
+    /// `options.path`), and with [`LossPath::Manual`] the hand-derived backward through the
+    /// hidden layers too.
     pub path: LossPath,
     /// The loss options (L2, ...).
     pub options: LossOptions,
@@ -90,7 +92,7 @@ pub struct EpochMetrics {
     /// Mean training loss over the epoch's steps (with the L2 penalty, as optimised).
     pub train_loss: f64,
     /// Accuracy on the epoch's training batches, each counted by its own step's loss pass
-    /// (before that step's update; `loss_with_stats`, no second forward pass), as Keras and
+    /// (before that step's update; `LossOptions::stats`, no second forward pass), as Keras and
     /// burn-train report it.
     pub train_accuracy: f64,
     /// Mean cross-entropy on the test set after the epoch.
@@ -240,16 +242,20 @@ fn graph_step(
     options: &LossOptions,
     path: LossPath,
 ) -> Result<Step> {
-    let (loss, stats) = path.loss_with_stats(&model.head, model.features(x), targets, options)?;
+    let options = options.clone().with_path(path).with_stats(true);
+    let output = model
+        .head
+        .loss_output(model.features(x), targets, &options)?;
+    let stats = output.stats.expect("options.stats asks for the statistics");
     Ok(Step {
-        loss: to_host_f64(&loss)?[0],
-        gradients: GradientsParams::from_grads(loss.backward(), model),
+        loss: to_host_f64(&output.loss)?[0],
+        gradients: GradientsParams::from_grads(output.loss.backward(), model),
         stats,
     })
 }
 
 /// The hand-derived backward: the head's `dW, db, dX`, then, layer by layer downwards,
-/// ReLU backward `dZ = dA * [Z > 0]` and [`manual::linear_backward`].
+/// ReLU backward `dZ = dA * [Z > 0]` and [`math::linear_backward`].
 fn manual_step(
     model: &Classifier,
     x: Tensor<2>,
@@ -264,8 +270,9 @@ fn manual_step(
         saved.push((activation, pre_activation.clone()));
         activation = relu(pre_activation);
     }
-    let (head, stats) =
-        manual::loss_gradients_and_stats(&model.head, activation, targets, options)?;
+    let options = options.clone().with_path(LossPath::Manual).with_stats(true);
+    let head = model.head.gradients(activation, targets, &options)?;
+    let stats = head.stats.expect("options.stats asks for the statistics");
     let mut gradients = GradientsParams::new();
     let linear = &model.head.linear;
     gradients.register(linear.weight.id, head.d_weight);
@@ -275,7 +282,7 @@ fn manual_step(
     let mut d_activation = head.d_input;
     for (layer, (input, pre_activation)) in model.hidden.iter().zip(saved).rev() {
         let d_pre_activation = d_activation.mask_fill(pre_activation.lower_equal_elem(0.0), 0.0);
-        let layer_gradients = manual::linear_backward(
+        let layer_gradients = math::linear_backward(
             input,
             layer.weight.val(),
             layer.bias.is_some(),
@@ -342,8 +349,9 @@ pub struct EpochReport {
     pub test_accuracy: f64,
 }
 
-/// Trains `head` with SGD on `train` using [`manual::loss_and_gradients`], calling `on_epoch`
-/// after each epoch with the test accuracy on `test`.
+/// Trains `head` with SGD on `train` using the hand-derived gradients
+/// ([`LinearSoftmax::gradients`] with [`LossPath::Manual`], which overrides `options.path`),
+/// calling `on_epoch` after each epoch with the test accuracy on `test`.
 pub fn train_sgd(
     mut head: LinearSoftmax,
     train: &Dataset,
@@ -354,6 +362,7 @@ pub fn train_sgd(
     mut on_epoch: impl FnMut(&EpochReport),
 ) -> Result<LinearSoftmax> {
     check_step_settings(config.batch_size, config.learning_rate)?;
+    let options = options.clone().with_path(LossPath::Manual);
     let mut rng = StdRng::seed_from_u64(config.seed);
     let mut order: Vec<usize> = (0..train.len()).collect();
     for epoch in 1..=config.epochs {
@@ -364,7 +373,7 @@ pub fn train_sgd(
             let batch = train.subset(rows);
             let x = batch.features_tensor(device);
             let targets = batch.targets(device)?;
-            let gradients = manual::loss_and_gradients(&head, x, &targets, options)?;
+            let gradients = head.gradients(x, &targets, &options)?;
             loss_sum += to_host_f64(&gradients.loss)?[0];
             steps += 1;
             head = sgd_step(

@@ -14,7 +14,7 @@ use burn::prelude::*;
 use burn::tensor::DType;
 use clap::Parser;
 use linear_softmax::{
-    Chunking, LinearSoftmax, LinearSoftmaxConfig, LossOptions, LossPath, Reduction, Targets,
+    Chunking, LinearSoftmax, LinearSoftmaxConfig, LossOptions, LossPath, LossReduction, Targets,
 };
 use linear_softmax_cli::cli::{self, Cli, Failure};
 use linear_softmax_cli::data::{LabelColumn, load_csv, load_idx};
@@ -82,9 +82,8 @@ fn batch() -> Batch {
     }
 }
 
-/// A row for each path, through the route users take: `loss_with_path(..)?` then
-/// `.backward()` on the model's autodiff device; and a row for each path's plain
-/// `loss_and_gradients`.
+/// A row for each path, through the route users take: `head.loss(..)?` then `.backward()` on
+/// the model's autodiff device; and a row for each path's plain `head.gradients(..)`.
 fn head_cases(
     input: &str,
     expected: &[&str],
@@ -95,13 +94,14 @@ fn head_cases(
         let make_graph = make.clone();
         cases.push(case(
             input,
-            format!("head.loss_with_path({path})?.backward()"),
+            format!("{path}: head.loss(..)?.backward()"),
             expected,
             move || {
                 let b = make_graph()?;
+                let options = b.options.with_path(path);
                 let loss = b
                     .head
-                    .loss_with_path(b.x, &b.targets, &b.options, path)
+                    .loss(b.x, &b.targets, &options)
                     .map_err(|err| err.to_string())?;
                 loss.sum().backward();
                 Ok(())
@@ -110,11 +110,14 @@ fn head_cases(
         let make_plain = make.clone();
         cases.push(case(
             input,
-            format!("{path}: loss_and_gradients"),
+            format!("{path}: head.gradients(..)"),
             expected,
             move || {
                 let b = make_plain()?;
-                path.loss_and_gradients(&b.head.valid(), b.x.inner(), &b.targets, &b.options)
+                let options = b.options.with_path(path);
+                b.head
+                    .valid()
+                    .gradients(b.x.inner(), &b.targets, &options)
                     .outcome()
             },
         ));
@@ -221,7 +224,7 @@ fn head_rows() -> Vec<Case> {
             "l2 with reduction none",
             LossOptions::new()
                 .with_l2(0.1)
-                .with_reduction(Reduction::None),
+                .with_reduction(LossReduction::None),
             "l2 = 0.1",
         ),
         (
@@ -244,28 +247,22 @@ fn head_rows() -> Vec<Case> {
             LossOptions::new().with_pad_tokens(Some(vec![7])),
             "pad token = 7",
         ),
+        (
+            "chunk rows 0",
+            LossOptions::new().with_chunking(Chunking::new().with_rows(Some(0))),
+            "chunk rows = 0",
+        ),
     ];
     for (input, options_value, expected) in bad_options {
         rows.extend(head_cases(input, &[expected], options(options_value)));
     }
     rows.extend(head_cases(
-        "probability targets with ignore_index",
-        &["ignore_index", "class-index targets"],
+        "probability targets with pad_tokens",
+        &["pad_tokens", "class-index targets"],
         || {
             Ok(Batch {
                 targets: Targets::from_probabilities(&[1.0 / 3.0; 9], [3, 3], &device()).unwrap(),
-                options: LossOptions::new().with_ignore_index(Some(-100)),
-                ..batch()
-            })
-        },
-    ));
-    rows.extend(head_cases(
-        "labels with -100, options without ignore_index",
-        &["ignore_index = None"],
-        || {
-            Ok(Batch {
-                targets: Targets::from_indices_with_ignore(&[0, -100, 2], 3, -100, &device())
-                    .unwrap(),
+                options: LossOptions::new().with_pad_tokens(Some(vec![0])),
                 ..batch()
             })
         },
@@ -366,29 +363,37 @@ fn construction_rows() -> Vec<Case> {
         ),
         case(
             "sequence input [2, 0, 4]",
-            "LinearSoftmax::sequence_loss",
+            "LinearSoftmax::loss ([B, T, D])",
             &["empty batch"],
             move || {
                 let head = LinearSoftmaxConfig::new(4, 3).init(&d()).unwrap();
                 let labels = Tensor::<2, Int>::zeros([2, 0], &d());
-                let targets = Targets::from_sequence_tensor(labels, 3, None).unwrap();
+                let targets = Targets::from_tensor(labels, 3, None).unwrap();
                 let x = Tensor::<3>::zeros([2, 0, 4], &d());
-                head.sequence_loss(x, &targets, &LossOptions::new())
-                    .outcome()
+                head.loss(x, &targets, &LossOptions::new()).outcome()
             },
         ),
         case(
             "sequence input [2, 3, 0]",
-            "LinearSoftmax::sequence_loss",
+            "LinearSoftmax::loss ([B, T, D])",
             &["0 features", "expects 4"],
             move || {
                 let head = LinearSoftmaxConfig::new(4, 3).init(&d()).unwrap();
                 let targets =
-                    Targets::from_sequence_tensor(Tensor::<2, Int>::zeros([2, 3], &d()), 3, None)
-                        .unwrap();
+                    Targets::from_tensor(Tensor::<2, Int>::zeros([2, 3], &d()), 3, None).unwrap();
                 let x = Tensor::<3>::zeros([2, 3, 0], &d());
-                head.sequence_loss(x, &targets, &LossOptions::new())
-                    .outcome()
+                head.loss(x, &targets, &LossOptions::new()).outcome()
+            },
+        ),
+        case(
+            "flat targets [6] for input [2, 3, 4]",
+            "LinearSoftmax::loss ([B, T, D])",
+            &["got [6]", "[2, 3]"],
+            move || {
+                let head = LinearSoftmaxConfig::new(4, 3).init(&d()).unwrap();
+                let targets = Targets::from_indices(&[0, 1, 2, 0, 1, 2], 3, &d()).unwrap();
+                let x = Tensor::<3>::zeros([2, 3, 4], &d());
+                head.loss(x, &targets, &LossOptions::new()).outcome()
             },
         ),
         case(

@@ -10,14 +10,15 @@
 //! Groups: `classifier` (N = 256, D = 784, C = 10), `lm_head` (N = 2048, D = 512, C = 32768),
 //! `sweep_c` (N = 2048, D = 512, C in {4096, 32768, 131072}) and `sweep_n` (D = 512, C = 32768,
 //! N in {512, 2048, 8192}), in f32; `lm_head_bf16`: the LM head with bf16 inputs and parameters,
-//! on the backends that have bf16 (Flex). Paths: our `autodiff` path, the `manual` (hand-derived) gradients,
-//! the `fused` op (default chunking), Burn's `Linear` + `CrossEntropyLoss` (`burn_ce`), all
-//! through `.backward()` except `manual` (which returns its gradients directly),
-//! `fused_stats` (the fused step through `fused::loss_with_stats`, which also returns the
-//! predictions and the correct count: its cost over `fused` is the statistics'), and the
-//! `floor`: the step's three GEMMs `S = XW`, `X^T G`, `G W^T` on the same backend (transposes
-//! made contiguous before timing). The LM-sized steps take about a second each: those groups
-//! take ten single-iteration samples.
+//! on the backends that have bf16 (Flex). Paths (`LossOptions::path`): our `autodiff` path, the
+//! `manual` (hand-derived) gradients, the `fused` op (default chunking), Burn's `Linear` +
+//! `CrossEntropyLoss` (`burn_ce`), all through `.backward()` except `manual` (`head.gradients`,
+//! which returns its gradients directly), `fused_stats` (the fused step through
+//! `head.loss_output` with `LossOptions::stats`, which also returns the predictions and the
+//! correct count: its cost over `fused` is the statistics'), and the `floor`: the step's three
+//! GEMMs `S = XW`, `X^T G`, `G W^T` on the same backend (transposes made contiguous before
+//! timing). The LM-sized steps take about a second each: those groups take ten
+//! single-iteration samples.
 
 use std::time::Duration;
 
@@ -25,7 +26,7 @@ use burn::nn::loss::CrossEntropyLossConfig;
 use burn::prelude::*;
 use burn::tensor::DType;
 use criterion::{BenchmarkId, Criterion, SamplingMode, criterion_group, criterion_main};
-use linear_softmax::{LinearSoftmax, LossOptions, LossPath, Targets, check_dtype, fused, manual};
+use linear_softmax::{LinearSoftmax, LossOptions, LossPath, Targets, check_dtype};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
@@ -105,7 +106,10 @@ fn step(kind: Step, p: &Problem) -> f32 {
             first(d_weight) + first(d_input)
         }
         Step::Manual => {
-            let g = manual::loss_and_gradients(&p.head, p.x.clone(), &p.targets, &options)
+            let options = options.with_path(LossPath::Manual);
+            let g = p
+                .head
+                .gradients(p.x.clone(), &p.targets, &options)
                 .expect("a valid batch");
             first(g.d_weight) + first(g.d_input)
         }
@@ -115,13 +119,16 @@ fn step(kind: Step, p: &Problem) -> f32 {
             let mut correct = 0.0;
             let loss = match kind {
                 Step::Autodiff => {
-                    head.loss_with_path(x.clone(), &p.targets, &options, LossPath::Autodiff)
+                    let options = options.with_path(LossPath::Autodiff);
+                    head.loss(x.clone(), &p.targets, &options)
                 }
-                Step::Fused => fused::loss(&head, x.clone(), &p.targets, &options),
-                Step::FusedStats => fused::loss_with_stats(&head, x.clone(), &p.targets, &options)
-                    .map(|(loss, stats)| {
+                Step::Fused => head.loss(x.clone(), &p.targets, &options),
+                Step::FusedStats => head
+                    .loss_output(x.clone(), &p.targets, &options.with_stats(true))
+                    .map(|output| {
+                        let stats = output.stats.expect("options.stats asks for them");
                         correct = stats.correct.into_scalar::<i64>() as f32;
-                        loss
+                        output.loss
                     }),
                 _ => {
                     let logits = head.linear.forward(x.clone());

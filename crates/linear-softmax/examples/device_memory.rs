@@ -20,8 +20,7 @@ use std::process::Command;
 
 use burn::prelude::*;
 use burn::tensor::DeviceKind;
-use linear_softmax::fused::{self, Chunking};
-use linear_softmax::{LinearSoftmax, LossOptions, Targets, autodiff};
+use linear_softmax::{Chunking, LinearSoftmax, LossOptions, LossPath, Targets};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
@@ -29,7 +28,7 @@ const FEATURES: usize = 256;
 const CLASSES: usize = 8192;
 const CHUNK_ROWS: usize = 256;
 const ROWS: [usize; 4] = [1024, 2048, 4096, 8192];
-const PATHS: [&str; 2] = ["autodiff", "fused"];
+const PATHS: [LossPath; 2] = [LossPath::Autodiff, LossPath::Fused];
 const MIB: f64 = 1024.0 * 1024.0;
 
 fn main() {
@@ -37,6 +36,7 @@ fn main() {
     if let [_, flag, path, rows] = args.as_slice()
         && flag == "--one"
     {
+        let path: LossPath = path.parse().expect("a path's name");
         let rows: usize = rows.parse().expect("a row count");
         println!("{}", extra_bytes(path, rows));
         return;
@@ -52,7 +52,7 @@ fn main() {
     for rows in ROWS {
         let figures = PATHS.map(|path| {
             let output = Command::new(&exe)
-                .args(["--one", path, &rows.to_string()])
+                .args(["--one", path.name(), &rows.to_string()])
                 .output()
                 .expect("the child process runs");
             assert!(output.status.success(), "{path} N={rows}: {output:?}");
@@ -69,7 +69,7 @@ fn main() {
 }
 
 /// The extra bytes one step of `path` reserves on a fresh device, for `rows` rows.
-fn extra_bytes(path: &str, rows: usize) -> i64 {
+fn extra_bytes(path: LossPath, rows: usize) -> i64 {
     let plain = Device::wgpu(DeviceKind::DefaultDevice);
     let mut rng = StdRng::seed_from_u64(1);
     let mut uniform = |len: usize, scale: f32| -> Vec<f32> {
@@ -97,16 +97,13 @@ fn extra_bytes(path: &str, rows: usize) -> i64 {
     device.sync().expect("the uploads finish");
     let before = peak_resident_bytes();
 
-    let options = LossOptions::new();
-    let loss = match path {
-        "autodiff" => autodiff::loss(&head, x.clone(), &targets, &options),
-        "fused" => {
-            let chunking = Chunking::new().with_rows(Some(CHUNK_ROWS));
-            fused::loss_with_chunking(&head, x.clone(), &targets, &options, &chunking)
-        }
-        other => panic!("unknown path {other}"),
-    }
-    .expect("a valid batch");
+    // The chunking is the fused path's; the autodiff path takes the whole batch at once.
+    let options = LossOptions::new()
+        .with_path(path)
+        .with_chunking(Chunking::new().with_rows(Some(CHUNK_ROWS)));
+    let loss = head
+        .loss(x.clone(), &targets, &options)
+        .expect("a valid batch");
     let grads = loss.backward();
     // Taken out of the graph and kept alive until the measurement.
     let d_weight = head.weight().grad(&grads).expect("dW");

@@ -6,11 +6,11 @@
 use burn::prelude::*;
 
 use crate::error::Result;
-use crate::gradients::HeadGradients;
 use crate::head::LinearSoftmax;
 use crate::host::{to_host_f64, to_host_i64};
-use crate::options::{LossOptions, Reduction};
-use crate::targets::{TargetKind, Targets};
+use crate::loss::HeadGradients;
+use crate::loss::options::{LossOptions, LossReduction};
+use crate::loss::targets::{TargetKind, Targets};
 
 /// Default step `h`: balances truncation error `O(h^2)` against `f64` round-off `O(eps / h)`.
 pub const DEFAULT_STEP: f64 = 1e-5;
@@ -108,9 +108,10 @@ struct HostProblem {
     weight: Vec<f64>,
     bias: Option<Vec<f64>>,
     targets: HostTargets,
-    d_input: usize,
+    n_features: usize,
     n_classes: usize,
     options: LossOptions,
+    ignore_index: Option<i64>,
 }
 
 impl HostProblem {
@@ -121,6 +122,7 @@ impl HostProblem {
         options: &LossOptions,
     ) -> Result<Self> {
         head.check_loss_inputs(x, targets, options)?;
+        let ignore_index = targets.ignore_index();
         let targets = match targets.kind() {
             TargetKind::Classes { indices, .. } => HostTargets::Classes(to_host_i64(indices)?),
             TargetKind::Probabilities(p) => HostTargets::Probabilities(to_host_f64(p)?),
@@ -130,21 +132,22 @@ impl HostProblem {
             weight: to_host_f64(&head.weight())?,
             bias: head.bias().as_ref().map(to_host_f64).transpose()?,
             targets,
-            d_input: head.d_input(),
+            n_features: head.n_features(),
             n_classes: head.n_classes(),
             options: options.clone(),
+            ignore_index,
         })
     }
 
     /// The loss in `f64`, straight from the definition in [`LossOptions`], one row at a time
     /// (reduction none is summed, as `loss.backward()` seeds every entry with 1).
     fn loss(&self) -> f64 {
-        let (d, c) = (self.d_input, self.n_classes);
+        let (d, c) = (self.n_features, self.n_classes);
         let options = &self.options;
         let eps = options.label_smoothing;
         let class_weight = |k: usize| options.weights.as_ref().map_or(1.0, |w| w[k]);
         let ignored = |label: i64| {
-            options.ignore_index == Some(label)
+            self.ignore_index == Some(label)
                 || options
                     .pad_tokens
                     .iter()
@@ -196,7 +199,7 @@ impl HostProblem {
                 + options.z_loss * lse * lse;
         }
         let reduced = match options.reduction {
-            Reduction::Mean if denominator != 0.0 => total / denominator,
+            LossReduction::Mean if denominator != 0.0 => total / denominator,
             _ => total,
         };
         reduced + options.l2 * self.weight.iter().map(|w| w * w).sum::<f64>()

@@ -1,4 +1,5 @@
-//! The head itself: a [`Linear`] layer whose logits feed a softmax.
+//! The head itself: a [`Linear`] layer whose logits feed a softmax. Its losses live with the
+//! paths that compute them (`paths/mod.rs`): this module imports none of them.
 
 use burn::module::Param;
 use burn::nn::{Initializer, Linear, LinearConfig};
@@ -8,10 +9,8 @@ use burn::tensor::activation::softmax;
 
 use crate::error::{Error, Result};
 use crate::host::to_host_f64;
-use crate::loss_path::LossPath;
-use crate::options::LossOptions;
-use crate::stats::LossStats;
-use crate::targets::Targets;
+use crate::loss::{LossOptions, Targets};
+use crate::math::log_sum_exp;
 
 /// Configuration of a [`LinearSoftmax`] head, created with [`init`](LinearSoftmaxConfig::init).
 #[derive(Config, Debug)]
@@ -56,12 +55,15 @@ impl LinearSoftmaxConfig {
 /// A linear layer followed by a softmax over classes: `S = X W + b`, `A = softmax(S)`.
 ///
 /// The weight is `[D, C]` (Burn's row layout), so the scores are exactly `X W + b`. Training
-/// goes through one of the three loss paths: [`crate::autodiff`], [`crate::manual`] and
-/// [`crate::fused`] (see [`LossPath`] and [`LinearSoftmax::loss`]).
+/// goes through [`loss`](Self::loss) (the loss as a graph node),
+/// [`loss_output`](Self::loss_output) (the loss and what the same pass knows) or
+/// [`gradients`](Self::gradients) (the gradients as plain values), by the path that
+/// [`LossOptions::path`](crate::LossOptions::path) chooses.
 ///
 /// # Shapes
-/// - input `x`: `[N, D]`
-/// - logits, probabilities: `[N, C]`
+/// - input `x`: `[.., D]` (`[N, D]`, `[B, T, D]`, ...) for `forward`, `probabilities` and the
+///   losses; `[N, D]` for `predict` and `log_sum_exp`
+/// - logits, probabilities: `[.., C]`
 /// - predictions, log-sum-exp: `[N]`
 ///
 /// # Example
@@ -120,8 +122,8 @@ impl LinearSoftmax {
         self.linear.bias.as_ref().map(Param::val)
     }
 
-    /// Number of input features `D`.
-    pub fn d_input(&self) -> usize {
+    /// Number of input features `D` (the config's `d_input`, Burn's `LinearConfig` name).
+    pub fn n_features(&self) -> usize {
         self.linear.weight.shape()[0]
     }
 
@@ -141,11 +143,11 @@ impl LinearSoftmax {
         }
     }
 
-    /// Checks that `x` is a non-empty `[N, D]` batch for this head, on its device and in its
+    /// Checks that `x` is a non-empty `[.., D]` batch for this head, on its device and in its
     /// float type, which the device computes in (metadata only: nothing is read from the
     /// device).
-    pub(crate) fn check_input(&self, x: &Tensor<2>) -> Result<()> {
-        check_input_dims(x.dims(), self.d_input())?;
+    pub(crate) fn check_input<const K: usize>(&self, x: &Tensor<K>) -> Result<()> {
+        check_input_dims(&x.dims(), self.n_features())?;
         // Devices compare by hardware: a plain input for a head on the autodiff device of the
         // same backend is fine (it is a constant of the graph).
         let head_device = self.linear.weight.device();
@@ -211,17 +213,21 @@ impl LinearSoftmax {
         Ok(())
     }
 
-    /// Checks `x` and that `targets` has one label per row of `x` and this head's class count.
-    pub(crate) fn check_batch(&self, x: &Tensor<2>, targets: &Targets) -> Result<()> {
+    /// Checks `x` and that `targets` has the leading shape of `x` and this head's class count.
+    pub(crate) fn check_batch<const K: usize>(
+        &self,
+        x: &Tensor<K>,
+        targets: &Targets,
+    ) -> Result<()> {
         self.check_input(x)?;
-        check_targets(x.dims()[0], targets, self.n_classes())
+        check_targets(&x.dims()[..K - 1], targets, self.n_classes())
     }
 
     /// Everything every loss path checks before computing: the options (against this head's
     /// class count), the batch's shapes, and the targets' kind against the options.
-    pub(crate) fn check_loss_inputs(
+    pub(crate) fn check_loss_inputs<const K: usize>(
         &self,
-        x: &Tensor<2>,
+        x: &Tensor<K>,
         targets: &Targets,
         options: &LossOptions,
     ) -> Result<()> {
@@ -230,15 +236,15 @@ impl LinearSoftmax {
         targets.check_options(options)
     }
 
-    /// Logits `S = X W + b`, `[N, C]`.
-    pub fn forward(&self, x: Tensor<2>) -> Result<Tensor<2>> {
+    /// Logits `S = X W + b`, `[.., C]` for `x` `[.., D]`.
+    pub fn forward<const K: usize>(&self, x: Tensor<K>) -> Result<Tensor<K>> {
         self.check_input(&x)?;
         Ok(self.linear.forward(x))
     }
 
-    /// Class probabilities `softmax(S)` along the class dimension, `[N, C]`.
-    pub fn probabilities(&self, x: Tensor<2>) -> Result<Tensor<2>> {
-        Ok(softmax(self.forward(x)?, 1))
+    /// Class probabilities `softmax(S)` along the class (last) dimension, `[.., C]`.
+    pub fn probabilities<const K: usize>(&self, x: Tensor<K>) -> Result<Tensor<K>> {
+        Ok(softmax(self.forward(x)?, K - 1))
     }
 
     /// The most probable class of each row, `[N]` (Int).
@@ -250,138 +256,6 @@ impl LinearSoftmax {
     pub fn log_sum_exp(&self, x: Tensor<2>) -> Result<Tensor<1>> {
         Ok(log_sum_exp(self.forward(x)?))
     }
-
-    /// The training loss (`L = (1/N) sum_i (lse_i - S_{i, y_i})` without options; see
-    /// [`LossOptions`] for the rest), through the fused op ([`LossPath::Fused`]).
-    ///
-    /// On an autodiff device (`head.train()`, or `x` produced by tracked layers),
-    /// `loss.backward()` gives every tracked tensor its gradient.
-    ///
-    /// # Shapes
-    /// - `x`: `[N, D]`, `targets`: `[N]` or `[N, C]`, result: `[1]` (`[N]` with reduction none)
-    pub fn loss(
-        &self,
-        x: Tensor<2>,
-        targets: &Targets,
-        options: &LossOptions,
-    ) -> Result<Tensor<1>> {
-        self.loss_with_path(x, targets, options, LossPath::default())
-    }
-
-    /// [`loss`](Self::loss) and the per-row log-sum-exp `lse_i` `[N]` of the (capped) logits
-    /// from the same fused pass (no second forward, no `[N, C]` tensor), detached from the
-    /// graph: e.g. to watch the quantity a z-loss pulls towards 0.
-    ///
-    /// # Shapes
-    /// - results: `[1]` (`[N]` with reduction none) and `[N]`
-    pub fn loss_and_log_sum_exp(
-        &self,
-        x: Tensor<2>,
-        targets: &Targets,
-        options: &LossOptions,
-    ) -> Result<(Tensor<1>, Tensor<1>)> {
-        LossPath::default().loss_and_log_sum_exp(self, x, targets, options)
-    }
-
-    /// [`loss`](Self::loss) and the per-row [`LossStats`] from the same fused pass: each
-    /// row's predicted class, the number of correct rows among those not ignored, the target
-    /// log-probabilities and `lse`, with no second forward pass and (on a backend with the
-    /// fused op) no `[N, C]` tensor (see [`crate::fused::loss_with_stats`]). The statistics are
-    /// detached from the graph.
-    ///
-    /// # Shapes
-    /// - `x`: `[N, D]`, `targets`: `[N]` or `[N, C]`, loss: `[1]` (`[N]` with reduction none)
-    pub fn loss_with_stats(
-        &self,
-        x: Tensor<2>,
-        targets: &Targets,
-        options: &LossOptions,
-    ) -> Result<(Tensor<1>, LossStats)> {
-        LossPath::default().loss_with_stats(self, x, targets, options)
-    }
-
-    /// [`sequence_loss`](Self::sequence_loss) and the per-token [`LossStats`] (token accuracy
-    /// over the non-padding positions, token log-likelihoods), by the fused op.
-    ///
-    /// # Shapes
-    /// - `x`: `[B, T, D]`, `targets`: `[B, T]` labels; the statistics' rows are the `B * T`
-    ///   positions (`.reshape([B, T])` gives the grid)
-    pub fn sequence_loss_with_stats(
-        &self,
-        x: Tensor<3>,
-        targets: &Targets,
-        options: &LossOptions,
-    ) -> Result<(Tensor<1>, LossStats)> {
-        LossPath::default().sequence_loss_with_stats(self, x, targets, options)
-    }
-
-    /// The loss of a sequence batch `x` `[B, T, D]` (an LM head) by the fused op: the rows
-    /// `x.reshape([B * T, D])`, see [`LossPath::sequence_loss`].
-    ///
-    /// # Shapes
-    /// - `x`: `[B, T, D]`, `targets`: `[B, T]` labels ([`Targets::from_sequence_tensor`]),
-    ///   result: `[1]` (`[B * T]` with reduction none)
-    ///
-    /// # Example
-    /// ```
-    /// use burn::prelude::*;
-    /// use linear_softmax::{LinearSoftmaxConfig, LossOptions, Targets};
-    ///
-    /// let device = Device::flex().autodiff();
-    /// let head = LinearSoftmaxConfig::new(8, 50).init(&device).unwrap();
-    /// // Two sequences of 4 tokens; the second is padded after 2 tokens (label -100).
-    /// let hidden = Tensor::<3>::random([2, 4, 8], burn::tensor::Distribution::Default, &device)
-    ///     .require_grad();
-    /// let labels = Tensor::<2, Int>::from_data([[3, 14, 15, 9], [2, 6, -100, -100]], &device);
-    /// let targets = Targets::from_sequence_tensor(labels, 50, Some(-100)).unwrap();
-    /// let options = LossOptions::new().with_ignore_index(Some(-100));
-    /// let loss = head.sequence_loss(hidden.clone(), &targets, &options).unwrap();
-    /// let grads = loss.backward();
-    /// assert_eq!(hidden.grad(&grads).unwrap().dims(), [2, 4, 8]);
-    /// ```
-    pub fn sequence_loss(
-        &self,
-        x: Tensor<3>,
-        targets: &Targets,
-        options: &LossOptions,
-    ) -> Result<Tensor<1>> {
-        LossPath::default().sequence_loss(self, x, targets, options)
-    }
-
-    /// The rows `[B * T, D]` of a sequence batch `x` `[B, T, D]`, checked first: Burn's
-    /// `reshape` reads a 0 as "keep this dimension", so an empty batch or a 0-wide input would
-    /// be a shape panic there instead of an error.
-    pub(crate) fn sequence_rows(&self, x: Tensor<3>) -> Result<Tensor<2>> {
-        let [batch, time, features] = x.dims();
-        if batch * time == 0 {
-            return Err(Error::EmptyBatch);
-        }
-        if features != self.d_input() {
-            return Err(Error::InputWidthMismatch {
-                got: features,
-                expected: self.d_input(),
-            });
-        }
-        Ok(x.reshape([batch * time, features]))
-    }
-
-    /// [`loss`](Self::loss) through a chosen [`LossPath`], to compare the paths.
-    pub fn loss_with_path(
-        &self,
-        x: Tensor<2>,
-        targets: &Targets,
-        options: &LossOptions,
-        path: LossPath,
-    ) -> Result<Tensor<1>> {
-        path.loss(self, x, targets, options)
-    }
-}
-
-/// Stable `log sum_k exp(S_ik)` of each row of `logits` `[N, C]`, as `[N]`.
-pub fn log_sum_exp(logits: Tensor<2>) -> Tensor<1> {
-    let row_max = logits.clone().max_dim(1).detach();
-    let sum_exp = (logits - row_max.clone()).exp().sum_dim(1);
-    (row_max + sum_exp.log()).squeeze_dim(1)
 }
 
 /// Whether the head can compute its loss on `device` in `dtype`: every loss call checks this,
@@ -442,24 +316,47 @@ fn first_non_finite(tensor: &Tensor<2>) -> Result<Option<(usize, usize)>> {
     Ok(first.map(|index| (index / columns, index % columns)))
 }
 
-pub(crate) fn check_input_dims([rows, features]: [usize; 2], d_input: usize) -> Result<()> {
-    if rows == 0 {
+/// Checks the dims of an input `[.., D]`: at least one row, width `n_features`. Burn's
+/// `reshape` reads a 0 as "keep this dimension", so an empty batch must be refused before
+/// the rows are flattened.
+pub(crate) fn check_input_dims(dims: &[usize], n_features: usize) -> Result<()> {
+    let (&features, leading) = dims
+        .split_last()
+        .expect("a tensor has at least one dimension");
+    if leading.is_empty() {
+        return Err(Error::ShapeMismatch {
+            what: "input",
+            expected: vec![1, n_features],
+            got: dims.to_vec(),
+        });
+    }
+    if leading.iter().product::<usize>() == 0 {
         return Err(Error::EmptyBatch);
     }
-    if features != d_input {
+    if features != n_features {
         return Err(Error::InputWidthMismatch {
             got: features,
-            expected: d_input,
+            expected: n_features,
         });
     }
     Ok(())
 }
 
-pub(crate) fn check_targets(rows: usize, targets: &Targets, n_classes: usize) -> Result<()> {
+/// Checks that `targets` has one target per row of an input of leading shape `leading`, in that
+/// shape, and `n_classes` classes.
+pub(crate) fn check_targets(leading: &[usize], targets: &Targets, n_classes: usize) -> Result<()> {
+    let rows = leading.iter().product::<usize>();
     if targets.len() != rows {
         return Err(Error::TargetCountMismatch {
             targets: targets.len(),
             rows,
+        });
+    }
+    if targets.shape() != leading {
+        return Err(Error::ShapeMismatch {
+            what: "targets (the leading shape of the input)",
+            expected: leading.to_vec(),
+            got: targets.shape().to_vec(),
         });
     }
     if targets.n_classes() != n_classes {

@@ -1,9 +1,11 @@
 //! Reading tensors back to the host: where user data enters (validating targets built from
 //! tensors) and in the finite-difference witness, never inside a loss path's op.
 //!
-//! Every read in the crate goes through these two functions, and each counts itself on the
-//! calling thread, so a test can assert that a fused forward and backward read nothing back
-//! (on a GPU each read would be a device synchronisation).
+//! Every read of a device tensor's values goes through these two functions, and each counts
+//! itself on the calling thread, so a test can assert that a fused forward and backward read
+//! nothing back (on a GPU each read would be a device synchronisation). The one other
+//! `into_data` is the raw CPU kernels' (`fused/cpu/buffers.rs`): it copies a non-contiguous
+//! CPU primitive into a host buffer, which on Flex and NdArray is already host memory.
 
 use std::cell::Cell;
 

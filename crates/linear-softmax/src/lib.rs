@@ -1,16 +1,29 @@
 //! # linear-softmax
 //!
-//! A `Linear` layer followed by softmax cross-entropy for [Burn](https://burn.dev), with three
-//! ways of computing its gradients that are tested to agree:
+//! A `Linear` layer followed by softmax cross-entropy for [Burn](https://burn.dev), whose
+//! gradients are computed three ways that are tested to agree:
 //!
-//! 1. [`autodiff`]: ordinary tensor ops, differentiated by Burn's autograd (the reference);
-//! 2. [`manual`]: the hand-derived backward `dS = (A - Y) / N`, `dW = X^T dS`,
-//!    `db = colsum(dS)`, `dX = dS W^T`, as explicit tensor code;
-//! 3. [`fused`]: one custom autodiff op, chunked over rows, whose gradients are computed in the
-//!    forward pass and never need the `[N, C]` logits (the default of [`LinearSoftmax::loss`]);
+//! 1. **autodiff**: ordinary tensor ops, differentiated by Burn's autograd (the reference);
+//! 2. **manual**: the hand-derived backward `dS = (A - Y) / N`, `dW = X^T dS`,
+//!    `db = colsum(dS)`, `dX = dS W^T`, as explicit tensor code ([`math`] has every pair);
+//! 3. **fused**: one custom autodiff op, chunked over rows, whose gradients are computed in the
+//!    forward pass and never need the `[N, C]` logits (the default);
 //!
 //! and [`gradcheck`]: centred finite differences in `f64`, the independent witness.
-//! [`LossPath`] switches between the three wherever a loss is asked for.
+//!
+//! # One call per job
+//!
+//! | job | the call |
+//! |---|---|
+//! | the loss as a graph node, `x` `[.., D]` | [`head.loss(x, &targets, &options)?`](LinearSoftmax::loss), then `.backward()` |
+//! | the loss and `lse`, statistics from the same pass | [`head.loss_output(..)`](LinearSoftmax::loss_output) -> [`LossOutput`] |
+//! | the gradients `dW, db, dX` as plain values | [`head.gradients(..)`](LinearSoftmax::gradients) -> [`HeadGradients`] |
+//! | which path, which chunking, statistics or not | fields of [`LossOptions`]: [`LossPath`], [`Chunking`], `stats` |
+//! | logits, probabilities, predictions | [`forward`](LinearSoftmax::forward), [`probabilities`](LinearSoftmax::probabilities), [`predict`](LinearSoftmax::predict) |
+//! | targets: labels (ignore index), probabilities, multi-hot | [`Targets`]'s constructors |
+//! | the pieces of the math, forward and backward | [`math`] |
+//! | finite differences | [`gradcheck`] |
+//! | which kernel runs, the CPU's instruction set | [`diagnostics`] |
 //!
 //! # Errors, NaN and infinity
 //!
@@ -22,7 +35,7 @@
 //!
 //! ```
 //! use burn::prelude::*;
-//! use linear_softmax::{LinearSoftmaxConfig, LossOptions, Targets, autodiff, manual};
+//! use linear_softmax::{LinearSoftmaxConfig, LossOptions, LossPath, Targets};
 //!
 //! let device = Device::flex();
 //! let head = LinearSoftmaxConfig::new(3, 4).init(&device)?;
@@ -30,35 +43,29 @@
 //! let targets = Targets::from_indices(&[3, 0], 4, &device)?;
 //! let options = LossOptions::new();
 //!
-//! let by_hand = manual::loss_and_gradients(&head, x.clone(), &targets, &options)?;
-//! let by_autograd = autodiff::loss_and_gradients(&head, x, &targets, &options)?;
-//! let difference = (by_hand.d_weight - by_autograd.d_weight).abs().max().into_scalar::<f32>();
+//! let fused = head.gradients(x.clone(), &targets, &options)?;
+//! let reference = head.gradients(x, &targets, &options.with_path(LossPath::Autodiff))?;
+//! let difference = (fused.d_weight - reference.d_weight).abs().max().into_scalar::<f32>();
 //! assert!(difference < 1e-6);
 //! # Ok::<(), linear_softmax::Error>(())
 //! ```
 
-pub mod autodiff;
+pub mod diagnostics;
 mod error;
-pub mod fused;
+mod fused;
 pub mod gradcheck;
-mod gradients;
 mod head;
 mod host;
-mod loss_path;
-pub mod manual;
-mod options;
-mod resolved;
-mod stats;
-mod targets;
+mod loss;
+pub mod math;
+mod paths;
 
 pub use error::{Error, Result};
-pub use fused::Chunking;
-pub use gradients::HeadGradients;
-pub use head::{LinearSoftmax, LinearSoftmaxConfig, check_dtype, log_sum_exp};
-pub use loss_path::LossPath;
-pub use options::{LossOptions, Reduction};
-pub use stats::LossStats;
-pub use targets::{PROBABILITY_SUM_TOLERANCE, TargetKind, Targets};
+pub use head::{LinearSoftmax, LinearSoftmaxConfig, check_dtype};
+pub use loss::{
+    Chunking, HeadGradients, LossOptions, LossOutput, LossPath, LossReduction, LossStats,
+    PROBABILITY_SUM_TOLERANCE, TargetKind, Targets,
+};
 
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]

@@ -5,7 +5,7 @@ mod common;
 
 use burn::prelude::*;
 use common::{assert_close, assert_gradients_close, backends, dtypes, host, problem, shapes};
-use linear_softmax::{LossOptions, autodiff, manual};
+use linear_softmax::{LossOptions, LossPath};
 
 #[test]
 fn manual_matches_autodiff_on_every_backend_dtype_and_shape() {
@@ -17,17 +17,11 @@ fn manual_matches_autodiff_on_every_backend_dtype_and_shape() {
                     for l2 in [0.0, 0.05] {
                         let seed = cases as u64;
                         let p = problem(shape, bias, dtype, &device, seed);
-                        let options = LossOptions::new().with_l2(l2);
-                        let by_hand =
-                            manual::loss_and_gradients(&p.head, p.x.clone(), &p.targets, &options)
-                                .unwrap();
-                        let by_autograd = autodiff::loss_and_gradients(
-                            &p.head,
-                            p.x.clone(),
-                            &p.targets,
-                            &options,
-                        )
-                        .unwrap();
+                        let [by_hand, by_autograd] =
+                            [LossPath::Manual, LossPath::Autodiff].map(|path| {
+                                let options = LossOptions::new().with_l2(l2).with_path(path);
+                                p.head.gradients(p.x.clone(), &p.targets, &options).unwrap()
+                            });
                         let context = format!("{backend} {dtype:?} {shape:?} bias={bias} l2={l2}");
                         assert_eq!(by_hand.d_weight.dtype(), dtype, "{context}: manual dtype");
                         assert_eq!(
@@ -47,21 +41,17 @@ fn manual_matches_autodiff_on_every_backend_dtype_and_shape() {
 
 #[test]
 fn graph_loss_backpropagates_into_a_tracked_head() {
-    // `autodiff::loss` on a head living on an autodiff device: `.backward()` reaches the
-    // module's own parameters, as in a training loop.
+    // The autodiff path's loss on a head living on an autodiff device: `.backward()` reaches
+    // the module's own parameters, as in a training loop.
     for (backend, device) in backends() {
         let p = problem([7, 31, 10], true, burn::tensor::DType::F64, &device, 3);
-        let expected =
-            manual::loss_and_gradients(&p.head, p.x.clone(), &p.targets, &LossOptions::new())
-                .unwrap();
+        let by_hand = LossOptions::new().with_path(LossPath::Manual);
+        let expected = p.head.gradients(p.x.clone(), &p.targets, &by_hand).unwrap();
         let tracked = p.head.clone().train();
-        let loss = autodiff::loss(
-            &tracked,
-            p.x.clone().autodiff(),
-            &p.targets,
-            &LossOptions::new(),
-        )
-        .unwrap();
+        let options = LossOptions::new().with_path(LossPath::Autodiff);
+        let loss = tracked
+            .loss(p.x.clone().autodiff(), &p.targets, &options)
+            .unwrap();
         let grads = loss.backward();
         let d_weight = tracked
             .linear

@@ -14,8 +14,8 @@ use common::{
     BF16_VS_F32, F32_AGREEMENT, F64_AGREEMENT, assert_close, assert_half_precision_matches_f32,
     loss_backward, problem, uniform,
 };
-use linear_softmax::fused::{CpuIsa, MAX_CPU_ISA_VAR, cpu_isa};
-use linear_softmax::{Error, LossOptions, LossPath, Reduction};
+use linear_softmax::diagnostics::{CpuIsa, MAX_CPU_ISA_VAR, cpu_isa};
+use linear_softmax::{Error, LossOptions, LossPath, LossReduction};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
@@ -51,7 +51,7 @@ fn every_level_and_a_bad_cap_agree_in_child_processes() {
 
 /// Run by the test above, in a child process with a cap: the level is the one the parent
 /// expects, or every fused call is refused; the fused path agrees with the autodiff path
-/// through `loss_with_path(..)?.backward()` in f32 (a chunk large enough for the packed GEMM),
+/// through `loss(..)?.backward()` in f32 (a chunk large enough for the packed GEMM),
 /// f64 and bf16 (against f32), and with at most 16 classes (the streaming pass).
 #[test]
 #[ignore = "run by every_level_and_a_bad_cap_agree_in_child_processes, in a child process"]
@@ -62,12 +62,8 @@ fn the_fused_path_agrees_under_this_process_cap() {
         // A cap that names no level: refused by the fused path, whichever call comes first.
         let cap = std::env::var(MAX_CPU_ISA_VAR).expect("the parent sets the cap");
         let p = problem([3, 4, 5], true, DType::F32, &device, 1);
-        let refused = p.head.loss_with_path(
-            p.x.clone(),
-            &p.targets,
-            &LossOptions::new(),
-            LossPath::Fused,
-        );
+        let fused = LossOptions::new().with_path(LossPath::Fused);
+        let refused = p.head.loss(p.x.clone(), &p.targets, &fused);
         let expected = |error: &Error| {
             matches!(error, Error::InvalidOption { name, value, .. }
                 if *name == MAX_CPU_ISA_VAR && *value == cap)
@@ -92,7 +88,7 @@ fn the_fused_path_agrees_under_this_process_cap() {
             TensorData::new(uniform(&mut rng, n, 2.0), [n]),
             (&device, dtype),
         );
-        for reduction in [Reduction::Mean, Reduction::None] {
+        for reduction in [LossReduction::Mean, LossReduction::None] {
             let options = LossOptions::new().with_reduction(reduction);
             let fused = loss_backward(&p, &p.targets, &options, LossPath::Fused, &upstream);
             let reference = loss_backward(&p, &p.targets, &options, LossPath::Autodiff, &upstream);

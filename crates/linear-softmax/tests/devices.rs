@@ -9,7 +9,7 @@ mod common;
 use burn::prelude::*;
 use burn::tensor::DType;
 use common::{F32_AGREEMENT, assert_close, backends, loss_backward, problem, uniform};
-use linear_softmax::{LossOptions, LossPath, Reduction};
+use linear_softmax::{LossOptions, LossPath, LossReduction};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
@@ -39,7 +39,7 @@ fn every_device_runs_every_path_with_the_same_numbers() {
     let (flex, flex_upstream) = on(&Device::flex());
     for (name, device) in devices() {
         let (p, upstream) = on(&device);
-        for reduction in [Reduction::Mean, Reduction::None] {
+        for reduction in [LossReduction::Mean, LossReduction::None] {
             let options = LossOptions::new()
                 .with_reduction(reduction)
                 .with_z_loss(1e-3);

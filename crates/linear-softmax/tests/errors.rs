@@ -6,7 +6,7 @@ use burn::prelude::*;
 use burn::tensor::DType;
 use common::{backends, problem};
 use linear_softmax::{
-    Error, LinearSoftmax, LinearSoftmaxConfig, LossOptions, LossPath, Targets, autodiff, manual,
+    Error, LinearSoftmax, LinearSoftmaxConfig, LossOptions, LossPath, LossReduction, Targets,
 };
 
 fn device() -> Device {
@@ -36,14 +36,15 @@ fn labels_out_of_range_name_the_first_bad_index_and_value() {
     );
 
     let tensor = Tensor::<1, Int>::from_data(TensorData::new(vec![2i64, 3], [2]), &device());
-    let err = Targets::from_tensor(tensor, 3).unwrap_err();
+    let err = Targets::from_tensor(tensor, 3, None).unwrap_err();
     assert_eq!(
         err.to_string(),
         "label 3 at index 1 is out of range: expected a class in 0..3"
     );
 }
 
-/// Each path must reject the same bad batch with the same error.
+/// Each path must reject the same bad batch with the same error, as gradients and as a graph
+/// node.
 fn for_each_path(
     head: &LinearSoftmax,
     x: Tensor<2>,
@@ -51,23 +52,14 @@ fn for_each_path(
     options: &LossOptions,
     expected: &str,
 ) {
-    let results = [
-        (
-            "manual",
-            manual::loss_and_gradients(head, x.clone(), targets, options).map(|_| ()),
-        ),
-        (
-            "autodiff",
-            autodiff::loss_and_gradients(head, x.clone(), targets, options).map(|_| ()),
-        ),
-        (
-            "autodiff graph",
-            autodiff::loss(head, x, targets, options).map(|_| ()),
-        ),
-    ];
-    for (path, result) in results {
-        let err = result.expect_err(path);
-        assert_eq!(err.to_string(), expected, "{path}");
+    for path in LossPath::ALL {
+        let options = options.clone().with_path(path);
+        let gradients = head.gradients(x.clone(), targets, &options).map(|_| ());
+        let graph = head.loss(x.clone(), targets, &options).map(|_| ());
+        for (what, result) in [("gradients", gradients), ("graph", graph)] {
+            let err = result.expect_err(&format!("{path} {what}"));
+            assert_eq!(err.to_string(), expected, "{path} {what}");
+        }
     }
 }
 
@@ -140,12 +132,12 @@ fn non_finite_values_propagate_and_check_finite_names_them() {
         values[10] = f32::INFINITY; // row 3
         let x = Tensor::<2>::from_data(TensorData::new(values, [4, 3]), &device);
         for path in LossPath::ALL {
-            let options = LossOptions::new();
-            let gradients = path.loss_and_gradients(&p.head, x.clone(), &p.targets, &options);
+            let options = LossOptions::new().with_path(path);
+            let gradients = p.head.gradients(x.clone(), &p.targets, &options);
             let gradients = gradients.unwrap_or_else(|err| panic!("{backend} {path}: {err}"));
             let loss = gradients.loss.into_scalar::<f32>();
             assert!(loss.is_nan(), "{backend} {path}: loss {loss}");
-            let graph = p.head.loss_with_path(x.clone(), &p.targets, &options, path);
+            let graph = p.head.loss(x.clone(), &p.targets, &options);
             assert!(
                 graph.unwrap().into_scalar::<f32>().is_nan(),
                 "{backend} {path}"
@@ -245,7 +237,7 @@ fn bad_loss_options_name_the_value() {
         (
             LossOptions::new()
                 .with_l2(0.1)
-                .with_reduction(linear_softmax::Reduction::None),
+                .with_reduction(LossReduction::None),
             "invalid l2 = 0.1: 0 with reduction none (the penalty is a scalar: use mean or sum)",
         ),
     ];
@@ -286,29 +278,20 @@ fn targets_of_the_wrong_kind_for_the_options() {
     let p = problem([2, 3, 3], true, DType::F32, &device(), 1);
     let soft =
         Targets::from_probabilities(&[0.5, 0.5, 0.0, 0.2, 0.3, 0.5], [2, 3], &device()).unwrap();
-    let options = LossOptions::new().with_ignore_index(Some(-100));
+    let options = LossOptions::new().with_pad_tokens(Some(vec![1]));
     for_each_path(
         &p.head,
         p.x.clone(),
         &soft,
         &options,
-        "ignore_index / pad_tokens needs class-index targets",
+        "pad_tokens needs class-index targets",
     );
 
-    // -100 is only a label when the targets were built to accept it...
+    // -100 is only a label when the targets were built to accept it.
     let err = Targets::from_indices(&[0, -100], 3, &device()).unwrap_err();
     assert_eq!(
         err.to_string(),
         "label -100 at index 1 is out of range: expected a class in 0..3"
-    );
-    // ...and the options must then ignore that same value.
-    let padded = Targets::from_indices_with_ignore(&[0, -100], 3, -100, &device()).unwrap();
-    for_each_path(
-        &p.head,
-        p.x.clone(),
-        &padded,
-        &LossOptions::new(),
-        "invalid ignore_index = None: the ignore index the targets were built with",
     );
 }
 
@@ -317,15 +300,14 @@ fn an_input_of_another_float_type_is_an_error_on_every_path() {
     let p = problem([2, 3, 5], true, DType::F32, &device(), 1);
     let x = p.x.clone().cast(DType::F64);
     let expected = "input is F64 but the head's parameters are F32: cast one to the other";
-    for path in linear_softmax::LossPath::ALL {
-        let options = LossOptions::new();
-        let err = path
-            .loss_and_gradients(&p.head, x.clone(), &p.targets, &options)
+    for path in LossPath::ALL {
+        let options = LossOptions::new().with_path(path);
+        let err = p
+            .head
+            .gradients(x.clone(), &p.targets, &options)
             .unwrap_err();
         assert_eq!(err.to_string(), expected, "{path}");
-        let err = path
-            .loss(&p.head, x.clone(), &p.targets, &options)
-            .unwrap_err();
+        let err = p.head.loss(x.clone(), &p.targets, &options).unwrap_err();
         assert_eq!(err.to_string(), expected, "{path} graph");
     }
 }
@@ -336,10 +318,11 @@ fn an_input_on_another_backend_is_an_error_on_every_path() {
     let p = problem([2, 3, 5], true, DType::F32, &device(), 1);
     #[allow(deprecated)]
     let x = p.x.clone().to_device(&Device::ndarray());
-    for path in linear_softmax::LossPath::ALL {
-        let options = LossOptions::new();
-        let err = path
-            .loss_and_gradients(&p.head, x.clone(), &p.targets, &options)
+    for path in LossPath::ALL {
+        let options = LossOptions::new().with_path(path);
+        let err = p
+            .head
+            .gradients(x.clone(), &p.targets, &options)
             .unwrap_err();
         assert!(matches!(err, Error::DeviceMismatch { .. }), "{path}: {err}");
         let message = err.to_string();
@@ -347,9 +330,7 @@ fn an_input_on_another_backend_is_an_error_on_every_path() {
             message.contains("NdArray") && message.contains("Flex"),
             "{path}: {message}"
         );
-        let err = path
-            .loss(&p.head, x.clone(), &p.targets, &options)
-            .unwrap_err();
+        let err = p.head.loss(x.clone(), &p.targets, &options).unwrap_err();
         assert!(
             matches!(err, Error::DeviceMismatch { .. }),
             "{path} graph: {err}"

@@ -10,15 +10,30 @@ use common::{
     F64_AGREEMENT, Problem, assert_close, assert_gradients_close, backends, dtypes, host, problem,
     shapes, tensor,
 };
-use linear_softmax::fused;
-use linear_softmax::{Chunking, Error, HeadGradients, LossOptions, LossPath, autodiff};
+use linear_softmax::{Chunking, Error, HeadGradients, LossOptions, LossPath};
+
+/// `options` on the fused path, in chunks of `chunking`.
+fn fused(options: &LossOptions, chunking: &Chunking) -> LossOptions {
+    options
+        .clone()
+        .with_path(LossPath::Fused)
+        .with_chunking(chunking.clone())
+}
+
+/// The reference: the autodiff path's loss and gradients as plain values.
+fn autodiff_gradients(p: &Problem, options: &LossOptions) -> HeadGradients {
+    let options = options.clone().with_path(LossPath::Autodiff);
+    p.head.gradients(p.x.clone(), &p.targets, &options).unwrap()
+}
 
 /// The gradients that `.backward()` through the fused op gives to a tracked `x`, `W` and `b`.
 fn fused_graph_gradients(p: &Problem, options: &LossOptions, chunking: &Chunking) -> HeadGradients {
     let head = p.head.clone().train();
     let x = p.x.clone().detach().autodiff().require_grad();
-    let loss = fused::loss_with_chunking(&head, x.clone(), &p.targets, options, chunking).unwrap();
-    let grads = loss.backward();
+    let output = head
+        .loss_output(x.clone(), &p.targets, &fused(options, chunking))
+        .unwrap();
+    let grads = output.loss.backward();
     HeadGradients {
         d_weight: head.linear.weight.grad(&grads).expect("W is tracked"),
         d_bias: head
@@ -27,7 +42,9 @@ fn fused_graph_gradients(p: &Problem, options: &LossOptions, chunking: &Chunking
             .as_ref()
             .map(|bias| bias.grad(&grads).expect("b is tracked")),
         d_input: x.grad(&grads).expect("x is tracked"),
-        loss: loss.inner(),
+        loss: output.loss.inner(),
+        log_sum_exp: output.log_sum_exp.inner(),
+        stats: output.stats,
     }
 }
 
@@ -41,13 +58,7 @@ fn fused_matches_autodiff_on_every_backend_dtype_and_shape() {
                     for l2 in [0.0, 0.05] {
                         let p = problem(shape, bias, dtype, &device, cases as u64);
                         let options = LossOptions::new().with_l2(l2);
-                        let expected = autodiff::loss_and_gradients(
-                            &p.head,
-                            p.x.clone(),
-                            &p.targets,
-                            &options,
-                        )
-                        .unwrap();
+                        let expected = autodiff_gradients(&p, &options);
                         // A chunk size that splits every N > 3 unevenly.
                         let chunking = Chunking::new().with_rows(Some(3));
                         let context = format!("{backend} {dtype:?} {shape:?} bias={bias} l2={l2}");
@@ -61,14 +72,9 @@ fn fused_matches_autodiff_on_every_backend_dtype_and_shape() {
                             tolerance,
                         );
 
-                        let explicit = fused::loss_and_gradients_with_chunking(
-                            &p.head,
-                            p.x.clone(),
-                            &p.targets,
-                            &options,
-                            &chunking,
-                        )
-                        .unwrap();
+                        let explicit = fused(&options, &chunking);
+                        let explicit = p.head.gradients(p.x.clone(), &p.targets, &explicit);
+                        let explicit = explicit.unwrap();
                         assert_gradients_close(
                             &format!("{context} explicit"),
                             &explicit,
@@ -91,8 +97,7 @@ fn chunk_sizes_one_seven_n_and_more_than_n_agree() {
             // 47 rows: chunks of 7 leave a last chunk of 5.
             let p = problem([47, 31, 123], true, dtype, &device, 5);
             let options = LossOptions::new();
-            let expected =
-                autodiff::loss_and_gradients(&p.head, p.x.clone(), &p.targets, &options).unwrap();
+            let expected = autodiff_gradients(&p, &options);
             for rows in [1, 7, 47, 48, 1000] {
                 let chunking = Chunking::new().with_rows(Some(rows));
                 let context = format!("{backend} {dtype:?} R={rows}");
@@ -144,19 +149,12 @@ fn only_x_tracked_gives_dx_and_nothing_else() {
     for (backend, device) in backends() {
         let p = problem([47, 31, 123], true, DType::F64, &device, 8);
         let options = LossOptions::new();
-        let expected =
-            autodiff::loss_and_gradients(&p.head, p.x.clone(), &p.targets, &options).unwrap();
+        let expected = autodiff_gradients(&p, &options);
         // A frozen head: the parameters live on the autodiff device but are not tracked.
         let head = p.head.clone().train().no_grad();
         let x = p.x.clone().autodiff().require_grad();
-        let loss = fused::loss_with_chunking(
-            &head,
-            x.clone(),
-            &p.targets,
-            &options,
-            &Chunking::new().with_rows(Some(7)),
-        )
-        .unwrap();
+        let options = fused(&options, &Chunking::new().with_rows(Some(7)));
+        let loss = head.loss(x.clone(), &p.targets, &options).unwrap();
         let grads = loss.backward();
         assert_close(
             &format!("{backend} dX"),
@@ -177,13 +175,13 @@ fn only_the_weight_tracked_gives_dw_and_nothing_else() {
     for (backend, device) in backends() {
         let p = problem([47, 31, 123], true, DType::F64, &device, 9);
         let options = LossOptions::new().with_l2(0.05);
-        let expected =
-            autodiff::loss_and_gradients(&p.head, p.x.clone(), &p.targets, &options).unwrap();
+        let expected = autodiff_gradients(&p, &options);
+        let options = options.with_path(LossPath::Fused);
         let mut head = p.head.clone().train();
         head.linear.bias = head.linear.bias.map(|bias| bias.set_require_grad(false));
         let (weight, bias) = (head.weight(), head.bias());
         let x = p.x.clone().autodiff();
-        let loss = fused::loss(&head, x.clone(), &p.targets, &options).unwrap();
+        let loss = head.loss(x.clone(), &p.targets, &options).unwrap();
         let grads = loss.backward();
         assert_close(
             &format!("{backend} dW"),
@@ -201,11 +199,13 @@ fn nothing_tracked_gives_the_loss_alone() {
     for (backend, device) in backends() {
         let p = problem([47, 31, 123], true, DType::F64, &device, 10);
         let options = LossOptions::new();
-        let expected =
-            autodiff::loss_and_gradients(&p.head, p.x.clone(), &p.targets, &options).unwrap();
+        let expected = autodiff_gradients(&p, &options);
+        let options = options.with_path(LossPath::Fused);
         // On the autodiff device, untracked: the op takes its untracked branch.
         let head = p.head.clone().train().no_grad();
-        let loss = fused::loss(&head, p.x.clone().autodiff(), &p.targets, &options).unwrap();
+        let loss = head
+            .loss(p.x.clone().autodiff(), &p.targets, &options)
+            .unwrap();
         assert!(!loss.is_tracked(), "{backend}: untracked loss");
         assert_close(
             &format!("{backend} autodiff-device loss"),
@@ -214,7 +214,7 @@ fn nothing_tracked_gives_the_loss_alone() {
             F64_AGREEMENT,
         );
         // On the plain device.
-        let loss = fused::loss(&p.head, p.x.clone(), &p.targets, &options).unwrap();
+        let loss = p.head.loss(p.x.clone(), &p.targets, &options).unwrap();
         assert_close(
             &format!("{backend} plain loss"),
             &host(&loss),
@@ -230,12 +230,12 @@ fn an_upstream_gradient_other_than_one_scales_every_gradient() {
         for (dtype, tolerance) in dtypes() {
             let p = problem([47, 31, 123], true, dtype, &device, 13);
             let options = LossOptions::new();
-            let expected =
-                autodiff::loss_and_gradients(&p.head, p.x.clone(), &p.targets, &options).unwrap();
+            let expected = autodiff_gradients(&p, &options);
+            let options = options.with_path(LossPath::Fused);
             for factor in [2.5, -0.5, 0.0] {
                 let head = p.head.clone().train();
                 let x = p.x.clone().autodiff().require_grad();
-                let loss = fused::loss(&head, x.clone(), &p.targets, &options).unwrap();
+                let loss = head.loss(x.clone(), &p.targets, &options).unwrap();
                 let grads = (loss * factor).backward();
                 let scaled = |tensor: &Tensor<2>| {
                     host(tensor).iter().map(|v| v * factor).collect::<Vec<_>>()
@@ -279,9 +279,8 @@ fn the_loss_summed_with_another_term_gets_both_gradients() {
             let build = |path: LossPath| {
                 let head = p.head.clone().train();
                 let x = p.x.clone().autodiff().require_grad();
-                let loss = head
-                    .loss_with_path(x.clone(), &p.targets, &options, path)
-                    .unwrap();
+                let options = options.clone().with_path(path);
+                let loss = head.loss(x.clone(), &p.targets, &options).unwrap();
                 let total = loss * 3.0 + x.clone().square().sum() * 0.5;
                 let grads = total.backward();
                 (
@@ -325,9 +324,8 @@ fn every_path_of_the_head_gives_the_same_loss_and_gradients() {
         let run = |path: LossPath| {
             let head = p.head.clone().train();
             let x = p.x.clone().autodiff().require_grad();
-            let loss = head
-                .loss_with_path(x.clone(), &p.targets, &options, path)
-                .unwrap();
+            let options = options.clone().with_path(path);
+            let loss = head.loss(x.clone(), &p.targets, &options).unwrap();
             let grads = loss.backward();
             [
                 host(&loss.inner()),
@@ -350,7 +348,7 @@ fn every_path_of_the_head_gives_the_same_loss_and_gradients() {
                 );
             }
         }
-        // `loss` is the fused path.
+        // The default path is the fused one.
         let default = p.head.loss(p.x.clone(), &p.targets, &options).unwrap();
         assert_close(
             &format!("{backend} default loss"),
@@ -367,47 +365,38 @@ fn the_fused_path_rejects_what_the_other_paths_reject() {
     let p = problem([7, 5, 10], true, DType::F32, &device, 16);
     let options = LossOptions::new();
     let wide = tensor(vec![0.0; 7 * 6], [7, 6], DType::F32, &device);
-    for path in [LossPath::Autodiff, LossPath::Manual, LossPath::Fused] {
+    for path in LossPath::ALL {
+        let options = options.clone().with_path(path);
         let expected = Error::InputWidthMismatch {
             got: 6,
             expected: 5,
         };
         assert_eq!(
-            p.head
-                .loss_with_path(wide.clone(), &p.targets, &options, path)
-                .unwrap_err(),
+            p.head.loss(wide.clone(), &p.targets, &options).unwrap_err(),
             expected,
             "{path:?}"
         );
         let short = p.x.clone().slice(s![0..3]);
         assert_eq!(
-            p.head
-                .loss_with_path(short, &p.targets, &options, path)
-                .unwrap_err(),
+            p.head.loss(short, &p.targets, &options).unwrap_err(),
             Error::TargetCountMismatch {
                 targets: 7,
                 rows: 3
             },
             "{path:?}"
         );
-        let bad_l2 = LossOptions::new().with_l2(-1.0);
+        let bad_l2 = options.with_l2(-1.0);
         assert!(
             matches!(
-                p.head
-                    .loss_with_path(p.x.clone(), &p.targets, &bad_l2, path),
+                p.head.loss(p.x.clone(), &p.targets, &bad_l2),
                 Err(Error::InvalidOption { name: "l2", .. })
             ),
             "{path:?}"
         );
     }
+    let zero_rows = fused(&options, &Chunking::new().with_rows(Some(0)));
     assert!(matches!(
-        fused::loss_with_chunking(
-            &p.head,
-            p.x.clone(),
-            &p.targets,
-            &options,
-            &Chunking::new().with_rows(Some(0))
-        ),
+        p.head.loss(p.x.clone(), &p.targets, &zero_rows),
         Err(Error::InvalidOption {
             name: "chunk rows",
             ..

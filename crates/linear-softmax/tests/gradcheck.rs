@@ -7,7 +7,7 @@ use common::{FINITE_DIFFERENCE, backends, problem};
 use linear_softmax::gradcheck::{
     DEFAULT_STEP, HostGradients, compare, gradcheck, numerical_gradients,
 };
-use linear_softmax::{LossOptions, autodiff, manual};
+use linear_softmax::{LossOptions, LossPath};
 
 #[test]
 fn finite_differences_confirm_both_paths() {
@@ -27,17 +27,10 @@ fn finite_differences_confirm_both_paths() {
             // One set of finite differences (the expensive part) witnesses both paths.
             let numerical =
                 numerical_gradients(&p.head, &p.x, &p.targets, &options, DEFAULT_STEP).unwrap();
-            for (path, gradients) in [
-                (
-                    "manual",
-                    manual::loss_and_gradients(&p.head, p.x.clone(), &p.targets, &options).unwrap(),
-                ),
-                (
-                    "autodiff",
-                    autodiff::loss_and_gradients(&p.head, p.x.clone(), &p.targets, &options)
-                        .unwrap(),
-                ),
-            ] {
+            for path in [LossPath::Manual, LossPath::Autodiff] {
+                let path_options = options.clone().with_path(path);
+                let gradients = p.head.gradients(p.x.clone(), &p.targets, &path_options);
+                let gradients = gradients.unwrap();
                 let report = compare(
                     &HostGradients::from_tensors(&gradients).unwrap(),
                     &numerical,
@@ -57,9 +50,8 @@ fn finite_differences_catch_a_wrong_gradient() {
     // The witness must be able to fail: a gradient off by 1% is reported as such.
     let device = burn::prelude::Device::flex();
     let p = problem([7, 5, 3], true, DType::F64, &device, 7);
-    let options = LossOptions::new();
-    let mut gradients =
-        manual::loss_and_gradients(&p.head, p.x.clone(), &p.targets, &options).unwrap();
+    let options = LossOptions::new().with_path(LossPath::Manual);
+    let mut gradients = p.head.gradients(p.x.clone(), &p.targets, &options).unwrap();
     gradients.d_weight = gradients.d_weight * 1.01;
     let report = gradcheck(&p.head, &p.x, &p.targets, &options, &gradients).unwrap();
     assert!(report.d_weight.max_rel > 1e-3, "{report:?}");

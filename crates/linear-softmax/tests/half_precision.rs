@@ -11,13 +11,23 @@ use common::{
     BF16_VS_F32, F16_VS_F32, assert_close, assert_gradients_close,
     assert_half_precision_matches_f32, backends, host, problem, uniform,
 };
-use linear_softmax::{LossOptions, LossPath, Targets, check_dtype};
+use linear_softmax::diagnostics::{Kernel, kernel_for};
+use linear_softmax::{
+    Chunking, LinearSoftmax, LossOptions, LossPath, LossStats, Targets, check_dtype,
+};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
 /// The raw kernels in bf16 sum in f32 and round `dS` once and each output once (2^-9 each, see
 /// `tests/pytorch.rs`), against the f32 computation of the same values.
 const BF16_ROUNDED_ONCE: f64 = 8e-3;
+
+/// The statistics of `path` for `head`, `x` and `targets`, default options.
+fn stats_of(head: &LinearSoftmax, x: Tensor<2>, targets: &Targets, path: LossPath) -> LossStats {
+    let options = LossOptions::new().with_path(path).with_stats(true);
+    let output = head.loss_output(x, targets, &options).unwrap();
+    output.stats.expect("asked for")
+}
 
 /// `p` with its head and input cast to `dtype` (the same targets).
 fn cast(p: &common::Problem, dtype: DType) -> common::Problem {
@@ -51,11 +61,13 @@ fn every_path_computes_in_half_precision() {
             for (kind, targets) in [("classes", &plain.targets), ("probabilities", &soft)] {
                 for path in LossPath::ALL {
                     let context = format!("{backend} {dtype:?} {kind} {path}");
-                    let result = path.loss_and_gradients(head, x.clone(), targets, &options);
+                    let options = options.clone().with_path(path);
+                    let result = head.gradients(x.clone(), targets, &options);
                     let gradients = result.unwrap_or_else(|err| panic!("{context}: {err}"));
                     assert_eq!(gradients.d_weight.dtype(), dtype, "{context}");
-                    let reference = path
-                        .loss_and_gradients(&exact.head, exact.x.clone(), targets, &options)
+                    let reference = exact
+                        .head
+                        .gradients(exact.x.clone(), targets, &options)
                         .unwrap();
                     assert_gradients_close(&context, &gradients, &reference, tolerance);
                 }
@@ -105,25 +117,18 @@ fn statistics_in_half_precision() {
             let [n, d, c] = [9, 7, 21];
             let plain = problem([n, d, c], true, DType::F32, &device, 4);
             let (head, x) = (plain.head.clone().cast(dtype), plain.x.clone().cast(dtype));
-            let options = LossOptions::new();
             let int =
                 |t: &Tensor<1, Int>| t.to_data().convert::<i64>().try_to_vec::<i64>().unwrap();
             let predicted = int(&head.predict(x.clone()).unwrap());
-            let (_, reference) = LossPath::Autodiff
-                .loss_with_stats(
-                    &head.clone().cast(DType::F32),
-                    x.clone().cast(DType::F32),
-                    &plain.targets,
-                    &options,
-                )
-                .unwrap();
-            let (_, autodiff) = LossPath::Autodiff
-                .loss_with_stats(&head, x.clone(), &plain.targets, &options)
-                .unwrap();
+            let reference = stats_of(
+                &head.clone().cast(DType::F32),
+                x.clone().cast(DType::F32),
+                &plain.targets,
+                LossPath::Autodiff,
+            );
+            let autodiff = stats_of(&head, x.clone(), &plain.targets, LossPath::Autodiff);
             for path in LossPath::ALL {
-                let (_, stats) = path
-                    .loss_with_stats(&head, x.clone(), &plain.targets, &options)
-                    .unwrap();
+                let stats = stats_of(&head, x.clone(), &plain.targets, path);
                 let what = format!("{backend} {dtype:?} {path}");
                 assert_eq!(int(&stats.predictions), predicted, "{what}: predictions");
                 assert_eq!(
@@ -160,19 +165,10 @@ fn bf16_raw_kernels_sum_in_f32() {
         let x = one.x.cast(DType::BF16);
         let n = 2048;
         let many = Targets::from_indices(&vec![one.labels[0]; n], c, &device).unwrap();
-        let options = LossOptions::new();
-        let chunking = linear_softmax::Chunking::new().with_rows(chunk_rows);
-        let expected =
-            linear_softmax::fused::loss_and_gradients(&head, x.clone(), &one.targets, &options)
-                .unwrap();
-        let actual = linear_softmax::fused::loss_and_gradients_with_chunking(
-            &head,
-            x.repeat_dim(0, n),
-            &many,
-            &options,
-            &chunking,
-        )
-        .unwrap();
+        let options = LossOptions::new().with_path(LossPath::Fused);
+        let expected = head.gradients(x.clone(), &one.targets, &options).unwrap();
+        let chunked = options.with_chunking(Chunking::new().with_rows(chunk_rows));
+        let actual = head.gradients(x.repeat_dim(0, n), &many, &chunked).unwrap();
         let context = format!("C = {c}, chunks of {chunk_rows:?} rows");
         assert_eq!(actual.d_weight.dtype(), DType::BF16, "{context}");
         // Each row's dX is the one row's divided by N (the mean).
@@ -214,30 +210,28 @@ fn bf16_fused_path_on_every_case() {
         let exact = cast(&in_bf16, DType::F32);
         for (name, options, kind) in common::cases::cases(c) {
             let targets = targets(kind, &plain, [n, c], &device, 5);
-            let choice =
-                linear_softmax::fused::kernel_for(&in_bf16.head, &in_bf16.x, &targets, &options);
+            let fused = options
+                .clone()
+                .with_path(LossPath::Fused)
+                .with_chunking(common::cases::small_chunks());
+            let choice = kernel_for(&in_bf16.head, &in_bf16.x, &targets, &fused);
+            let choice = choice.expect("the fused path");
             let tolerance = match choice.kernel {
-                linear_softmax::fused::Kernel::Raw | linear_softmax::fused::Kernel::FewClasses => {
+                Kernel::Raw | Kernel::FewClasses => {
                     raw_cases += 1;
                     BF16_ROUNDED_ONCE
                 }
                 _ => BF16_VS_F32,
             };
-            let expected = linear_softmax::autodiff::loss_and_gradients(
-                &exact.head,
-                exact.x.clone(),
-                &targets,
-                &options,
-            )
-            .unwrap();
-            let plain_gradients = linear_softmax::fused::loss_and_gradients_with_chunking(
-                &in_bf16.head,
-                in_bf16.x.clone(),
-                &targets,
-                &options,
-                &common::cases::small_chunks(),
-            )
-            .unwrap();
+            let reference = options.clone().with_path(LossPath::Autodiff);
+            let expected = exact
+                .head
+                .gradients(exact.x.clone(), &targets, &reference)
+                .unwrap();
+            let plain_gradients = in_bf16
+                .head
+                .gradients(in_bf16.x.clone(), &targets, &fused)
+                .unwrap();
             let graph = common::cases::fused_graph(&in_bf16, &targets, &options);
             for (what, got) in [("fused", plain_gradients), ("fused graph", graph)] {
                 let context = format!("C = {c}, {name}, {what}, {:?}", choice.kernel);
@@ -260,18 +254,17 @@ fn bf16_raw_kernel_under_every_tracking() {
     let plain = problem([47, 31, 123], true, DType::F32, &device, 8);
     let in_bf16 = cast(&plain, DType::BF16);
     let exact = cast(&in_bf16, DType::F32);
-    let options = LossOptions::new();
+    let options = LossOptions::new()
+        .with_path(LossPath::Fused)
+        .with_chunking(Chunking::new().with_rows(Some(7)));
     let targets = &in_bf16.targets;
-    let choice = linear_softmax::fused::kernel_for(&in_bf16.head, &in_bf16.x, targets, &options);
-    assert_eq!(choice.kernel, linear_softmax::fused::Kernel::Raw);
-    let expected = linear_softmax::autodiff::loss_and_gradients(
-        &exact.head,
-        exact.x.clone(),
-        targets,
-        &options,
-    )
-    .unwrap();
-    let chunking = linear_softmax::Chunking::new().with_rows(Some(7));
+    let choice = kernel_for(&in_bf16.head, &in_bf16.x, targets, &options);
+    assert_eq!(choice.expect("the fused path").kernel, Kernel::Raw);
+    let reference = options.clone().with_path(LossPath::Autodiff);
+    let expected = exact
+        .head
+        .gradients(exact.x.clone(), targets, &reference)
+        .unwrap();
     let trackings = [
         ("x, W and b", [true, true, true]),
         ("x alone", [true, false, false]),
@@ -287,14 +280,7 @@ fn bf16_raw_kernel_under_every_tracking() {
             .map(|bias| bias.set_require_grad(bias_tracked));
         let x = in_bf16.x.clone().autodiff();
         let x = if x_tracked { x.require_grad() } else { x };
-        let loss = linear_softmax::fused::loss_with_chunking(
-            &head,
-            x.clone(),
-            targets,
-            &options,
-            &chunking,
-        )
-        .unwrap();
+        let loss = head.loss(x.clone(), targets, &options).unwrap();
         assert_close(
             &format!("{name}: loss"),
             &host(&loss.clone().inner()),

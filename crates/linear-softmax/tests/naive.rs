@@ -6,7 +6,7 @@ mod common;
 
 use burn::tensor::DType;
 use common::{F32_AGREEMENT, F64_AGREEMENT, assert_close, backends, host, problem};
-use linear_softmax::{HeadGradients, LossOptions, autodiff, manual};
+use linear_softmax::{LossOptions, LossPath};
 
 struct NaiveGradients {
     loss: f64,
@@ -79,25 +79,9 @@ fn both_paths_agree_with_the_per_sample_derivation() {
                         shape,
                         l2,
                     );
-                    let options = LossOptions::new().with_l2(l2);
-                    let paths: [(&str, HeadGradients); 2] = [
-                        (
-                            "manual",
-                            manual::loss_and_gradients(&p.head, p.x.clone(), &p.targets, &options)
-                                .unwrap(),
-                        ),
-                        (
-                            "autodiff",
-                            autodiff::loss_and_gradients(
-                                &p.head,
-                                p.x.clone(),
-                                &p.targets,
-                                &options,
-                            )
-                            .unwrap(),
-                        ),
-                    ];
-                    for (path, got) in paths {
+                    for path in [LossPath::Manual, LossPath::Autodiff] {
+                        let options = LossOptions::new().with_l2(l2).with_path(path);
+                        let got = p.head.gradients(p.x.clone(), &p.targets, &options).unwrap();
                         let context = format!("{path} {backend} {dtype:?} {shape:?} l2={l2}");
                         assert_close(
                             &format!("{context} loss"),

@@ -5,10 +5,10 @@ mod common;
 
 use burn::prelude::*;
 use burn::tensor::DType;
-use common::cases::{IGNORE, Kind, all_paths, both_paths, cases, small_chunks, targets};
+use common::cases::{Kind, all_paths, both_paths, cases, small_chunks, targets};
 use common::{FINITE_DIFFERENCE, assert_close, backends, dtypes, host, problem};
 use linear_softmax::gradcheck::{DEFAULT_STEP, HostGradients, compare, numerical_gradients};
-use linear_softmax::{LossOptions, LossPath, Reduction, Targets, autodiff, fused, manual};
+use linear_softmax::{LossOptions, LossPath, LossReduction, Targets, math};
 
 #[test]
 fn manual_matches_autodiff_for_every_option() {
@@ -21,7 +21,7 @@ fn manual_matches_autodiff_for_every_option() {
                     let targets = targets(kind, &p, [n, c], &device, seed as u64);
                     let [(_, by_hand), (_, by_autograd)] = both_paths(&p, &targets, &options);
                     let context = format!("{name}: {backend} {dtype:?} {shape:?}");
-                    let expected_loss_len = if options.reduction == Reduction::None {
+                    let expected_loss_len = if options.reduction == LossReduction::None {
                         n
                     } else {
                         1
@@ -102,7 +102,7 @@ fn ignored_rows_contribute_nothing() {
     // Dropping the ignored rows gives the same loss and dW; their dX rows are 0.
     let device = Device::flex();
     let p = problem([7, 5, 6], true, DType::F64, &device, 9);
-    let options = LossOptions::new().with_ignore_index(Some(IGNORE));
+    let options = LossOptions::new().with_path(LossPath::Manual);
     let ignoring = targets(Kind::Ignored, &p, [7, 6], &device, 0);
     let kept: Vec<usize> = vec![0, 2, 3, 5, 6];
     let x_kept = p.x.clone().select(
@@ -114,9 +114,8 @@ fn ignored_rows_contribute_nothing() {
     );
     let labels_kept: Vec<i64> = kept.iter().map(|&i| p.labels[i]).collect();
     let kept_targets = Targets::from_indices(&labels_kept, 6, &device).unwrap();
-    let full = manual::loss_and_gradients(&p.head, p.x.clone(), &ignoring, &options).unwrap();
-    let subset =
-        manual::loss_and_gradients(&p.head, x_kept, &kept_targets, &LossOptions::new()).unwrap();
+    let full = p.head.gradients(p.x.clone(), &ignoring, &options).unwrap();
+    let subset = p.head.gradients(x_kept, &kept_targets, &options).unwrap();
     assert_close(
         "loss",
         &host(&full.loss),
@@ -138,36 +137,40 @@ fn ignored_rows_contribute_nothing() {
     );
 }
 
+/// `lse_i = m_i + log sum_k exp(S_ik - m_i)`, `m_i = max_k S_ik`, of logits `[N, C]`: `[N]`.
+fn log_sum_exp(logits: Tensor<2>) -> Tensor<1> {
+    let row_max = logits.clone().max_dim(1);
+    let sum_exp = (logits - row_max.clone()).exp().sum_dim(1);
+    (row_max + sum_exp.log()).squeeze_dim(1)
+}
+
 #[test]
 fn log_sum_exp_comes_with_the_loss_on_every_path() {
     for (backend, device) in backends() {
         let p = problem([7, 31, 10], true, DType::F64, &device, 4);
         let options = LossOptions::new().with_softcap(Some(3.0));
-        let capped = manual::softcap_forward(p.head.forward(p.x.clone()).unwrap(), 3.0);
-        let expected = host(&linear_softmax::log_sum_exp(capped));
-        let reference = autodiff::loss(&p.head, p.x.clone(), &p.targets, &options).unwrap();
-        let fused = fused::loss_and_log_sum_exp_with_chunking(
-            &p.head,
-            p.x.clone(),
-            &p.targets,
-            &options,
-            &small_chunks(),
-        )
-        .unwrap();
-        let paths = LossPath::ALL.map(|path| {
-            let results = path.loss_and_log_sum_exp(&p.head, p.x.clone(), &p.targets, &options);
-            (path.name(), results.unwrap())
-        });
-        for (path, (loss, lse)) in paths.into_iter().chain([("fused R=3", fused)]) {
+        let capped = math::softcap_forward(p.head.forward(p.x.clone()).unwrap(), 3.0);
+        let expected = host(&log_sum_exp(capped));
+        let autodiff = options.clone().with_path(LossPath::Autodiff);
+        let reference = p.head.loss(p.x.clone(), &p.targets, &autodiff).unwrap();
+        // Every path, and the fused one in chunks of 3 rows.
+        let chunked = options.clone().with_chunking(small_chunks());
+        let runs = LossPath::ALL
+            .map(|path| (path.name(), options.clone().with_path(path)))
+            .into_iter()
+            .chain([("fused R=3", chunked)]);
+        for (path, options) in runs {
+            let output = p.head.loss_output(p.x.clone(), &p.targets, &options);
+            let output = output.unwrap();
             assert_close(
                 &format!("{path} {backend} lse"),
-                &host(&lse),
+                &host(&output.log_sum_exp),
                 &expected,
                 common::F64_AGREEMENT,
             );
             assert_close(
                 &format!("{path} {backend} loss"),
-                &host(&loss),
+                &host(&output.loss),
                 &host(&reference),
                 common::F64_AGREEMENT,
             );
@@ -182,10 +185,10 @@ fn sequence_batches_are_rows() {
     let p = problem([6, 5, 4], true, DType::F64, &device, 12);
     let x3 = p.x.clone().reshape([2, 3, 5]);
     let labels = Tensor::<2, Int>::from_data(TensorData::new(p.labels.clone(), [2, 3]), &device);
-    let targets = Targets::from_sequence_tensor(labels, 4, None).unwrap();
-    let options = LossOptions::new();
-    let sequence = autodiff::sequence_loss(&p.head, x3, &targets, &options).unwrap();
-    let rows = autodiff::loss(&p.head, p.x.clone(), &p.targets, &options).unwrap();
+    let targets = Targets::from_tensor(labels, 4, None).unwrap();
+    let options = LossOptions::new().with_path(LossPath::Autodiff);
+    let sequence = p.head.loss(x3, &targets, &options).unwrap();
+    let rows = p.head.loss(p.x.clone(), &p.targets, &options).unwrap();
     assert_close(
         "sequence loss",
         &host(&sequence),

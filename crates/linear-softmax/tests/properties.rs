@@ -22,7 +22,7 @@ use burn::tensor::DType;
 use common::cases::IGNORE;
 use common::{backends, host, tensor, uniform};
 use linear_softmax::{
-    Chunking, HeadGradients, LinearSoftmax, LossOptions, Reduction, Targets, fused, manual,
+    Chunking, HeadGradients, LinearSoftmax, LossOptions, LossPath, LossReduction, Targets,
 };
 use proptest::prelude::*;
 use proptest::test_runner::{FileFailurePersistence, RngSeed};
@@ -84,7 +84,7 @@ struct Spec {
     /// Powers of ten of the largest `|x|`, `|W|` and `|b|`.
     scales: [i32; 3],
     kind: Kind,
-    reduction: Reduction,
+    reduction: LossReduction,
     /// Class weights, label smoothing, z-loss, softcap, L2, bias.
     on: [bool; 6],
     f64: bool,
@@ -103,9 +103,9 @@ fn spec() -> impl Strategy<Value = Spec> {
         Just(Kind::MultiHot),
     ];
     let reduction = prop_oneof![
-        Just(Reduction::Mean),
-        Just(Reduction::Sum),
-        Just(Reduction::None)
+        Just(LossReduction::Mean),
+        Just(LossReduction::Sum),
+        Just(LossReduction::None)
     ];
     (
         (1usize..=64, 1usize..=40, 1usize..=70),
@@ -136,7 +136,7 @@ fn spec() -> impl Strategy<Value = Spec> {
 /// The targets of a case, on the host.
 #[derive(Clone, Debug)]
 enum HostTargets {
-    /// Labels; those equal to the options' ignore index or a pad token mark ignored rows.
+    /// Labels; those equal to the case's ignore index or a pad token mark ignored rows.
     Labels(Vec<i64>),
     /// `[N, C]` rows summing to 1.
     Probabilities(Vec<f64>),
@@ -153,6 +153,8 @@ struct Case {
     weight: Vec<f64>,
     bias: Option<Vec<f64>>,
     targets: HostTargets,
+    /// The label that marks ignored rows, given to the targets.
+    ignore_index: Option<i64>,
     options: LossOptions,
     /// The upstream gradient of each row's loss (reduction none), or of the scalar loss (1).
     upstream: Vec<f64>,
@@ -184,6 +186,7 @@ impl Case {
         let bias = bias_on.then(|| values(&mut rng, c, scale(spec.scales[2])));
         let mut labels: Vec<i64> = (0..n).map(|_| rng.random_range(0..c as i64)).collect();
         let mut options = LossOptions::new().with_reduction(spec.reduction);
+        let mut ignore_index = None;
         let targets = match spec.kind {
             Kind::Classes => HostTargets::Labels(labels),
             Kind::Ignored => {
@@ -194,7 +197,7 @@ impl Case {
                         *label = IGNORE;
                     }
                 }
-                options.ignore_index = Some(IGNORE);
+                ignore_index = Some(IGNORE);
                 HostTargets::Labels(labels)
             }
             Kind::PadTokens => {
@@ -247,11 +250,11 @@ impl Case {
             options.softcap = Some(f32_exact(rng.random_range(0.5..50.0)));
         }
         // The L2 term is a scalar: it needs reduction mean or sum.
-        if l2_on && spec.reduction != Reduction::None {
+        if l2_on && spec.reduction != LossReduction::None {
             options.l2 = f32_exact(rng.random_range(0.0..0.5));
         }
         let upstream = match spec.reduction {
-            Reduction::None => values(&mut rng, n, 2.0),
+            LossReduction::None => values(&mut rng, n, 2.0),
             _ => vec![1.0],
         };
         let (_, device) = backends().swap_remove(spec.backend);
@@ -261,6 +264,7 @@ impl Case {
             weight,
             bias,
             targets,
+            ignore_index,
             options,
             upstream,
             dtype: if spec.f64 { DType::F64 } else { DType::F32 },
@@ -297,7 +301,7 @@ impl Case {
     fn targets(&self, device: &Device) -> Targets {
         let [n, _, c] = self.shape;
         match &self.targets {
-            HostTargets::Labels(labels) => match self.options.ignore_index {
+            HostTargets::Labels(labels) => match self.ignore_index {
                 Some(ignore) => Targets::from_indices_with_ignore(labels, c, ignore, device),
                 None => Targets::from_indices(labels, c, device),
             },
@@ -313,7 +317,7 @@ impl Case {
         match &self.targets {
             HostTargets::Labels(labels) => {
                 let label = labels[row];
-                let ignored = self.options.ignore_index == Some(label)
+                let ignored = self.ignore_index == Some(label)
                     || self
                         .options
                         .pad_tokens
@@ -340,16 +344,14 @@ impl Case {
     /// The loss and gradients of every path, as the user reaches them: the autodiff and
     /// fused paths through `loss(..)?.backward()` on the model's autodiff device (the targets
     /// built there too; reduction none with the case's upstream gradient), the manual path's
-    /// hand-derived `loss_and_gradients` (whose upstream gradient is 1).
+    /// hand-derived `gradients` (whose upstream gradient is 1).
     fn paths(&self) -> Vec<PathResult> {
         let plain = &self.device;
-        let manual = manual::loss_and_gradients(
-            &self.head(plain),
-            self.input(plain),
-            &self.targets(plain),
-            &self.options,
-        )
-        .expect("a valid problem");
+        let options = self.options.clone().with_path(LossPath::Manual);
+        let manual = self
+            .head(plain)
+            .gradients(self.input(plain), &self.targets(plain), &options)
+            .expect("a valid problem");
         let ones = vec![1.0; self.upstream.len()];
         vec![
             PathResult {
@@ -375,13 +377,18 @@ impl Case {
         let head = self.head(&device);
         let x = self.input(&device).require_grad();
         let targets = self.targets(&device);
-        let loss = if fused {
+        let options = if fused {
             let chunking = Chunking::new().with_rows(self.chunk_rows);
-            fused::loss_with_chunking(&head, x.clone(), &targets, &self.options, &chunking)
+            self.options
+                .clone()
+                .with_path(LossPath::Fused)
+                .with_chunking(chunking)
         } else {
-            linear_softmax::autodiff::loss(&head, x.clone(), &targets, &self.options)
-        }
-        .expect("a valid problem");
+            self.options.clone().with_path(LossPath::Autodiff)
+        };
+        let loss = head
+            .loss(x.clone(), &targets, &options)
+            .expect("a valid problem");
         let upstream = tensor(
             self.upstream.clone(),
             [self.upstream.len()],
@@ -542,14 +549,14 @@ fn reference(case: &Case, upstream: &[f64]) -> Reference {
         denominator = 1.0;
     }
     let factors: Vec<f64> = match options.reduction {
-        Reduction::Mean => vec![1.0 / denominator; n],
-        Reduction::Sum => vec![1.0; n],
-        Reduction::None => upstream.to_vec(),
+        LossReduction::Mean => vec![1.0 / denominator; n],
+        LossReduction::Sum => vec![1.0; n],
+        LossReduction::None => upstream.to_vec(),
     };
     let l2_sum: f64 = case.weight.iter().map(|w| w * w).sum();
     let l2 = options.l2;
     let (loss, loss_bound) = match options.reduction {
-        Reduction::None => (row_losses.clone(), row_loss_errors.clone()),
+        LossReduction::None => (row_losses.clone(), row_loss_errors.clone()),
         _ => {
             let scale = factors[0];
             let loss = row_losses.iter().sum::<f64>() * scale + l2 * l2_sum;
@@ -748,9 +755,10 @@ proptest! {
         }
         let expected = case.options.validate_for(c).err().map(|err| err.to_string());
         let device = case.device.clone();
-        for path in linear_softmax::LossPath::ALL {
+        for path in LossPath::ALL {
+            let options = case.options.clone().with_path(path);
             let outcome = catch_unwind(AssertUnwindSafe(|| {
-                path.loss_and_gradients(&case.head(&device), case.input(&device), &case.targets(&device), &case.options)
+                case.head(&device).gradients(case.input(&device), &case.targets(&device), &options)
                     .map(|_| ())
                     .map_err(|err| err.to_string())
             }));

@@ -11,10 +11,9 @@ use std::path::Path;
 use burn::prelude::*;
 use burn::tensor::DType;
 use common::{assert_close, backends, host, tensor};
-use linear_softmax::fused::{Kernel, kernel_for};
+use linear_softmax::diagnostics::{Kernel, kernel_for};
 use linear_softmax::{
-    Chunking, HeadGradients, LinearSoftmax, LossOptions, Reduction, Targets, autodiff, check_dtype,
-    fused, manual,
+    Chunking, LinearSoftmax, LossOptions, LossPath, LossReduction, Targets, check_dtype,
 };
 use serde_json::Value;
 
@@ -71,11 +70,10 @@ fn load(path: &Path, device: &Device, dtype: DType) -> Fixture {
     let o = &json["options"];
     let options = LossOptions::new()
         .with_reduction(match o["reduction"].as_str().unwrap() {
-            "mean" => Reduction::Mean,
-            "sum" => Reduction::Sum,
-            _ => Reduction::None,
+            "mean" => LossReduction::Mean,
+            "sum" => LossReduction::Sum,
+            _ => LossReduction::None,
         })
-        .with_ignore_index(o["ignore_index"].as_i64())
         .with_pad_tokens(
             o["pad_tokens"]
                 .as_array()
@@ -90,7 +88,7 @@ fn load(path: &Path, device: &Device, dtype: DType) -> Fixture {
         .as_array()
         .map(|labels| labels.iter().map(|v| v.as_i64().unwrap()).collect());
     let targets = if let Some(labels) = labels.clone() {
-        match options.ignore_index {
+        match o["ignore_index"].as_i64() {
             Some(ignore) => Targets::from_indices_with_ignore(&labels, c, ignore, device),
             None => Targets::from_indices(&labels, c, device),
         }
@@ -154,31 +152,12 @@ fn every_path_matches_pytorch() {
                 let f = load(path, &device, dtype);
                 // Chunks of 4 rows: several chunks per case for the fused path.
                 let chunking = Chunking::new().with_rows(Some(4));
-                let results: [(&str, HeadGradients); 3] = [
-                    (
-                        "manual",
-                        manual::loss_and_gradients(&f.head, f.x.clone(), &f.targets, &f.options)
-                            .unwrap(),
-                    ),
-                    (
-                        "autodiff",
-                        autodiff::loss_and_gradients(&f.head, f.x.clone(), &f.targets, &f.options)
-                            .unwrap(),
-                    ),
-                    (
-                        "fused",
-                        fused::loss_and_gradients_with_chunking(
-                            &f.head,
-                            f.x.clone(),
-                            &f.targets,
-                            &f.options,
-                            &chunking,
-                        )
-                        .unwrap(),
-                    ),
-                ];
-                for (path_name, got) in results {
-                    let context = format!("{}: {path_name} {backend} {dtype:?}", f.name);
+                for loss_path in LossPath::ALL {
+                    let options = f.options.clone().with_path(loss_path);
+                    let options = options.with_chunking(chunking.clone());
+                    let got = f.head.gradients(f.x.clone(), &f.targets, &options);
+                    let got = got.unwrap();
+                    let context = format!("{}: {loss_path} {backend} {dtype:?}", f.name);
                     assert_close(
                         &format!("{context} loss"),
                         &host(&got.loss),
@@ -208,8 +187,8 @@ fn every_path_matches_pytorch() {
 }
 
 /// The sequence cases (PyTorch's `F.cross_entropy(logits [B, C, T], labels [B, T])` with
-/// padding) through every path's `sequence_loss` on `x` `[B, T, D]` and `.backward()`, with the
-/// targets from `Targets::from_sequence_tensor` on the model's device.
+/// padding) through every path's `loss` on `x` `[B, T, D]` and `.backward()`, with the `[B, T]`
+/// targets from `Targets::from_tensor` on the model's device.
 #[test]
 fn sequence_batches_match_pytorch_on_every_path() {
     let mut names = std::collections::BTreeSet::new();
@@ -227,15 +206,13 @@ fn sequence_batches_match_pytorch_on_every_path() {
                     TensorData::new(f.labels.clone().unwrap(), [batch, time]),
                     &device,
                 );
-                let targets =
-                    Targets::from_sequence_tensor(labels, c, f.options.ignore_index).unwrap();
-                for loss_path in linear_softmax::LossPath::ALL {
+                let targets = Targets::from_tensor(labels, c, f.targets.ignore_index()).unwrap();
+                for loss_path in LossPath::ALL {
                     let context = format!("{}: {loss_path} {backend} {dtype:?}", f.name);
-                    let d = f.head.d_input();
+                    let d = f.head.n_features();
                     let x = f.x.clone().reshape([batch, time, d]).require_grad();
-                    let loss = loss_path
-                        .sequence_loss(&f.head, x.clone(), &targets, &f.options)
-                        .unwrap();
+                    let options = f.options.clone().with_path(loss_path);
+                    let loss = f.head.loss(x.clone(), &targets, &options).unwrap();
                     let grads = loss.clone().sum().backward();
                     let pairs = [
                         ("loss", host(&loss), &f.loss),
@@ -300,33 +277,24 @@ fn bf16_heads_match_pytorch() {
                 Kernel::Raw
             };
             let choice = kernel_for(&f.head, &f.x, &f.targets, &f.options);
+            let choice = choice.expect("the fused path");
             assert_eq!(
                 choice.kernel, expected_kernel,
                 "{}: {}",
                 f.name, choice.reason
             );
             for (loss_path, chunk_rows) in [
-                (linear_softmax::LossPath::Fused, Some(16)),
-                (linear_softmax::LossPath::Fused, None),
-                (linear_softmax::LossPath::Manual, None),
-                (linear_softmax::LossPath::Autodiff, None),
+                (LossPath::Fused, Some(16)),
+                (LossPath::Fused, None),
+                (LossPath::Manual, None),
+                (LossPath::Autodiff, None),
             ] {
                 let context = format!("{}: {loss_path} {chunk_rows:?} {backend}", f.name);
                 let (head, x) = (&f.head, f.x.clone().require_grad());
-                let loss = match loss_path {
-                    linear_softmax::LossPath::Fused => {
-                        let chunking = Chunking::new().with_rows(chunk_rows);
-                        fused::loss_with_chunking(
-                            head,
-                            x.clone(),
-                            &f.targets,
-                            &f.options,
-                            &chunking,
-                        )
-                    }
-                    _ => head.loss_with_path(x.clone(), &f.targets, &f.options, loss_path),
-                }
-                .unwrap();
+                let chunking = Chunking::new().with_rows(chunk_rows);
+                let options = f.options.clone().with_path(loss_path);
+                let options = options.with_chunking(chunking);
+                let loss = head.loss(x.clone(), &f.targets, &options).unwrap();
                 assert_eq!(loss.dtype(), DType::BF16, "{context}");
                 let grads = loss.clone().sum().backward();
                 let results = [
@@ -349,7 +317,7 @@ fn bf16_heads_match_pytorch() {
                     let context = format!("{context} {what}");
                     let in_bf16 = torch_bf16(key);
                     assert_close(&context, &got, &in_bf16, BF16_VS_PYTORCH_BF16);
-                    if loss_path == linear_softmax::LossPath::Fused {
+                    if loss_path == LossPath::Fused {
                         assert_close(&context, &got, exact, BF16_ROUNDED_ONCE);
                         let ours = relative_error(&got, exact);
                         let torch = relative_error(&in_bf16, exact);

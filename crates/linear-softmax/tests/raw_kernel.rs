@@ -10,9 +10,30 @@ mod common;
 use burn::prelude::*;
 use burn::tensor::DType;
 use common::{Problem, assert_close, assert_gradients_close, backends, dtypes, host, problem};
-use linear_softmax::{
-    Chunking, HeadGradients, LossOptions, LossPath, Reduction, Targets, autodiff, fused,
-};
+use linear_softmax::{Chunking, HeadGradients, LossOptions, LossPath, LossReduction, Targets};
+
+/// Every reduction.
+const REDUCTIONS: [LossReduction; 3] =
+    [LossReduction::Mean, LossReduction::Sum, LossReduction::None];
+
+/// `head.gradients` of `p`'s input, with `targets` and `options`.
+fn gradients(p: &Problem, targets: &Targets, options: &LossOptions) -> HeadGradients {
+    p.head.gradients(p.x.clone(), targets, options).unwrap()
+}
+
+/// `options` on the autodiff path, the reference.
+fn autodiff(options: &LossOptions) -> LossOptions {
+    options.clone().with_path(LossPath::Autodiff)
+}
+
+/// `options` on the fused path, in chunks of `rows` rows.
+fn fused(options: &LossOptions, rows: usize) -> LossOptions {
+    let chunking = Chunking::new().with_rows(Some(rows));
+    options
+        .clone()
+        .with_path(LossPath::Fused)
+        .with_chunking(chunking)
+}
 
 /// The gradients `.backward()` gives through the fused op (the precomputed path for mean and
 /// sum, the recomputing path for reduction none).
@@ -24,8 +45,10 @@ fn through_graph(
 ) -> HeadGradients {
     let head = p.head.clone().train();
     let x = p.x.clone().detach().autodiff().require_grad();
-    let chunking = Chunking::new().with_rows(Some(rows));
-    let loss = fused::loss_with_chunking(&head, x.clone(), targets, options, &chunking).unwrap();
+    let output = head
+        .loss_output(x.clone(), targets, &fused(options, rows))
+        .unwrap();
+    let loss = output.loss;
     let grads = loss.clone().sum().backward();
     HeadGradients {
         d_weight: head.linear.weight.grad(&grads).expect("W is tracked"),
@@ -36,6 +59,8 @@ fn through_graph(
             .map(|b| b.grad(&grads).expect("b is tracked")),
         d_input: x.grad(&grads).expect("x is tracked"),
         loss: loss.inner(),
+        log_sum_exp: output.log_sum_exp.inner(),
+        stats: None,
     }
 }
 
@@ -49,15 +74,7 @@ fn assert_chunks_agree(
     tolerance: f64,
     context: &str,
 ) {
-    let chunking = Chunking::new().with_rows(Some(rows));
-    let explicit = fused::loss_and_gradients_with_chunking(
-        &p.head,
-        p.x.clone(),
-        &p.targets,
-        options,
-        &chunking,
-    )
-    .unwrap();
+    let explicit = gradients(p, &p.targets, &fused(options, rows));
     assert_eq!(
         explicit.d_weight.dtype(),
         p.head.weight().dtype(),
@@ -83,11 +100,9 @@ fn raw_kernel_matches_autodiff_over_chunk_sizes_dtypes_bias_and_reductions() {
         for (dtype, tolerance) in dtypes() {
             for bias in [true, false] {
                 let p = problem([N, 19, 700], bias, dtype, &device, 40 + cases as u64);
-                for reduction in [Reduction::Mean, Reduction::Sum, Reduction::None] {
+                for reduction in REDUCTIONS {
                     let options = LossOptions::new().with_reduction(reduction);
-                    let expected =
-                        autodiff::loss_and_gradients(&p.head, p.x.clone(), &p.targets, &options)
-                            .unwrap();
+                    let expected = gradients(&p, &p.targets, &autodiff(&options));
                     for rows in [1, 7, N, N + 5] {
                         let context =
                             format!("{backend} {dtype:?} bias={bias} {reduction:?} R={rows}");
@@ -121,8 +136,7 @@ fn gemms_of_a_large_chunk_agree_with_autodiff() {
             };
             let p = problem([N, N, N], true, dtype, &device, 7);
             let options = LossOptions::new();
-            let expected =
-                autodiff::loss_and_gradients(&p.head, p.x.clone(), &p.targets, &options).unwrap();
+            let expected = gradients(&p, &p.targets, &autodiff(&options));
             let context = format!("{backend} {dtype:?}");
             assert_chunks_agree(&p, &options, N, &expected, tolerance, &context);
         }
@@ -140,16 +154,8 @@ fn raw_kernel_reads_strided_views() {
             let weight = p.head.weight().transpose().reshape([300, 11]).transpose();
             let head = linear_softmax::LinearSoftmax::from_tensors(weight, p.head.bias()).unwrap();
             let options = LossOptions::new();
-            let expected =
-                autodiff::loss_and_gradients(&p.head, p.x.clone(), &p.targets, &options).unwrap();
-            let actual = fused::loss_and_gradients_with_chunking(
-                &head,
-                x,
-                &p.targets,
-                &options,
-                &Chunking::new().with_rows(Some(7)),
-            )
-            .unwrap();
+            let expected = gradients(&p, &p.targets, &autodiff(&options));
+            let actual = head.gradients(x, &p.targets, &fused(&options, 7)).unwrap();
             assert_gradients_close(
                 &format!("{backend} {dtype:?} strided"),
                 &actual,
@@ -167,17 +173,9 @@ fn options_that_fall_back_to_the_tensor_kernel_still_agree() {
             let p = problem([23, 11, 37], true, dtype, &device, 4);
             // Softcap: the raw kernel declines, the tensor-level kernel runs.
             let options = LossOptions::new().with_softcap(Some(2.0));
-            let expected =
-                autodiff::loss_and_gradients(&p.head, p.x.clone(), &p.targets, &options).unwrap();
+            let expected = gradients(&p, &p.targets, &autodiff(&options));
             for rows in [1, 7, 23, 30] {
-                let actual = fused::loss_and_gradients_with_chunking(
-                    &p.head,
-                    p.x.clone(),
-                    &p.targets,
-                    &options,
-                    &Chunking::new().with_rows(Some(rows)),
-                )
-                .unwrap();
+                let actual = gradients(&p, &p.targets, &fused(&options, rows));
                 assert_gradients_close(
                     &format!("{backend} {dtype:?} softcap R={rows}"),
                     &actual,
@@ -197,16 +195,8 @@ fn options_that_fall_back_to_the_tensor_kernel_still_agree() {
                 .collect();
             let targets = Targets::from_probabilities(&probabilities, [23, 37], &device).unwrap();
             let options = LossOptions::new();
-            let expected =
-                autodiff::loss_and_gradients(&p.head, p.x.clone(), &targets, &options).unwrap();
-            let actual = fused::loss_and_gradients_with_chunking(
-                &p.head,
-                p.x.clone(),
-                &targets,
-                &options,
-                &Chunking::new().with_rows(Some(7)),
-            )
-            .unwrap();
+            let expected = gradients(&p, &targets, &autodiff(&options));
+            let actual = gradients(&p, &targets, &fused(&options, 7));
             assert_gradients_close(
                 &format!("{backend} {dtype:?} probabilities"),
                 &actual,
@@ -219,7 +209,7 @@ fn options_that_fall_back_to_the_tensor_kernel_still_agree() {
 
 #[test]
 fn raw_kernel_handles_class_options_and_returns_log_sum_exp() {
-    // ignore_index, class weights, label smoothing and z-loss at once, with a partly ignored
+    // An ignore index, class weights, label smoothing and z-loss at once, with a partly ignored
     // batch, chunked so that ignored rows fall in several chunks.
     const IGNORE: i64 = -100;
     for (backend, device) in backends() {
@@ -233,37 +223,23 @@ fn raw_kernel_handles_class_options_and_returns_log_sum_exp() {
                 .collect();
             let targets = Targets::from_indices_with_ignore(&labels, 600, IGNORE, &device).unwrap();
             let weights: Vec<f64> = (0..600).map(|k| 0.5 + (k % 7) as f64 / 4.0).collect();
-            for reduction in [Reduction::Mean, Reduction::Sum, Reduction::None] {
+            for reduction in REDUCTIONS {
                 let options = LossOptions::new()
                     .with_reduction(reduction)
-                    .with_ignore_index(Some(IGNORE))
                     .with_weights(Some(weights.clone()))
                     .with_label_smoothing(0.1)
                     .with_z_loss(0.01);
-                let expected =
-                    autodiff::loss_and_gradients(&p.head, p.x.clone(), &targets, &options).unwrap();
-                let (_, expected_lse) =
-                    autodiff::loss_and_log_sum_exp(&p.head, p.x.clone(), &targets, &options)
-                        .unwrap();
+                let reference = autodiff(&options);
+                let expected = gradients(&p, &targets, &reference);
+                let expected_lse = p.head.loss_output(p.x.clone(), &targets, &reference);
+                let expected_lse = expected_lse.unwrap().log_sum_exp;
                 for rows in [1, 7, 29] {
                     let context = format!("{backend} {dtype:?} {reduction:?} R={rows}");
-                    let actual = fused::loss_and_gradients_with_chunking(
-                        &p.head,
-                        p.x.clone(),
-                        &targets,
-                        &options,
-                        &Chunking::new().with_rows(Some(rows)),
-                    )
-                    .unwrap();
+                    let chunked = fused(&options, rows);
+                    let actual = gradients(&p, &targets, &chunked);
                     assert_gradients_close(&context, &actual, &expected, tolerance);
-                    let (_, actual_lse) = fused::loss_and_log_sum_exp_with_chunking(
-                        &p.head,
-                        p.x.clone(),
-                        &targets,
-                        &options,
-                        &Chunking::new().with_rows(Some(rows)),
-                    )
-                    .unwrap();
+                    let actual_lse = p.head.loss_output(p.x.clone(), &targets, &chunked);
+                    let actual_lse = actual_lse.unwrap().log_sum_exp;
                     assert_close(
                         &format!("{context} lse"),
                         &host(&actual_lse),
@@ -304,30 +280,25 @@ fn few_classes_stream_the_rows_and_agree_on_both_sides_of_the_threshold() {
                     Targets::from_indices_with_ignore(&labels, c, IGNORE, &device).unwrap();
                 let weights: Vec<f64> = (0..c).map(|k| 0.5 + (k % 3) as f64 / 2.0).collect();
                 let all_options = LossOptions::new()
-                    .with_ignore_index(Some(IGNORE))
                     .with_weights(Some(weights))
                     .with_label_smoothing(0.1)
                     .with_z_loss(0.01);
                 for (targets, options) in
                     [(&p.targets, LossOptions::new()), (&ignored, all_options)]
                 {
-                    for reduction in [Reduction::Mean, Reduction::Sum, Reduction::None] {
+                    for reduction in REDUCTIONS {
                         let options = options.clone().with_reduction(reduction);
                         let context = format!(
                             "{backend} {dtype:?} N={n} C={c} bias={bias} {reduction:?} {}",
                             options.summary()
                         );
-                        let expected =
-                            autodiff::loss_and_gradients(&p.head, p.x.clone(), targets, &options)
-                                .unwrap();
-                        let actual =
-                            fused::loss_and_gradients(&p.head, p.x.clone(), targets, &options)
-                                .unwrap();
+                        let on = |path: LossPath| options.clone().with_path(path);
+                        let expected = gradients(&p, targets, &on(LossPath::Autodiff));
+                        let actual = gradients(&p, targets, &on(LossPath::Fused));
                         assert_gradients_close(&context, &actual, &expected, tolerance);
                         let lse = |path: LossPath| {
-                            let results =
-                                path.loss_and_log_sum_exp(&p.head, p.x.clone(), targets, &options);
-                            host(&results.unwrap().1)
+                            let output = p.head.loss_output(p.x.clone(), targets, &on(path));
+                            host(&output.unwrap().log_sum_exp)
                         };
                         assert_close(
                             &format!("{context} lse"),

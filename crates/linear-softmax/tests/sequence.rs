@@ -1,13 +1,13 @@
 //! Sequence batches (an LM head): `x` `[B, T, D]` with `[B, T]` labels, padding marked by the
-//! ignore label, through every path's `sequence_loss` and `.backward()`, give the loss and
-//! gradients of the same rows passed flat as `[B * T, D]`; `dX` comes back in `x`'s shape.
+//! ignore label, through every path's `loss` and `.backward()`, give the loss and gradients of
+//! the same rows passed flat as `[B * T, D]`; `dX` comes back in `x`'s shape.
 
 mod common;
 
 use burn::prelude::*;
 use common::cases::IGNORE;
 use common::{assert_close, backends, dtypes, host, tensor, uniform};
-use linear_softmax::{LinearSoftmax, LossOptions, LossPath, Reduction, Targets};
+use linear_softmax::{LinearSoftmax, LossOptions, LossPath, LossReduction, Targets};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
@@ -33,7 +33,7 @@ fn backward(
     upstream: &Tensor<1>,
 ) -> burn::tensor::Gradients {
     match options.reduction {
-        Reduction::None => (loss.clone() * upstream.clone()).sum().backward(),
+        LossReduction::None => (loss.clone() * upstream.clone()).sum().backward(),
         _ => loss.clone().backward(),
     }
 }
@@ -41,9 +41,9 @@ fn backward(
 /// How a batch is passed.
 #[derive(Clone, Copy)]
 enum Form {
-    /// `x` `[B, T, D]` through `sequence_loss`.
+    /// `x` `[B, T, D]` with `[B, T]` targets.
     Sequence,
-    /// `x` `[B * T, D]` through `loss`.
+    /// `x` `[B * T, D]` with `[B * T]` targets.
     Rows,
 }
 
@@ -59,12 +59,11 @@ fn run(
     upstream: &Tensor<1>,
     form: Form,
 ) -> [Vec<f64>; 4] {
+    let options = &options.clone().with_path(path);
     let (loss, grads, d_input) = match form {
         Form::Sequence => {
             let x = x.clone().reshape([batch, time, d]).require_grad();
-            let loss = path
-                .sequence_loss(head, x.clone(), targets, options)
-                .unwrap();
+            let loss = head.loss(x.clone(), targets, options).unwrap();
             let grads = backward(&loss, options, upstream);
             let d_input = x.grad(&grads).unwrap();
             assert_eq!(d_input.dims(), [batch, time, d], "dX in x's shape");
@@ -72,7 +71,7 @@ fn run(
         }
         Form::Rows => {
             let x = x.clone().require_grad();
-            let loss = path.loss(head, x.clone(), targets, options).unwrap();
+            let loss = head.loss(x.clone(), targets, options).unwrap();
             let grads = backward(&loss, options, upstream);
             let d_input = host(&x.grad(&grads).unwrap());
             (loss, grads, d_input)
@@ -91,13 +90,10 @@ fn a_sequence_batch_is_its_rows_on_every_path() {
     let (batch, time, d, c) = (3, 5, 6, 11);
     let lengths = [5, 2, 4];
     let option_cases = [
-        LossOptions::new().with_ignore_index(Some(IGNORE)),
+        LossOptions::new(),
+        LossOptions::new().with_reduction(LossReduction::None),
         LossOptions::new()
-            .with_ignore_index(Some(IGNORE))
-            .with_reduction(Reduction::None),
-        LossOptions::new()
-            .with_ignore_index(Some(IGNORE))
-            .with_reduction(Reduction::Sum)
+            .with_reduction(LossReduction::Sum)
             .with_label_smoothing(0.1)
             .with_z_loss(1e-3)
             .with_weights(Some((0..c).map(|k| 0.5 + (k % 3) as f64).collect())),
@@ -125,7 +121,7 @@ fn a_sequence_batch_is_its_rows_on_every_path() {
                 &device,
             );
             // The sequence constructor on the model's device, and the flat one.
-            let sequence_targets = Targets::from_sequence_tensor(
+            let sequence_targets = Targets::from_tensor(
                 Tensor::<2, Int>::from_data(
                     TensorData::new(labels.clone(), [batch, time]),
                     &device,
@@ -183,12 +179,12 @@ fn the_head_defaults_to_the_fused_path_for_sequences() {
         .unwrap();
     let x = Tensor::<3>::random([2, 3, 4], burn::tensor::Distribution::Default, &device);
     let labels = Tensor::<2, Int>::from_data([[1, 2, 3], [4, IGNORE, IGNORE]], &device);
-    let targets = Targets::from_sequence_tensor(labels, 7, Some(IGNORE)).unwrap();
-    let options = LossOptions::new().with_ignore_index(Some(IGNORE));
-    let by_head = head.sequence_loss(x.clone(), &targets, &options).unwrap();
-    let fused = LossPath::Fused
-        .sequence_loss(&head, x, &targets, &options)
-        .unwrap();
+    let targets = Targets::from_tensor(labels, 7, Some(IGNORE)).unwrap();
+    let options = LossOptions::new();
+    let by_head = head.loss(x.clone(), &targets, &options).unwrap();
+    let fused = options.clone().with_path(LossPath::Fused);
+    let fused = head.loss(x, &targets, &fused).unwrap();
     assert_eq!(LossPath::default(), LossPath::Fused);
+    assert_eq!(options.path, LossPath::Fused);
     assert_eq!(host(&by_head), host(&fused));
 }

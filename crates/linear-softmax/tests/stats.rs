@@ -1,4 +1,4 @@
-//! `loss_with_stats`: each row's prediction, the correct and counted rows, the target
+//! `loss_output` with `stats`: each row's prediction, the correct and counted rows, the target
 //! log-probabilities and `lse` from the loss's own pass, on every path, kernel, CPU backend
 //! and float type, checked against `predict` (the predictions, exactly) and against host
 //! arithmetic in f64 on the logits `head.forward` gives (the rest). The loss it returns is a
@@ -10,9 +10,9 @@ use burn::prelude::*;
 use burn::tensor::DType;
 use common::cases::{IGNORE, Kind, cases, small_chunks, targets};
 use common::{assert_close, backends, dtypes, host, problem, tensor, uniform};
-use linear_softmax::fused::{Kernel, kernel_for};
+use linear_softmax::diagnostics::{Kernel, kernel_for};
 use linear_softmax::{
-    LinearSoftmax, LossOptions, LossPath, LossStats, Reduction, TargetKind, Targets, fused,
+    LinearSoftmax, LossOptions, LossOutput, LossPath, LossReduction, TargetKind, Targets,
 };
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -64,7 +64,7 @@ fn expected(
     match targets.kind() {
         TargetKind::Classes { indices, .. } => {
             for (i, &label) in host_int(indices).iter().enumerate() {
-                let ignored = options.ignore_index == Some(label)
+                let ignored = targets.ignore_index() == Some(label)
                     || options
                         .pad_tokens
                         .iter()
@@ -101,8 +101,15 @@ fn expected(
     }
 }
 
+/// `options` on `path`, asking for the statistics.
+fn with_stats(options: &LossOptions, path: LossPath) -> LossOptions {
+    options.clone().with_path(path).with_stats(true)
+}
+
+/// The statistics of `output` and its `lse` are `expected`'s.
 #[track_caller]
-fn assert_stats(what: &str, stats: &LossStats, expected: &Expected, tolerance: f64) {
+fn assert_stats(what: &str, output: &LossOutput, expected: &Expected, tolerance: f64) {
+    let stats = output.stats.as_ref().expect("asked for");
     assert_eq!(
         host_int(&stats.predictions),
         expected.predictions,
@@ -126,7 +133,7 @@ fn assert_stats(what: &str, stats: &LossStats, expected: &Expected, tolerance: f
     );
     assert_close(
         &format!("{what}: lse"),
-        &host(&stats.log_sum_exp),
+        &host(&output.log_sum_exp),
         &expected.log_sum_exp,
         tolerance,
     );
@@ -134,9 +141,6 @@ fn assert_stats(what: &str, stats: &LossStats, expected: &Expected, tolerance: f
     let wanted = (expected.counted > 0).then(|| expected.correct as f64 / expected.counted as f64);
     assert_eq!(accuracy, wanted, "{what}: accuracy");
 }
-
-/// One path's `loss_with_stats` on an input.
-type StatsCall<'a> = Box<dyn Fn(Tensor<2>) -> (Tensor<1>, LossStats) + 'a>;
 
 /// The cases: the shared option/target table plus softcap (the tensor kernel on the CPU).
 fn all_cases(c: usize) -> Vec<(&'static str, LossOptions, Kind)> {
@@ -150,7 +154,7 @@ fn all_cases(c: usize) -> Vec<(&'static str, LossOptions, Kind)> {
 }
 
 /// Every path (the fused one with the default and with 3-row chunks) on the model's autodiff
-/// device, through `loss_with_stats` and `.backward()`: the statistics are right, and the loss
+/// device, through `loss_output` and `.backward()`: the statistics are right, and the loss
 /// and `dX` are `loss`'s.
 #[test]
 fn every_path_gives_the_statistics_of_the_logits() {
@@ -166,7 +170,8 @@ fn every_path_gives_the_statistics_of_the_logits() {
                     let head = p.head.clone().train();
                     let targets = targets(kind, &p, [23, c], &device, 5);
                     let expected = expected(&head, &p.x, &targets, &options);
-                    kernels.push(kernel_for(&head, &p.x, &targets, &options).kernel);
+                    let choice = kernel_for(&head, &p.x, &targets, &options);
+                    kernels.push(choice.expect("the fused path").kernel);
                     let mut rng = StdRng::seed_from_u64(3);
                     let upstream = tensor(uniform(&mut rng, 23, 1.0), [23], dtype, &device);
                     let reference = loss_and_input_gradient(
@@ -175,55 +180,27 @@ fn every_path_gives_the_statistics_of_the_logits() {
                         |x| head.loss(x, &targets, &options).unwrap(),
                         &p.x,
                     );
-                    let runs: [(&str, StatsCall<'_>); 4] = [
-                        (
-                            "fused",
-                            Box::new(|x| head.loss_with_stats(x, &targets, &options).unwrap()),
-                        ),
-                        (
-                            "fused, 3-row chunks",
-                            Box::new(|x| {
-                                fused::loss_with_stats_and_chunking(
-                                    &head,
-                                    x,
-                                    &targets,
-                                    &options,
-                                    &small_chunks(),
-                                )
-                                .unwrap()
-                            }),
-                        ),
-                        (
-                            "autodiff",
-                            Box::new(|x| {
-                                LossPath::Autodiff
-                                    .loss_with_stats(&head, x, &targets, &options)
-                                    .unwrap()
-                            }),
-                        ),
-                        (
-                            "manual",
-                            Box::new(|x| {
-                                LossPath::Manual
-                                    .loss_with_stats(&head, x, &targets, &options)
-                                    .unwrap()
-                            }),
-                        ),
-                    ];
+                    let chunked =
+                        with_stats(&options, LossPath::Fused).with_chunking(small_chunks());
+                    let runs = LossPath::ALL
+                        .map(|path| (path.name(), with_stats(&options, path)))
+                        .into_iter()
+                        .chain([("fused, 3-row chunks", chunked)]);
                     for (path, run) in runs {
                         let what = format!("{backend} {dtype:?} C={c} {name}, {path}");
-                        let mut stats = None;
+                        let mut output = None;
                         let (loss, d_input) = loss_and_input_gradient(
                             &options,
                             &upstream,
                             |x| {
-                                let (loss, s) = run(x);
-                                stats = Some(s);
+                                let out = head.loss_output(x, &targets, &run).unwrap();
+                                let loss = out.loss.clone();
+                                output = Some(out);
                                 loss
                             },
                             &p.x,
                         );
-                        assert_stats(&what, &stats.unwrap(), &expected, tolerance);
+                        assert_stats(&what, &output.unwrap(), &expected, tolerance);
                         assert_close(&format!("{what}: loss"), &loss, &reference.0, tolerance);
                         assert_close(&format!("{what}: dX"), &d_input, &reference.1, tolerance);
                     }
@@ -256,7 +233,7 @@ fn loss_and_input_gradient(
     let x = x.clone().detach().require_grad();
     let loss = loss_of(x.clone());
     let grads = match options.reduction {
-        Reduction::None => (loss.clone() * upstream.clone()).sum().backward(),
+        LossReduction::None => (loss.clone() * upstream.clone()).sum().backward(),
         _ => loss.clone().backward(),
     };
     (host(&loss), host(&x.grad(&grads).expect("x is tracked")))
@@ -290,9 +267,9 @@ fn ties_go_to_the_first_class() {
                     assert_eq!(host_int(&head.predict(x.clone()).unwrap()), [first; 4]);
                     for targets in [&classes, &probabilities] {
                         for path in LossPath::ALL {
-                            let (_, stats) = path
-                                .loss_with_stats(head, x.clone(), targets, &LossOptions::new())
-                                .unwrap();
+                            let options = with_stats(&LossOptions::new(), path);
+                            let output = head.loss_output(x.clone(), targets, &options).unwrap();
+                            let stats = output.stats.expect("asked for");
                             let what = format!("{backend} {dtype:?} C={c} {path}");
                             assert_eq!(host_int(&stats.predictions), [first; 4], "{what}");
                         }
@@ -324,13 +301,13 @@ fn a_nan_logit_is_the_prediction_as_in_argmax() {
                 assert_eq!(predicted, [5; 3], "{backend} {dtype:?}: Burn's argmax");
                 let targets = Targets::from_indices(&[0, 2, 5], c, &device).unwrap();
                 for path in LossPath::ALL {
-                    let (loss, stats) = path
-                        .loss_with_stats(&head, x.clone(), &targets, &LossOptions::new())
-                        .unwrap();
+                    let options = with_stats(&LossOptions::new(), path);
+                    let output = head.loss_output(x.clone(), &targets, &options).unwrap();
+                    let stats = output.stats.expect("asked for");
                     let what = format!("{backend} {dtype:?} C={c} {path}");
                     assert_eq!(host_int(&stats.predictions), predicted, "{what}");
                     assert!(
-                        host(&loss)[0].is_nan(),
+                        host(&output.loss)[0].is_nan(),
                         "{what}: the loss shows the NaN too"
                     );
                 }
@@ -339,7 +316,7 @@ fn a_nan_logit_is_the_prediction_as_in_argmax() {
     }
 }
 
-/// An LM head on padded `[B, T, D]`: the token statistics of `sequence_loss_with_stats` are
+/// An LM head on padded `[B, T, D]`: the token statistics of `loss_output` on it are
 /// those of the flat rows; padding is neither counted nor given a log-probability.
 #[test]
 fn sequence_statistics_count_the_tokens_that_are_not_padding() {
@@ -358,16 +335,15 @@ fn sequence_statistics_count_the_tokens_that_are_not_padding() {
         })
         .collect();
     let grid = Tensor::<2, Int>::from_data(TensorData::new(labels.clone(), [batch, time]), &device);
-    let targets = Targets::from_sequence_tensor(grid, c, Some(IGNORE)).unwrap();
-    let options = LossOptions::new().with_ignore_index(Some(IGNORE));
+    let targets = Targets::from_tensor(grid, c, Some(IGNORE)).unwrap();
+    let options = LossOptions::new().with_stats(true);
     let x = p.x.clone().reshape([batch, time, d]).require_grad();
-    let (loss, stats) = head
-        .sequence_loss_with_stats(x.clone(), &targets, &options)
-        .unwrap();
-    assert!(x.grad(&loss.backward()).is_some());
+    let output = head.loss_output(x.clone(), &targets, &options).unwrap();
+    assert!(x.grad(&output.loss.clone().backward()).is_some());
     let expected = expected(&head, &p.x, &targets, &options);
     assert_eq!(expected.counted, 11);
-    assert_stats("sequence", &stats, &expected, common::F32_AGREEMENT);
+    assert_stats("sequence", &output, &expected, common::F32_AGREEMENT);
+    let stats = output.stats.expect("asked for");
     assert_eq!(
         stats.predictions.reshape([batch, time]).dims(),
         [batch, time]
@@ -380,11 +356,10 @@ fn no_counted_row_has_no_accuracy() {
     let device = Device::flex();
     let p = problem([6, 4, 20], true, DType::F32, &device, 2);
     let targets = targets(Kind::AllIgnored, &p, [6, 20], &device, 1);
-    let options = LossOptions::new().with_ignore_index(Some(IGNORE));
     for path in LossPath::ALL {
-        let (_, stats) = path
-            .loss_with_stats(&p.head, p.x.clone(), &targets, &options)
-            .unwrap();
+        let options = with_stats(&LossOptions::new(), path);
+        let output = p.head.loss_output(p.x.clone(), &targets, &options);
+        let stats = output.unwrap().stats.expect("asked for");
         assert_eq!(host_int(&stats.counted), [0], "{path}");
         assert_eq!(stats.accuracy().unwrap(), None, "{path}");
     }
@@ -398,16 +373,16 @@ fn bad_input_is_refused_as_by_loss() {
     let wrong_rows = Targets::from_indices(&[1, 2], 20, &device).unwrap();
     let bad_option = LossOptions::new().with_label_smoothing(1.5);
     for path in LossPath::ALL {
-        let stats_error = path
-            .loss_with_stats(&p.head, p.x.clone(), &wrong_rows, &LossOptions::new())
-            .unwrap_err();
-        let loss_error = path
-            .loss(&p.head, p.x.clone(), &wrong_rows, &LossOptions::new())
-            .unwrap_err();
+        let plain = LossOptions::new().with_path(path);
+        let stats = plain.clone().with_stats(true);
+        let stats_error = p.head.loss_output(p.x.clone(), &wrong_rows, &stats);
+        let stats_error = stats_error.unwrap_err();
+        let loss_error = p.head.loss(p.x.clone(), &wrong_rows, &plain);
+        let loss_error = loss_error.unwrap_err();
         assert_eq!(stats_error.to_string(), loss_error.to_string(), "{path}");
-        let stats_error = path
-            .loss_with_stats(&p.head, p.x.clone(), &p.targets, &bad_option)
-            .unwrap_err();
+        let bad = with_stats(&bad_option, path);
+        let stats_error = p.head.loss_output(p.x.clone(), &p.targets, &bad);
+        let stats_error = stats_error.unwrap_err();
         assert!(
             stats_error.to_string().contains("1.5"),
             "{path}: {stats_error}"
@@ -424,14 +399,12 @@ fn statistics_of_a_batch_split_over_tasks() {
         for c in [7, 40] {
             let p = problem([1000, 40, c], true, DType::F32, &device, 21);
             let targets = targets(Kind::Ignored, &p, [1000, c], &device, 6);
-            let options = LossOptions::new().with_ignore_index(Some(IGNORE));
+            let options = LossOptions::new().with_stats(true);
             let expected = expected(&p.head, &p.x, &targets, &options);
-            let (_, stats) = p
-                .head
-                .loss_with_stats(p.x.clone(), &targets, &options)
-                .unwrap();
+            let output = p.head.loss_output(p.x.clone(), &targets, &options);
+            let output = output.unwrap();
             let what = format!("{backend} C={c}, 1000 rows");
-            assert_stats(&what, &stats, &expected, common::F32_AGREEMENT);
+            assert_stats(&what, &output, &expected, common::F32_AGREEMENT);
         }
     }
 }
@@ -446,13 +419,14 @@ fn narrow_labels_give_statistics_of_the_devices_int_type() {
             let narrow: Vec<u8> = p.labels.iter().map(|&label| label as u8).collect();
             let labels =
                 Tensor::<1, Int>::from_data(TensorData::new(narrow, [300]), (&device, DType::U8));
-            let targets = Targets::from_tensor(labels, c).unwrap();
+            let targets = Targets::from_tensor(labels, c, None).unwrap();
             let expected = expected(&p.head, &p.x, &targets, &LossOptions::new());
             let predicted = p.head.predict(p.x.clone()).unwrap();
             for path in LossPath::ALL {
-                let (_, stats) = path
-                    .loss_with_stats(&p.head, p.x.clone(), &targets, &LossOptions::new())
-                    .unwrap();
+                let options = with_stats(&LossOptions::new(), path);
+                let output = p.head.loss_output(p.x.clone(), &targets, &options);
+                let output = output.unwrap();
+                let stats = output.stats.as_ref().expect("asked for");
                 let what = format!("{backend} C={c} {path}, u8 labels");
                 for (name, tensor) in [
                     ("predictions", &stats.predictions),
@@ -461,7 +435,7 @@ fn narrow_labels_give_statistics_of_the_devices_int_type() {
                 ] {
                     assert_eq!(tensor.dtype(), predicted.dtype(), "{what}: {name}");
                 }
-                assert_stats(&what, &stats, &expected, common::F32_AGREEMENT);
+                assert_stats(&what, &output, &expected, common::F32_AGREEMENT);
             }
         }
     }

@@ -15,8 +15,8 @@ use common::cases::{Kind, targets};
 use common::{
     F32_AGREEMENT, assert_close, assert_gradients_close, loss_backward, problem, uniform,
 };
-use linear_softmax::fused::{self, Chunking, Kernel};
-use linear_softmax::{Error, LossOptions, LossPath, Reduction, autodiff};
+use linear_softmax::diagnostics::{Kernel, kernel_for};
+use linear_softmax::{Chunking, Error, LossOptions, LossPath, LossReduction};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
@@ -28,21 +28,22 @@ const SAME_OPERATIONS: f64 = F32_AGREEMENT;
 fn the_fused_path_reports_and_runs_the_autodiff_path() {
     for device in [Device::ndarray(), Device::ndarray().autodiff()] {
         let p = problem([7, 5, 40], true, DType::F32, &device, 11);
-        let choice = fused::kernel_for(&p.head, &p.x, &p.targets, &LossOptions::new());
+        let choice = kernel_for(&p.head, &p.x, &p.targets, &LossOptions::new());
+        let choice = choice.expect("the fused path");
         assert_eq!(choice.kernel, Kernel::Autodiff, "{}", choice.reason);
         assert!(choice.reason.contains("no fused"), "{}", choice.reason);
 
         let options = LossOptions::new().with_label_smoothing(0.1);
-        let fused = LossPath::Fused
-            .loss_and_gradients(&p.head, p.x.clone(), &p.targets, &options)
-            .unwrap();
-        let reference =
-            autodiff::loss_and_gradients(&p.head, p.x.clone(), &p.targets, &options).unwrap();
+        let [fused, reference] = [LossPath::Fused, LossPath::Autodiff].map(|path| {
+            let options = options.clone().with_path(path);
+            p.head.gradients(p.x.clone(), &p.targets, &options).unwrap()
+        });
         assert_gradients_close("ndarray", &fused, &reference, SAME_OPERATIONS);
     }
     // Flex, in the same build, still runs a fused kernel.
     let p = problem([7, 5, 40], true, DType::F32, &Device::flex(), 11);
-    let choice = fused::kernel_for(&p.head, &p.x, &p.targets, &LossOptions::new());
+    let choice = kernel_for(&p.head, &p.x, &p.targets, &LossOptions::new());
+    let choice = choice.expect("the fused path");
     assert_eq!(choice.kernel, Kernel::Raw, "{}", choice.reason);
 }
 
@@ -57,7 +58,7 @@ fn loss_backward_on_the_model_device_gives_the_autodiff_gradients() {
     let mut rng = StdRng::seed_from_u64(5);
     let upstream = Tensor::<1>::from_data(uniform(&mut rng, n, 2.0).as_slice(), &device);
     for (kind, targets) in [("classes", &p.targets), ("probabilities", &soft)] {
-        for reduction in [Reduction::Mean, Reduction::None] {
+        for reduction in [LossReduction::Mean, LossReduction::None] {
             let options = LossOptions::new().with_reduction(reduction);
             let gradients = |path| loss_backward(&p, targets, &options, path, &upstream);
             let fused = gradients(LossPath::Fused);
@@ -75,20 +76,16 @@ fn loss_backward_on_the_model_device_gives_the_autodiff_gradients() {
 fn the_fallback_still_checks_its_arguments() {
     let device = Device::ndarray();
     let p = problem([3, 2, 5], false, DType::F32, &device, 1);
+    let fused = LossOptions::new().with_path(LossPath::Fused);
     let zero_rows = Chunking::new().with_rows(Some(0));
-    let result = fused::loss_with_chunking(
-        &p.head,
-        p.x.clone(),
-        &p.targets,
-        &LossOptions::new(),
-        &zero_rows,
-    );
+    let zero_rows = fused.clone().with_chunking(zero_rows);
+    let result = p.head.loss(p.x.clone(), &p.targets, &zero_rows);
     assert!(
         matches!(result, Err(Error::InvalidOption { .. })),
         "{result:?}"
     );
     let wrong_width = Tensor::<2>::zeros([3, 4], &device);
-    let result = fused::loss(&p.head, wrong_width, &p.targets, &LossOptions::new());
+    let result = p.head.loss(wrong_width, &p.targets, &fused);
     assert!(
         matches!(result, Err(Error::InputWidthMismatch { .. })),
         "{result:?}"

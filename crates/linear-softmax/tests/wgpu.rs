@@ -17,8 +17,10 @@ use common::{
     F16_VS_F32, F32_AGREEMENT, F32_NETWORK, assert_close, assert_gradients_close,
     assert_half_precision_matches_f32, host, loss_backward, problem, uniform,
 };
-use linear_softmax::fused::{self, Chunking, Kernel};
-use linear_softmax::{Error, LossOptions, LossPath, Reduction, Targets, autodiff};
+use linear_softmax::diagnostics::{Kernel, KernelChoice, kernel_for};
+use linear_softmax::{
+    Chunking, Error, LinearSoftmax, LossOptions, LossPath, LossReduction, Targets,
+};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
@@ -38,19 +40,34 @@ fn finish_wgpu() {
     wgpu().sync().expect("the device finishes its queued work");
 }
 
+/// The kernel the fused path (the options' default) takes for a call.
+fn fused_kernel(
+    head: &LinearSoftmax,
+    x: &Tensor<2>,
+    targets: &Targets,
+    options: &LossOptions,
+) -> KernelChoice {
+    kernel_for(head, x, targets, options).expect("the fused path")
+}
+
+/// `options` on the autodiff path, the reference.
+fn autodiff(options: &LossOptions) -> LossOptions {
+    options.clone().with_path(LossPath::Autodiff)
+}
+
 #[test]
 fn the_fused_op_has_a_kernel_on_wgpu() {
     let device = wgpu();
     for device in [device.clone(), device.autodiff()] {
         let p = problem([5, 3, 40], true, DType::F32, &device, 1);
         let options = LossOptions::new();
-        let choice = fused::kernel_for(&p.head, &p.x, &p.targets, &options);
+        let choice = fused_kernel(&p.head, &p.x, &p.targets, &options);
         assert_eq!(choice.kernel, Kernel::Cube, "{}", choice.reason);
         let probabilities = targets(Kind::Probabilities, &p, [5, 40], &device, 2);
-        let choice = fused::kernel_for(&p.head, &p.x, &probabilities, &options);
+        let choice = fused_kernel(&p.head, &p.x, &probabilities, &options);
         assert_eq!(choice.kernel, Kernel::Tensor, "{}", choice.reason);
         let softcap = options.with_softcap(Some(5.0));
-        let choice = fused::kernel_for(&p.head, &p.x, &p.targets, &softcap);
+        let choice = fused_kernel(&p.head, &p.x, &p.targets, &softcap);
         assert_eq!(choice.kernel, Kernel::Tensor, "{}", choice.reason);
         assert!(choice.reason.contains("CubeCL"), "{}", choice.reason);
     }
@@ -69,9 +86,9 @@ fn every_path_agrees_with_flex_for_every_option() {
             let seed = seed as u64;
             let on_cpu = problem(shape, true, DType::F32, &cpu, seed);
             let cpu_targets = targets(kind, &on_cpu, [n, c], &cpu, seed);
-            let reference =
-                autodiff::loss_and_gradients(&on_cpu.head, on_cpu.x, &cpu_targets, &options)
-                    .unwrap();
+            let reference = autodiff(&options);
+            let reference = on_cpu.head.gradients(on_cpu.x, &cpu_targets, &reference);
+            let reference = reference.unwrap();
             let p = problem(shape, true, DType::F32, &gpu, seed);
             let gpu_targets = targets(kind, &p, [n, c], &gpu, seed);
             let paths = all_paths(&p, &gpu_targets, &options);
@@ -108,7 +125,7 @@ fn loss_backward_on_the_model_device_matches_autodiff() {
         ("multi-hot", &multi_hot),
     ];
     for (kind, targets) in kinds {
-        for reduction in [Reduction::Mean, Reduction::Sum, Reduction::None] {
+        for reduction in [LossReduction::Mean, LossReduction::Sum, LossReduction::None] {
             let options = LossOptions::new()
                 .with_reduction(reduction)
                 .with_label_smoothing(0.05);
@@ -141,7 +158,8 @@ fn a_frozen_head_on_wgpu_gives_only_the_input_gradient() {
         .unwrap()
         .backward();
     assert!(p.head.weight().grad(&grads).is_none());
-    let reference = autodiff::loss_and_gradients(&p.head, p.x, &p.targets, &options).unwrap();
+    let reference = p.head.gradients(p.x, &p.targets, &autodiff(&options));
+    let reference = reference.unwrap();
     assert_close(
         "dX of a frozen head",
         &host(&x.grad(&grads).expect("dX")),
@@ -180,9 +198,8 @@ fn an_input_on_another_device_is_an_error() {
     let p = problem([3, 2, 5], false, DType::F32, &Device::flex(), 1);
     let x = Tensor::<2>::zeros([3, 2], &wgpu());
     for path in LossPath::ALL {
-        let result = p
-            .head
-            .loss_with_path(x.clone(), &p.targets, &LossOptions::new(), path);
+        let options = LossOptions::new().with_path(path);
+        let result = p.head.loss(x.clone(), &p.targets, &options);
         assert!(
             matches!(result, Err(Error::DeviceMismatch { .. })),
             "{path}: {result:?}"
@@ -204,7 +221,8 @@ fn f64_on_wgpu_is_an_error() {
         let p = problem([4, 3, 5], true, DType::F32, &device, 1);
         let (head, x) = (p.head.cast(DType::F64), p.x.cast(DType::F64));
         for path in LossPath::ALL {
-            let result = head.loss_with_path(x.clone(), &p.targets, &LossOptions::new(), path);
+            let options = LossOptions::new().with_path(path);
+            let result = head.loss(x.clone(), &p.targets, &options);
             let message = match result {
                 Err(
                     error @ Error::UnsupportedDType {
@@ -243,8 +261,8 @@ fn half_precision_on_wgpu() {
             let tracked = (head.clone().train(), x.clone().autodiff().require_grad());
             for (head, x) in [(head, x), tracked] {
                 for path in LossPath::ALL {
-                    let result =
-                        head.loss_with_path(x.clone(), &p.targets, &LossOptions::new(), path);
+                    let options = LossOptions::new().with_path(path);
+                    let result = head.loss(x.clone(), &p.targets, &options);
                     let refused = matches!(
                         result,
                         Err(Error::UnsupportedDType { dtype: refused, .. }) if refused == dtype
@@ -290,26 +308,23 @@ fn a_gpu_chunk_is_as_large_as_the_input() {
 fn a_chunk_of_more_rows_than_a_grid_dimension_holds() {
     let device = wgpu();
     let p = problem([65_600, 2, 3], true, DType::F32, &device, 9);
-    let options = LossOptions::new().with_reduction(Reduction::Sum);
-    let choice = fused::kernel_for(&p.head, &p.x, &p.targets, &options);
+    let options = LossOptions::new().with_reduction(LossReduction::Sum);
+    let choice = fused_kernel(&p.head, &p.x, &p.targets, &options);
     assert_eq!(choice.kernel, Kernel::Cube, "{}", choice.reason);
     let one_chunk = Chunking::new().with_rows(Some(65_600));
-    let fused = fused::loss_and_gradients_with_chunking(
-        &p.head,
-        p.x.clone(),
-        &p.targets,
-        &options,
-        &one_chunk,
-    )
-    .unwrap();
-    let reference = autodiff::loss_and_gradients(&p.head, p.x, &p.targets, &options).unwrap();
+    let one_chunk = options.clone().with_chunking(one_chunk);
+    let fused = p.head.gradients(p.x.clone(), &p.targets, &one_chunk);
+    let fused = fused.unwrap();
+    let reference = p.head.gradients(p.x, &p.targets, &autodiff(&options));
+    let reference = reference.unwrap();
     assert_gradients_close("65600 rows", &fused, &reference, F32_AGREEMENT);
     finish_wgpu();
 }
 
-/// `loss_with_stats` on wgpu, on the model's autodiff device: the Cube kernel (class indices,
-/// some ignored) and the tensor kernel (probabilities; softcap) give `predict`'s predictions
-/// and the autodiff path's counts, target log-probabilities and `lse`; `.backward()` works.
+/// `loss_output` with `stats` on wgpu, on the model's autodiff device: the Cube kernel (class
+/// indices, some ignored) and the tensor kernel (probabilities; softcap) give `predict`'s
+/// predictions and the autodiff path's counts, target log-probabilities and `lse`; `.backward()`
+/// works.
 #[test]
 fn statistics_on_wgpu_match_predict_and_the_autodiff_path() {
     let device = wgpu().autodiff();
@@ -318,7 +333,7 @@ fn statistics_on_wgpu_match_predict_and_the_autodiff_path() {
     let head = p.head.clone().train();
     let ignored = targets(Kind::Ignored, &p, [n, c], &device, 1);
     let soft = targets(Kind::Probabilities, &p, [n, c], &device, 2);
-    let ignore = LossOptions::new().with_ignore_index(Some(common::cases::IGNORE));
+    let plain = LossOptions::new();
     let softcap = LossOptions::new().with_softcap(Some(5.0));
     let int = |tensor: &Tensor<1, Int>| {
         tensor
@@ -329,21 +344,21 @@ fn statistics_on_wgpu_match_predict_and_the_autodiff_path() {
     };
     let predicted = int(&head.predict(p.x.clone()).unwrap());
     let cases = [
-        ("classes, ignored rows", &ignored, &ignore, Kernel::Cube),
-        ("probabilities", &soft, &LossOptions::new(), Kernel::Tensor),
+        ("classes, ignored rows", &ignored, &plain, Kernel::Cube),
+        ("probabilities", &soft, &plain, Kernel::Tensor),
         ("softcap", &p.targets, &softcap, Kernel::Tensor),
     ];
     for (name, targets, options, kernel) in cases {
-        assert_eq!(
-            fused::kernel_for(&head, &p.x, targets, options).kernel,
-            kernel
-        );
+        assert_eq!(fused_kernel(&head, &p.x, targets, options).kernel, kernel);
         let x = p.x.clone().require_grad();
-        let (loss, stats) = head.loss_with_stats(x.clone(), targets, options).unwrap();
-        assert!(x.grad(&loss.backward()).is_some(), "{name}");
-        let (_, reference) = LossPath::Autodiff
-            .loss_with_stats(&head, p.x.clone(), targets, options)
-            .unwrap();
+        let with_stats = options.clone().with_stats(true);
+        let output = head.loss_output(x.clone(), targets, &with_stats).unwrap();
+        assert!(x.grad(&output.loss.backward()).is_some(), "{name}");
+        let reference = head.loss_output(p.x.clone(), targets, &autodiff(&with_stats));
+        let reference = reference.unwrap();
+        let (stats, lse) = (output.stats.expect("asked for"), output.log_sum_exp);
+        let reference_lse = reference.log_sum_exp;
+        let reference = reference.stats.expect("asked for");
         assert_eq!(int(&stats.predictions), predicted, "{name}: predictions");
         assert_eq!(
             int(&stats.correct),
@@ -361,7 +376,7 @@ fn statistics_on_wgpu_match_predict_and_the_autodiff_path() {
                 &stats.target_log_probability,
                 &reference.target_log_probability,
             ),
-            ("lse", &stats.log_sum_exp, &reference.log_sum_exp),
+            ("lse", &lse, &reference_lse),
         ] {
             assert_close(
                 &format!("{name}: {what}"),

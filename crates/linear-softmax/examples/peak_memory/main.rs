@@ -18,11 +18,12 @@
 //! parameters), so the figure includes the gradients themselves (`dW` alone is 64 MiB).
 //!
 //! Paths: ours through Burn's autograd ([`LossPath::Autodiff`]), our hand-derived gradients
-//! ([`manual::loss_and_gradients`], no autograd), Burn's own `Linear` + `CrossEntropyLoss`,
-//! the fused op at a few chunk sizes `R`, and the floor: the step's three GEMMs `S = XW`,
-//! `X^T G`, `G W^T` on the same backend (transposes made contiguous beforehand; its memory is
-//! its two `[N, C]` / `[D, C]` / `[N, D]` products). Times are the best of `--repeats` steps
-//! after a warm-up step; the machine is shared, so repeat runs and compare within one run.
+//! (`head.gradients(..)` with [`LossPath::Manual`], no autograd), Burn's own `Linear` +
+//! `CrossEntropyLoss`, the fused op at a few chunk sizes `R` (`LossOptions::chunking`), and the
+//! floor: the step's three GEMMs `S = XW`, `X^T G`, `G W^T` on the same backend (transposes
+//! made contiguous beforehand; its memory is its two `[N, C]` / `[D, C]` / `[N, D]` products).
+//! Times are the best of `--repeats` steps after a warm-up step; the machine is shared, so
+//! repeat runs and compare within one run.
 //! `time/ref` and `mem/ref` are ratios to Burn's `Linear` + `CrossEntropyLoss`, or to the floor
 //! when `--rows` leaves Burn's path out.
 //!
@@ -39,8 +40,8 @@ use std::time::{Duration, Instant};
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::prelude::*;
 use burn::tensor::DType;
-use linear_softmax::fused::Kernel;
-use linear_softmax::{Chunking, LinearSoftmax, LossOptions, LossPath, Targets, fused, manual};
+use linear_softmax::diagnostics::{self, Kernel};
+use linear_softmax::{Chunking, LinearSoftmax, LossOptions, LossPath, Targets};
 use peak::Peak;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -97,13 +98,15 @@ const MIB: f64 = 1024.0 * 1024.0;
 /// One way of computing a training step.
 #[derive(Clone, Copy, Debug)]
 enum Method {
-    /// `LinearSoftmax::loss_with_path(.., LossPath::Autodiff)`.
+    /// `LinearSoftmax::loss` with `LossPath::Autodiff`.
     OurAutodiff,
-    /// `manual::loss_and_gradients`: the hand-derived gradients, no autograd.
+    /// `LinearSoftmax::gradients` with `LossPath::Manual`: the hand-derived gradients, no
+    /// autograd.
     Manual,
     /// `Linear::forward` + `burn::nn::loss::CrossEntropyLoss`.
     BurnCrossEntropy,
-    /// The fused op with `R` rows per chunk (`None`: the default from the memory budget).
+    /// The fused op (`LinearSoftmax::loss` with the default path) with `R` rows per chunk
+    /// (`None`: the default from the memory budget).
     Fused(Option<usize>),
     /// The three GEMMs of a step, nothing else.
     Floor,
@@ -151,7 +154,7 @@ impl Method {
     fn loss(self, head: &LinearSoftmax, x: Tensor<2>, targets: &Targets) -> Tensor<1> {
         let options = LossOptions::new();
         match self {
-            Self::OurAutodiff => head.loss_with_path(x, targets, &options, LossPath::Autodiff),
+            Self::OurAutodiff => head.loss(x, targets, &options.with_path(LossPath::Autodiff)),
             Self::BurnCrossEntropy => {
                 let logits = head.linear.forward(x);
                 let labels = targets
@@ -163,13 +166,10 @@ impl Method {
                     .init(&logits.device())
                     .forward(logits, labels))
             }
-            Self::Fused(rows) => fused::loss_with_chunking(
-                head,
-                x,
-                targets,
-                &options,
-                &Chunking::new().with_rows(rows),
-            ),
+            Self::Fused(rows) => {
+                let options = options.with_chunking(Chunking::new().with_rows(rows));
+                head.loss(x, targets, &options)
+            }
             Self::Manual | Self::Floor => unreachable!("no loss graph"),
         }
         .expect("a valid batch")
@@ -202,9 +202,11 @@ fn step(method: Method, p: &Problem) -> Measurement {
             f64::NAN
         }
         Method::Manual => {
-            let g =
-                manual::loss_and_gradients(&p.head, p.x.clone(), &p.targets, &LossOptions::new())
-                    .expect("a valid batch");
+            let options = LossOptions::new().with_path(LossPath::Manual);
+            let g = p
+                .head
+                .gradients(p.x.clone(), &p.targets, &options)
+                .expect("a valid batch");
             let _ = (first(g.d_weight), first(g.d_input));
             g.loss.into_scalar::<f32>() as f64
         }
@@ -247,7 +249,7 @@ fn step(method: Method, p: &Problem) -> Measurement {
 /// The fused kernel's three GEMMs on one chunk of `rows` rows, each alone: time, GFLOP/s
 /// (`2 R D C` each) and the fraction of the measured peak.
 fn print_chunk_gemms([rows, d, c]: [usize; 3], dtype: DType, repeats: usize, peak: Option<&Peak>) {
-    let times = fused::chunk_gemm_times(rows, d, c, dtype, repeats).expect("f32 or bf16");
+    let times = diagnostics::chunk_gemm_times(rows, d, c, dtype, repeats).expect("f32 or bf16");
     println!(
         "  the fused kernel's GEMMs on one chunk of R = {rows} rows, each alone (best of {repeats}):"
     );
@@ -417,7 +419,7 @@ fn main() {
         "one training step, {dtype:?}; x, W and b tracked (best of {} after a warm-up)",
         args.repeats
     );
-    let isa = match linear_softmax::fused::cpu_isa() {
+    let isa = match diagnostics::cpu_isa() {
         Ok(isa) => isa,
         Err(err) => {
             eprintln!("{err}");
@@ -426,8 +428,8 @@ fn main() {
     };
     println!(
         "CPU kernels: {isa} (this CPU: {}; {} caps it)",
-        linear_softmax::fused::CpuIsa::detected(),
-        linear_softmax::fused::MAX_CPU_ISA_VAR
+        diagnostics::CpuIsa::detected(),
+        diagnostics::MAX_CPU_ISA_VAR
     );
     let peak = match dtype {
         DType::BF16 => peak::bf16_peak(isa),
@@ -457,7 +459,8 @@ fn main() {
                 args.repeats
             };
             println!("\n{backend}, N = {n}, D = {d}, C = {c}:");
-            let choice = fused::kernel_for(&p.head, &p.x, &p.targets, &LossOptions::new());
+            let choice = diagnostics::kernel_for(&p.head, &p.x, &p.targets, &LossOptions::new())
+                .expect("the fused path");
             println!("  fused kernel: {:?} ({})", choice.kernel, choice.reason);
             println!(
                 "  {:<32} {:>9} {:>17} {:>10} {:>10} {:>9} {:>8} {:>9}",

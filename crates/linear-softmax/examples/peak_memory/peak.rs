@@ -1,12 +1,13 @@
 //! The machine's peak arithmetic rate, measured: every core at once runs independent
-//! multiply-adds in the widest vector registers the fused kernels use (`fused::cpu_isa`: the
-//! best the CPU has, or the level `LINEAR_SOFTMAX_MAX_CPU_ISA` caps it to; f32 FMA, bf16 dot
-//! products at AVX512-BF16), so the ratio of a step's rate to it says how far the step is from
-//! what the cores can do with those instructions, whatever their clock is today.
+//! multiply-adds in the widest vector registers the fused kernels use
+//! (`diagnostics::cpu_isa`: the best the CPU has, or the level `LINEAR_SOFTMAX_MAX_CPU_ISA`
+//! caps it to; f32 FMA, bf16 dot products at AVX512-BF16), so the ratio of a step's rate to it
+//! says how far the step is from what the cores can do with those instructions, whatever their
+//! clock is today.
 
 use std::time::Instant;
 
-use linear_softmax::fused::CpuIsa;
+use linear_softmax::diagnostics::CpuIsa;
 
 /// A measured peak: FLOP per second on all cores, and the instruction measured.
 pub struct Peak {

@@ -3,16 +3,17 @@
 //! [`FusedLinearCrossEntropyOps`] is a Burn backend extension: the `#[backend_extension]` macro
 //! generates the `Dispatch` routing, so a tensor on a Flex, NdArray or CubeCL (wgpu, CUDA)
 //! device, plain or autodiff, reaches the implementation of its backend. A backend the op is not
-//! implemented for is never dispatched to: [`super`] sends its calls to the autodiff path. Everything that crosses the boundary
-//! is a backend primitive (the labels as an Int tensor; probabilities, bias, class weights and
+//! implemented for is never dispatched to: the paths' dispatch sends its calls to the autodiff
+//! path. Everything that crosses the boundary is a backend primitive (the labels as an Int tensor; probabilities, bias, class weights and
 //! the per-row upstream gradient as float tensors) or plain scalars and options: nothing is
 //! read back to the host on the way in or out. The plain backends run the kernel that
-//! `fused/kernel.rs` picks; `Autodiff<B, C>` is implemented by hand in `fused/autodiff.rs`.
+//! `fused/choice.rs` picks (`fused/backend_impls.rs`); `Autodiff<B, C>` is implemented by hand
+//! in `fused/backward.rs`.
 
 use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{Backend, ExtensionType, TensorMetadata, backend_extension};
 
-use crate::options::LossOptions;
+use crate::loss::LossOptions;
 
 /// Which gradients the fused kernel computes alongside the loss.
 ///
@@ -200,6 +201,8 @@ pub struct FusedOutput<B: Backend> {
 pub struct FusedSpec {
     /// The loss options (the L2 term is left to the callers).
     pub options: LossOptions,
+    /// The targets' ignore index ([`crate::Targets::ignore_index`]).
+    pub ignore_index: Option<i64>,
     /// Rows per chunk `R`.
     pub chunk_rows: usize,
     /// Whether the pass also returns the statistics of [`crate::LossStats`]

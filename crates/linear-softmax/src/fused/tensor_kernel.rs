@@ -1,20 +1,20 @@
-//! The tensor kernel of the fused head ([`Kernel::Tensor`](super::Kernel::Tensor)): the chunk
+//! The tensor kernel of the fused head (`Kernel::Tensor`): the chunk
 //! loop on tensor operations over a plain backend's primitives: on the CubeCL backends (wgpu,
 //! CUDA) for every call, on the CPU backends for what the raw kernels do not take (probability
-//! targets, softcap, float types other than f32 and f64).
+//! targets, softcap, float types other than f32, f64 and bf16).
 //!
 //! For rows `r = r0..r1` of the batch (at most `R` of them at a time):
 //!
 //! ```text
 //! S_r   = X_r W + b  (softcapped if asked)            [R, C]  the chunk's logits
-//! l_i   = sum_k P_ik (lse_i - S_ik) + beta v_i lse_i^2        (manual::softmax_cross_entropy_forward)
-//! dS_r  = g_i [(sum_k P_ik + 2 beta v_i lse_i) A_i - P_i]       (manual::softmax_cross_entropy_backward)
+//! l_i   = sum_k P_ik (lse_i - S_ik) + beta v_i lse_i^2        (math::softmax_cross_entropy_forward)
+//! dS_r  = g_i [(sum_k P_ik + 2 beta v_i lse_i) A_i - P_i]       (math::softmax_cross_entropy_backward)
 //! dW   += X_r^T dS_r,   db += colsum(dS_r),   dX_r = dS_r W^T
 //! ```
 //!
 //! so the `[N, C]` logits never exist: peak extra memory is `O(R C + D C)`. The chunk's math is
-//! the manual path's own forward/backward pair, run on `R` rows at a time; every option of
-//! [`LossOptions`] therefore holds here exactly as it does there.
+//! [`crate::math`]'s forward/backward pair (the manual path's), run on `R` rows at a time;
+//! every option of [`LossOptions`] therefore holds here exactly as it does there.
 //!
 //! The options are resolved once for the whole batch (`ResolvedLoss`) and sliced per chunk.
 //! The per-row upstream gradient `g_i` is 1 for the sum, and for the mean the chunks are
@@ -28,11 +28,11 @@ use burn::backend::{
 use burn::prelude::*;
 
 use super::backend::WantedGradients;
-use crate::manual;
-use crate::options::{LossOptions, Reduction};
-use crate::resolved::ResolvedLoss;
-use crate::stats;
-use crate::targets::Targets;
+use crate::loss::options::{LossOptions, LossReduction};
+use crate::loss::resolved::ResolvedLoss;
+use crate::loss::stats;
+use crate::loss::targets::Targets;
+use crate::math;
 
 /// How the kernel gets `W^T` for `dX_r = dS_r W^T`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -112,7 +112,7 @@ plain_backend!(Cube, WeightTranspose::View);
 pub(crate) enum RowPass {
     /// The manual path's tensor functions: every option and target kind.
     Tensor,
-    /// One CubeCL kernel launch per chunk (`cube.rs`): class indices, no softcap.
+    /// One CubeCL kernel launch per chunk (`fused/cube/`): class indices, no softcap.
     #[cfg(any(feature = "wgpu", feature = "cuda"))]
     Cube,
 }
@@ -186,7 +186,7 @@ pub(crate) fn linear_cross_entropy(
     for start in (0..n_rows).step_by(chunk_rows) {
         let end = (start + chunk_rows).min(n_rows);
         let x_chunk = x.clone().slice([start..end, 0..d_input]);
-        let logits = manual::linear_forward(x_chunk.clone(), weight.clone(), bias.clone());
+        let logits = math::linear_forward(x_chunk.clone(), weight.clone(), bias.clone());
         let d_rows = || match &row_upstream {
             Some(upstream) => upstream.clone().slice(start..end),
             None => Tensor::ones([end - start], (&x.device(), x.dtype())),
@@ -200,12 +200,12 @@ pub(crate) fn linear_cross_entropy(
             RowPass::Tensor => {
                 let capped = options
                     .softcap
-                    .map(|cap| manual::softcap_forward(logits.clone(), cap));
+                    .map(|cap| math::softcap_forward(logits.clone(), cap));
                 if stats {
                     let capped = capped.as_ref().unwrap_or(&logits);
                     target_logits.push(stats::target_logits(capped, &rows.targets));
                 }
-                let (losses, cache) = manual::softmax_cross_entropy_forward_resolved(
+                let (losses, cache) = math::softmax_cross_entropy_forward_resolved(
                     capped.clone().unwrap_or(logits),
                     &rows,
                 );
@@ -214,9 +214,9 @@ pub(crate) fn linear_cross_entropy(
                 if !wanted.any() {
                     continue;
                 }
-                let d_logits = manual::softmax_cross_entropy_backward(cache, d_rows());
+                let d_logits = math::softmax_cross_entropy_backward(cache, d_rows());
                 match (capped, options.softcap) {
-                    (Some(capped), Some(cap)) => manual::softcap_backward(capped, cap, d_logits),
+                    (Some(capped), Some(cap)) => math::softcap_backward(capped, cap, d_logits),
                     _ => d_logits,
                 }
             }
@@ -251,7 +251,7 @@ pub(crate) fn linear_cross_entropy(
 
     let denominator = resolved.denominator;
     let row_losses = Tensor::cat(row_losses, 0);
-    let loss = manual::reduction_forward(row_losses, denominator.clone(), options.reduction);
+    let loss = math::reduction_forward(row_losses, denominator.clone(), options.reduction);
     let d_input = match d_input_chunks.len() {
         0 => None,
         1 => d_input_chunks.pop(),
@@ -259,16 +259,16 @@ pub(crate) fn linear_cross_entropy(
     };
     // The chunks used g_i = 1 for the mean: scale by 1 / den once, now that den is known.
     let mean_scale = |gradient: Tensor<2>| match options.reduction {
-        Reduction::Mean => {
-            let scale = manual::reduction_backward(
+        LossReduction::Mean => {
+            let scale = math::reduction_backward(
                 Tensor::ones([1], (&gradient.device(), gradient.dtype())),
                 denominator.clone(),
-                Reduction::Mean,
+                LossReduction::Mean,
                 1,
             );
             gradient * scale.unsqueeze_dim::<2>(0)
         }
-        Reduction::Sum | Reduction::None => gradient,
+        LossReduction::Sum | LossReduction::None => gradient,
     };
     ChunkedOutput {
         loss,

@@ -2,8 +2,7 @@
 //! gradients for one of them.
 
 use burn::prelude::*;
-use linear_softmax::Chunking;
-use linear_softmax::{HeadGradients, LossOptions, Reduction, Targets, autodiff, fused, manual};
+use linear_softmax::{Chunking, HeadGradients, LossOptions, LossPath, LossReduction, Targets};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
@@ -70,19 +69,15 @@ pub fn cases(c: usize) -> Vec<(&'static str, LossOptions, Kind)> {
     vec![
         (
             "reduction sum",
-            base().with_reduction(Reduction::Sum),
+            base().with_reduction(LossReduction::Sum),
             Kind::Classes,
         ),
         (
             "reduction none",
-            base().with_reduction(Reduction::None),
+            base().with_reduction(LossReduction::None),
             Kind::Classes,
         ),
-        (
-            "ignore_index",
-            base().with_ignore_index(Some(IGNORE)),
-            Kind::Ignored,
-        ),
+        ("ignore_index", base(), Kind::Ignored),
         (
             "pad_tokens",
             base().with_pad_tokens(Some(vec![1])),
@@ -102,7 +97,6 @@ pub fn cases(c: usize) -> Vec<(&'static str, LossOptions, Kind)> {
             "weights + ignore + smoothing",
             base()
                 .with_weights(Some(weights(c)))
-                .with_ignore_index(Some(IGNORE))
                 .with_label_smoothing(0.2),
             Kind::Ignored,
         ),
@@ -110,9 +104,8 @@ pub fn cases(c: usize) -> Vec<(&'static str, LossOptions, Kind)> {
             "weights + ignore + smoothing, sum",
             base()
                 .with_weights(Some(weights(c)))
-                .with_ignore_index(Some(IGNORE))
                 .with_label_smoothing(0.2)
-                .with_reduction(Reduction::Sum),
+                .with_reduction(LossReduction::Sum),
             Kind::Ignored,
         ),
         ("probabilities", base(), Kind::Probabilities),
@@ -126,19 +119,14 @@ pub fn cases(c: usize) -> Vec<(&'static str, LossOptions, Kind)> {
         ("multi-label", base(), Kind::MultiHot),
         (
             "reduction none + ignore",
-            base()
-                .with_reduction(Reduction::None)
-                .with_ignore_index(Some(IGNORE)),
+            base().with_reduction(LossReduction::None),
             Kind::Ignored,
         ),
         ("z-loss", base().with_z_loss(0.01), Kind::Classes),
         ("softcap", base().with_softcap(Some(1.5)), Kind::Classes),
         (
             "softcap + z-loss + ignore",
-            base()
-                .with_softcap(Some(1.5))
-                .with_z_loss(0.05)
-                .with_ignore_index(Some(IGNORE)),
+            base().with_softcap(Some(1.5)).with_z_loss(0.05),
             Kind::Ignored,
         ),
         (
@@ -146,19 +134,15 @@ pub fn cases(c: usize) -> Vec<(&'static str, LossOptions, Kind)> {
             base()
                 .with_z_loss(0.05)
                 .with_softcap(Some(2.0))
-                .with_reduction(Reduction::None),
+                .with_reduction(LossReduction::None),
             Kind::Probabilities,
         ),
         (
             "l2 + sum",
-            base().with_l2(0.05).with_reduction(Reduction::Sum),
+            base().with_l2(0.05).with_reduction(LossReduction::Sum),
             Kind::Classes,
         ),
-        (
-            "all rows ignored",
-            base().with_ignore_index(Some(IGNORE)),
-            Kind::AllIgnored,
-        ),
+        ("all rows ignored", base(), Kind::AllIgnored),
     ]
 }
 
@@ -167,19 +151,30 @@ pub fn small_chunks() -> Chunking {
     Chunking::new().with_rows(Some(3))
 }
 
+/// The fused path with [`small_chunks`]: `options` with the path and the chunking set.
+fn fused_options(options: &LossOptions) -> LossOptions {
+    options
+        .clone()
+        .with_path(LossPath::Fused)
+        .with_chunking(small_chunks())
+}
+
 /// The gradients `.backward()` gives through the fused op (reduction none: recomputed in the
 /// backward pass with the per-row upstream gradient).
 pub fn fused_graph(p: &Problem, targets: &Targets, options: &LossOptions) -> HeadGradients {
     let head = p.head.clone().train();
     let x = p.x.clone().detach().autodiff().require_grad();
-    let loss =
-        fused::loss_with_chunking(&head, x.clone(), targets, options, &small_chunks()).unwrap();
-    let grads = loss.clone().sum().backward();
+    let output = head
+        .loss_output(x.clone(), targets, &fused_options(options))
+        .unwrap();
+    let grads = output.loss.clone().sum().backward();
     HeadGradients {
         d_weight: head.linear.weight.grad(&grads).unwrap(),
         d_bias: head.linear.bias.as_ref().map(|b| b.grad(&grads).unwrap()),
         d_input: x.grad(&grads).unwrap(),
-        loss: loss.inner(),
+        loss: output.loss.inner(),
+        log_sum_exp: output.log_sum_exp.inner(),
+        stats: output.stats,
     }
 }
 
@@ -189,17 +184,12 @@ pub fn all_paths(
     targets: &Targets,
     options: &LossOptions,
 ) -> Vec<(&'static str, HeadGradients)> {
-    let fused = fused::loss_and_gradients_with_chunking(
-        &p.head,
-        p.x.clone(),
-        targets,
-        options,
-        &small_chunks(),
-    );
+    let fused = fused_options(options);
+    let fused = p.head.gradients(p.x.clone(), targets, &fused).unwrap();
     let [manual, autodiff] = both_paths(p, targets, options);
     vec![
         manual,
-        ("fused", fused.unwrap()),
+        ("fused", fused),
         ("fused graph", fused_graph(p, targets, options)),
         autodiff,
     ]
@@ -210,14 +200,9 @@ pub fn both_paths(
     targets: &Targets,
     options: &LossOptions,
 ) -> [(&'static str, HeadGradients); 2] {
-    [
-        (
-            "manual",
-            manual::loss_and_gradients(&p.head, p.x.clone(), targets, options).unwrap(),
-        ),
-        (
-            "autodiff",
-            autodiff::loss_and_gradients(&p.head, p.x.clone(), targets, options).unwrap(),
-        ),
-    ]
+    [LossPath::Manual, LossPath::Autodiff].map(|path| {
+        let options = options.clone().with_path(path);
+        let gradients = p.head.gradients(p.x.clone(), targets, &options).unwrap();
+        (path.name(), gradients)
+    })
 }

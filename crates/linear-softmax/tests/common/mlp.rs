@@ -5,7 +5,7 @@ use burn::nn::Linear;
 use burn::prelude::*;
 use burn::tensor::DType;
 use burn::tensor::activation::relu;
-use linear_softmax::{Chunking, LinearSoftmax, LossOptions, LossPath, Targets, autodiff, fused};
+use linear_softmax::{Chunking, LinearSoftmax, LossOptions, LossPath, Targets};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
@@ -61,22 +61,16 @@ impl Mlp {
     }
 
     /// The training loss with the head's gradient from `path`; the fused head runs in chunks
-    /// of 7 rows so that the 47 rows end in a partial chunk.
+    /// of 7 rows so that the 47 rows end in a partial chunk (the other paths ignore the
+    /// chunking).
     pub fn loss(&self, x: Tensor<2>, targets: &Targets, path: LossPath) -> Tensor<1> {
-        let options = LossOptions::new();
+        let options = LossOptions::new()
+            .with_path(path)
+            .with_chunking(Chunking::new().with_rows(Some(7)));
         let features = self.features(x);
-        match path {
-            LossPath::Fused => fused::loss_with_chunking(
-                &self.head,
-                features,
-                targets,
-                &options,
-                &Chunking::new().with_rows(Some(7)),
-            ),
-            LossPath::Autodiff => autodiff::loss(&self.head, features, targets, &options),
-            LossPath::Manual => self.head.loss_with_path(features, targets, &options, path),
-        }
-        .expect("a valid batch")
+        self.head
+            .loss(features, targets, &options)
+            .expect("a valid batch")
     }
 
     /// Every parameter, named, as host values (the values themselves, or their gradients).

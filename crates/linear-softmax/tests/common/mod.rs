@@ -6,7 +6,7 @@ pub mod mlp;
 
 use burn::prelude::*;
 use burn::tensor::DType;
-use linear_softmax::{HeadGradients, LinearSoftmax, LossOptions, LossPath, Reduction, Targets};
+use linear_softmax::{HeadGradients, LinearSoftmax, LossOptions, LossPath, LossReduction, Targets};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
@@ -198,9 +198,10 @@ pub fn assert_gradients_close(
     }
 }
 
-/// The route users take, on the model's autodiff device: `head.loss_with_path(x, ..)?`, then
-/// `.backward()` (reduction none: of `(loss * upstream).sum()`, so `upstream` is the per-row
-/// upstream gradient). The loss, `dW`, `db` and `dX` as host values; `p` has a bias.
+/// The route users take, on the model's autodiff device: `head.loss(x, ..)?` with `path` in
+/// the options, then `.backward()` (reduction none: of `(loss * upstream).sum()`, so
+/// `upstream` is the per-row upstream gradient). The loss, `dW`, `db` and `dX` as host
+/// values; `p` has a bias.
 pub fn loss_backward(
     p: &Problem,
     targets: &Targets,
@@ -209,10 +210,11 @@ pub fn loss_backward(
     upstream: &Tensor<1>,
 ) -> [Vec<f64>; 4] {
     let x = p.x.clone().require_grad();
-    let loss = p.head.loss_with_path(x.clone(), targets, options, path);
+    let options = options.clone().with_path(path);
+    let loss = p.head.loss(x.clone(), targets, &options);
     let loss = loss.expect("a valid batch");
     let scalar = match options.reduction {
-        Reduction::None => (loss.clone() * upstream.clone()).sum(),
+        LossReduction::None => (loss.clone() * upstream.clone()).sum(),
         _ => loss.clone(),
     };
     let grads = scalar.backward();
@@ -226,8 +228,8 @@ pub fn loss_backward(
 }
 
 /// The route users take in half precision: `p` (on a plain device) cast to `dtype` and
-/// tracked on `device` (that device's autodiff one), the loss on every path
-/// (`loss_with_path(..)?`) then `.backward()`, reductions mean and none (none with the random
+/// tracked on `device` (that device's autodiff one), the loss on every path (`loss(..)?` with
+/// the path in the options) then `.backward()`, reductions mean and none (none with the random
 /// `upstream`): the loss and gradients match the f32 computation of the same values within
 /// `tolerance`.
 pub fn assert_half_precision_matches_f32(
@@ -253,7 +255,7 @@ pub fn assert_half_precision_matches_f32(
         labels: p.labels.clone(),
     };
     let upstream = |dtype| Tensor::<1>::from_data(upstream, (device, dtype));
-    for reduction in [Reduction::Mean, Reduction::None] {
+    for reduction in [LossReduction::Mean, LossReduction::None] {
         let options = LossOptions::new().with_reduction(reduction);
         for path in LossPath::ALL {
             let actual = loss_backward(&half, &half.targets, &options, path, &upstream(dtype));

@@ -25,19 +25,22 @@
 //! | `buffers.rs` | primitives as slices (borrowed when contiguous), labels, outputs as primitives |
 //! | `float.rs` | `f32` / `f64`: arithmetic, a vectorisable `exp`, the library's unsafe GEMM primitive |
 //! | `gemm.rs` | the safe GEMM wrappers (matrix views checked against their slices); the GEMM of each operand type |
+//! | `gemm/blas.rs` | the system OpenBLAS's `sgemm` / `dgemm` (feature `openblas-system`) |
 //! | `gemm/packed.rs` | our packed GEMM (f32 sums): blocking, packing, threads |
-//! | `gemm/packed/kernel.rs` | its micro kernels as values, with the proof that the CPU runs them |
+//! | `gemm/packed/micro_kernel.rs` | its micro kernels as values, with the proof that the CPU runs them |
 //! | `gemm/packed/tile.rs` | `C` shared by the GEMM's tasks; the micro kernels' tiles (and AVX2's quarters) in and out |
 //! | `gemm/packed/transpose.rs` | packing lines that run along `k`: 16 x 16 transposes in AVX-512, 8 x 8 in AVX2 |
 //! | `gemm/packed/bf16_kernels.rs` | bf16 operands: pairs of `k` packed; the `vdpbf16ps` and widening AVX-512 micro kernels; which way a bf16 GEMM runs |
 //! | `gemm/packed/widened.rs` | bf16 operands widened to f32 as they are packed, for the f32 micro kernels (CPUs without AVX-512) |
 //! | `gemm/packed/f32_kernels.rs` | f32 operands: packed as they are; the AVX-512 and AVX2 micro kernels |
+//! | `gemm/packed/tests.rs` | the packed GEMM against a naive product, every micro kernel the CPU runs |
 //! | `rounding.rs` | f32 results rounded to bf16 in their own memory (`dS_r`, `dW`) |
 //! | `isa.rs` | the instruction sets: detected once per process, capped by `LINEAR_SOFTMAX_MAX_CPU_ISA`; the row code's build of a call |
 //! | `probe.rs` | the chunk loop's three GEMMs alone, timed (for the `peak_memory` example) |
 //! | `rows.rs` | the row pass: losses, log-sum-exps, `dS` in place, `colsum(dS)` |
 //! | `chunks.rs` | many classes: chunks of `R` rows, three GEMMs each |
 //! | `few_classes.rs` | `C <= 16`: one streaming pass over the rows instead of GEMMs |
+//! | `few_classes/avx512.rs` | that pass's AVX-512 block code |
 //!
 //! The GEMMs (`gemm.rs`): in f32 on a CPU with AVX-512 or AVX2, from 2^27 multiply-adds on, and
 //! in bf16, our packed GEMM (`gemm/packed.rs`, on rayon's threads); elsewhere in f32, and in
@@ -54,7 +57,7 @@
 //! copies of `X` and `W`.
 //!
 //! Supported: class-index targets (with `ignore_index`, `pad_tokens`, class weights, label
-//! smoothing, z-loss), every reduction, `f32`, `f64` and `bf16`; `kernel.rs`
+//! smoothing, z-loss), every reduction, `f32`, `f64` and `bf16`; `choice.rs`
 //! sends everything else (probability targets, softcap, other dtypes) to the tensor-level
 //! kernel before these start. The labels and the upstream gradients are read from the
 //! backend's own CPU buffers (no device, nothing to synchronise). Peak extra memory: the
@@ -70,7 +73,7 @@ mod chunks;
 pub(crate) mod few_classes;
 mod float;
 mod gemm;
-mod isa;
+pub(crate) mod isa;
 mod probe;
 mod rounding;
 mod rows;
@@ -86,7 +89,6 @@ use float::RawFloat;
 use gemm::Operand;
 use isa::Isa;
 pub use isa::{CpuIsa, MAX_CPU_ISA_VAR, cpu_isa};
-#[doc(hidden)]
 pub use probe::chunk_gemm_times;
 use rounding::F32ToBf16;
 use rows::{ChunkRows, RowOutputs, RowTargets, row_targets};
@@ -95,11 +97,11 @@ use super::backend::{
     FusedInputs, FusedOutput, FusedSpec, RowUpstream, TargetPrimitives, WantedGradients,
     broadcast_scale,
 };
-use crate::options::{LossOptions, Reduction};
+use crate::loss::options::{LossOptions, LossReduction};
 
 /// The raw kernel on the primitives of a plain backend.
 ///
-/// `kernel.rs` sends only what it handles here (class indices, no softcap, f32, f64 or bf16);
+/// `choice.rs` sends only what it handles here (class indices, no softcap, f32, f64 or bf16);
 /// shapes, labels, dtypes and options were checked by the public entry points.
 pub(crate) fn linear_cross_entropy<B: RawBackend>(
     inputs: &FusedInputs<B>,
@@ -114,7 +116,7 @@ pub(crate) fn linear_cross_entropy<B: RawBackend>(
         targets,
         class_weights,
     } = inputs;
-    const CHOSEN: &str = "kernel.rs chose the raw kernel for class indices in f32, f64 or bf16";
+    const CHOSEN: &str = "choice.rs chose the raw kernel for class indices in f32, f64 or bf16";
     let TargetPrimitives::Classes(labels) = targets else {
         unreachable!("{CHOSEN}");
     };
@@ -158,7 +160,13 @@ pub(crate) fn linear_cross_entropy<B: RawBackend>(
             let bias = bias.as_ref().map(|b| same_dtype(b).expect(CHOSEN));
             let class_weights = class_weights.as_ref().map(|w| same_dtype(w).expect(CHOSEN));
             let upstream = upstream.as_ref().map(|g| same_dtype(g).expect(CHOSEN));
-            let row_targets = row_targets::<$ty>(&labels, class_weights, n_classes, options);
+            let row_targets = row_targets::<$ty>(
+                &labels,
+                class_weights,
+                n_classes,
+                options,
+                spec.ignore_index,
+            );
             let output = kernel::<$ty, $ty>(Run {
                 call,
                 x: $x,
@@ -190,8 +198,13 @@ pub(crate) fn linear_cross_entropy<B: RawBackend>(
             let bias = bias.as_ref().map(|b| widen(bf16s(b)));
             let class_weights = class_weights.as_ref().map(|w| widen(bf16s(w)));
             let upstream = upstream.as_ref().map(|g| widen(bf16s(g)));
-            let row_targets =
-                row_targets::<f32>(&labels, class_weights.as_deref(), n_classes, options);
+            let row_targets = row_targets::<f32>(
+                &labels,
+                class_weights.as_deref(),
+                n_classes,
+                options,
+                spec.ignore_index,
+            );
             // dW accumulates in f32 in the allocation of its bf16 result (no second [D, C]).
             let mut d_weight = wanted
                 .weight
@@ -320,8 +333,8 @@ fn kernel<E: RawFloat, M: Operand<E>>(run: Run<'_, E, M>) -> HostOutput<E> {
     };
     let denominator = if denominator == 0.0 { 1.0 } else { denominator };
     let mean_scale = match options.reduction {
-        Reduction::Mean => 1.0 / denominator,
-        Reduction::Sum | Reduction::None => 1.0,
+        LossReduction::Mean => 1.0 / denominator,
+        LossReduction::Sum | LossReduction::None => 1.0,
     };
 
     let mut row_losses = vec![E::ZERO; n_rows];
@@ -407,8 +420,8 @@ fn kernel<E: RawFloat, M: Operand<E>>(run: Run<'_, E, M>) -> HostOutput<E> {
             }
         });
     let loss = match options.reduction {
-        Reduction::None => row_losses,
-        Reduction::Mean | Reduction::Sum => {
+        LossReduction::None => row_losses,
+        LossReduction::Mean | LossReduction::Sum => {
             let sum: f64 = row_losses.iter().map(|l| l.to_f64()).sum();
             vec![E::of(sum * mean_scale)]
         }

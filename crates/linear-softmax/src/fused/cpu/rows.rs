@@ -13,7 +13,7 @@ use rayon::prelude::*;
 
 use super::float::RawFloat;
 use super::isa::{CpuIsa, Isa};
-use crate::options::LossOptions;
+use crate::loss::options::LossOptions;
 
 /// Per-row target data, read once from the host labels and options.
 pub(super) struct RowTargets<E> {
@@ -54,11 +54,12 @@ pub(super) fn row_targets<E: RawFloat>(
     class_weights: Option<&[E]>,
     n_classes: usize,
     options: &LossOptions,
+    ignore_index: Option<i64>,
 ) -> RowTargets<E> {
-    let valid = options.ignores_rows().then(|| {
+    let valid = options.ignores_rows(ignore_index).then(|| {
         labels
             .iter()
-            .map(|&label| !options.ignores(label))
+            .map(|&label| !options.ignores(ignore_index, label))
             .collect()
     });
     RowTargets {
@@ -66,7 +67,7 @@ pub(super) fn row_targets<E: RawFloat>(
         labels: labels
             .iter()
             .map(|&label| {
-                if options.ignores(label) {
+                if options.ignores(ignore_index, label) {
                     0
                 } else {
                     label as usize

@@ -23,11 +23,11 @@ use burn_cubecl::cubecl::prelude::{CubeCount, CubeDim};
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_dtype;
 
-use crate::resolved::{ResolvedLoss, ResolvedTargets};
+use crate::loss::resolved::{ResolvedLoss, ResolvedTargets};
 
-mod kernel;
+mod row_pass_kernel;
 
-use kernel::cross_entropy_rows_kernel;
+use row_pass_kernel::cross_entropy_rows_kernel;
 
 /// Units per cube (one cube per row): a power of two, for the tree reductions.
 const UNITS: usize = 256;

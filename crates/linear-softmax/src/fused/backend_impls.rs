@@ -1,180 +1,19 @@
-//! Which kernel runs the fused op, and why; the backends' implementation.
-//!
-//! The choice is made once per call, from metadata alone (the device's backend, the float
-//! type, the targets, the options), before anything runs: a kernel never gives up halfway and
-//! hands the work to another. [`kernel_for`] tells a caller (a test, a benchmark) which kernel
-//! a call will take.
+//! The fused op for each backend that has it: Flex and NdArray run the kernel that
+//! [`choose`] picks, the CubeCL backends the chunk loop with the row pass that [`choose_cube`]
+//! picks. Which kernel, and why, is `choice.rs`.
 
+use burn::backend::TensorMetadata;
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{DispatchDevice, TensorMetadata};
-use burn::prelude::*;
-use burn::tensor::DType;
 
 use super::backend::{
     FusedInputs, FusedOutput, FusedSpec, Optional, RowUpstream, TargetPrimitives, WantedGradients,
 };
-use super::cpu::{self, RawBackend, few_classes};
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+use super::choice::choose_cube;
+use super::choice::{Kernel, choose};
+use super::cpu::{self, RawBackend};
 use super::tensor_kernel::{self, PlainBackend, RowPass};
-use crate::head::LinearSoftmax;
-use crate::options::LossOptions;
-use crate::stats::LossStats;
-use crate::targets::{TargetKind, Targets};
-
-/// The kernels of the fused op.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kernel {
-    /// Chunks of `R` rows on raw CPU buffers: three GEMMs per chunk around a vectorised row
-    /// pass, one reused `[R, C]` buffer (Flex, NdArray; class indices; f32, f64, and bf16 with
-    /// bf16 GEMMs summing in f32, AVX512-BF16 where the CPU has it).
-    Raw,
-    /// One streaming pass over the rows for a classifier with few classes (`C <= 16`), the
-    /// raw kernel's row code without GEMMs (bf16 inputs widened to f32).
-    FewClasses,
-    /// The chunk loop on tensor operations: every option and target kind, any float type (on
-    /// the CubeCL backends: probability targets and softcap).
-    Tensor,
-    /// The chunk loop on a CubeCL backend (wgpu, CUDA) with each chunk's row pass as one
-    /// kernel launch (`cube.rs`) and the GEMMs through the backend's matmul: class indices
-    /// without softcap.
-    Cube,
-    /// No fused kernel: the device's backend has no implementation of the fused op, so the call
-    /// runs the [`crate::autodiff`] path (the same loss and gradients, with its `[N, C]`
-    /// intermediates).
-    Autodiff,
-}
-
-/// The kernel a fused call takes, and the reason, as a sentence.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct KernelChoice {
-    /// The kernel.
-    pub kernel: Kernel,
-    /// Why this one: what about the call ruled the faster ones out, or let them in.
-    pub reason: &'static str,
-}
-
-/// The kernel [`crate::fused::loss`] runs for `x`, `targets` and `options` on the device of `x`.
-///
-/// ```
-/// use burn::prelude::*;
-/// use linear_softmax::fused::{Kernel, kernel_for};
-/// use linear_softmax::{LinearSoftmaxConfig, LossOptions, Targets};
-///
-/// let device = Device::flex();
-/// let head = LinearSoftmaxConfig::new(3, 4).init(&device)?;
-/// let x = Tensor::<2>::zeros([2, 3], &device);
-/// let targets = Targets::from_indices(&[3, 0], 4, &device)?;
-/// let choice = kernel_for(&head, &x, &targets, &LossOptions::new());
-/// assert_eq!(choice.kernel, Kernel::FewClasses);
-/// # Ok::<(), linear_softmax::Error>(())
-/// ```
-pub fn kernel_for(
-    head: &LinearSoftmax,
-    x: &Tensor<2>,
-    targets: &Targets,
-    options: &LossOptions,
-) -> KernelChoice {
-    match FusedBackend::of(&x.device()) {
-        FusedBackend::Cpu => {
-            let classes = matches!(targets.kind(), TargetKind::Classes { .. });
-            choose(x.dtype(), head.n_classes(), classes, options)
-        }
-        FusedBackend::Cube => {
-            let classes = matches!(targets.kind(), TargetKind::Classes { .. });
-            choose_cube(classes, options)
-        }
-        FusedBackend::Unsupported => KernelChoice {
-            kernel: Kernel::Autodiff,
-            reason: "this device's backend has no fused implementation: the autodiff path runs",
-        },
-    }
-}
-
-/// The rule of the CubeCL backends: the row-pass kernel where it applies.
-pub(crate) fn choose_cube(class_targets: bool, options: &LossOptions) -> KernelChoice {
-    let tensor = |reason| KernelChoice {
-        kernel: Kernel::Tensor,
-        reason,
-    };
-    if !class_targets {
-        tensor("a CubeCL device with probability targets: the row pass on tensor operations")
-    } else if options.softcap.is_some() {
-        tensor("a CubeCL device with softcap: the row pass on tensor operations")
-    } else {
-        KernelChoice {
-            kernel: Kernel::Cube,
-            reason: "a CubeCL device with class indices: one row-pass launch per chunk",
-        }
-    }
-}
-
-/// Which implementation of the fused op a device's backend has.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum FusedBackend {
-    /// Flex or NdArray: the raw CPU kernels, or the tensor kernel.
-    Cpu,
-    /// A CubeCL runtime (wgpu, CUDA): the tensor kernel.
-    #[cfg_attr(not(any(feature = "wgpu", feature = "cuda")), allow(dead_code))]
-    Cube,
-    /// None (e.g. LibTorch, Remote, or a backend this crate was built without): dispatching the
-    /// op there would panic, so the callers run the autodiff path instead.
-    Unsupported,
-}
-
-impl FusedBackend {
-    /// The implementation for `device` (plain or autodiff), from the device alone.
-    pub(crate) fn of(device: &Device) -> Self {
-        Self::of_dispatch(device.as_dispatch())
-    }
-
-    // Which variants exist depends on burn's features, so `_` may be unreachable in a build
-    // where every backend burn has is one of ours.
-    #[allow(unreachable_patterns)]
-    fn of_dispatch(device: &DispatchDevice) -> Self {
-        match device {
-            DispatchDevice::Autodiff(inner) => Self::of_dispatch(inner),
-            #[cfg(feature = "flex")]
-            DispatchDevice::Flex(_) => Self::Cpu,
-            #[cfg(feature = "ndarray")]
-            DispatchDevice::NdArray(_) => Self::Cpu,
-            #[cfg(any(feature = "wgpu", feature = "cuda"))]
-            DispatchDevice::Cube(_) => Self::Cube,
-            _ => Self::Unsupported,
-        }
-    }
-}
-
-/// The one rule behind [`kernel_for`] and the backends' implementation.
-pub(crate) fn choose(
-    dtype: DType,
-    n_classes: usize,
-    class_targets: bool,
-    options: &LossOptions,
-) -> KernelChoice {
-    let tensor = |reason| KernelChoice {
-        kernel: Kernel::Tensor,
-        reason,
-    };
-    if !matches!(dtype, DType::F32 | DType::F64 | DType::BF16) {
-        return tensor("the raw kernels run f32, f64 and bf16 only");
-    }
-    if !class_targets {
-        return tensor("probability targets: the raw kernels take class indices only");
-    }
-    if options.softcap.is_some() {
-        return tensor("softcap: the raw kernels' row pass has no tanh");
-    }
-    if n_classes <= few_classes::MAX_CLASSES {
-        KernelChoice {
-            kernel: Kernel::FewClasses,
-            reason: "at most 16 classes: one streaming pass beats three narrow GEMMs",
-        }
-    } else {
-        KernelChoice {
-            kernel: Kernel::Raw,
-            reason: "class indices in f32, f64 or bf16: chunked GEMMs on raw buffers",
-        }
-    }
-}
+use crate::loss::{LossStats, TargetKind, Targets};
 
 /// The CPU backends' implementation: the kernel [`choose`] picks.
 pub(crate) fn plain_kernel<B: PlainBackend + RawBackend>(
@@ -214,7 +53,7 @@ fn tensor_kernel<B: PlainBackend>(
     let kind = match targets {
         TargetPrimitives::Classes(labels) => TargetKind::Classes {
             indices: B::wrap_int(labels),
-            ignore_index: spec.options.ignore_index,
+            ignore_index: spec.ignore_index,
         },
         TargetPrimitives::Probabilities(probabilities) => {
             TargetKind::Probabilities(B::wrap(probabilities))
@@ -328,12 +167,17 @@ impl super::backend::FusedLinearCrossEntropyOps for burn::backend::Cube {
 #[cfg(all(test, feature = "flex"))]
 mod tests {
     use burn::backend::Dispatch;
+    use burn::prelude::*;
 
     use super::super::backend::FusedLinearCrossEntropyOps;
+    use super::super::choice::kernel_for;
     use super::*;
+    use crate::LinearSoftmax;
     use crate::head::LinearSoftmaxConfig;
     use crate::host::reads_on_this_thread;
-    use crate::options::Reduction;
+    use crate::loss::LossOptions;
+    use crate::loss::options::LossReduction;
+    use burn::tensor::DType;
 
     fn head_and_input(n_classes: usize, device: &Device) -> (LinearSoftmax, Tensor<2>) {
         let head = LinearSoftmaxConfig::new(3, n_classes)
@@ -349,21 +193,21 @@ mod tests {
         let (lm_head, x) = head_and_input(32768, &device);
         let classes = Targets::from_indices(&[3, 30000], 32768, &device).unwrap();
         let plain = LossOptions::new();
-        let choice = kernel_for(&lm_head, &x, &classes, &plain);
+        let choice = kernel_for(&lm_head, &x, &classes, &plain).unwrap();
         assert_eq!(choice.kernel, Kernel::Raw, "{}", choice.reason);
 
         let (classifier, x) = head_and_input(10, &device);
         let classes = Targets::from_indices(&[3, 0], 10, &device).unwrap();
-        let choice = kernel_for(&classifier, &x, &classes, &plain);
+        let choice = kernel_for(&classifier, &x, &classes, &plain).unwrap();
         assert_eq!(choice.kernel, Kernel::FewClasses, "{}", choice.reason);
 
         let probabilities = Targets::from_probabilities(&[0.1; 20], [2, 10], &device).unwrap();
-        let choice = kernel_for(&classifier, &x, &probabilities, &plain);
+        let choice = kernel_for(&classifier, &x, &probabilities, &plain).unwrap();
         assert_eq!(choice.kernel, Kernel::Tensor);
         assert!(choice.reason.contains("probability"), "{}", choice.reason);
 
         let softcap = LossOptions::new().with_softcap(Some(30.0));
-        let choice = kernel_for(&lm_head, &x, &classes, &softcap);
+        let choice = kernel_for(&lm_head, &x, &classes, &softcap).unwrap();
         assert_eq!(choice.kernel, Kernel::Tensor);
         assert!(choice.reason.contains("softcap"), "{}", choice.reason);
 
@@ -396,6 +240,7 @@ mod tests {
                     inputs,
                     FusedSpec {
                         options: LossOptions::new(),
+                        ignore_index: None,
                         chunk_rows: 1,
                         stats: false,
                     },
@@ -444,23 +289,20 @@ mod tests {
                 Targets::from_probabilities(&uniform, [2, n_classes], &device).unwrap();
             let upstream = Tensor::<1>::from_data([0.5, -2.0], &device);
             for targets in [&classes, &probabilities] {
-                for (reduction, stats) in [Reduction::Mean, Reduction::None]
+                for (reduction, stats) in [LossReduction::Mean, LossReduction::None]
                     .into_iter()
                     .flat_map(|reduction| [(reduction, false), (reduction, true)])
                 {
-                    let options = LossOptions::new().with_reduction(reduction);
+                    // The statistics stay on the device too, until someone reads them.
+                    let options = LossOptions::new()
+                        .with_reduction(reduction)
+                        .with_stats(stats);
                     let before = reads_on_this_thread();
-                    let loss = match stats {
-                        false => head.loss(x.clone(), targets, &options).unwrap(),
-                        // The statistics stay on the device too, until someone reads them.
-                        true => {
-                            head.loss_with_stats(x.clone(), targets, &options)
-                                .unwrap()
-                                .0
-                        }
-                    };
+                    let output = head.loss_output(x.clone(), targets, &options).unwrap();
+                    assert_eq!(output.stats.is_some(), stats);
+                    let loss = output.loss;
                     let loss = match reduction {
-                        Reduction::None => (loss * upstream.clone()).sum(),
+                        LossReduction::None => (loss * upstream.clone()).sum(),
                         _ => loss * 2.5,
                     };
                     let grads = loss.backward();
@@ -486,7 +328,7 @@ mod tests {
         let device = Device::flex();
         let before = reads_on_this_thread();
         let labels = Tensor::<1, Int>::from_data([1, 0], &device);
-        Targets::from_tensor(labels, 2).unwrap();
+        Targets::from_tensor(labels, 2, None).unwrap();
         assert_eq!(reads_on_this_thread(), before + 1);
     }
 }

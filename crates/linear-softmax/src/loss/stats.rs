@@ -5,11 +5,12 @@ use burn::prelude::*;
 
 use crate::error::Result;
 use crate::host::to_host_i64;
-use crate::options::LossOptions;
-use crate::resolved::{ResolvedLoss, ResolvedTargets, ignored_rows};
-use crate::targets::{TargetKind, Targets};
+use crate::loss::options::LossOptions;
+use crate::loss::resolved::{ResolvedLoss, ResolvedTargets, ignored_rows};
+use crate::loss::targets::{TargetKind, Targets};
 
-/// Per-row statistics computed alongside a loss, by the same pass: for the fused path, by its
+/// Per-row statistics computed alongside a loss, by the same pass, when
+/// [`LossOptions::stats`] asks for them: for the fused path, by its
 /// chunks' row pass (the row maximum is already there), so neither a second forward pass nor
 /// (on a backend with the fused op) an `[N, C]` tensor is needed. Every tensor is on the loss's
 /// device, detached from any graph, its Int tensors of the device's Int type (as `argmax`'s);
@@ -38,7 +39,7 @@ use crate::targets::{TargetKind, Targets};
 ///
 /// # Shapes
 /// - `predictions`: `[N]` (Int), `correct`: `[1]` (Int), `counted`: `[1]` (Int),
-///   `target_log_probability`: `[N]`, `log_sum_exp`: `[N]`
+///   `target_log_probability`: `[N]` (`lse` is [`LossOutput::log_sum_exp`](crate::LossOutput::log_sum_exp))
 ///
 /// # Example
 /// ```
@@ -50,10 +51,11 @@ use crate::targets::{TargetKind, Targets};
 /// let x = Tensor::<2>::from_data([[0.5, -1.0, 2.0], [1.5, 0.0, -0.5], [0.0, 1.0, 0.0]], &device);
 /// // The last row is padding (label -100): it is neither correct nor counted.
 /// let targets = Targets::from_indices_with_ignore(&[3, 0, -100], 4, -100, &device)?;
-/// let options = LossOptions::new().with_ignore_index(Some(-100));
+/// let options = LossOptions::new().with_stats(true);
 ///
-/// let (loss, stats) = head.loss_with_stats(x.clone(), &targets, &options)?;
-/// let grads = loss.backward();
+/// let output = head.loss_output(x.clone(), &targets, &options)?;
+/// let grads = output.loss.backward();
+/// let stats = output.stats.expect("asked for");
 /// assert!(head.linear.weight.grad(&grads).is_some());
 ///
 /// assert_eq!(stats.predictions.to_data(), head.predict(x)?.to_data());
@@ -73,8 +75,6 @@ pub struct LossStats {
     pub counted: Tensor<1, Int>,
     /// `sum_k T_ik log softmax(S')_ik`, `[N]`; 0 for ignored rows.
     pub target_log_probability: Tensor<1>,
-    /// `lse_i`, `[N]`, of the (capped) logits.
-    pub log_sum_exp: Tensor<1>,
 }
 
 impl LossStats {
@@ -101,7 +101,7 @@ impl LossStats {
         let (correct, counted, target_log_probability) = match targets.kind() {
             TargetKind::Classes { indices, .. } => {
                 let labels = indices.clone().to_device(&device);
-                let ignored = ignored_rows(&labels, options);
+                let ignored = ignored_rows(&labels, targets.ignore_index(), options);
                 // The labels may be of a narrower Int type than the predictions.
                 let labels = labels.cast(predictions.dtype());
                 let right = predictions.clone().equal(labels);
@@ -133,7 +133,7 @@ impl LossStats {
                 (
                     right.int().sum(),
                     Tensor::from_data([rows as i64], &device),
-                    target_logits - log_sum_exp.clone() * mass,
+                    target_logits - log_sum_exp * mass,
                 )
             }
         };
@@ -142,7 +142,6 @@ impl LossStats {
             correct,
             counted,
             target_log_probability,
-            log_sum_exp,
         }
     }
 

@@ -10,8 +10,8 @@ use core::ops::Range;
 use burn::prelude::*;
 use burn::tensor::DType;
 
-use crate::options::LossOptions;
-use crate::targets::{TargetKind, Targets};
+use crate::loss::options::LossOptions;
+use crate::loss::targets::{TargetKind, Targets};
 
 /// The options of one loss call, resolved against its targets.
 ///
@@ -71,10 +71,11 @@ pub(crate) fn class_weights(
 /// `labels` `[N]` whose label the options ignore; `None` when no label can be ignored.
 pub(crate) fn ignored_rows(
     labels: &Tensor<1, Int>,
+    ignore_index: Option<i64>,
     options: &LossOptions,
 ) -> Option<Tensor<1, Bool>> {
     options
-        .ignored_labels()
+        .ignored_labels(ignore_index)
         .map(|value| labels.clone().equal_elem(value))
         .reduce(|a, b| a.bool_or(b))
 }
@@ -105,7 +106,7 @@ impl ResolvedLoss {
             TargetKind::Classes { indices, .. } => {
                 let indices = indices.clone().to_device(device);
                 let rows = indices.dims()[0];
-                let ignored = ignored_rows(&indices, options);
+                let ignored = ignored_rows(&indices, targets.ignore_index(), options);
                 let (labels, valid) = match ignored {
                     None => (indices, None),
                     Some(ignored) => (

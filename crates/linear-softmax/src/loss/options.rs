@@ -1,23 +1,31 @@
-//! Loss options shared by every path, with PyTorch's `F.cross_entropy` conventions.
+//! [`LossOptions`]: the loss's definition, with PyTorch's `F.cross_entropy` conventions, and the
+//! settings of how it is computed (path, chunking, statistics), taken by every entry point.
 
 use burn::prelude::*;
 
 use crate::error::{Error, Result};
+use crate::loss::chunking::Chunking;
+use crate::loss::path::LossPath;
 
-/// How the per-row losses `l_i` are combined.
+/// How the per-row losses `l_i` are combined (PyTorch's `reduction`; named apart from
+/// `burn::nn::loss::Reduction`, which has no `None`).
 #[derive(Config, Debug, Copy, PartialEq, Eq)]
-pub enum Reduction {
+pub enum LossReduction {
     /// `sum_i l_i / denominator`: the number of non-ignored rows, or the sum of their class
     /// weights when class weights are given (PyTorch's weighted mean), or `N` for probability
     /// targets.
     Mean,
     /// `sum_i l_i`.
     Sum,
-    /// The per-row losses `[N]`; the upstream gradient is then per row.
+    /// The per-row losses `[N]` (one per row of `x`'s leading dimensions, in their order); the
+    /// upstream gradient is then per row.
     None,
 }
 
-/// Options of the softmax cross-entropy loss, accepted by every path.
+/// Options of the softmax cross-entropy loss, and the settings of how it is computed: the one
+/// set of knobs every entry point takes ([`LinearSoftmax::loss`](crate::LinearSoftmax::loss),
+/// [`loss_output`](crate::LinearSoftmax::loss_output),
+/// [`gradients`](crate::LinearSoftmax::gradients)).
 ///
 /// With `S' = c tanh(S / c)` (softcap `c`, else `S' = S`), `logp = log_softmax(S')`,
 /// `lse_i = log sum_k exp(S'_ik)`, class weights `w` (all 1 when absent), label smoothing
@@ -28,29 +36,47 @@ pub enum Reduction {
 /// probabilities:  l_i = sum_k w_k ((1 - eps) T_ik + eps / C) (-logp_ik) + beta lse_i^2
 /// mean:           L = sum_i l_i / sum_i v_i w_{y_i}   (N for probability targets)
 /// ```
-/// plus `l2 * sum(W^2)` for the L2 option. The z-loss is averaged with the same denominator as
+/// plus `l2 * sum(W^2)` for the L2 option. Row `i` is ignored (`v_i = 0`) when its label is the
+/// targets' ignore index ([`Targets::from_indices_with_ignore`](crate::Targets::from_indices_with_ignore):
+/// the ignore index belongs to the labels, which are validated against it) or one of the
+/// `pad_tokens`. The z-loss is averaged with the same denominator as
 /// the main loss. When the denominator is 0 (every row ignored) the loss and the gradients are
 /// 0, where PyTorch and Burn return NaN.
 ///
 /// | option | PyTorch `F.cross_entropy` | Burn `CrossEntropyLossConfig` |
 /// |---|---|---|
 /// | `reduction` | `reduction` | mean only |
-/// | `ignore_index` | `ignore_index` (default -100) | - |
+/// | (on the [`Targets`](crate::Targets)) | `ignore_index` (default -100) | - |
 /// | `pad_tokens` | - | `pad_tokens` |
 /// | `weights` | `weight` | `weights` |
 /// | `label_smoothing` | `label_smoothing` | `smoothing` |
 /// | `z_loss` | - (Liger's `lse_square_scale`) | - |
 /// | `softcap` | - (Gemma 2's final-logit soft-capping) | - |
 /// | `l2` | - (cs231n's `reg`) | - |
+///
+/// The settings change how the loss is computed, never its value (beyond rounding):
+///
+/// | setting | what it chooses |
+/// |---|---|
+/// | `path` | [`LossPath`]: fused (the default), autodiff or manual |
+/// | `chunking` | [`Chunking`]: rows per chunk of the fused path |
+/// | `stats` | whether [`loss_output`](crate::LinearSoftmax::loss_output) and [`gradients`](crate::LinearSoftmax::gradients) return [`LossStats`](crate::LossStats) |
+///
+/// ```
+/// use linear_softmax::{Chunking, LossOptions, LossPath, LossReduction};
+///
+/// let options = LossOptions::new()
+///     .with_reduction(LossReduction::Sum)
+///     .with_label_smoothing(0.1)
+///     .with_path(LossPath::Manual)
+///     .with_chunking(Chunking::new().with_rows(Some(64)));
+/// assert_eq!(options.summary(), "sum, label smoothing 0.1, manual path, 64 rows per chunk");
+/// ```
 #[derive(Config, Debug, PartialEq)]
 pub struct LossOptions {
     /// How the per-row losses are combined.
-    #[config(default = "Reduction::Mean")]
-    pub reduction: Reduction,
-    /// Rows whose label equals this value are ignored (PyTorch's `ignore_index`). A value outside
-    /// `0..C` (PyTorch's -100) must also be given to the [`Targets`](crate::Targets) constructor.
-    #[config(default = "None")]
-    pub ignore_index: Option<i64>,
+    #[config(default = "LossReduction::Mean")]
+    pub reduction: LossReduction,
     /// Rows whose label is one of these classes are ignored (Burn's `pad_tokens`).
     #[config(default = "None")]
     pub pad_tokens: Option<Vec<usize>>,
@@ -70,6 +96,20 @@ pub struct LossOptions {
     /// bias); a scalar, so it needs reduction mean or sum.
     #[config(default = 0.0)]
     pub l2: f64,
+    /// Which path computes the loss and its gradients (a setting: every path gives the same
+    /// values).
+    #[config(default = "LossPath::Fused")]
+    pub path: LossPath,
+    /// How many rows the fused path takes at a time (the other paths form the whole `[N, C]`
+    /// logits and ignore it, but still refuse a bad one).
+    #[config(default = "Chunking::new()")]
+    pub chunking: Chunking,
+    /// Whether [`loss_output`](crate::LinearSoftmax::loss_output) and
+    /// [`gradients`](crate::LinearSoftmax::gradients) also return the per-row
+    /// [`LossStats`](crate::LossStats) (predictions, accuracy counts, target log-probabilities)
+    /// from the same pass.
+    #[config(default = false)]
+    pub stats: bool,
 }
 
 impl Default for LossOptions {
@@ -79,18 +119,15 @@ impl Default for LossOptions {
 }
 
 impl LossOptions {
-    /// The reduction, then every option that differs from its default, e.g.
+    /// The reduction, then every option and setting that differs from its default, e.g.
     /// `mean, label smoothing 0.1, l2 0.001` (the `Display` of a `Config` is its JSON).
     pub fn summary(&self) -> String {
         let mut text = match self.reduction {
-            Reduction::Mean => "mean",
-            Reduction::Sum => "sum",
-            Reduction::None => "no reduction",
+            LossReduction::Mean => "mean",
+            LossReduction::Sum => "sum",
+            LossReduction::None => "no reduction",
         }
         .to_string();
-        if let Some(index) = self.ignore_index {
-            text += &format!(", ignore index {index}");
-        }
         if let Some(pads) = &self.pad_tokens {
             text += &format!(", pad tokens {pads:?}");
         }
@@ -108,6 +145,15 @@ impl LossOptions {
         }
         if let Some(cap) = self.softcap {
             text += &format!(", softcap {cap}");
+        }
+        if self.path != LossPath::default() {
+            text += &format!(", {} path", self.path);
+        }
+        if let Some(rows) = self.chunking.rows {
+            text += &format!(", {rows} rows per chunk");
+        }
+        if self.stats {
+            text += ", with statistics";
         }
         text
     }
@@ -127,7 +173,7 @@ impl LossOptions {
         if !(self.l2.is_finite() && self.l2 >= 0.0) {
             return Err(invalid("l2", self.l2, "a finite coefficient >= 0"));
         }
-        if self.l2 != 0.0 && self.reduction == Reduction::None {
+        if self.l2 != 0.0 && self.reduction == LossReduction::None {
             return Err(invalid(
                 "l2",
                 self.l2,
@@ -153,6 +199,9 @@ impl LossOptions {
             && let Some(bad) = weights.iter().find(|w| !(w.is_finite() && **w >= 0.0))
         {
             return Err(invalid("class weight", bad, "finite weights >= 0"));
+        }
+        if self.chunking.rows == Some(0) {
+            return Err(invalid("chunk rows", 0, "at least 1 row per chunk"));
         }
         Ok(())
     }
@@ -185,22 +234,26 @@ impl LossOptions {
         Ok(())
     }
 
-    /// The labels whose rows are ignored: `ignore_index` and the pad tokens. This is the one
-    /// rule of ignored rows; the tensor paths apply it on the device (`ResolvedLoss::new`),
-    /// the CPU kernel on its host labels ([`ignores`](Self::ignores)).
-    pub(crate) fn ignored_labels(&self) -> impl Iterator<Item = i64> + '_ {
+    /// The labels whose rows are ignored: the targets' `ignore_index` and the pad tokens. This
+    /// is the one rule of ignored rows; the tensor paths apply it on the device
+    /// (`ResolvedLoss::new`), the CPU kernel on its host labels ([`ignores`](Self::ignores)).
+    pub(crate) fn ignored_labels(
+        &self,
+        ignore_index: Option<i64>,
+    ) -> impl Iterator<Item = i64> + '_ {
         let pads = self.pad_tokens.iter().flatten().map(|&pad| pad as i64);
-        self.ignore_index.into_iter().chain(pads)
+        ignore_index.into_iter().chain(pads)
     }
 
     /// Whether a row labelled `label` is ignored.
-    pub(crate) fn ignores(&self, label: i64) -> bool {
-        self.ignored_labels().any(|ignored| ignored == label)
+    pub(crate) fn ignores(&self, ignore_index: Option<i64>, label: i64) -> bool {
+        self.ignored_labels(ignore_index)
+            .any(|ignored| ignored == label)
     }
 
     /// Whether any row can be ignored.
-    pub(crate) fn ignores_rows(&self) -> bool {
-        self.ignored_labels().next().is_some()
+    pub(crate) fn ignores_rows(&self, ignore_index: Option<i64>) -> bool {
+        self.ignored_labels(ignore_index).next().is_some()
     }
 
     /// `sum_k w_k`: the sum of the class weights, `C` without them.

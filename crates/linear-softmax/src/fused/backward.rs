@@ -23,7 +23,7 @@ use super::backend::{
     FusedInputs, FusedLinearCrossEntropyOps, FusedOutput, FusedSpec, Optional, OptionalInt,
     RowUpstream, TargetPrimitives, WantedGradients,
 };
-use crate::options::Reduction;
+use crate::loss::LossReduction;
 
 impl<B: FusedLinearCrossEntropyOps, C: CheckpointStrategy> FusedLinearCrossEntropyOps
     for Autodiff<B, C>
@@ -55,7 +55,7 @@ impl<B: FusedLinearCrossEntropyOps, C: CheckpointStrategy> FusedLinearCrossEntro
             Optional::Absent => (None, None),
         };
         let targets = inner_targets(targets);
-        if spec.options.reduction == Reduction::None && wanted.any() {
+        if spec.options.reduction == LossReduction::None && wanted.any() {
             // The upstream gradient is a vector g_i that must scale row i of dS before
             // dW = X^T dS is summed: the forward computes the losses only, and the backward
             // recomputes the chunks with g (Liger-Kernel's scheme; one more pass of GEMMs,

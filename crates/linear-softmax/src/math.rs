@@ -1,6 +1,9 @@
-//! Path 2: the hand-derived backward as explicit tensor code, on a plain (non-autodiff) device.
+//! The math of the head, one `*_forward` / `*_backward` pair per piece, side by side: the
+//! hand-derived backward as explicit tensor code. The manual path is these pairs composed
+//! (forward, then backward); the autodiff path and the fused op's tensor kernel use the same
+//! forward pieces; the raw CPU and Cube kernels apply the same formulas row by row.
 //!
-//! Each piece is a `*_forward` / `*_backward` pair, side by side (see `docs/MATH.md`):
+//! The pairs (see `docs/MATH.md`):
 //!
 //! ```text
 //! linear:                S = X W + b            dW = X^T dS, db = colsum(dS), dX = dS W^T
@@ -24,13 +27,8 @@
 use burn::prelude::*;
 use burn::tensor::IndexingUpdateOp;
 
-use crate::error::Result;
-use crate::gradients::HeadGradients;
-use crate::head::LinearSoftmax;
-use crate::options::{LossOptions, Reduction};
-use crate::resolved::{ResolvedLoss, ResolvedTargets};
-use crate::stats::LossStats;
-use crate::targets::Targets;
+use crate::loss::resolved::{ResolvedLoss, ResolvedTargets};
+use crate::loss::{LossOptions, LossReduction, Targets};
 
 /// Scores `S = X W + b`.
 ///
@@ -311,12 +309,12 @@ fn safe_denominator(denominator: Tensor<1>) -> Tensor<1> {
 pub fn reduction_forward(
     row_losses: Tensor<1>,
     denominator: Tensor<1>,
-    reduction: Reduction,
+    reduction: LossReduction,
 ) -> Tensor<1> {
     match reduction {
-        Reduction::Mean => row_losses.sum() / safe_denominator(denominator),
-        Reduction::Sum => row_losses.sum(),
-        Reduction::None => row_losses,
+        LossReduction::Mean => row_losses.sum() / safe_denominator(denominator),
+        LossReduction::Sum => row_losses.sum(),
+        LossReduction::None => row_losses,
     }
 }
 
@@ -325,13 +323,13 @@ pub fn reduction_forward(
 pub fn reduction_backward(
     d_loss: Tensor<1>,
     denominator: Tensor<1>,
-    reduction: Reduction,
+    reduction: LossReduction,
     rows: usize,
 ) -> Tensor<1> {
     match reduction {
-        Reduction::Mean => (d_loss / safe_denominator(denominator)).expand([rows]),
-        Reduction::Sum => d_loss.expand([rows]),
-        Reduction::None => d_loss,
+        LossReduction::Mean => (d_loss / safe_denominator(denominator)).expand([rows]),
+        LossReduction::Sum => d_loss.expand([rows]),
+        LossReduction::None => d_loss,
     }
 }
 
@@ -366,129 +364,10 @@ pub(crate) fn with_l2_gradient(
     }
 }
 
-/// The loss alone, composed of this module's forward functions (on an autodiff device, Burn's
-/// autograd differentiates it: [`crate::LossPath::Manual`]).
-pub fn loss(
-    head: &LinearSoftmax,
-    x: Tensor<2>,
-    targets: &Targets,
-    options: &LossOptions,
-) -> Result<Tensor<1>> {
-    Ok(loss_and_log_sum_exp(head, x, targets, options)?.0)
-}
-
-/// [`loss`] and the per-row log-sum-exp `lse_i` `[N]` of the (capped) logits, which the
-/// forward pass computes anyway; `lse` is detached from any graph.
-pub fn loss_and_log_sum_exp(
-    head: &LinearSoftmax,
-    x: Tensor<2>,
-    targets: &Targets,
-    options: &LossOptions,
-) -> Result<(Tensor<1>, Tensor<1>)> {
-    head.check_loss_inputs(&x, targets, options)?;
-    let weight = head.weight();
-    let mut logits = linear_forward(x, weight.clone(), head.bias());
-    if let Some(cap) = options.softcap {
-        logits = softcap_forward(logits, cap);
-    }
-    let (row_losses, cache) = softmax_cross_entropy_forward(logits, targets, options);
-    let log_sum_exp = cache.log_sum_exp.detach();
-    let loss = reduction_forward(row_losses, cache.denominator, options.reduction);
-    Ok((with_l2(loss, weight, options), log_sum_exp))
-}
-
-/// [`loss`] and the per-row [`LossStats`], taken from the `[N, C]` logits this path forms
-/// anyway; the statistics are detached from any graph.
-pub fn loss_with_stats(
-    head: &LinearSoftmax,
-    x: Tensor<2>,
-    targets: &Targets,
-    options: &LossOptions,
-) -> Result<(Tensor<1>, LossStats)> {
-    head.check_loss_inputs(&x, targets, options)?;
-    let weight = head.weight();
-    let logits = linear_forward(x, weight.clone(), head.bias());
-    let capped = options
-        .softcap
-        .map(|cap| softcap_forward(logits.clone(), cap));
-    let capped = capped.unwrap_or_else(|| logits.clone());
-    let (row_losses, cache) = softmax_cross_entropy_forward(capped.clone(), targets, options);
-    let stats = LossStats::from_logits(logits, capped, cache.log_sum_exp, targets, options);
-    let loss = reduction_forward(row_losses, cache.denominator, options.reduction);
-    Ok((with_l2(loss, weight, options), stats))
-}
-
-/// The loss and its hand-derived gradients `dW, db, dX` (upstream gradient 1 for every entry
-/// of the loss, as `loss.backward()` would seed it).
-///
-/// NaN and infinity in `x` or the head propagate to the loss and gradients, as on every path
-/// (nothing is read back); [`LinearSoftmax::check_finite`] finds and names them.
-pub fn loss_and_gradients(
-    head: &LinearSoftmax,
-    x: Tensor<2>,
-    targets: &Targets,
-    options: &LossOptions,
-) -> Result<HeadGradients> {
-    Ok(gradients_and_maybe_stats(head, x, targets, options, false)?.0)
-}
-
-/// [`loss_and_gradients`] and the per-row [`LossStats`] from the same logits: a training step
-/// by hand that reports its accuracy without a second forward pass.
-pub fn loss_gradients_and_stats(
-    head: &LinearSoftmax,
-    x: Tensor<2>,
-    targets: &Targets,
-    options: &LossOptions,
-) -> Result<(HeadGradients, LossStats)> {
-    let (gradients, stats) = gradients_and_maybe_stats(head, x, targets, options, true)?;
-    Ok((gradients, stats.expect("asked for")))
-}
-
-/// The hand-derived gradients, and the statistics when `stats`.
-fn gradients_and_maybe_stats(
-    head: &LinearSoftmax,
-    x: Tensor<2>,
-    targets: &Targets,
-    options: &LossOptions,
-    stats: bool,
-) -> Result<(HeadGradients, Option<LossStats>)> {
-    head.check_loss_inputs(&x, targets, options)?;
-    let weight = head.weight();
-    let bias = head.bias();
-    let has_bias = bias.is_some();
-    let rows = x.dims()[0];
-
-    let logits = linear_forward(x.clone(), weight.clone(), bias);
-    let capped = options
-        .softcap
-        .map(|cap| softcap_forward(logits.clone(), cap));
-    let (row_losses, cache) = softmax_cross_entropy_forward(
-        capped.clone().unwrap_or_else(|| logits.clone()),
-        targets,
-        options,
-    );
-    let stats = stats.then(|| {
-        let capped = capped.clone().unwrap_or_else(|| logits.clone());
-        LossStats::from_logits(logits, capped, cache.log_sum_exp.clone(), targets, options)
-    });
-    let denominator = cache.denominator.clone();
-    let loss = reduction_forward(row_losses, denominator.clone(), options.reduction);
-
-    let d_rows = reduction_backward(loss.ones_like(), denominator, options.reduction, rows);
-    let mut d_logits = softmax_cross_entropy_backward(cache, d_rows);
-    if let (Some(capped), Some(cap)) = (capped, options.softcap) {
-        d_logits = softcap_backward(capped, cap, d_logits);
-    }
-    let LinearGradients {
-        d_weight,
-        d_bias,
-        d_input,
-    } = linear_backward(x, weight.clone(), has_bias, d_logits);
-    let gradients = HeadGradients {
-        loss: with_l2(loss, weight.clone(), options),
-        d_weight: with_l2_gradient(d_weight, weight, options),
-        d_bias,
-        d_input,
-    };
-    Ok((gradients, stats))
+/// Stable `lse_i = log sum_k exp(S_ik)` of each row of `logits` `[N, C]`, as `[N]`: the row
+/// maximum is subtracted before `exp` and added back after `log`.
+pub(crate) fn log_sum_exp(logits: Tensor<2>) -> Tensor<1> {
+    let row_max = logits.clone().max_dim(1).detach();
+    let sum_exp = (logits - row_max.clone()).exp().sum_dim(1);
+    (row_max + sum_exp.log()).squeeze_dim(1)
 }

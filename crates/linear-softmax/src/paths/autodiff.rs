@@ -6,23 +6,23 @@
 //! maximum is subtracted),
 //! `l_i = v_i [(1 - eps) w_{y_i} (-logp_{i,y_i}) + (eps / C) sum_k w_k (-logp_ik)] + beta v_i lse_i^2`,
 //! reduced by mean, sum or none, plus `lambda sum(W^2)`.
+//!
+//! The entry points are [`LinearSoftmax::loss`], [`loss_output`](LinearSoftmax::loss_output)
+//! and [`gradients`](LinearSoftmax::gradients) with
+//! [`LossPath::Autodiff`](crate::LossPath::Autodiff); the caller checked the inputs.
 
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 
-use crate::error::Result;
-use crate::gradients::HeadGradients;
-use crate::head::{LinearSoftmax, log_sum_exp};
-use crate::manual::{linear_forward, reduction_forward, with_l2};
-use crate::options::LossOptions;
-use crate::resolved::{ResolvedLoss, ResolvedTargets};
-use crate::stats::LossStats;
-use crate::targets::Targets;
+use crate::head::LinearSoftmax;
+use crate::loss::resolved::{ResolvedLoss, ResolvedTargets};
+use crate::loss::{HeadGradients, LossOptions, LossOutput, LossStats, Targets};
+use crate::math::{linear_forward, log_sum_exp, reduction_forward, with_l2};
 
 /// The per-row losses `l_i` `[N]` of `logits` `[N, C]` and the mean's denominator `[1]`.
 ///
 /// `logits` are taken as they are: apply the softcap first if wanted.
-pub fn cross_entropy_rows(
+pub(crate) fn cross_entropy_rows(
     logits: Tensor<2>,
     targets: &Targets,
     options: &LossOptions,
@@ -81,67 +81,33 @@ pub fn cross_entropy_rows(
     (row_losses, resolved.denominator)
 }
 
-/// Mean softmax cross-entropy of `logits` `[N, C]` against class-index `targets`, `[1]`.
-pub fn cross_entropy(logits: Tensor<2>, targets: &Targets) -> Tensor<1> {
-    let options = LossOptions::new();
-    let (rows, denominator) = cross_entropy_rows(logits, targets, &options);
-    reduction_forward(rows, denominator, options.reduction)
-}
-
-/// The loss of `head` on `(x, targets)` as a graph of ordinary ops.
-///
-/// On an autodiff device, `loss.backward()` gives every tracked tensor (the head's parameters,
-/// `x` and whatever produced it) its gradient.
-///
-/// # Shapes
-/// - `x`: `[N, D]`, `targets`: `[N]` or `[N, C]`, result: `[1]` (`[N]` with reduction none)
-pub fn loss(
+/// The loss of `head` on `(x, targets)` as a graph of ordinary ops, its `lse` and, when
+/// `stats`, the statistics from the full `[N, C]` logits this path forms anyway; `lse` and the
+/// statistics are detached from the graph. On an autodiff device, `loss.backward()` gives
+/// every tracked tensor (the head's parameters, `x` and whatever produced it) its gradient.
+pub(crate) fn loss_output(
     head: &LinearSoftmax,
     x: Tensor<2>,
     targets: &Targets,
     options: &LossOptions,
-) -> Result<Tensor<1>> {
-    head.check_loss_inputs(&x, targets, options)?;
-    Ok(loss_of_parts(x, head.weight(), head.bias(), targets, options).0)
-}
-
-/// [`loss`] and the per-row log-sum-exp `lse_i` `[N]` of the (capped) logits, detached from
-/// the graph.
-pub fn loss_and_log_sum_exp(
-    head: &LinearSoftmax,
-    x: Tensor<2>,
-    targets: &Targets,
-    options: &LossOptions,
-) -> Result<(Tensor<1>, Tensor<1>)> {
-    head.check_loss_inputs(&x, targets, options)?;
-    let (loss, logits) = loss_of_parts(x, head.weight(), head.bias(), targets, options);
-    Ok((loss, log_sum_exp(logits.capped.detach())))
-}
-
-/// [`loss`] and the per-row [`LossStats`], taken from the full `[N, C]` logits this path
-/// forms anyway; the statistics are detached from the graph.
-pub fn loss_with_stats(
-    head: &LinearSoftmax,
-    x: Tensor<2>,
-    targets: &Targets,
-    options: &LossOptions,
-) -> Result<(Tensor<1>, LossStats)> {
-    head.check_loss_inputs(&x, targets, options)?;
+    stats: bool,
+) -> LossOutput {
     let (loss, logits) = loss_of_parts(x, head.weight(), head.bias(), targets, options);
     let log_sum_exp = log_sum_exp(logits.capped.clone().detach());
-    let stats = LossStats::from_logits(logits.raw, logits.capped, log_sum_exp, targets, options);
-    Ok((loss, stats))
-}
-
-/// The loss of a sequence batch `x` `[B, T, D]` (an LM head), as `N = B * T` rows; build the
-/// targets with [`Targets::from_sequence_tensor`].
-pub fn sequence_loss(
-    head: &LinearSoftmax,
-    x: Tensor<3>,
-    targets: &Targets,
-    options: &LossOptions,
-) -> Result<Tensor<1>> {
-    loss(head, head.sequence_rows(x)?, targets, options)
+    let stats = stats.then(|| {
+        LossStats::from_logits(
+            logits.raw,
+            logits.capped,
+            log_sum_exp.clone(),
+            targets,
+            options,
+        )
+    });
+    LossOutput {
+        loss,
+        log_sum_exp,
+        stats,
+    }
 }
 
 /// The logits of a loss: `S = X W + b` and `S'`, after the softcap (`S` itself without one).
@@ -160,7 +126,7 @@ pub(crate) fn loss_of_parts(
 ) -> (Tensor<1>, Logits) {
     let raw = linear_forward(x, weight.clone(), bias);
     let capped = match options.softcap {
-        // Written out rather than calling `manual::softcap_forward`: this path is the reference.
+        // Written out rather than calling `math::softcap_forward`: this path is the reference.
         // `* (1 / c)`, not `/ c`: Burn 0.22.1's autodiff `div_scalar` backward rounds the
         // scalar to f32, which would cost f64 gradients 8 digits.
         Some(cap) => (raw.clone() * (1.0 / cap)).tanh() * cap,
@@ -172,34 +138,40 @@ pub(crate) fn loss_of_parts(
 }
 
 /// The loss and the gradients `dW, db, dX` that Burn's autograd derives (the loss's every
-/// entry seeded with 1, as `loss.backward()` does).
+/// entry seeded with 1, as `loss.backward()` does), and the statistics when `options.stats`.
 ///
 /// `head` and `x` may live on a plain device: detached copies get autodiff enabled, so the
 /// caller's tensors are not touched. The gradients come back as plain tensors.
-pub fn loss_and_gradients(
+pub(crate) fn gradients(
     head: &LinearSoftmax,
     x: Tensor<2>,
     targets: &Targets,
     options: &LossOptions,
-) -> Result<HeadGradients> {
-    head.check_loss_inputs(&x, targets, options)?;
+) -> HeadGradients {
     let track = |tensor: Tensor<2>| tensor.detach().autodiff().require_grad();
     let x = track(x);
     let weight = track(head.weight());
     let bias = head
         .bias()
         .map(|bias| bias.detach().autodiff().require_grad());
-    let (loss, _) = loss_of_parts(x.clone(), weight.clone(), bias.clone(), targets, options);
+    let (loss, logits) = loss_of_parts(x.clone(), weight.clone(), bias.clone(), targets, options);
+    let log_sum_exp = log_sum_exp(logits.capped.clone().detach()).inner();
+    let stats = options.stats.then(|| {
+        let (raw, capped) = (logits.raw.detach().inner(), logits.capped.detach().inner());
+        LossStats::from_logits(raw, capped, log_sum_exp.clone(), targets, options)
+    });
     let grads = loss.clone().sum().backward();
     let gradient = |tensor: &Tensor<2>| {
         tensor
             .grad(&grads)
             .expect("a tracked tensor of the loss has a gradient")
     };
-    Ok(HeadGradients {
+    HeadGradients {
         d_weight: gradient(&weight),
         d_bias: bias.map(|bias| bias.grad(&grads).expect("the tracked bias has a gradient")),
         d_input: gradient(&x),
         loss: loss.inner(),
-    })
+        log_sum_exp,
+        stats,
+    }
 }

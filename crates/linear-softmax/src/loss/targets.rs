@@ -1,14 +1,16 @@
-//! Validated targets: class indices, class probabilities (soft targets) or multi-label rows.
+//! Validated targets: class indices, class probabilities (soft targets) or multi-hot rows.
 //!
 //! Targets are checked once, where they enter (host data, or an Int/Float tensor read back
-//! once), so the loss paths never need a per-step host round trip to know they are valid.
+//! once), so the loss paths never need a per-step host round trip to know they are valid. The
+//! ignore index is part of the targets (it says which labels mark padding, and the labels are
+//! validated against it), stated nowhere else.
 
 use burn::prelude::*;
 use burn::tensor::DType;
 
 use crate::error::{Error, Result};
 use crate::host::{to_host_f64, to_host_i64};
-use crate::options::LossOptions;
+use crate::loss::options::LossOptions;
 
 /// How far a probability row's sum may stray from 1 (f32 data summed over many classes).
 pub const PROBABILITY_SUM_TOLERANCE: f64 = 1e-4;
@@ -16,8 +18,10 @@ pub const PROBABILITY_SUM_TOLERANCE: f64 = 1e-4;
 /// What the loss compares the logits with.
 ///
 /// # Shapes
-/// - class indices: `[N]` (Int)
-/// - probabilities: `[N, C]`
+/// Targets have the leading shape of the input `x` `[.., D]` they go with (`[N]` for `[N, D]`,
+/// `[B, T]` for `[B, T, D]`), stored as `N` rows in row-major order:
+/// - class indices: `[..]` (Int)
+/// - probabilities: `[.., C]`
 ///
 /// # Example
 /// ```
@@ -38,6 +42,8 @@ pub const PROBABILITY_SUM_TOLERANCE: f64 = 1e-4;
 pub struct Targets {
     kind: TargetKind,
     n_classes: usize,
+    /// The leading shape (`[N]`, `[B, T]`, ...), whose product is the number of rows.
+    shape: Vec<usize>,
 }
 
 /// The kinds of targets.
@@ -64,8 +70,8 @@ impl Targets {
     }
 
     /// Like [`from_indices`](Self::from_indices), but labels equal to `ignore_index` (e.g.
-    /// PyTorch's -100) mark ignored rows; pass the same value as
-    /// [`LossOptions::ignore_index`].
+    /// PyTorch's -100, which may lie outside `0..n_classes`) mark ignored rows: they count in
+    /// neither the loss nor the mean's denominator (PyTorch's `ignore_index`).
     pub fn from_indices_with_ignore(
         labels: &[i64],
         n_classes: usize,
@@ -90,35 +96,38 @@ impl Targets {
                 ignore_index,
             },
             n_classes,
+            shape: vec![labels.len()],
         })
     }
 
-    /// Validates an Int tensor of labels (one read back to the host, here and only here).
-    pub fn from_tensor(labels: Tensor<1, Int>, n_classes: usize) -> Result<Self> {
-        validate_labels(&to_host_i64(&labels)?, n_classes, None)?;
-        Ok(Self {
-            kind: TargetKind::Classes {
-                indices: labels,
-                ignore_index: None,
-            },
-            n_classes,
-        })
-    }
-
-    /// `[B, T]` labels of a sequence batch (an LM head), flattened to `N = B * T` rows in the
-    /// same order as `x.reshape([B * T, D])`; `ignore_index` as in
-    /// [`from_indices_with_ignore`](Self::from_indices_with_ignore).
-    pub fn from_sequence_tensor(
-        labels: Tensor<2, Int>,
+    /// Validates an Int tensor of labels of any shape (`[N]`, or `[B, T]` for a sequence
+    /// batch), one read back to the host, here and only here; `ignore_index` as in
+    /// [`from_indices_with_ignore`](Self::from_indices_with_ignore). The rows are the labels
+    /// in row-major order, as `x.reshape([B * T, D])` orders the rows of `x` `[B, T, D]`.
+    ///
+    /// ```
+    /// use burn::prelude::*;
+    /// use linear_softmax::Targets;
+    ///
+    /// let device = Device::flex();
+    /// // Two sequences of 3 tokens; the second ends in padding (-100).
+    /// let labels = Tensor::<2, Int>::from_data([[3, 1, 4], [1, -100, -100]], &device);
+    /// let targets = Targets::from_tensor(labels, 5, Some(-100))?;
+    /// assert_eq!((targets.len(), targets.shape()), (6, &[2, 3][..]));
+    /// # Ok::<(), linear_softmax::Error>(())
+    /// ```
+    pub fn from_tensor<const K: usize>(
+        labels: Tensor<K, Int>,
         n_classes: usize,
         ignore_index: Option<i64>,
     ) -> Result<Self> {
-        let [batch, time] = labels.dims();
-        let labels = if batch * time == 0 {
+        let shape = labels.dims().to_vec();
+        let rows = shape.iter().product::<usize>();
+        let labels = if rows == 0 {
             // Burn's `reshape` reads a 0 as "keep this dimension": build the empty labels.
             Tensor::from_data(TensorData::new(Vec::<i64>::new(), [0]), &labels.device())
         } else {
-            labels.reshape([batch * time])
+            labels.reshape([rows])
         };
         validate_labels(&to_host_i64(&labels)?, n_classes, ignore_index)?;
         Ok(Self {
@@ -127,6 +136,7 @@ impl Targets {
                 ignore_index,
             },
             n_classes,
+            shape,
         })
     }
 
@@ -153,21 +163,42 @@ impl Targets {
         Ok(Self {
             kind: TargetKind::Probabilities(probabilities),
             n_classes,
+            shape: vec![rows],
         })
     }
 
-    /// Validates a probability tensor `[N, C]` (one read back to the host).
-    pub fn from_probability_tensor(probabilities: Tensor<2>) -> Result<Self> {
-        let [_, n_classes] = probabilities.dims();
+    /// Validates a probability tensor `[.., C]` (`[N, C]`, or `[B, T, C]` for a sequence
+    /// batch; one read back to the host).
+    pub fn from_probability_tensor<const K: usize>(probabilities: Tensor<K>) -> Result<Self> {
+        let dims = probabilities.dims();
+        let n_classes = dims[K - 1];
+        let shape = dims[..K - 1].to_vec();
+        let rows = shape.iter().product::<usize>();
+        if rows == 0 || n_classes == 0 {
+            // Burn's `reshape` reads a 0 as "keep this dimension"; no row to validate either.
+            check_class_count(n_classes)?;
+            let empty = TensorData::new(Vec::<f64>::new(), [0, n_classes]);
+            let probabilities = Tensor::from_data(empty, (&probabilities.device(), DType::F64));
+            let kind = TargetKind::Probabilities(probabilities);
+            return Ok(Self {
+                kind,
+                n_classes,
+                shape,
+            });
+        }
+        let probabilities = probabilities.reshape([rows, n_classes]);
         validate_probabilities(&to_host_f64(&probabilities)?, n_classes)?;
         Ok(Self {
             kind: TargetKind::Probabilities(probabilities),
             n_classes,
+            shape,
         })
     }
 
-    /// Multi-label targets: a multi-hot row with `m` classes set becomes the distribution
-    /// `multi_hot / m` (the seed's multi-label case). Every row needs at least one class.
+    /// Multi-hot targets: a row with `m` classes set becomes the distribution
+    /// `multi_hot / m`, so the loss is the mean of `-log p_k` over the row's set classes (a
+    /// softmax shared by the set classes, not `m` independent sigmoids). Every row needs at
+    /// least one class.
     pub fn from_multi_hot(
         multi_hot: &[bool],
         [rows, n_classes]: [usize; 2],
@@ -193,6 +224,20 @@ impl Targets {
             values.extend(hot.iter().map(|&h| if h { 1.0 / set as f64 } else { 0.0 }));
         }
         Self::from_probabilities(&values, [rows, n_classes], device)
+    }
+
+    /// The leading shape the targets were given in (`[N]`, `[B, T]`, ...): the loss checks
+    /// it against the leading dimensions of `x`.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// The label that marks ignored rows, given to the constructor, if any.
+    pub fn ignore_index(&self) -> Option<i64> {
+        match &self.kind {
+            TargetKind::Classes { ignore_index, .. } => *ignore_index,
+            TargetKind::Probabilities(_) => None,
+        }
     }
 
     /// Number of targets (rows).
@@ -253,29 +298,25 @@ impl Targets {
     /// Targets made of already validated parts (the fused kernel rebuilding them from its
     /// backend's primitives).
     pub(crate) fn trusted(kind: TargetKind, n_classes: usize) -> Self {
-        Self { kind, n_classes }
+        let rows = match &kind {
+            TargetKind::Classes { indices, .. } => indices.dims()[0],
+            TargetKind::Probabilities(probabilities) => probabilities.dims()[0],
+        };
+        Self {
+            kind,
+            n_classes,
+            shape: vec![rows],
+        }
     }
 
     /// Checks that these targets can be used with `options` (no per-row work).
     pub(crate) fn check_options(&self, options: &LossOptions) -> Result<()> {
         match &self.kind {
-            TargetKind::Classes { ignore_index, .. } => {
-                if let Some(accepted) = ignore_index
-                    && options.ignore_index != Some(*accepted)
-                {
-                    return Err(Error::InvalidOption {
-                        name: "ignore_index",
-                        value: format!("{:?}", options.ignore_index),
-                        expected: "the ignore index the targets were built with",
-                    });
-                }
-                Ok(())
-            }
-            TargetKind::Probabilities(_) if options.ignores_rows() => Err(Error::TargetKind {
-                option: "ignore_index / pad_tokens",
+            TargetKind::Probabilities(_) if options.ignores_rows(None) => Err(Error::TargetKind {
+                option: "pad_tokens",
                 expected: "class-index targets",
             }),
-            TargetKind::Probabilities(_) => Ok(()),
+            _ => Ok(()),
         }
     }
 }

@@ -1,0 +1,103 @@
+//! Path 2: the hand-derived backward, [`crate::math`]'s `*_forward` / `*_backward` pairs
+//! composed as explicit tensor code on a plain (non-autodiff) device.
+//!
+//! ```text
+//! forward:   S = X W + b  ->  S' = c tanh(S / c)  ->  l_i, lse_i  ->  L = sum_i l_i / den (+ lambda sum(W^2))
+//! backward:  g_i = dL / den  ->  dS' = g_i [(sum_k P_ik + 2 beta v_i lse_i) A_i - P_i]
+//!            ->  dS = dS' (1 - (S' / c)^2)  ->  dW = X^T dS (+ 2 lambda W), db = colsum(dS), dX = dS W^T
+//! ```
+//!
+//! The entry points are [`LinearSoftmax::loss`], [`loss_output`](LinearSoftmax::loss_output)
+//! and [`gradients`](LinearSoftmax::gradients) with
+//! [`LossPath::Manual`](crate::LossPath::Manual); the caller checked the inputs.
+
+use burn::prelude::*;
+
+use crate::head::LinearSoftmax;
+use crate::loss::{HeadGradients, LossOptions, LossOutput, LossStats, Targets};
+use crate::math::{
+    LinearGradients, linear_backward, linear_forward, reduction_backward, reduction_forward,
+    softcap_backward, softcap_forward, softmax_cross_entropy_backward,
+    softmax_cross_entropy_forward, with_l2, with_l2_gradient,
+};
+
+/// The loss composed of [`crate::math`]'s forward functions (on an autodiff device, Burn's
+/// autograd differentiates it), its `lse` and, when `stats`, the statistics from the `[N, C]`
+/// logits this path forms anyway; `lse` and the statistics are detached from any graph.
+pub(crate) fn loss_output(
+    head: &LinearSoftmax,
+    x: Tensor<2>,
+    targets: &Targets,
+    options: &LossOptions,
+    stats: bool,
+) -> LossOutput {
+    let weight = head.weight();
+    let logits = linear_forward(x, weight.clone(), head.bias());
+    let capped = options
+        .softcap
+        .map(|cap| softcap_forward(logits.clone(), cap))
+        .unwrap_or_else(|| logits.clone());
+    let (row_losses, cache) = softmax_cross_entropy_forward(capped.clone(), targets, options);
+    let log_sum_exp = cache.log_sum_exp.clone();
+    let stats = stats
+        .then(|| LossStats::from_logits(logits, capped, log_sum_exp.clone(), targets, options));
+    let loss = reduction_forward(row_losses, cache.denominator, options.reduction);
+    LossOutput {
+        loss: with_l2(loss, weight, options),
+        log_sum_exp: log_sum_exp.detach(),
+        stats,
+    }
+}
+
+/// The loss and its hand-derived gradients `dW, db, dX` (upstream gradient 1 for every entry
+/// of the loss, as `loss.backward()` would seed it), and the statistics when `options.stats`.
+///
+/// NaN and infinity in `x` or the head propagate to the loss and gradients, as on every path
+/// (nothing is read back); [`LinearSoftmax::check_finite`] finds and names them.
+pub(crate) fn gradients(
+    head: &LinearSoftmax,
+    x: Tensor<2>,
+    targets: &Targets,
+    options: &LossOptions,
+) -> HeadGradients {
+    let weight = head.weight();
+    let bias = head.bias();
+    let has_bias = bias.is_some();
+    let rows = x.dims()[0];
+
+    let logits = linear_forward(x.clone(), weight.clone(), bias);
+    let capped = options
+        .softcap
+        .map(|cap| softcap_forward(logits.clone(), cap));
+    let (row_losses, cache) = softmax_cross_entropy_forward(
+        capped.clone().unwrap_or_else(|| logits.clone()),
+        targets,
+        options,
+    );
+    let log_sum_exp = cache.log_sum_exp.clone();
+    let stats = options.stats.then(|| {
+        let capped = capped.clone().unwrap_or_else(|| logits.clone());
+        LossStats::from_logits(logits, capped, log_sum_exp.clone(), targets, options)
+    });
+    let denominator = cache.denominator.clone();
+    let loss = reduction_forward(row_losses, denominator.clone(), options.reduction);
+
+    let d_rows = reduction_backward(loss.ones_like(), denominator, options.reduction, rows);
+    let mut d_logits = softmax_cross_entropy_backward(cache, d_rows);
+    if let (Some(capped), Some(cap)) = (capped, options.softcap) {
+        d_logits = softcap_backward(capped, cap, d_logits);
+    }
+    let LinearGradients {
+        d_weight,
+        d_bias,
+        d_input,
+    } = linear_backward(x, weight.clone(), has_bias, d_logits);
+    HeadGradients {
+        loss: with_l2(loss, weight.clone(), options),
+        d_weight: with_l2_gradient(d_weight, weight, options),
+        d_bias,
+        d_input,
+        log_sum_exp: log_sum_exp.detach(),
+        stats,
+    }
+}
