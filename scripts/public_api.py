@@ -184,7 +184,7 @@ class Api:
             self.lines.add(f"pub enum {path}{render_generics(enum.get('generics'))}")
             for variant_id in enum.get("variants", []):
                 variant = self.item(variant_id)
-                self.lines.add(f"{path}::{variant['name']}")
+                self.lines.add(f"{path}::{variant['name']}{self.variant_fields(variant)}")
             self.impls(path, enum.get("impls", []))
         elif kind == "trait":
             self.lines.add(f"pub trait {path}")
@@ -198,6 +198,19 @@ class Api:
             self.lines.add(f"pub type {path} = {render_type(inner['type_alias']['type'])}")
         else:
             self.lines.add(f"pub {kind} {path}")
+
+    def variant_fields(self, variant):
+        kind = variant["inner"]["variant"]["kind"]
+        if not isinstance(kind, dict):
+            return ""
+        if "tuple" in kind:
+            fields = [self.item(f) for f in kind["tuple"] if f is not None]
+            return "(" + ", ".join(render_type(f["inner"]["struct_field"]) for f in fields) + ")"
+        if "struct" in kind:
+            fields = [self.item(f) for f in kind["struct"]["fields"]]
+            rendered = (f"{f['name']}: {render_type(f['inner']['struct_field'])}" for f in fields)
+            return " { " + ", ".join(rendered) + " }"
+        return ""
 
     def impls(self, path, impl_ids):
         for impl_id in impl_ids:

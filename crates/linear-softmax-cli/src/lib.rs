@@ -8,7 +8,7 @@
 pub mod cli;
 pub mod data;
 mod error;
-mod host;
+
 #[cfg(feature = "learner")]
 pub mod learner;
 pub mod metrics;
@@ -18,7 +18,7 @@ pub mod report;
 pub mod train;
 
 pub use error::{Error, Result};
-pub use host::{to_host_f64, to_host_i64};
+pub use linear_softmax::host::{to_host_f64, to_host_i64};
 
 #[doc = include_str!("../../../README.md")]
 #[cfg(doctest)]

@@ -7,8 +7,8 @@ use burn::prelude::*;
 
 use crate::data::Dataset;
 use crate::error::Result;
-use crate::host::{to_host_f64, to_host_i64};
 use crate::model::Classifier;
+use linear_softmax::host::{to_host_f64, to_host_i64};
 use linear_softmax::{LossOptions, LossReduction, Targets, math};
 
 /// Rows per forward pass when evaluating, to bound memory on large data sets.

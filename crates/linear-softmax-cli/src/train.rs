@@ -19,11 +19,11 @@ use rand::seq::SliceRandom;
 
 use crate::data::Dataset;
 use crate::error::{Error, Result};
-use crate::host::{to_host_f64, to_host_i64};
 use crate::metrics::evaluate;
 use crate::model::Classifier;
 use linear_softmax::LossOptions;
 use linear_softmax::Targets;
+use linear_softmax::host::{to_host_f64, to_host_i64};
 use linear_softmax::math;
 use linear_softmax::{LinearSoftmax, LossPath, LossStats};
 
@@ -74,11 +74,9 @@ pub struct TrainConfig {
     pub learning_rate: f64,
     /// Which optimizer.
     pub optimizer: OptimizerKind,
-    /// Which gradient path: the head's [`LossOptions::path`] in every step (it overrides
-    /// `options.path`), and with [`LossPath::Manual`] the hand-derived backward through the
-    /// hidden layers too.
-    pub path: LossPath,
-    /// The loss options (L2, ...).
+    /// The loss options (L2, ...) and the gradient path, [`LossOptions::path`]: the head's in
+    /// every step, and with [`LossPath::Manual`] the hand-derived backward through the hidden
+    /// layers too.
     pub options: LossOptions,
     /// Seed of the batch order.
     pub seed: u64,
@@ -177,7 +175,7 @@ pub fn train(
                 loss,
                 gradients,
                 stats,
-            } = match config.path {
+            } = match config.options.path {
                 path @ (LossPath::Autodiff | LossPath::Fused) => {
                     graph_step(&model, x, &targets, &config.options, path)
                 }

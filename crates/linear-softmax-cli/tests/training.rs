@@ -109,8 +109,7 @@ fn the_train_accuracy_counts_every_row_of_the_epoch_from_the_steps() {
             batch_size: 50,
             learning_rate: 1e-30,
             optimizer: OptimizerKind::Sgd { momentum: 0.0 },
-            path,
-            options: LossOptions::new(),
+            options: LossOptions::new().with_path(path),
             seed: 3,
         };
         let mut last = LastEpoch(None);

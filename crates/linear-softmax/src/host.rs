@@ -1,11 +1,15 @@
-//! Reading tensors back to the host: where user data enters (validating targets built from
-//! tensors) and in the finite-difference witness, never inside a loss path's op.
+//! Reading tensors back to the host, whatever their element type, with this crate's
+//! [`Error::ReadBack`] when the data cannot be read. Inside the crate: where user data enters
+//! (validating targets built from tensors), in the opt-in checks and reports
+//! ([`LinearSoftmax::check_finite`](crate::LinearSoftmax::check_finite),
+//! [`LossStats::accuracy`](crate::LossStats::accuracy)) and in the finite-difference witness,
+//! never inside a loss path's op; outside it, for reports and metrics (the command-line tool
+//! reads through these too).
 //!
-//! Every read of a device tensor's values goes through these two functions, and each counts
-//! itself on the calling thread, so a test can assert that a fused forward and backward read
-//! nothing back (on a GPU each read would be a device synchronisation). The one other
-//! `into_data` is the raw CPU kernels' (`fused/cpu/buffers.rs`): it copies a non-contiguous
-//! CPU primitive into a host buffer, which on Flex and NdArray is already host memory.
+//! Each read counts itself on the calling thread, so a test can assert that a fused forward
+//! and backward read nothing back (on a GPU each read would be a device synchronisation). The
+//! raw CPU kernels' `into_data` calls (`fused/cpu/buffers.rs`) are not such reads: they copy a
+//! non-contiguous CPU primitive, already in host memory on Flex and NdArray, into a buffer.
 
 use std::cell::Cell;
 
@@ -28,7 +32,7 @@ fn count_read() {
 }
 
 /// A tensor's values as host `f64`s (row-major), whatever its float type.
-pub(crate) fn to_host_f64<const D: usize>(tensor: &Tensor<D>) -> Result<Vec<f64>> {
+pub fn to_host_f64<const D: usize>(tensor: &Tensor<D>) -> Result<Vec<f64>> {
     count_read();
     tensor
         .to_data()
@@ -38,7 +42,7 @@ pub(crate) fn to_host_f64<const D: usize>(tensor: &Tensor<D>) -> Result<Vec<f64>
 }
 
 /// An Int tensor's values as host `i64`s (Flex stores Int tensors as `i32`).
-pub(crate) fn to_host_i64<const D: usize>(tensor: &Tensor<D, Int>) -> Result<Vec<i64>> {
+pub fn to_host_i64<const D: usize>(tensor: &Tensor<D, Int>) -> Result<Vec<i64>> {
     count_read();
     tensor
         .to_data()

@@ -55,7 +55,7 @@ mod error;
 mod fused;
 pub mod gradcheck;
 mod head;
-mod host;
+pub mod host;
 mod loss;
 pub mod math;
 mod paths;

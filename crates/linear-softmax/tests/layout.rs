@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
-/// The most lines a library file may have (DESIGN.md): past that it holds more than one job.
+/// The most lines a library file may have: past that it holds more than one job.
 const MAX_FILE_LINES: usize = 600;
 
 /// File names that many folders have by Rust's convention.

@@ -16,8 +16,8 @@ use linear_softmax::LossPath;
 pub use data::DataArgs;
 
 /// Train, check and use a Linear + softmax cross-entropy classifier whose gradients are computed
-/// by hand, by Burn's autograd (and, when built in, by a fused op), and checked against each
-/// other and against finite differences.
+/// by hand, by Burn's autograd and by a fused op, and checked against each other and against
+/// finite differences.
 ///
 /// Without a subcommand, `train` runs: on the embedded handwritten digits unless `--data` or
 /// `--idx-images` names your own data.

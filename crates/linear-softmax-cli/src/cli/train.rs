@@ -144,8 +144,7 @@ pub fn run(args: TrainArgs) -> Result<ExitCode, Failure> {
         batch_size: args.batch_size,
         learning_rate: args.learning_rate(),
         optimizer: args.optimizer(),
-        path,
-        options: args.loss.options(),
+        options: args.loss.options().with_path(path),
         seed: args.seed,
     };
     println!(

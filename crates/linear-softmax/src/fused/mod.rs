@@ -82,7 +82,7 @@ use crate::math;
 /// The device-dependent half of [`Chunking`]: its pure rule is [`Chunking::rows_for`]; this
 /// one needs to know which fused implementation a device has.
 impl Chunking {
-    /// The chunk size `R` a fused call on `device` takes for an input of `[n_rows, d_input]`,
+    /// The chunk size `R` a fused call on `device` takes for an input of `[n_rows, n_features]`,
     /// `n_classes` classes, in `dtype`: [`rows_for`](Self::rows_for) on a CPU, with the budget
     /// raised to the size of the input on a GPU.
     ///
@@ -90,13 +90,13 @@ impl Chunking {
     pub fn rows_on(
         &self,
         device: &Device,
-        [n_rows, d_input]: [usize; 2],
+        [n_rows, n_features]: [usize; 2],
         n_classes: usize,
         dtype: DType,
     ) -> Result<usize> {
         match FusedBackend::of(device) {
             FusedBackend::Cube => {
-                let input_bytes = n_rows * d_input * dtype.size();
+                let input_bytes = n_rows * n_features * dtype.size();
                 let on_gpu = Self {
                     memory_budget: self.memory_budget.max(input_bytes),
                     ..self.clone()

@@ -110,7 +110,7 @@ plain_backend!(Cube, WeightTranspose::View);
 /// Who runs each chunk's row pass (losses, log-sum-exps, `dS` from the logits).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum RowPass {
-    /// The manual path's tensor functions: every option and target kind.
+    /// [`crate::math`]'s tensor functions: every option and target kind.
     Tensor,
     /// One CubeCL kernel launch per chunk (`fused/cube/`): class indices, no softcap.
     #[cfg(any(feature = "wgpu", feature = "cuda"))]

@@ -70,7 +70,8 @@ pub enum LossReduction {
 ///     .with_label_smoothing(0.1)
 ///     .with_path(LossPath::Manual)
 ///     .with_chunking(Chunking::new().with_rows(Some(64)));
-/// assert_eq!(options.summary(), "sum, label smoothing 0.1, manual path, 64 rows per chunk");
+/// assert_eq!(options.summary(), "sum, label smoothing 0.1");
+/// assert_eq!((options.path, options.chunking.rows), (LossPath::Manual, Some(64)));
 /// ```
 #[derive(Config, Debug, PartialEq)]
 pub struct LossOptions {
@@ -119,8 +120,10 @@ impl Default for LossOptions {
 }
 
 impl LossOptions {
-    /// The reduction, then every option and setting that differs from its default, e.g.
-    /// `mean, label smoothing 0.1, l2 0.001` (the `Display` of a `Config` is its JSON).
+    /// The loss's definition: the reduction, then every option that differs from its default,
+    /// e.g. `mean, label smoothing 0.1, l2 0.001` (the `Display` of a `Config` is its JSON). The
+    /// settings (`path`, `chunking`, `stats`) are left out: they change how the loss is
+    /// computed, not what it is.
     pub fn summary(&self) -> String {
         let mut text = match self.reduction {
             LossReduction::Mean => "mean",
@@ -145,15 +148,6 @@ impl LossOptions {
         }
         if let Some(cap) = self.softcap {
             text += &format!(", softcap {cap}");
-        }
-        if self.path != LossPath::default() {
-            text += &format!(", {} path", self.path);
-        }
-        if let Some(rows) = self.chunking.rows {
-            text += &format!(", {rows} rows per chunk");
-        }
-        if self.stats {
-            text += ", with statistics";
         }
         text
     }

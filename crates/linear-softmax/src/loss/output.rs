@@ -38,7 +38,8 @@ pub struct LossOutput {
 /// - `loss`: `[1]` (`[N]` with reduction none)
 /// - `d_weight`: `[D, C]`
 /// - `d_bias`: `[C]` (absent when the head has no bias)
-/// - `d_input`: `[N, D]`, what a final layer hands to the layers below it
+/// - `d_input`: `[N, D]`, what a final layer hands to the layers below it (the rows of an `x`
+///   of any leading shape)
 /// - `log_sum_exp`: `[N]`
 #[derive(Clone, Debug)]
 pub struct HeadGradients {

@@ -178,7 +178,8 @@ impl Targets {
             // Burn's `reshape` reads a 0 as "keep this dimension"; no row to validate either.
             check_class_count(n_classes)?;
             let empty = TensorData::new(Vec::<f64>::new(), [0, n_classes]);
-            let probabilities = Tensor::from_data(empty, (&probabilities.device(), DType::F64));
+            let dtype = probabilities.dtype();
+            let probabilities = Tensor::from_data(empty, (&probabilities.device(), dtype));
             let kind = TargetKind::Probabilities(probabilities);
             return Ok(Self {
                 kind,

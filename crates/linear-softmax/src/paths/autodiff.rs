@@ -81,6 +81,16 @@ pub(crate) fn cross_entropy_rows(
     (row_losses, resolved.denominator)
 }
 
+/// The loss of `head` on `(x, targets)` as a graph of ordinary ops, alone.
+pub(crate) fn loss(
+    head: &LinearSoftmax,
+    x: Tensor<2>,
+    targets: &Targets,
+    options: &LossOptions,
+) -> Tensor<1> {
+    loss_of_parts(x, head.weight(), head.bias(), targets, options).0
+}
+
 /// The loss of `head` on `(x, targets)` as a graph of ordinary ops, its `lse` and, when
 /// `stats`, the statistics from the full `[N, C]` logits this path forms anyway; `lse` and the
 /// statistics are detached from the graph. On an autodiff device, `loss.backward()` gives

@@ -66,13 +66,22 @@ impl LinearSoftmax {
         targets: &Targets,
         options: &LossOptions,
     ) -> Result<Tensor<1>> {
-        // The statistics are not returned here: never compute them.
+        self.check_loss_inputs(&x, targets, options)?;
+        let x = self.rows(x);
+        // Nothing but the loss: the statistics are not computed, and the autodiff path (alone
+        // in not getting `lse` for free) skips it.
         let options = if options.stats {
             Cow::Owned(options.clone().with_stats(false))
         } else {
             Cow::Borrowed(options)
         };
-        Ok(self.loss_output(x, targets, &options)?.loss)
+        Ok(match options.path {
+            LossPath::Manual => manual::loss_output(self, x, targets, &options, false).loss,
+            LossPath::Fused if fused::is_available(&x.device()) => {
+                fused::loss_output(self, x, targets, &options)?.loss
+            }
+            LossPath::Autodiff | LossPath::Fused => autodiff::loss(self, x, targets, &options),
+        })
     }
 
     /// [`loss`](Self::loss), and what the same pass computed on the way: the per-row
@@ -129,7 +138,8 @@ impl LinearSoftmax {
     /// device.
     ///
     /// # Shapes
-    /// - `x`: `[N, D]`, `targets`: `[N]` or `[N, C]`; see [`HeadGradients`] for the rest
+    /// - `x`: `[.., D]` and `targets` as for [`loss`](Self::loss); `d_input` comes as the rows
+    ///   `[N, D]` of `x` (`.reshape(x.dims())` gives `x`'s shape); see [`HeadGradients`]
     ///
     /// # Example
     /// ```
@@ -149,13 +159,14 @@ impl LinearSoftmax {
     /// assert!(difference.into_scalar::<f32>() < 1e-6);
     /// # Ok::<(), linear_softmax::Error>(())
     /// ```
-    pub fn gradients(
+    pub fn gradients<const K: usize>(
         &self,
-        x: Tensor<2>,
+        x: Tensor<K>,
         targets: &Targets,
         options: &LossOptions,
     ) -> Result<HeadGradients> {
         self.check_loss_inputs(&x, targets, options)?;
+        let x = self.rows(x);
         Ok(match options.path {
             LossPath::Autodiff => autodiff::gradients(self, x, targets, options),
             LossPath::Manual => manual::gradients(self, x, targets, options),
