@@ -140,16 +140,14 @@ pub(crate) fn loss_output(
     let (inputs, spec) = prepare(head, &x, targets, options, Graph::Keep)?;
     let device = x.device();
     let output = Dispatch::linear_cross_entropy(inputs, spec);
-    let stats = options.stats.then(|| LossStats {
-        predictions: stats_int(output.predictions, &device),
-        correct: stats_int(output.correct, &device),
-        counted: stats_int(output.counted, &device),
-        target_log_probability: Tensor::from_dispatch(
-            output
-                .target_log_probability
-                .into_option()
-                .expect(STATS_ASKED),
-        ),
+    let stats = options.stats.then(|| {
+        loss_stats(
+            output.predictions,
+            output.correct,
+            output.counted,
+            output.target_log_probability,
+            &device,
+        )
     });
     Ok(LossOutput {
         loss: math::with_l2(Tensor::from_dispatch(output.loss), head.weight(), options),
@@ -159,6 +157,25 @@ pub(crate) fn loss_output(
 }
 
 const STATS_ASKED: &str = "the kernel returns the statistics it was asked for";
+
+/// The statistics fields of a [`FusedOutput`](backend::FusedOutput) that was asked for them,
+/// as [`LossStats`].
+fn loss_stats(
+    predictions: OptionalInt<Dispatch>,
+    correct: OptionalInt<Dispatch>,
+    counted: OptionalInt<Dispatch>,
+    target_log_probability: Optional<Dispatch>,
+    device: &Device,
+) -> LossStats {
+    LossStats {
+        predictions: stats_int(predictions, device),
+        correct: stats_int(correct, device),
+        counted: stats_int(counted, device),
+        target_log_probability: Tensor::from_dispatch(
+            target_log_probability.into_option().expect(STATS_ASKED),
+        ),
+    }
+}
 
 /// One of the kernel's Int statistics, in the Int type `argmax` (and `predict`) gives on
 /// `device`, whatever the kernel used.
@@ -237,16 +254,14 @@ pub(crate) fn gradients(
         RowUpstream::Ones,
     );
     let computed = "the kernel computes every wanted gradient";
-    let stats = options.stats.then(|| LossStats {
-        predictions: stats_int(output.predictions, &device),
-        correct: stats_int(output.correct, &device),
-        counted: stats_int(output.counted, &device),
-        target_log_probability: Tensor::from_dispatch(
-            output
-                .target_log_probability
-                .into_option()
-                .expect(STATS_ASKED),
-        ),
+    let stats = options.stats.then(|| {
+        loss_stats(
+            output.predictions,
+            output.correct,
+            output.counted,
+            output.target_log_probability,
+            &device,
+        )
     });
     let loss = Tensor::<1>::from_dispatch(output.loss);
     let d_weight = Tensor::<2>::from_dispatch(output.d_weight.into_option().expect(computed));
