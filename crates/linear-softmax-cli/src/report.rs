@@ -10,13 +10,13 @@ use burn::prelude::*;
 use burn::tensor::DType;
 
 use crate::error::Result;
+use linear_softmax::HeadGradients;
 use linear_softmax::LinearSoftmax;
 use linear_softmax::LossOptions;
 use linear_softmax::LossPath;
 use linear_softmax::Targets;
-use linear_softmax::gradcheck::{
-    DEFAULT_STEP, ErrorStats, HostGradients, compare, numerical_gradients,
-};
+use linear_softmax::gradcheck::{GradcheckOptions, gradcheck_module};
+use linear_softmax::host::to_host_f64;
 
 /// Agreement of two `f32` paths: they differ only in the order of their sums; f32's epsilon
 /// (1.2e-7) times a few hundred terms, relative to the largest entry.
@@ -29,6 +29,8 @@ pub const F32_FINITE_DIFFERENCE_TOLERANCE: f64 = 1e-4;
 /// An `f64` path against centred differences with `h = 1e-5`: truncation `O(h^2)` ~ 1e-10 and
 /// round-off `O(eps / h)` ~ 1e-11 of the loss, relative to the largest entry.
 pub const F64_FINITE_DIFFERENCE_TOLERANCE: f64 = 1e-6;
+/// The step `h` of the centred differences (the tolerances above assume it).
+const FINITE_DIFFERENCE_STEP: f64 = 1e-5;
 
 /// Name of the finite-difference witness in a [`PathComparison`].
 pub const FINITE_DIFFERENCES: &str = "finite differences";
@@ -59,7 +61,7 @@ pub struct Difference {
 pub struct PathLoss {
     /// `"f32"` or `"f64"`.
     pub dtype: &'static str,
-    /// The path, or [`FINITE_DIFFERENCES`] for the host `f64` forward.
+    /// The path.
     pub path: &'static str,
     /// The loss.
     pub loss: f64,
@@ -110,7 +112,7 @@ impl PathComparison {
             None => (head32.clone(), x32.clone(), targets.clone()),
         };
         let (head64, x64) = (head64.cast(DType::F64), x64.cast(DType::F64));
-        let numerical = numerical_gradients(&head64, &x64, &targets64, options, DEFAULT_STEP)?;
+        let numerical = finite_differences(&head64, &x64, &targets64, options)?;
         let [rows, d_input] = x.dims();
         let mut comparison = Self {
             rows,
@@ -143,11 +145,11 @@ impl PathComparison {
             for &path in paths {
                 let on_path = options.clone().with_path(path);
                 let gradients = head.gradients(x.clone(), targets, &on_path)?;
-                let gradients = HostGradients::from_tensors(&gradients)?;
+                let gradients = HostGradients::read(&gradients)?;
                 comparison.losses.push(PathLoss {
                     dtype,
                     path: path.name(),
-                    loss: gradients.loss,
+                    loss: gradients.loss.expect("a path computes its loss"),
                 });
                 results.push((path.name(), gradients));
             }
@@ -174,11 +176,6 @@ impl PathComparison {
                 );
             }
         }
-        comparison.losses.push(PathLoss {
-            dtype: "f64",
-            path: FINITE_DIFFERENCES,
-            loss: numerical.loss,
-        });
         Ok(comparison)
     }
 
@@ -191,15 +188,28 @@ impl PathComparison {
         reference: &HostGradients,
         tolerance: f64,
     ) {
-        let report = compare(actual, reference);
+        let between = |a: &Option<Vec<f64>>, r: &Option<Vec<f64>>| {
+            a.as_ref()
+                .zip(r.as_ref())
+                .map(|(a, r)| ErrorStats::between(a, r))
+        };
         let quantities = [
             (
                 "loss",
-                Some(ErrorStats::between(&[actual.loss], &[reference.loss])),
+                between(
+                    &actual.loss.map(|l| vec![l]),
+                    &reference.loss.map(|l| vec![l]),
+                ),
             ),
-            ("dW", Some(report.d_weight)),
-            ("db", report.d_bias),
-            ("dX", Some(report.d_input)),
+            (
+                "dW",
+                Some(ErrorStats::between(&actual.d_weight, &reference.d_weight)),
+            ),
+            ("db", between(&actual.d_bias, &reference.d_bias)),
+            (
+                "dX",
+                Some(ErrorStats::between(&actual.d_input, &reference.d_input)),
+            ),
         ];
         for (quantity, stats) in quantities {
             if let Some(ErrorStats { max_abs, max_rel }) = stats {
@@ -263,6 +273,75 @@ impl fmt::Display for PathComparison {
     }
 }
 
+/// A path's loss and gradients on the host, row-major; `loss` is `None` for the finite
+/// differences, which have gradients only.
+struct HostGradients {
+    loss: Option<f64>,
+    d_weight: Vec<f64>,
+    d_bias: Option<Vec<f64>>,
+    d_input: Vec<f64>,
+}
+
+impl HostGradients {
+    fn read(gradients: &HeadGradients) -> Result<Self> {
+        Ok(Self {
+            // Reduction none: the per-row losses, summed as `loss.backward()` seeds them.
+            loss: Some(to_host_f64(&gradients.loss)?.iter().sum()),
+            d_weight: to_host_f64(&gradients.d_weight)?,
+            d_bias: gradients.d_bias.as_ref().map(to_host_f64).transpose()?,
+            d_input: to_host_f64(&gradients.d_input)?,
+        })
+    }
+}
+
+/// The gradients of the loss (summed, as `loss.backward()` seeds a reduction-none loss) by
+/// centred differences in `f64`, through the library's `gradcheck` on the autodiff path's
+/// forward, the reference.
+fn finite_differences(
+    head: &LinearSoftmax,
+    x: &Tensor<2>,
+    targets: &Targets,
+    options: &LossOptions,
+) -> Result<HostGradients> {
+    let options = options.clone().with_path(LossPath::Autodiff);
+    let loss = |head: &LinearSoftmax, x| head.loss(x, targets, &options).map(|loss| loss.sum());
+    let step = GradcheckOptions::new().with_eps(FINITE_DIFFERENCE_STEP);
+    let report = gradcheck_module(loss, &head.clone().train(), x.clone().autodiff(), &step)?;
+    let numerical = |name: &str| report.input(name).map(|input| input.numerical.clone());
+    Ok(HostGradients {
+        loss: None,
+        d_weight: numerical("linear.weight").expect("the head has a weight"),
+        d_bias: numerical("linear.bias"),
+        d_input: numerical("input 0").expect("x is the one input"),
+    })
+}
+
+/// How far one host vector is from its reference.
+struct ErrorStats {
+    /// `max_k |a_k - r_k|`.
+    max_abs: f64,
+    /// Norm-wise: `max_k |a_k - r_k| / max_k |r_k|` (an entry-wise ratio explodes on entries
+    /// that are nearly 0).
+    max_rel: f64,
+}
+
+impl ErrorStats {
+    fn between(actual: &[f64], reference: &[f64]) -> Self {
+        let max_abs = actual
+            .iter()
+            .zip(reference)
+            .map(|(a, r)| (a - r).abs())
+            .fold(0.0, f64::max);
+        let scale = reference.iter().map(|r| r.abs()).fold(0.0, f64::max);
+        let max_rel = if scale > 0.0 {
+            max_abs / scale
+        } else {
+            max_abs
+        };
+        Self { max_abs, max_rel }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -277,8 +356,9 @@ mod tests {
         let targets = Targets::from_indices(&[3, 0], 4, &device).unwrap();
         let mut comparison =
             PathComparison::run(&head, &x, &targets, &LossOptions::new(), &LossPath::ALL).unwrap();
-        // Per dtype: three pairs of paths and three path-vs-witness comparisons, 4 values each.
-        assert_eq!(comparison.differences.len(), 2 * 6 * 4);
+        // Per dtype: three pairs of paths (loss, dW, db, dX) and three path-vs-witness
+        // comparisons (dW, db, dX).
+        assert_eq!(comparison.differences.len(), 2 * (3 * 4 + 3 * 3));
         assert!(comparison.passed(), "{comparison}");
 
         comparison.differences[5].max_rel = f64::NAN;

@@ -131,6 +131,18 @@ pub enum Error {
     /// A tensor could not be read back to the host.
     #[error("cannot read a tensor back to the host: {0}")]
     ReadBack(String),
+    /// A gradient check cannot check one of its inputs (not `f64`, not on an autodiff
+    /// device).
+    #[error("gradcheck cannot check {input}: {problem}")]
+    GradcheckInput {
+        /// The input (`"input 0"`) or parameter (`"head.weight"`).
+        input: String,
+        /// What is wrong with it, and what to do.
+        problem: String,
+    },
+    /// The function under a gradient check failed or returned what cannot be checked.
+    #[error("the function under gradcheck: {0}")]
+    CheckedFunction(String),
 }
 
 /// The crate's result type.

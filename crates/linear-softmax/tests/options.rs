@@ -6,8 +6,10 @@ mod common;
 use burn::prelude::*;
 use burn::tensor::DType;
 use common::cases::{Kind, all_paths, both_paths, cases, small_chunks, targets};
+use common::reference::reference_loss;
 use common::{FINITE_DIFFERENCE, assert_close, backends, dtypes, host, problem};
-use linear_softmax::gradcheck::{DEFAULT_STEP, HostGradients, compare, numerical_gradients};
+use linear_softmax::LinearSoftmax;
+use linear_softmax::gradcheck::{GradcheckOptions, gradcheck_module};
 use linear_softmax::{LossOptions, LossPath, LossReduction, Targets, math};
 
 #[test]
@@ -59,37 +61,60 @@ fn manual_matches_autodiff_for_every_option() {
 
 #[test]
 fn finite_differences_confirm_every_option() {
+    // Steps of 1e-5 in f64: truncation ~1e-10, round-off ~1e-11 of the loss (see
+    // tests/gradcheck.rs), far inside atol 1e-8.
+    let strict = GradcheckOptions::new()
+        .with_eps(1e-5)
+        .with_atol(1e-8)
+        .with_rtol(1e-6);
     for (backend, device) in backends() {
         let shape = [7, 5, 6];
         for (seed, (name, options, kind)) in cases(6).into_iter().enumerate() {
             let p = problem(shape, true, DType::F64, &device, 50 + seed as u64);
             let targets = targets(kind, &p, [7, 6], &device, seed as u64);
-            let numerical =
-                numerical_gradients(&p.head, &p.x, &targets, &options, DEFAULT_STEP).unwrap();
+            let (head, x) = (p.head.clone().train(), p.x.clone().autodiff());
+            // The fused op as a graph node; reduction none through a random projection of the
+            // per-row losses (a random upstream gradient).
+            let fused = LossOptions {
+                chunking: small_chunks(),
+                ..options.clone()
+            };
+            let f = |head: &LinearSoftmax, x| head.loss(x, &targets, &fused);
+            let report = gradcheck_module(f, &head, x.clone(), &strict).unwrap();
+            assert!(report.passed(), "{name}: fused {backend}:\n{report}");
+            // Every path's plain-value gradients (upstream 1 for every entry) against the
+            // differences of the summed loss.
+            let sum = |head: &LinearSoftmax, x| head.loss(x, &targets, &options).map(|l| l.sum());
+            let report = gradcheck_module(sum, &head, x, &strict).unwrap();
+            let numerical = |name: &str| report.input(name).unwrap().numerical.clone();
+            let reference = reference_loss(&p.head, &p.x, &targets, &options);
             for (path, gradients) in all_paths(&p, &targets, &options) {
-                let analytic = HostGradients::from_tensors(&gradients).unwrap();
-                let report = compare(&analytic, &numerical);
                 let context = format!("{name}: {path} {backend}");
+                let loss: f64 = host(&gradients.loss).iter().sum();
                 assert!(
-                    (analytic.loss - numerical.loss).abs() <= 1e-12 * numerical.loss.abs().max(1.0),
-                    "{context}: loss {} vs {}",
-                    analytic.loss,
-                    numerical.loss
+                    (loss - reference).abs() <= 1e-12 * reference.abs().max(1.0),
+                    "{context}: loss {loss} vs the f64 definition {reference}"
                 );
                 if matches!(kind, Kind::AllIgnored) {
-                    assert_eq!(analytic.loss, 0.0, "{context}");
+                    assert_eq!(loss, 0.0, "{context}");
+                    let d_weight = host(&gradients.d_weight);
+                    let d_input = host(&gradients.d_input);
                     assert!(
-                        analytic
-                            .d_weight
-                            .iter()
-                            .chain(&analytic.d_input)
-                            .all(|g| *g == 0.0),
+                        d_weight.iter().chain(&d_input).all(|g| *g == 0.0),
                         "{context}"
                     );
-                } else {
-                    assert!(
-                        report.max_rel() <= FINITE_DIFFERENCE,
-                        "{context}: {report:?}"
+                    continue;
+                }
+                for (quantity, analytic, parameter) in [
+                    ("dW", host(&gradients.d_weight), "linear.weight"),
+                    ("db", host(&gradients.d_bias.unwrap()), "linear.bias"),
+                    ("dX", host(&gradients.d_input), "input 0"),
+                ] {
+                    assert_close(
+                        &format!("{context} {quantity}"),
+                        &analytic,
+                        &numerical(parameter),
+                        FINITE_DIFFERENCE,
                     );
                 }
             }

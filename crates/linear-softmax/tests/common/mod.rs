@@ -3,6 +3,7 @@
 
 pub mod cases;
 pub mod mlp;
+pub mod reference;
 
 use burn::prelude::*;
 use burn::tensor::DType;
