@@ -9,7 +9,8 @@
 //! 3. **fused**: one custom autodiff op, chunked over rows, whose gradients are computed in the
 //!    forward pass and never need the `[N, C]` logits (the default);
 //!
-//! and [`gradcheck`]: centred finite differences in `f64`, the independent witness.
+//! and [`gradcheck`]: centred finite differences in `f64`, the independent witness, for our head
+//! and for any Burn function or module (check your own backward with it).
 //!
 //! # One call per job
 //!
@@ -22,7 +23,7 @@
 //! | logits, probabilities, predictions | [`forward`](LinearSoftmax::forward), [`probabilities`](LinearSoftmax::probabilities), [`predict`](LinearSoftmax::predict) |
 //! | targets: labels (ignore index), probabilities, multi-hot | [`Targets`]'s constructors |
 //! | the pieces of the math, forward and backward | [`math`] |
-//! | finite differences | [`gradcheck`] |
+//! | finite differences: any function's or module's backward, PyTorch's `gradcheck` | [`gradcheck::gradcheck`], [`gradcheck::gradcheck_module`] |
 //! | which kernel runs, the CPU's instruction set | [`diagnostics`] |
 //!
 //! # Errors, NaN and infinity

@@ -1,7 +1,7 @@
 //! Every path on a CubeCL backend, wgpu (on CI: Mesa's software Vulkan, lavapipe): the fused op
 //! runs there, and the three paths agree with each other and with Flex, for every option and
 //! target kind, as the last layer of an MLP, and with a random upstream for reduction none; in
-//! f16 too, and bf16 refused with an error.
+//! f16 too, and bf16 refused with an error, as is f64 (to the paths and to `gradcheck`).
 //!
 //! Built with the `wgpu` feature only:
 //! `cargo test --features linear-softmax/wgpu --test wgpu`.
@@ -18,6 +18,7 @@ use common::{
     assert_half_precision_matches_f32, host, loss_backward, problem, uniform,
 };
 use linear_softmax::diagnostics::{Kernel, KernelChoice, kernel_for};
+use linear_softmax::gradcheck::{GradcheckOptions, gradcheck_module};
 use linear_softmax::{
     Chunking, Error, LinearSoftmax, LossOptions, LossPath, LossReduction, Targets,
 };
@@ -233,6 +234,30 @@ fn f64_on_wgpu_is_an_error() {
             };
             assert!(message.contains("exp and log"), "{message}");
         }
+    }
+    finish_wgpu();
+}
+
+/// `gradcheck` of an MLP with the head on wgpu is refused with an error that names wgpu's f64,
+/// before the function runs: finite differences need f64, and wgpu's f64 `exp` and `log` are
+/// wrong. (The same check passes on Flex and NdArray: `tests/gradcheck.rs`.)
+#[test]
+fn gradcheck_on_wgpu_refuses_f64() {
+    let device = wgpu().autodiff();
+    let net = Mlp::new(DType::F64, &device, 1);
+    let (x, targets) = batch(DType::F64, &device, 2);
+    for fast_mode in [false, true] {
+        let options = GradcheckOptions::new().with_fast_mode(fast_mode);
+        let f = |net: &Mlp, x| net.loss(x, &targets, LossPath::Fused);
+        let message = match gradcheck_module(f, &net, x.clone(), &options) {
+            Err(
+                error @ Error::UnsupportedDType {
+                    dtype: DType::F64, ..
+                },
+            ) => error.to_string(),
+            other => panic!("fast_mode {fast_mode}: {other:?}"),
+        };
+        assert!(message.contains("wgpu"), "{message}");
     }
     finish_wgpu();
 }
