@@ -126,20 +126,9 @@ fn load(path: &Path, device: &Device, dtype: DType) -> Fixture {
     }
 }
 
-/// The fixtures of `tests/fixtures` (f32/f64 cases), or of `tests/fixtures/bf16`.
-fn fixtures_in(dir: &str) -> Vec<std::path::PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
-    let mut paths: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|path| path.extension().is_some_and(|e| e == "json"))
-        .collect();
-    paths.sort();
-    paths
-}
-
+/// The f32/f64 cases (the bf16 ones are in `tests/fixtures/bf16`).
 fn fixtures() -> Vec<std::path::PathBuf> {
-    fixtures_in("tests/fixtures")
+    common::json_fixtures("tests/fixtures")
 }
 
 #[test]
@@ -258,7 +247,7 @@ fn relative_error(actual: &[f64], expected: &[f64]) -> f64 {
 /// [`BF16_VS_PYTORCH_BF16`] of PyTorch's bf16 result.
 #[test]
 fn bf16_heads_match_pytorch() {
-    let paths = fixtures_in("tests/fixtures/bf16");
+    let paths = common::json_fixtures("tests/fixtures/bf16");
     assert!(paths.len() >= 5, "only {} bf16 fixtures", paths.len());
     let mut checked = 0;
     for (backend, plain) in backends() {

@@ -78,20 +78,13 @@ fn tensor_kernel<B: PlainBackend>(
         row_pass,
     );
     let optional = |tensor: Option<FloatTensor<B>>| Optional::from(tensor);
-    // The statistics' reductions on the device, from the chunks' predictions and target logits.
-    let stats = output
-        .predictions
-        .zip(output.target_logits)
-        .map(|(predictions, target_logits)| {
-            let log_sum_exp = output.log_sum_exp.clone();
-            LossStats::from_rows(
-                predictions,
-                target_logits,
-                log_sum_exp,
-                &targets,
-                &spec.options,
-            )
-        });
+    // The statistics' reductions on the device, from the chunks' predictions and target
+    // log-probabilities.
+    let stats = output.predictions.zip(output.target_log_probabilities).map(
+        |(predictions, log_probabilities)| {
+            LossStats::from_rows(predictions, log_probabilities, &targets, &spec.options)
+        },
+    );
     let (predictions, target_log_probability, correct, counted) = match stats {
         Some(stats) => (
             Some(B::unwrap_int(stats.predictions)),

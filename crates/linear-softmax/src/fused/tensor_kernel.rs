@@ -129,12 +129,13 @@ pub(crate) struct ChunkedOutput {
     pub log_sum_exp: Tensor<1>,
     /// `argmax_k S_ik` of the uncapped logits, `[N]`.
     pub predictions: Option<Tensor<1, Int>>,
-    /// `sum_k T_ik S'_ik` of the (capped) logits, `[N]`.
-    pub target_logits: Option<Tensor<1>>,
+    /// `sum_k T_ik log softmax(S')_ik` of the (capped) logits, `[N]` (any value for ignored
+    /// rows).
+    pub target_log_probabilities: Option<Tensor<1>>,
 }
 
 /// Runs the chunked forward pass and the gradients in `wanted`, with each row's prediction and
-/// target logit when `stats`.
+/// target log-probability when `stats`.
 ///
 /// `row_upstream` is the upstream gradient of each row's loss for reduction none (`None`:
 /// `loss.backward()`'s seed of ones); the L2 term is not included (the caller adds it).
@@ -178,7 +179,7 @@ pub(crate) fn linear_cross_entropy(
     let mut row_losses = Vec::with_capacity(n_rows.div_ceil(chunk_rows));
     let mut log_sum_exps = Vec::new();
     let mut predictions = Vec::new();
-    let mut target_logits = Vec::new();
+    let mut target_log_probabilities = Vec::new();
     let mut d_weight: Option<Tensor<2>> = None;
     let mut d_bias: Option<Tensor<1>> = None;
     let mut d_input_chunks = Vec::with_capacity(n_rows.div_ceil(chunk_rows));
@@ -201,14 +202,19 @@ pub(crate) fn linear_cross_entropy(
                 let capped = options
                     .softcap
                     .map(|cap| math::softcap_forward(logits.clone(), cap));
-                if stats {
-                    let capped = capped.as_ref().unwrap_or(&logits);
-                    target_logits.push(stats::target_logits(capped, &rows.targets));
-                }
+                // Without statistics the forward takes the only handle on the logits (Burn
+                // may then reuse their buffer).
+                let kept = stats.then(|| capped.clone().unwrap_or_else(|| logits.clone()));
                 let (losses, cache) = math::softmax_cross_entropy_forward_resolved(
                     capped.clone().unwrap_or(logits),
                     &rows,
                 );
+                if let Some(kept) = kept {
+                    let (row_max, log_sum) = (&cache.row_max, &cache.log_sum);
+                    let log_probabilities =
+                        stats::target_log_probabilities(&kept, row_max, log_sum, &rows.targets);
+                    target_log_probabilities.push(log_probabilities);
+                }
                 row_losses.push(losses);
                 log_sum_exps.push(cache.log_sum_exp.clone());
                 if !wanted.any() {
@@ -222,11 +228,11 @@ pub(crate) fn linear_cross_entropy(
             }
             #[cfg(any(feature = "wgpu", feature = "cuda"))]
             RowPass::Cube => {
-                if stats {
-                    target_logits.push(stats::target_logits(&logits, &rows.targets));
-                }
-                let (losses, log_sum_exp, d_logits) =
+                let (losses, log_sum_exp, log_probabilities, d_logits) =
                     super::cube::row_pass(logits, &rows, d_rows());
+                if stats {
+                    target_log_probabilities.push(log_probabilities);
+                }
                 row_losses.push(losses);
                 log_sum_exps.push(log_sum_exp);
                 if !wanted.any() {
@@ -277,7 +283,7 @@ pub(crate) fn linear_cross_entropy(
         d_bias: d_bias.map(|d_bias| mean_scale(d_bias.unsqueeze_dim(0)).squeeze_dim(0)),
         log_sum_exp: Tensor::cat(log_sum_exps, 0),
         predictions: stats.then(|| Tensor::cat(predictions, 0)),
-        target_logits: stats.then(|| Tensor::cat(target_logits, 0)),
+        target_log_probabilities: stats.then(|| Tensor::cat(target_log_probabilities, 0)),
     }
 }
 

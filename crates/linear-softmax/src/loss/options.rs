@@ -35,6 +35,7 @@ pub enum LossReduction {
 /// class indices:  l_i = v_i [ (1 - eps) w_{y_i} (-logp_{i,y_i}) + (eps / C) sum_k w_k (-logp_ik) ] + beta v_i lse_i^2
 /// probabilities:  l_i = sum_k w_k ((1 - eps) T_ik + eps / C) (-logp_ik) + beta lse_i^2
 /// mean:           L = sum_i l_i / sum_i v_i w_{y_i}   (N for probability targets)
+/// mean over d:    L = sum_i l_i / d                   (`mean_denominator` d)
 /// ```
 /// plus `l2 * sum(W^2)` for the L2 option. Row `i` is ignored (`v_i = 0`) when its label is the
 /// targets' ignore index ([`Targets::from_indices_with_ignore`](crate::Targets::from_indices_with_ignore):
@@ -46,6 +47,7 @@ pub enum LossReduction {
 /// | option | PyTorch `F.cross_entropy` | Burn `CrossEntropyLossConfig` |
 /// |---|---|---|
 /// | `reduction` | `reduction` | mean only |
+/// | `mean_denominator` | - (Hugging Face's `num_items_in_batch`) | - |
 /// | (on the [`Targets`](crate::Targets)) | `ignore_index` (default -100) | - |
 /// | `pad_tokens` | - | `pad_tokens` |
 /// | `weights` | `weight` | `weights` |
@@ -78,6 +80,14 @@ pub struct LossOptions {
     /// How the per-row losses are combined.
     #[config(default = "LossReduction::Mean")]
     pub reduction: LossReduction,
+    /// The mean's denominator `d > 0` given by the caller, in place of this batch's own
+    /// (`sum_i v_i w_{y_i}`, or `N`): for gradient accumulation, the denominator of the whole
+    /// optimiser step over all its micro-batches (Hugging Face's `num_items_in_batch`), so
+    /// that the micro-batches' summed gradients are those of the whole batch's ordinary mean.
+    /// [`Targets::mean_denominator`](crate::Targets::mean_denominator) gives each
+    /// micro-batch's share. Reduction mean only.
+    #[config(default = "None")]
+    pub mean_denominator: Option<f64>,
     /// Rows whose label is one of these classes are ignored (Burn's `pad_tokens`).
     #[config(default = "None")]
     pub pad_tokens: Option<Vec<usize>>,
@@ -131,6 +141,9 @@ impl LossOptions {
             LossReduction::None => "no reduction",
         }
         .to_string();
+        if let Some(denominator) = self.mean_denominator {
+            text += &format!(" over {denominator}");
+        }
         if let Some(pads) = &self.pad_tokens {
             text += &format!(", pad tokens {pads:?}");
         }
@@ -173,6 +186,22 @@ impl LossOptions {
                 self.l2,
                 "0 with reduction none (the penalty is a scalar: use mean or sum)",
             ));
+        }
+        if let Some(denominator) = self.mean_denominator {
+            if !(denominator.is_finite() && denominator > 0.0) {
+                return Err(invalid(
+                    "mean_denominator",
+                    denominator,
+                    "a finite denominator > 0",
+                ));
+            }
+            if self.reduction != LossReduction::Mean {
+                return Err(invalid(
+                    "mean_denominator",
+                    denominator,
+                    "no denominator with reduction sum or none (it divides the mean)",
+                ));
+            }
         }
         if !(0.0..=1.0).contains(&self.label_smoothing) {
             return Err(invalid(

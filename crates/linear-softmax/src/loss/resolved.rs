@@ -27,7 +27,7 @@ pub(crate) struct ResolvedLoss {
     /// `sum_k w_k` (`C` without weights).
     pub(crate) weight_sum: f64,
     /// The mean's denominator of the whole batch, `[1]` (0 when every row is ignored; the
-    /// reduction replaces it by 1).
+    /// reduction replaces it by 1), or the options' `mean_denominator`.
     pub(crate) denominator: Tensor<1>,
     /// Label smoothing `eps`.
     pub(crate) smoothing: f64,
@@ -151,6 +151,11 @@ impl ResolvedLoss {
                     Tensor::full([1], rows as f64, (device, dtype)),
                 )
             }
+        };
+        // The caller's denominator, when given, replaces the batch's own.
+        let denominator = match options.mean_denominator {
+            Some(given) => Tensor::full([1], given, (device, dtype)),
+            None => denominator,
         };
         Self {
             targets,

@@ -87,17 +87,17 @@ impl LossStats {
         Ok((counted > 0).then(|| correct as f64 / counted as f64))
     }
 
-    /// The statistics from a pass's per-row results: `predictions` `[N]`, the target logits
-    /// `sum_k T_ik S'_ik` `[N]` (any value for ignored rows) and `lse` `[N]`.
+    /// The statistics from a pass's per-row results: `predictions` `[N]` and the target
+    /// log-probabilities `[N]` (any value for ignored rows), from [`target_log_probabilities`]
+    /// or a kernel's row pass.
     pub(crate) fn from_rows(
         predictions: Tensor<1, Int>,
-        target_logits: Tensor<1>,
-        log_sum_exp: Tensor<1>,
+        target_log_probability: Tensor<1>,
         targets: &Targets,
         options: &LossOptions,
     ) -> Self {
-        let device = log_sum_exp.device();
-        let rows = log_sum_exp.dims()[0];
+        let device = target_log_probability.device();
+        let rows = target_log_probability.dims()[0];
         let (correct, counted, target_log_probability) = match targets.kind() {
             TargetKind::Classes { indices, .. } => {
                 let labels = indices.clone().to_device(&device);
@@ -105,17 +105,16 @@ impl LossStats {
                 // The labels may be of a narrower Int type than the predictions.
                 let labels = labels.cast(predictions.dtype());
                 let right = predictions.clone().equal(labels);
-                let log_probability = target_logits - log_sum_exp.clone();
                 match ignored {
                     None => (
                         right.int().sum(),
                         Tensor::from_data([rows as i64], &device),
-                        log_probability,
+                        target_log_probability,
                     ),
                     Some(ignored) => (
                         right.bool_and(ignored.clone().bool_not()).int().sum(),
                         ignored.clone().bool_not().int().sum(),
-                        log_probability.mask_fill(ignored, 0.0),
+                        target_log_probability.mask_fill(ignored, 0.0),
                     ),
                 }
             }
@@ -124,16 +123,12 @@ impl LossStats {
                 let predicted = probabilities
                     .clone()
                     .gather(1, predictions.clone().unsqueeze_dim(1));
-                let largest = probabilities.clone().max_dim(1);
+                let largest = probabilities.max_dim(1);
                 let right = predicted.equal(largest).squeeze_dim::<1>(1);
-                // sum_k T_ik (S'_ik - lse_i), with the rows' sums as given (1 within the
-                // constructors' tolerance).
-                let mass = probabilities.sum_dim(1).squeeze_dim::<1>(1);
-                let mass = mass.cast(log_sum_exp.dtype());
                 (
                     right.int().sum(),
                     Tensor::from_data([rows as i64], &device),
-                    target_logits - log_sum_exp * mass,
+                    target_log_probability,
                 )
             }
         };
@@ -146,38 +141,47 @@ impl LossStats {
     }
 
     /// The statistics from the full logits `S` and capped logits `S'` `[N, C]` (the same
-    /// tensor without a softcap) and their `lse` `[N]`, as the autodiff and manual paths have
-    /// them.
+    /// tensor without a softcap), as the autodiff and manual paths have them.
     pub(crate) fn from_logits(
         logits: Tensor<2>,
         capped: Tensor<2>,
-        log_sum_exp: Tensor<1>,
         targets: &Targets,
         options: &LossOptions,
     ) -> Self {
         let (logits, capped) = (logits.detach(), capped.detach());
         let predictions = logits.argmax(1).squeeze_dim(1);
         let resolved = ResolvedLoss::new(targets, options, &capped.device(), capped.dtype());
-        let target_logits = target_logits(&capped, &resolved.targets);
-        Self::from_rows(
-            predictions,
-            target_logits,
-            log_sum_exp.detach(),
-            targets,
-            options,
-        )
+        let row_max = capped.clone().max_dim(1);
+        let log_sum = (capped.clone() - row_max.clone()).exp().sum_dim(1).log();
+        let log_probability =
+            target_log_probabilities(&capped, &row_max, &log_sum, &resolved.targets);
+        Self::from_rows(predictions, log_probability, targets, options)
     }
 }
 
-/// `sum_k T_ik S'_ik` of (capped) logits `[R, C]`: `S'_{i, y_i}` for class indices (class 0
-/// for ignored rows), the expectation under `T` for probabilities; `[R]`.
-pub(crate) fn target_logits(logits: &Tensor<2>, targets: &ResolvedTargets) -> Tensor<1> {
+/// `log A_{i, y_i}` for class indices (of class 0 for ignored rows), `sum_k T_ik log A_ik` for
+/// probabilities (their rows' sums as given, 1 within the constructors' tolerance), `[R]`,
+/// with `A = softmax(S')` of the (capped) logits `[R, C]`, from their row maxima `m` `[R, 1]`
+/// and `log sum_k exp(S'_ik - m_i)` `[R, 1]`.
+///
+/// Formed from `S' - m` and that log-sum, as the loss is (see
+/// [`softmax_cross_entropy_forward`](crate::math::softmax_cross_entropy_forward)): a confident
+/// row's log-probability keeps the precision of `log_softmax`, not that of `m_i`.
+pub(crate) fn target_log_probabilities(
+    logits: &Tensor<2>,
+    row_max: &Tensor<2>,
+    log_sum: &Tensor<2>,
+    targets: &ResolvedTargets,
+) -> Tensor<1> {
     match targets {
         ResolvedTargets::Classes { labels, .. } => {
-            logits.clone().gather(1, labels.clone()).squeeze_dim(1)
+            let shifted = logits.clone().gather(1, labels.clone()) - row_max.clone();
+            (shifted - log_sum.clone()).squeeze_dim(1)
         }
-        ResolvedTargets::Probabilities(probabilities) => (probabilities.clone() * logits.clone())
-            .sum_dim(1)
-            .squeeze_dim(1),
+        ResolvedTargets::Probabilities(probabilities) => {
+            let shifted = (probabilities.clone() * (logits.clone() - row_max.clone())).sum_dim(1);
+            let mass = probabilities.clone().sum_dim(1);
+            (shifted - log_sum.clone() * mass).squeeze_dim(1)
+        }
     }
 }

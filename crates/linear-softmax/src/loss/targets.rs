@@ -264,6 +264,61 @@ impl Targets {
         &self.kind
     }
 
+    /// The denominator reduction mean divides these targets' summed loss by under `options`:
+    /// `sum_i v_i w_{y_i}` (the non-ignored rows, weighted by their class weights) for class
+    /// indices, `N` for probabilities. Summed over the micro-batches of an optimiser step, it
+    /// is the [`LossOptions::mean_denominator`] that makes their accumulated gradients those
+    /// of the whole batch's mean (Hugging Face's `num_items_in_batch`).
+    ///
+    /// Reads the labels back to the host once (exact in f64): call it once per micro-batch
+    /// when the step is assembled, or count on the host where the batches are made.
+    ///
+    /// ```
+    /// use burn::prelude::*;
+    /// use linear_softmax::{LinearSoftmaxConfig, LossOptions, Targets};
+    ///
+    /// let device = Device::flex().autodiff();
+    /// let head = LinearSoftmaxConfig::new(3, 4).init(&device)?;
+    /// let x = Tensor::<2>::from_data([[0.5, -1.0, 2.0], [1.5, 0.0, -0.5], [1.0, 1.0, 0.0]], &device);
+    /// // Two micro-batches of one optimiser step; -100 marks padding.
+    /// let micro = [
+    ///     (x.clone().slice([0..2]), Targets::from_indices_with_ignore(&[3, -100], 4, -100, &device)?),
+    ///     (x.slice([2..3]), Targets::from_indices_with_ignore(&[1], 4, -100, &device)?),
+    /// ];
+    /// let step_total: f64 = micro
+    ///     .iter()
+    ///     .map(|(_, targets)| targets.mean_denominator(&LossOptions::new()))
+    ///     .sum::<Result<f64, _>>()?;
+    /// assert_eq!(step_total, 2.0);
+    /// let options = LossOptions::new().with_mean_denominator(Some(step_total));
+    /// for (x, targets) in micro {
+    ///     let _grads = head.loss(x, &targets, &options)?.backward();
+    ///     // ... accumulate the gradients, then one optimiser step
+    /// }
+    /// # Ok::<(), linear_softmax::Error>(())
+    /// ```
+    pub fn mean_denominator(&self, options: &LossOptions) -> Result<f64> {
+        options.validate_for(self.n_classes)?;
+        self.check_options(options)?;
+        match &self.kind {
+            TargetKind::Classes {
+                indices,
+                ignore_index,
+            } => {
+                let weight = |label: i64| {
+                    let weights = options.weights.as_ref();
+                    weights.map_or(1.0, |weights| weights[label as usize])
+                };
+                Ok(to_host_i64(indices)?
+                    .into_iter()
+                    .filter(|&label| !options.ignores(*ignore_index, label))
+                    .map(weight)
+                    .sum())
+            }
+            TargetKind::Probabilities(probabilities) => Ok(probabilities.dims()[0] as f64),
+        }
+    }
+
     /// The class indices `[N]`, for class-index targets.
     pub fn indices(&self) -> Option<&Tensor<1, Int>> {
         match &self.kind {

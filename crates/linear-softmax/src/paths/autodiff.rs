@@ -104,15 +104,7 @@ pub(crate) fn loss_output(
 ) -> LossOutput {
     let (loss, logits) = loss_of_parts(x, head.weight(), head.bias(), targets, options);
     let log_sum_exp = log_sum_exp(logits.capped.clone().detach());
-    let stats = stats.then(|| {
-        LossStats::from_logits(
-            logits.raw,
-            logits.capped,
-            log_sum_exp.clone(),
-            targets,
-            options,
-        )
-    });
+    let stats = stats.then(|| LossStats::from_logits(logits.raw, logits.capped, targets, options));
     LossOutput {
         loss,
         log_sum_exp,
@@ -168,7 +160,7 @@ pub(crate) fn gradients(
     let log_sum_exp = log_sum_exp(logits.capped.clone().detach()).inner();
     let stats = options.stats.then(|| {
         let (raw, capped) = (logits.raw.detach().inner(), logits.capped.detach().inner());
-        LossStats::from_logits(raw, capped, log_sum_exp.clone(), targets, options)
+        LossStats::from_logits(raw, capped, targets, options)
     });
     let grads = loss.clone().sum().backward();
     let gradient = |tensor: &Tensor<2>| {

@@ -143,6 +143,18 @@ pub fn cases(c: usize) -> Vec<(&'static str, LossOptions, Kind)> {
             Kind::Classes,
         ),
         ("all rows ignored", base(), Kind::AllIgnored),
+        (
+            "mean over a given denominator + weights + ignore",
+            base()
+                .with_weights(Some(weights(c)))
+                .with_mean_denominator(Some(11.5)),
+            Kind::Ignored,
+        ),
+        (
+            "probabilities, mean over a given denominator",
+            base().with_mean_denominator(Some(2.5)),
+            Kind::Probabilities,
+        ),
     ]
 }
 

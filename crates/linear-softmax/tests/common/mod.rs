@@ -276,3 +276,15 @@ pub fn assert_half_precision_matches_f32(
         }
     }
 }
+
+/// The `.json` fixtures in `dir` (relative to the crate), sorted by name.
+pub fn json_fixtures(dir: &str) -> Vec<std::path::PathBuf> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+    let mut paths: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|e| e == "json"))
+        .collect();
+    paths.sort();
+    paths
+}

@@ -77,6 +77,7 @@ pub fn reference_loss(
         total +=
             (0..c).map(|k| target[k] * (lse - logits[k])).sum::<f64>() + options.z_loss * lse * lse;
     }
+    let denominator = options.mean_denominator.unwrap_or(denominator);
     let reduced = match options.reduction {
         LossReduction::Mean if denominator != 0.0 => total / denominator,
         _ => total,

@@ -526,21 +526,21 @@ mod tests {
         };
         let run = |build: &dyn Fn(Block<'_, f32>) -> Partials<f32>| -> ([Vec<f32>; 6], Vec<i64>) {
             let (mut losses, mut lse, mut d_input) = (vec![0.0; n], vec![0.0; n], vec![0.0; n * d]);
-            let (mut predictions, mut target_logits) = (vec![0; n], vec![0.0; n]);
+            let (mut predictions, mut log_probabilities) = (vec![0; n], vec![0.0; n]);
             let partials = build(Block {
                 first: 0,
                 rows: RowOutputs {
                     losses: &mut losses,
                     log_sum_exp: &mut lse,
                     predictions: Some(&mut predictions),
-                    target_logits: Some(&mut target_logits),
+                    target_log_probabilities: Some(&mut log_probabilities),
                 },
                 d_input: Some(&mut d_input),
             });
             let d_weight_t = partials.d_weight_t.expect("wanted");
             let d_bias = partials.d_bias.expect("wanted");
             (
-                [losses, lse, d_input, d_weight_t, d_bias, target_logits],
+                [losses, lse, d_input, d_weight_t, d_bias, log_probabilities],
                 predictions,
             )
         };
@@ -552,7 +552,14 @@ mod tests {
         // The logits of these rows are far from ties: every build predicts the same classes.
         assert_eq!(portable_predictions, fused_predictions);
         assert_eq!(portable_predictions, dispatched_predictions);
-        let names = ["losses", "lse", "dX", "dW^T", "db", "target logits"];
+        let names = [
+            "losses",
+            "lse",
+            "dX",
+            "dW^T",
+            "db",
+            "target log-probabilities",
+        ];
         for (name, (p, (f, x))) in names
             .iter()
             .zip(portable.iter().zip(fused.iter().zip(&dispatched)))

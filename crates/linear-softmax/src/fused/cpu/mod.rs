@@ -324,12 +324,13 @@ fn kernel<E: RawFloat, M: Operand<E>>(run: Run<'_, E, M>) -> HostOutput<E> {
     };
     let chunk_rows = chunk_rows.clamp(1, n_rows);
 
-    // The mean's denominator sum_i v_i w_{y_i} (N when no row is weighted), 0 -> 1.
+    // The mean's denominator: the caller's, or sum_i v_i w_{y_i} (N when no row is
+    // weighted), 0 -> 1.
     let weighted = targets.valid.is_some() || targets.class_weights.is_some();
-    let denominator = if weighted {
-        (0..n_rows).map(|i| targets.row_weight(i)).sum::<f64>()
-    } else {
-        n_rows as f64
+    let denominator = match options.mean_denominator {
+        Some(given) => given,
+        None if weighted => (0..n_rows).map(|i| targets.row_weight(i)).sum::<f64>(),
+        None => n_rows as f64,
     };
     let denominator = if denominator == 0.0 { 1.0 } else { denominator };
     let mean_scale = match options.reduction {
@@ -348,14 +349,14 @@ fn kernel<E: RawFloat, M: Operand<E>>(run: Run<'_, E, M>) -> HostOutput<E> {
     };
     let mut d_bias = wanted.bias.then(|| vec![E::ZERO; c]);
     let mut predictions = stats.then(|| vec![0_i64; n_rows]);
-    let mut target_logits = stats.then(|| vec![E::ZERO; n_rows]);
+    let mut target_log_probabilities = stats.then(|| vec![E::ZERO; n_rows]);
     let factor = |i: usize| mean_scale * upstream.map_or(1.0, |g| g[i].to_f64());
     let outputs = Outputs {
         rows: RowOutputs {
             losses: &mut row_losses,
             log_sum_exp: &mut log_sum_exp,
             predictions: predictions.as_deref_mut(),
-            target_logits: target_logits.as_deref_mut(),
+            target_log_probabilities: target_log_probabilities.as_deref_mut(),
         },
         d_input: d_input.as_deref_mut(),
         d_weight: d_weight_out,
@@ -398,16 +399,13 @@ fn kernel<E: RawFloat, M: Operand<E>>(run: Run<'_, E, M>) -> HostOutput<E> {
     }
 
     // The statistics' reductions here, on the host buffers (no tensor operations).
-    let stats = predictions
-        .zip(target_logits)
-        .map(|(predictions, target_logits)| {
+    let stats = predictions.zip(target_log_probabilities).map(
+        |(predictions, mut target_log_probability)| {
             let (mut correct, mut counted) = (0, 0);
-            let mut target_log_probability = target_logits;
             for (row, value) in target_log_probability.iter_mut().enumerate() {
                 if targets.is_valid(row) {
                     counted += 1;
                     correct += i64::from(predictions[row] == targets.labels[row] as i64);
-                    *value = *value - log_sum_exp[row];
                 } else {
                     *value = E::ZERO;
                 }
@@ -418,7 +416,8 @@ fn kernel<E: RawFloat, M: Operand<E>>(run: Run<'_, E, M>) -> HostOutput<E> {
                 correct,
                 counted,
             }
-        });
+        },
+    );
     let loss = match options.reduction {
         LossReduction::None => row_losses,
         LossReduction::Mean | LossReduction::Sum => {

@@ -111,8 +111,8 @@ pub(in crate::fused) struct RowOutputs<'a, E> {
     pub(super) log_sum_exp: &'a mut [E],
     /// `argmax_k S_ik`, when the statistics are wanted.
     pub(super) predictions: Option<&'a mut [i64]>,
-    /// `S_{i, y_i}`, when the statistics are wanted.
-    pub(super) target_logits: Option<&'a mut [E]>,
+    /// `log A_{i, y_i}`, when the statistics are wanted.
+    pub(super) target_log_probabilities: Option<&'a mut [E]>,
 }
 
 impl<'a, E> RowOutputs<'a, E> {
@@ -129,8 +129,8 @@ impl<'a, E> RowOutputs<'a, E> {
         if let Some(predictions) = self.predictions.as_deref_mut() {
             predictions[row] = result.prediction as i64;
         }
-        if let Some(target_logits) = self.target_logits.as_deref_mut() {
-            target_logits[row] = result.target_logit;
+        if let Some(log_probabilities) = self.target_log_probabilities.as_deref_mut() {
+            log_probabilities[row] = result.target_log_probability;
         }
     }
 
@@ -140,8 +140,8 @@ impl<'a, E> RowOutputs<'a, E> {
             losses: &mut self.losses[start..end],
             log_sum_exp: &mut self.log_sum_exp[start..end],
             predictions: self.predictions.as_deref_mut().map(|p| &mut p[start..end]),
-            target_logits: self
-                .target_logits
+            target_log_probabilities: self
+                .target_log_probabilities
                 .as_deref_mut()
                 .map(|t| &mut t[start..end]),
         }
@@ -151,7 +151,8 @@ impl<'a, E> RowOutputs<'a, E> {
     pub(super) fn split(self, rows: usize) -> Vec<RowOutputs<'a, E>> {
         let blocks = self.len().div_ceil(rows);
         let mut predictions = optional_blocks(self.predictions, rows, blocks).into_iter();
-        let mut target_logits = optional_blocks(self.target_logits, rows, blocks).into_iter();
+        let mut log_probabilities =
+            optional_blocks(self.target_log_probabilities, rows, blocks).into_iter();
         self.losses
             .chunks_mut(rows)
             .zip(self.log_sum_exp.chunks_mut(rows))
@@ -159,7 +160,7 @@ impl<'a, E> RowOutputs<'a, E> {
                 losses,
                 log_sum_exp,
                 predictions: predictions.next().flatten(),
-                target_logits: target_logits.next().flatten(),
+                target_log_probabilities: log_probabilities.next().flatten(),
             })
             .collect()
     }
@@ -188,8 +189,8 @@ pub(super) struct RowResult<E> {
     pub(super) log_sum_exp: E,
     /// `argmax_k S_ik` (0 unless the chunk wants statistics).
     pub(super) prediction: usize,
-    /// `S_{i, y_i}`.
-    pub(super) target_logit: E,
+    /// `log A_{i, y_i} = (S_{i, y_i} - m_i) - log sum_k exp(S_ik - m_i)`.
+    pub(super) target_log_probability: E,
 }
 
 /// The row pass over a chunk's logits `[rows, C]`: row losses and log-sum-exps (and the
@@ -292,7 +293,7 @@ fn row_avx2<E: RawFloat>(
 /// Lanes of the independent accumulators that let the reductions vectorise.
 pub(super) const LANES: usize = 16;
 
-/// One row `s` (`C` logits, row `local` of the chunk): returns `l_i`, `lse_i`, `S_{i, y_i}`
+/// One row `s` (`C` logits, row `local` of the chunk): returns `l_i`, `lse_i`, `log A_{i, y_i}`
 /// and, when the chunk wants statistics, the row's prediction; when the chunk wants gradients,
 /// overwrites `s` with `dS_i` (adding it to `partial`, the column sums).
 ///
@@ -305,6 +306,10 @@ pub(super) const LANES: usize = 16;
 /// dS_i = f_i [coef_i softmax(s) - v_i (eps / C) w] - f_i (1 - eps) r_i e_y
 /// coef_i = (1 - eps) r_i + (eps / C) v_i W + 2 beta v_i lse_i,   W = sum_k w_k
 /// ```
+///
+/// `lse - s_k` is formed as `log sum_j exp(s_j - max) - (s_k - max)` in f64, never from `lse`
+/// after `max` was added back (which keeps only the resolution of `max` in `E`): a confident
+/// row's loss is as accurate as `log_softmax` makes it.
 #[inline(always)]
 pub(super) fn row_kernel<E: RawFloat>(
     s: &mut [E],
@@ -325,6 +330,8 @@ pub(super) fn row_kernel<E: RawFloat>(
         Some(bias) => lane_add_max(s, bias),
         None => lane_max(s),
     };
+    // sum_k w_k s_k in f64, whose 53 bits keep W max - sum_k w_k s_k (formed below) exact to
+    // far below E's resolution.
     let weighted_sum = if eps > 0.0 && valid {
         match &targets.class_weights {
             Some(w) => s.iter().zip(w).map(|(&s, &w)| (s * w).to_f64()).sum(),
@@ -339,11 +346,16 @@ pub(super) fn row_kernel<E: RawFloat>(
 
     // Pass 2: exp(s - max) in place, and its sum.
     let sum = lane_exp_sum(s, max);
-    let lse = max + sum.ln();
-    let lse64 = lse.to_f64();
+    let log_sum = sum.ln();
+    let lse = max + log_sum;
+    let (max64, log_sum64) = (max.to_f64(), log_sum.to_f64());
+    let lse64 = max64 + log_sum64;
+    // S_y - max, exact in f64 for E's values.
+    let true_shifted = true_logit.to_f64() - max64;
     let v = if valid { 1.0 } else { 0.0 };
-    let loss = (1.0 - eps) * r * (lse64 - true_logit.to_f64())
-        + v * (eps / c as f64) * (targets.weight_sum * lse64 - weighted_sum)
+    let weighted_shifted = weighted_sum - targets.weight_sum * max64;
+    let loss = (1.0 - eps) * r * (log_sum64 - true_shifted)
+        + v * (eps / c as f64) * (targets.weight_sum * log_sum64 - weighted_shifted)
         + targets.z_loss * v * lse64 * lse64;
 
     if chunk.gradients {
@@ -376,7 +388,7 @@ pub(super) fn row_kernel<E: RawFloat>(
         loss: E::of(loss),
         log_sum_exp: lse,
         prediction,
-        target_logit: true_logit,
+        target_log_probability: E::of(true_shifted - log_sum64),
     }
 }
 

@@ -1,9 +1,11 @@
 //! The row pass of the fused head as one CubeCL kernel launch per chunk (wgpu, CUDA): one cube
-//! per row turns the chunk's `[R, C]` logits into row losses, log-sum-exps and `dS`, the same
-//! math as the CPU row pass (`cpu/rows.rs`):
+//! per row turns the chunk's `[R, C]` logits into row losses, log-sum-exps, target
+//! log-probabilities and `dS`, the same math as the CPU row pass (`cpu/rows.rs`), with
+//! `lse - s_k` formed as `log sum_j exp(s_j - max) - (s_k - max)`:
 //!
 //! ```text
 //! l_i  = (1 - eps) r_i (lse - s_y) + v_i (eps / C) (W lse - sum_k w_k s_k) + beta v_i lse^2
+//! log A_{i, y_i} = s_y - lse
 //! dS_i = f_i [coef_i softmax(s) - v_i (eps / C) w] - f_i (1 - eps) r_i e_y
 //! coef_i = (1 - eps) r_i + (eps / C) v_i W + 2 beta v_i lse_i,   W = sum_k w_k
 //! ```
@@ -33,7 +35,8 @@ use row_pass_kernel::cross_entropy_rows_kernel;
 const UNITS: usize = 256;
 
 /// One chunk's row pass in one launch, for class-index targets: the row losses `[R]`, the
-/// log-sum-exps `[R]` and `dS` `[R, C]` for the per-row upstream factors `f_i` `[R]`.
+/// log-sum-exps `[R]`, the target log-probabilities `[R]` and `dS` `[R, C]` for the per-row
+/// upstream factors `f_i` `[R]`.
 ///
 /// # Shapes
 /// - `logits`: `[R, C]` (the bias added), `rows`: the chunk's rows, `factors`: `[R]`
@@ -41,7 +44,7 @@ pub(crate) fn row_pass(
     logits: Tensor<2>,
     rows: &ResolvedLoss,
     factors: Tensor<1>,
-) -> (Tensor<1>, Tensor<1>, Tensor<2>) {
+) -> (Tensor<1>, Tensor<1>, Tensor<1>, Tensor<2>) {
     let ResolvedTargets::Classes {
         labels,
         valid,
@@ -62,7 +65,7 @@ pub(crate) fn row_pass(
         z_loss: rows.z_loss as f32,
         weight_sum: rows.weight_sum as f32,
     };
-    let (losses, log_sum_exp, d_logits) = Dispatch::cross_entropy_rows(
+    let (losses, log_sum_exp, log_probabilities, d_logits) = Dispatch::cross_entropy_rows(
         logits.into_dispatch(),
         labels.clone().reshape([n]).into_dispatch(),
         column(row_weights, n).into_dispatch(),
@@ -74,6 +77,7 @@ pub(crate) fn row_pass(
     (
         Tensor::from_dispatch(losses),
         Tensor::from_dispatch(log_sum_exp),
+        Tensor::from_dispatch(log_probabilities),
         Tensor::from_dispatch(d_logits),
     )
 }
@@ -95,7 +99,8 @@ pub(crate) struct RowPassSpec {
     Fusion: cfg(any(feature = "wgpu", feature = "cuda"))
 )]
 pub(crate) trait CubeRowPassOps: Backend {
-    /// Row losses `[R]`, log-sum-exps `[R]` and `dS` `[R, C]` of a chunk's logits `[R, C]`,
+    /// Row losses `[R]`, log-sum-exps `[R]`, target log-probabilities `[R]` and `dS` `[R, C]`
+    /// of a chunk's logits `[R, C]`,
     /// for labels `[R]` (Int), `r_i` `[R]`, `v_i` `[R]`, `f_i` `[R]` and class weights `[C]`.
     #[fusion(meta = row_pass_outputs)]
     fn cross_entropy_rows(
@@ -106,10 +111,15 @@ pub(crate) trait CubeRowPassOps: Backend {
         factors: FloatTensor<Self>,
         class_weights: FloatTensor<Self>,
         spec: RowPassSpec,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+    ) -> (
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+    );
 }
 
-/// The outputs' shapes, for Fusion: `[R]`, `[R]` and the logits' `[R, C]`.
+/// The outputs' shapes, for Fusion: `[R]`, `[R]`, `[R]` and the logits' `[R, C]`.
 fn row_pass_outputs(
     logits: &TensorSpec,
     _labels: &TensorSpec,
@@ -118,9 +128,9 @@ fn row_pass_outputs(
     _factors: &TensorSpec,
     _class_weights: &TensorSpec,
     _spec: &RowPassSpec,
-) -> (TensorSpec, TensorSpec, TensorSpec) {
+) -> (TensorSpec, TensorSpec, TensorSpec, TensorSpec) {
     let rows = TensorSpec::new(Shape::new([logits.shape[0]]), logits.dtype);
-    (rows.clone(), rows, logits.clone())
+    (rows.clone(), rows.clone(), rows, logits.clone())
 }
 
 impl CubeRowPassOps for CubeBackend {
@@ -132,7 +142,12 @@ impl CubeRowPassOps for CubeBackend {
         factors: FloatTensor<Self>,
         class_weights: FloatTensor<Self>,
         spec: RowPassSpec,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+    ) -> (
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+    ) {
         // The kernel indexes rows by stride: contiguous inputs (a no-op when they are).
         let logits = into_contiguous(logits);
         let labels = into_contiguous(labels);
@@ -141,6 +156,8 @@ impl CubeRowPassOps for CubeBackend {
         let (float, int) = (logits.dtype, labels.dtype);
         let losses = empty_device_dtype(client.clone(), device.clone(), Shape::new([rows]), float);
         let log_sum_exp =
+            empty_device_dtype(client.clone(), device.clone(), Shape::new([rows]), float);
+        let log_probabilities =
             empty_device_dtype(client.clone(), device.clone(), Shape::new([rows]), float);
         let d_logits = empty_device_dtype(client.clone(), device, logits.shape(), float);
         cross_entropy_rows_kernel::launch(
@@ -155,6 +172,7 @@ impl CubeRowPassOps for CubeBackend {
             into_contiguous(class_weights).into_tensor_arg(),
             losses.clone().into_tensor_arg(),
             log_sum_exp.clone().into_tensor_arg(),
+            log_probabilities.clone().into_tensor_arg(),
             d_logits.clone().into_tensor_arg(),
             spec.smoothing,
             spec.z_loss,
@@ -162,7 +180,7 @@ impl CubeRowPassOps for CubeBackend {
             UNITS,
             [dtype_to_storage_type(float), dtype_to_storage_type(int)],
         );
-        (losses, log_sum_exp, d_logits)
+        (losses, log_sum_exp, log_probabilities, d_logits)
     }
 }
 

@@ -27,8 +27,12 @@ fn reduce<F: Float>(shared: &mut Shared<[F]>, value: F, #[comptime] max: bool) {
 }
 
 /// One cube of `units` (a power of two, = `CUBE_DIM_X`) per row of `logits` `[R, C]`: the row's
-/// loss and log-sum-exp, and its `dS` row in `d_logits` (formulas in the parent module). Every
-/// per-row input is `[R]`; `class_weights` is `[C]`.
+/// loss, log-sum-exp and target log-probability, and its `dS` row in `d_logits` (formulas in
+/// the parent module). Every per-row input and output is `[R]`; `class_weights` is `[C]`.
+///
+/// The loss and the log-probability are formed from the shifted logits `s_k - max` and
+/// `log sum_k exp(s_k - max)`, never from `lse - s_y` (which keeps only the resolution of
+/// `max`): a confident row's loss is as accurate as `log_softmax` makes it.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 pub(super) fn cross_entropy_rows_kernel<F: Float, I: Numeric>(
@@ -40,6 +44,7 @@ pub(super) fn cross_entropy_rows_kernel<F: Float, I: Numeric>(
     class_weights: &Tensor<F>,
     losses: &mut Tensor<F>,
     log_sum_exp: &mut Tensor<F>,
+    target_log_probability: &mut Tensor<F>,
     d_logits: &mut Tensor<F>,
     smoothing: f32,
     z_loss: f32,
@@ -70,14 +75,14 @@ pub(super) fn cross_entropy_rows_kernel<F: Float, I: Numeric>(
     let max = shared[0];
     sync_cube();
 
-    // Pass 2: sum_k exp(s_k - max), and sum_k w_k s_k for label smoothing.
+    // Pass 2: sum_k exp(s_k - max), and sum_k w_k (s_k - max) for label smoothing.
     let mut sum = F::new(0.0);
     let mut weighted = F::new(0.0);
     let mut k = unit;
     while k < c {
-        let s = logits[base + k];
-        weighted += class_weights[k] * s;
-        sum += F::exp(s - max);
+        let shifted = logits[base + k] - max;
+        weighted += class_weights[k] * shifted;
+        sum += F::exp(shifted);
         k += step;
     }
     reduce::<F>(&mut shared, sum, false);
@@ -86,8 +91,10 @@ pub(super) fn cross_entropy_rows_kernel<F: Float, I: Numeric>(
     reduce::<F>(&mut shared, weighted, false);
     let weighted = shared[0];
 
-    let lse = max + F::ln(sum);
+    let log_sum = F::ln(sum);
+    let lse = max + log_sum;
     let label = u32::cast_from(labels[row]) as usize;
+    let true_shifted = logits[base + label] - max;
     let eps = F::cast_from(smoothing);
     let beta = F::cast_from(z_loss);
     let total = F::cast_from(weight_sum);
@@ -95,10 +102,11 @@ pub(super) fn cross_entropy_rows_kernel<F: Float, I: Numeric>(
     let r = row_weights[row];
     let v = valid[row];
     if unit == 0 {
-        losses[row] = (F::new(1.0) - eps) * r * (lse - logits[base + label])
-            + v * spread * (total * lse - weighted)
+        losses[row] = (F::new(1.0) - eps) * r * (log_sum - true_shifted)
+            + v * spread * (total * log_sum - weighted)
             + beta * v * lse * lse;
         log_sum_exp[row] = lse;
+        target_log_probability[row] = true_shifted - log_sum;
     }
 
     // Pass 3: dS.
