@@ -8,7 +8,8 @@ Run by hand (never by the tests or CI), in a virtual environment with torch from
 Every case goes through torch.nn.functional.cross_entropy with the PyTorch arguments that
 match LossOptions; the options PyTorch lacks are written as torch expressions of their
 formula: z-loss `beta * logsumexp(S)^2` averaged with the main loss's denominator, softcap
-`c * tanh(S / c)` applied to the logits, L2 `lambda * sum(W^2)`. Burn's pad_tokens is
+`c * tanh(S / c)` applied to the logits, L2 `lambda * sum(W^2)`, row weights as the per-row
+losses times the weights over the weighted count. Burn's pad_tokens is
 PyTorch's ignore_index with that class.
 """
 
@@ -29,7 +30,7 @@ def f32_exact(t):
 
 def make_case(name, n, d, c, seed, bias=True, reduction="mean", ignore_index=None,
               ignored_rows=(), pad_tokens=None, weights=False, smoothing=0.0, targets="classes",
-              z_loss=0.0, softcap=None, l2=0.0, scale=1.0):
+              z_loss=0.0, softcap=None, l2=0.0, scale=1.0, row_weights=False):
     g = torch.Generator().manual_seed(seed)
     x = f32_exact(torch.rand(n, d, generator=g, dtype=torch.float64) * 4 - 2).requires_grad_()
     w = f32_exact((torch.rand(d, c, generator=g, dtype=torch.float64) * 2 - 1) * scale).requires_grad_()
@@ -46,6 +47,12 @@ def make_case(name, n, d, c, seed, bias=True, reduction="mean", ignore_index=Non
         probabilities = hot.double() / hot.double().sum(1, keepdim=True)
     for row in ignored_rows:
         labels[row] = ignore_index
+    # Per-row loss weights in [0, 2), two of them 0 (drawn last: the other values stay those
+    # of the same case without them).
+    rho = None
+    if row_weights:
+        rho = f32_exact(torch.rand(n, generator=g, dtype=torch.float64) * 2)
+        rho[torch.tensor([0, n - 2])] = 0.0
 
     logits = x @ w + (b if b is not None else 0.0)
     if softcap is not None:
@@ -56,24 +63,27 @@ def make_case(name, n, d, c, seed, bias=True, reduction="mean", ignore_index=Non
         rows = F.cross_entropy(logits, probabilities, weight=class_weights, reduction="none",
                                label_smoothing=smoothing)
         valid = torch.ones(n, dtype=torch.float64)
-        denominator = torch.tensor(float(n), dtype=torch.float64)
+        denominator = (rho if rho is not None else valid).sum()
     else:
         rows = F.cross_entropy(logits, labels, weight=class_weights, reduction="none",
                                ignore_index=torch_ignore, label_smoothing=smoothing)
         valid = (labels != torch_ignore).double()
         safe = torch.where(labels == torch_ignore, 0, labels)
         label_weights = class_weights[safe] if class_weights is not None else torch.ones(n, dtype=torch.float64)
-        denominator = (label_weights * valid).sum()
+        denominator = (label_weights * valid * (rho if rho is not None else 1.0)).sum()
     # The reductions as F.cross_entropy computes them (checked below against its own mean).
     if z_loss:
         rows = rows + z_loss * torch.logsumexp(logits, 1) ** 2 * valid
+    # Row weights scale each row's whole loss; the mean divides by the weighted count.
+    if rho is not None:
+        rows = rows * rho
     if reduction == "mean":
         loss = rows.sum() / denominator
     elif reduction == "sum":
         loss = rows.sum()
     else:
         loss = rows
-    if not z_loss and reduction != "none":
+    if not z_loss and rho is None and reduction != "none":
         kwargs = dict(weight=class_weights, reduction=reduction, label_smoothing=smoothing)
         if probabilities is None:
             kwargs["ignore_index"] = torch_ignore
@@ -84,7 +94,9 @@ def make_case(name, n, d, c, seed, bias=True, reduction="mean", ignore_index=Non
     loss.sum().backward()
 
     flat = lambda t: t.detach().reshape(-1).tolist()
-    return {
+    # Written only where given: the files of the cases without them stay as they were.
+    extra = {"row_weights": flat(rho)} if rho is not None else {}
+    return extra | {
         "name": name,
         "torch_version": torch.__version__,
         "shape": [n, d, c],
@@ -197,6 +209,19 @@ CASES = [
 ]
 
 
+# Per-row (per-token) loss weights: F.cross_entropy(reduction="none") times the weights, the
+# mean over sum_i rho_i v_i w_{y_i}. Seeded after the other cases, so adding them changed none.
+ROW_WEIGHT_CASES = [
+    dict(name="row_weights", n=9, d=5, c=6, row_weights=True),
+    dict(name="row_weights_none", n=9, d=5, c=6, row_weights=True, reduction="none"),
+    dict(name="row_weights_ignore_weights_smoothing_z_loss", n=9, d=5, c=6, row_weights=True,
+         weights=True, ignore_index=IGNORE, ignored_rows=(2, 5), smoothing=0.2, z_loss=0.02),
+    dict(name="row_weights_probabilities", n=9, d=5, c=6, row_weights=True,
+         targets="probabilities", smoothing=0.1),
+    dict(name="row_weights_large_c", n=23, d=7, c=40, row_weights=True, weights=True),
+]
+
+
 def main():
     OUT.mkdir(parents=True, exist_ok=True)
     for seed, spec in enumerate(CASES):
@@ -205,7 +230,12 @@ def main():
     for seed, spec in enumerate(SEQUENCE_CASES, start=len(CASES)):
         case = make_sequence_case(seed=seed, **spec)
         (OUT / f"{case['name']}.json").write_text(json.dumps(case) + "\n")
-    print(f"wrote {len(CASES) + len(SEQUENCE_CASES)} cases with torch {torch.__version__} to {OUT}")
+    start = len(CASES) + len(SEQUENCE_CASES)
+    for seed, spec in enumerate(ROW_WEIGHT_CASES, start=start):
+        case = make_case(seed=seed, **spec)
+        (OUT / f"{case['name']}.json").write_text(json.dumps(case) + "\n")
+    total = len(CASES) + len(SEQUENCE_CASES) + len(ROW_WEIGHT_CASES)
+    print(f"wrote {total} cases with torch {torch.__version__} to {OUT}")
 
 
 if __name__ == "__main__":

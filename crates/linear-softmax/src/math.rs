@@ -8,8 +8,8 @@
 //! ```text
 //! linear:                S = X W + b            dW = X^T dS, db = colsum(dS), dX = dS W^T
 //! softcap:               S' = c tanh(S / c)     dS = dS' (1 - (S' / c)^2)
-//! softmax cross-entropy: l_i = sum_k P_ik (lse_i - S'_ik) + beta v_i lse_i^2
-//!                        dS'_i = g_i [ (sum_k P_ik + 2 beta v_i lse_i) A_i - P_i ]
+//! softmax cross-entropy: l_i = rho_i [ sum_k P_ik (lse_i - S'_ik) + beta v_i lse_i^2 ]
+//!                        dS'_i = g_i rho_i [ (sum_k P_ik + 2 beta v_i lse_i) A_i - P_i ]
 //! reduction:             L = sum_i l_i / den    g_i = dL / den
 //! L2 penalty:            lambda sum(W^2)        dW += 2 lambda W
 //! ```
@@ -22,6 +22,8 @@
 //! terms are scattered onto `A`.
 //!
 //! z-loss: `d(beta lse_i^2)/dS'_ik = 2 beta lse_i A_ik`, since `d lse_i / dS'_ik = A_ik`.
+//! Row weights `rho_i` (the targets', 1 without them) scale a row's whole loss, so they scale
+//! its gradient alike: the kernels apply them to the row's loss and its upstream `g_i`.
 //! softcap: `d(c tanh(S / c))/dS = 1 - tanh^2(S / c) = 1 - (S' / c)^2`, reusing `S'`.
 
 use burn::prelude::*;
@@ -122,12 +124,15 @@ pub struct SoftmaxCrossEntropyCache {
     pub(crate) row_max: Tensor<2>,
     /// `log sum_k exp(S'_ik - m_i) = lse_i - m_i`, `[N, 1]`, as computed (not from `lse_i`).
     pub(crate) log_sum: Tensor<2>,
+    /// The targets' row weights `rho_i`, `[N, 1]` (absent: all 1).
+    row_scale: Option<Tensor<2>>,
     target: WeightedTarget,
     z_loss: f64,
 }
 
-/// Per-row loss `l_i = sum_k P_ik (lse_i - S'_ik) + beta v_i lse_i^2` (see the module docs),
-/// with `lse_i = m_i + log sum_k exp(S'_ik - m_i)`, `m_i = max_k S'_ik`, and what the backward
+/// Per-row loss `l_i = rho_i [ sum_k P_ik (lse_i - S'_ik) + beta v_i lse_i^2 ]` (see the module
+/// docs; `rho_i` the targets' row weights, 1 without them), with
+/// `lse_i = m_i + log sum_k exp(S'_ik - m_i)`, `m_i = max_k S'_ik`, and what the backward
 /// needs.
 ///
 /// The loss is formed from the shifted logits, as `log sum_k exp(S'_ik - m_i) - (S'_ik - m_i)`:
@@ -219,6 +224,11 @@ pub(crate) fn softmax_cross_entropy_forward_resolved(
         }
         row_losses = row_losses + z;
     }
+    // The targets' row weights scale each row's whole loss (and, in the backward, its
+    // upstream gradient).
+    if let Some(rho) = &resolved.row_scale {
+        row_losses = row_losses * rho.clone();
+    }
     (
         row_losses.squeeze_dim(1),
         SoftmaxCrossEntropyCache {
@@ -227,6 +237,7 @@ pub(crate) fn softmax_cross_entropy_forward_resolved(
             denominator: resolved.denominator.clone(),
             row_max,
             log_sum,
+            row_scale: resolved.row_scale.clone(),
             target,
             z_loss,
         },
@@ -234,7 +245,7 @@ pub(crate) fn softmax_cross_entropy_forward_resolved(
 }
 
 /// Backward of [`softmax_cross_entropy_forward`] given `d_row_losses = dL/dl_i` `[N]`:
-/// `dS'_i = g_i [ (sum_k P_ik + 2 beta v_i lse_i) A_i - P_i ]`, in one step (for plain
+/// `dS'_i = g_i rho_i [ (sum_k P_ik + 2 beta v_i lse_i) A_i - P_i ]`, in one step (for plain
 /// class targets: `dS = g (A - Y)`).
 ///
 /// # Shapes
@@ -248,11 +259,16 @@ pub fn softmax_cross_entropy_backward(
         log_sum_exp,
         target,
         z_loss,
+        row_scale,
         ..
     } = cache;
     let [rows, n_classes] = probabilities.dims();
     let (device, dtype) = (probabilities.device(), probabilities.dtype());
     let d_rows = d_row_losses.unsqueeze_dim::<2>(1);
+    let d_rows = match row_scale {
+        Some(rho) => d_rows * rho,
+        None => d_rows,
+    };
     let z_term = |valid: Option<&Tensor<2>>| {
         (z_loss > 0.0).then(|| {
             let z = log_sum_exp.clone().unsqueeze_dim::<2>(1) * (2.0 * z_loss);

@@ -85,8 +85,9 @@ struct Spec {
     scales: [i32; 3],
     kind: Kind,
     reduction: LossReduction,
-    /// Class weights, label smoothing, z-loss, softcap, L2, bias.
-    on: [bool; 6],
+    /// Class weights, label smoothing, z-loss, softcap, L2, bias, row weights, a given mean
+    /// denominator.
+    on: [bool; 8],
     f64: bool,
     backend: usize,
     /// Rows per chunk of the fused op (0: the default).
@@ -112,7 +113,7 @@ fn spec() -> impl Strategy<Value = Spec> {
         (-3i32..=4, -3i32..=4, -3i32..=4),
         kind,
         reduction,
-        any::<[bool; 6]>(),
+        any::<[bool; 8]>(),
         any::<bool>(),
         0..backends().len(),
         0usize..=64,
@@ -155,6 +156,8 @@ struct Case {
     targets: HostTargets,
     /// The label that marks ignored rows, given to the targets.
     ignore_index: Option<i64>,
+    /// Per-row loss weights, given to the targets.
+    row_weights: Option<Vec<f64>>,
     options: LossOptions,
     /// The upstream gradient of each row's loss (reduction none), or of the scalar loss (1).
     upstream: Vec<f64>,
@@ -180,7 +183,16 @@ impl Case {
         let [n, d, c] = spec.shape;
         let mut rng = StdRng::seed_from_u64(spec.seed);
         let scale = |power: i32| 10f64.powi(power);
-        let [weights_on, smoothing_on, z_on, softcap_on, l2_on, bias_on] = spec.on;
+        let [
+            weights_on,
+            smoothing_on,
+            z_on,
+            softcap_on,
+            l2_on,
+            bias_on,
+            row_weights_on,
+            denominator_on,
+        ] = spec.on;
         let x = values(&mut rng, n * d, scale(spec.scales[0]));
         let weight = values(&mut rng, d * c, scale(spec.scales[1]));
         let bias = bias_on.then(|| values(&mut rng, c, scale(spec.scales[2])));
@@ -253,6 +265,18 @@ impl Case {
         if l2_on && spec.reduction != LossReduction::None {
             options.l2 = f32_exact(rng.random_range(0.0..0.5));
         }
+        // Row weights in [0, 3), some exactly 0.
+        let row_weights = row_weights_on.then(|| {
+            (0..n)
+                .map(|_| match rng.random_range(0..4) {
+                    0 => 0.0,
+                    _ => f32_exact(rng.random_range(0.0..3.0)),
+                })
+                .collect()
+        });
+        if denominator_on && spec.reduction == LossReduction::Mean {
+            options.mean_denominator = Some(f32_exact(rng.random_range(0.5..(2 * n) as f64)));
+        }
         let upstream = match spec.reduction {
             LossReduction::None => values(&mut rng, n, 2.0),
             _ => vec![1.0],
@@ -265,6 +289,7 @@ impl Case {
             bias,
             targets,
             ignore_index,
+            row_weights,
             options,
             upstream,
             dtype: if spec.f64 { DType::F64 } else { DType::F32 },
@@ -300,7 +325,7 @@ impl Case {
     /// The targets on `device`, through the constructor of their kind.
     fn targets(&self, device: &Device) -> Targets {
         let [n, _, c] = self.shape;
-        match &self.targets {
+        let targets = match &self.targets {
             HostTargets::Labels(labels) => match self.ignore_index {
                 Some(ignore) => Targets::from_indices_with_ignore(labels, c, ignore, device),
                 None => Targets::from_indices(labels, c, device),
@@ -308,7 +333,18 @@ impl Case {
             HostTargets::Probabilities(t) => Targets::from_probabilities(t, [n, c], device),
             HostTargets::MultiHot(hot) => Targets::from_multi_hot(hot, [n, c], device),
         }
-        .expect("valid targets")
+        .expect("valid targets");
+        match &self.row_weights {
+            Some(rho) => targets
+                .with_row_weights(tensor(rho.clone(), [n], self.dtype, device))
+                .expect("valid row weights"),
+            None => targets,
+        }
+    }
+
+    /// Row `row`'s loss weight (1 without row weights).
+    fn row_weight(&self, row: usize) -> f64 {
+        self.row_weights.as_ref().map_or(1.0, |rho| rho[row])
     }
 
     /// The target distribution `T` of a row, or its label (`None` when ignored).
@@ -507,7 +543,11 @@ fn reference(case: &Case, upstream: &[f64]) -> Reference {
                 (q, 1.0, 1.0)
             }
         };
-        denominator += row_weight;
+        // Row weights scale the row's whole loss: its q, its z-loss, its gradient.
+        let rho = case.row_weight(i);
+        denominator += rho * row_weight;
+        let q: Vec<f64> = q.into_iter().map(|q| rho * q).collect();
+        let valid = rho * valid;
         let q_sum: f64 = q.iter().sum();
         let q_max = q.iter().copied().fold(0.0, f64::max);
         row_losses[i] = q
@@ -543,7 +583,10 @@ fn reference(case: &Case, upstream: &[f64]) -> Reference {
         HostTargets::Probabilities(_) | HostTargets::MultiHot(_)
     );
     if is_probability {
-        denominator = n as f64;
+        denominator = (0..n).map(|i| case.row_weight(i)).sum();
+    }
+    if let Some(given) = options.mean_denominator {
+        denominator = given;
     }
     if denominator == 0.0 {
         denominator = 1.0;
@@ -679,7 +722,7 @@ proptest! {
     /// softcap (it caps the shifted logits).
     #[test]
     fn shifting_every_logit_changes_nothing(spec in spec(), shift in -1e4f64..1e4) {
-        let mut case = Case::new(&Spec { on: [spec.on[0], spec.on[1], false, false, spec.on[4], true], ..spec });
+        let mut case = Case::new(&Spec { on: [spec.on[0], spec.on[1], false, false, spec.on[4], true, spec.on[6], spec.on[7]], ..spec });
         let original = case.clone();
         let shift = f32_exact(shift);
         case.bias = case.bias.map(|bias| bias.iter().map(|b| f32_exact(b + shift)).collect());
@@ -701,7 +744,7 @@ proptest! {
     /// on: so do `db` and each row of `dW - 2 lambda W`.
     #[test]
     fn rows_of_d_logits_sum_to_zero(spec in spec()) {
-        let case = Case::new(&Spec { on: [spec.on[0], spec.on[1], false, false, spec.on[4], true], ..spec });
+        let case = Case::new(&Spec { on: [spec.on[0], spec.on[1], false, false, spec.on[4], true, spec.on[6], spec.on[7]], ..spec });
         let [_, d, c] = case.shape;
         for PathResult { path, values: [_, d_weight, d_bias, _], upstream } in case.paths() {
             let bound = reference(&case, &upstream).bounds;

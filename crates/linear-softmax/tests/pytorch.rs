@@ -1,5 +1,5 @@
 //! Values pinned from PyTorch: all three paths reproduce `F.cross_entropy`'s loss and gradients
-//! (and the torch expressions of z-loss, softcap and L2) for every option.
+//! (and the torch expressions of z-loss, softcap, L2 and row weights) for every option.
 //!
 //! The fixtures in `tests/fixtures/` were written by `scripts/pytorch_reference.py` (torch
 //! version recorded in each file); the tests never run Python.
@@ -104,6 +104,14 @@ fn load(path: &Path, device: &Device, dtype: DType) -> Fixture {
         Targets::from_multi_hot(&hot, [n, c], device)
     }
     .unwrap();
+    // Per-row loss weights, where the case has them (row weights stay f64: data, not
+    // parameters; the loss casts them).
+    let targets = match floats(&json["row_weights"]) {
+        Some(rho) => targets
+            .with_row_weights(tensor(rho, [n], DType::F64, device))
+            .unwrap(),
+        None => targets,
+    };
     Fixture {
         name: json["name"].as_str().unwrap().to_string(),
         head: LinearSoftmax::from_tensors(

@@ -1,7 +1,8 @@
 //! Every path on a CubeCL backend, wgpu (on CI: Mesa's software Vulkan, lavapipe): the fused op
 //! runs there, and the three paths agree with each other and with Flex, for every option and
 //! target kind, as the last layer of an MLP, and with a random upstream for reduction none; in
-//! f16 too, and bf16 refused with an error, as is f64 (to the paths and to `gradcheck`).
+//! f16 too, and bf16 refused with an error, as is f64 (to the paths and to `gradcheck`); a
+//! confident row's loss as accurate as `log_softmax` makes it.
 //!
 //! Built with the `wgpu` feature only:
 //! `cargo test --features linear-softmax/wgpu --test wgpu`.
@@ -54,6 +55,22 @@ fn fused_kernel(
 /// `options` on the autodiff path, the reference.
 fn autodiff(options: &LossOptions) -> LossOptions {
     options.clone().with_path(LossPath::Autodiff)
+}
+
+/// Confident rows with large logits (`tests/common/confident.rs`): the Cube row pass, the
+/// tensor kernel (one-hot probabilities) and the other paths give each row's loss and target
+/// log-probability within the bound of PyTorch's own f32 `log_softmax`.
+#[test]
+fn confident_rows_are_as_accurate_as_log_softmax_on_wgpu() {
+    let dtypes = [(DType::F32, common::confident::F32_ROW)];
+    let kernels = common::confident::check_every_path("wgpu", &wgpu().autodiff(), &dtypes);
+    for kernel in [Kernel::Cube, Kernel::Tensor] {
+        assert!(
+            kernels.contains(&format!("{kernel:?}")),
+            "{kernel:?} in {kernels:?}"
+        );
+    }
+    finish_wgpu();
 }
 
 #[test]

@@ -129,7 +129,7 @@ pub enum TargetPrimitives<B: Backend> {
 ///
 /// # Shapes
 /// - `x`: `[N, D]`, `weight`: `[D, C]`, `bias`: `[C]`, `targets`: `[N]` or `[N, C]`,
-///   `class_weights`: `[C]`
+///   `class_weights`: `[C]`, `row_weights`: `[N]`
 #[derive(Clone, Debug, ExtensionType)]
 pub struct FusedInputs<B: Backend> {
     /// The input `X`.
@@ -145,6 +145,10 @@ pub struct FusedInputs<B: Backend> {
     /// The class weights `w`, `[C]` (`LossOptions::weights` on the device).
     #[extension_type]
     pub class_weights: Optional<B>,
+    /// The targets' row weights `rho_i`, `[N]` (`Targets::with_row_weights`, in the float type
+    /// of `x`).
+    #[extension_type]
+    pub row_weights: Optional<B>,
 }
 
 /// The upstream gradient of the per-row losses, for reduction none.

@@ -48,6 +48,7 @@ fn tensor_kernel<B: PlainBackend>(
         bias,
         targets,
         class_weights,
+        row_weights,
     } = inputs;
     let n_classes = weight.shape().dims::<2>()[1];
     let kind = match targets {
@@ -59,7 +60,7 @@ fn tensor_kernel<B: PlainBackend>(
             TargetKind::Probabilities(B::wrap(probabilities))
         }
     };
-    let targets = Targets::trusted(kind, n_classes);
+    let targets = Targets::trusted(kind, n_classes, row_weights.into_option().map(B::wrap));
     let output = tensor_kernel::linear_cross_entropy(
         B::wrap(x),
         B::wrap(weight),
@@ -228,6 +229,7 @@ mod tests {
                     bias: Optional::from(bias.then(|| head.bias().unwrap().into_dispatch())),
                     targets: super::super::target_primitives(targets, &device),
                     class_weights: Optional::Absent,
+                    row_weights: Optional::Absent,
                 };
                 let output = Dispatch::linear_cross_entropy_with_gradients(
                     inputs,

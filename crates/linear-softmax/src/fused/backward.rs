@@ -35,9 +35,11 @@ impl<B: FusedLinearCrossEntropyOps, C: CheckpointStrategy> FusedLinearCrossEntro
             bias,
             targets,
             class_weights,
+            row_weights,
         } = inputs;
-        // Class weights are constants of the graph.
+        // Class weights and row weights are constants of the graph.
         let class_weights = inner_optional(class_weights);
+        let row_weights = inner_optional(row_weights);
         // Which gradients to compute must be known before the kernel runs: ask each input
         // whether it takes part in the graph (the same test that decides the `parents` array).
         let wanted = WantedGradients {
@@ -66,6 +68,7 @@ impl<B: FusedLinearCrossEntropyOps, C: CheckpointStrategy> FusedLinearCrossEntro
                 bias: bias.into(),
                 targets,
                 class_weights,
+                row_weights,
             };
             let state = RecomputeState {
                 inputs: inputs.clone(),
@@ -100,6 +103,7 @@ impl<B: FusedLinearCrossEntropyOps, C: CheckpointStrategy> FusedLinearCrossEntro
                 bias: bias.into(),
                 targets,
                 class_weights,
+                row_weights,
             },
             spec,
             wanted,
@@ -148,6 +152,7 @@ impl<B: FusedLinearCrossEntropyOps, C: CheckpointStrategy> FusedLinearCrossEntro
             bias: inner_optional(inputs.bias),
             targets: inner_targets(inputs.targets),
             class_weights: inner_optional(inputs.class_weights),
+            row_weights: inner_optional(inputs.row_weights),
         };
         let output = B::linear_cross_entropy_with_gradients(
             inputs,

@@ -194,7 +194,8 @@ enum Graph {
 }
 
 /// Picks the chunk size (refusing a bad chunking) and assembles the op's arguments: every
-/// tensor on the device of `x` (the class weights uploaded here, once).
+/// tensor on the device of `x` (the class weights uploaded here, once; the row weights in the
+/// float type of `x`).
 fn prepare(
     head: &LinearSoftmax,
     x: &Tensor<2>,
@@ -219,12 +220,21 @@ fn prepare(
     });
     let (device, dtype) = (x.device(), x.dtype());
     let class_weights = resolved::class_weights(options, &device, dtype);
+    let row_weights = targets.row_weights().map(|rho| {
+        let rho = rho.clone().to_device(&device);
+        if rho.dtype() == dtype {
+            rho
+        } else {
+            rho.cast(dtype)
+        }
+    });
     let inputs = FusedInputs {
         x: detach(x.clone()).into_dispatch(),
         weight: detach(head.weight()).into_dispatch(),
         bias: Optional::from(bias.map(Tensor::into_dispatch)),
         targets: target_primitives(targets, &device),
         class_weights: Optional::from(class_weights.map(Tensor::into_dispatch)),
+        row_weights: Optional::from(row_weights.map(Tensor::into_dispatch)),
     };
     let spec = FusedSpec {
         options: options.clone(),

@@ -37,7 +37,10 @@ pub enum LossReduction {
 /// mean:           L = sum_i l_i / sum_i v_i w_{y_i}   (N for probability targets)
 /// mean over d:    L = sum_i l_i / d                   (`mean_denominator` d)
 /// ```
-/// plus `l2 * sum(W^2)` for the L2 option. Row `i` is ignored (`v_i = 0`) when its label is the
+/// plus `l2 * sum(W^2)` for the L2 option. Targets with row weights `rho_i`
+/// ([`Targets::with_row_weights`](crate::Targets::with_row_weights): per-token weights, data
+/// like the labels) multiply each `l_i` by `rho_i` and the mean's denominator's terms alike
+/// (`sum_i rho_i v_i w_{y_i}`, `sum_i rho_i`). Row `i` is ignored (`v_i = 0`) when its label is the
 /// targets' ignore index ([`Targets::from_indices_with_ignore`](crate::Targets::from_indices_with_ignore):
 /// the ignore index belongs to the labels, which are validated against it) or one of the
 /// `pad_tokens`. The z-loss is averaged with the same denominator as

@@ -15,9 +15,11 @@ use crate::loss::targets::{TargetKind, Targets};
 
 /// The options of one loss call, resolved against its targets.
 ///
-/// With `v_i = 0` for ignored rows (else 1), class weights `w` (all 1 when absent) and
-/// `r_i = v_i w_{y_i}`: the mean divides by `sum_i r_i` for class indices, by `N` for
-/// probabilities.
+/// With `v_i = 0` for ignored rows (else 1), class weights `w` (all 1 when absent),
+/// `r_i = v_i w_{y_i}` and the targets' row weights `rho_i` (all 1 when absent): the mean
+/// divides by `sum_i rho_i r_i` for class indices, by `sum_i rho_i` for probabilities. Each
+/// row's loss is `rho_i` times its unweighted loss; `rho_i` scales nothing else, so the row
+/// pass never sees it: the loss and the upstream gradient of row `i` are scaled instead.
 #[derive(Clone, Debug)]
 pub(crate) struct ResolvedLoss {
     /// The targets, ready for `gather` / `scatter` or as probabilities.
@@ -29,6 +31,9 @@ pub(crate) struct ResolvedLoss {
     /// The mean's denominator of the whole batch, `[1]` (0 when every row is ignored; the
     /// reduction replaces it by 1), or the options' `mean_denominator`.
     pub(crate) denominator: Tensor<1>,
+    /// `rho_i`, the targets' row weights ([`Targets::with_row_weights`]), `[N, 1]` (absent:
+    /// all 1).
+    pub(crate) row_scale: Option<Tensor<2>>,
     /// Label smoothing `eps`.
     pub(crate) smoothing: f64,
     /// z-loss `beta`.
@@ -102,6 +107,22 @@ impl ResolvedLoss {
     ) -> Self {
         let n_classes = targets.n_classes();
         let class_weights = class_weights.map(|weights| weights.unsqueeze_dim::<2>(0));
+        let row_scale = targets.row_weights().map(|rho| {
+            let rho = rho.clone().to_device(device);
+            let rho = if rho.dtype() == dtype {
+                rho
+            } else {
+                rho.cast(dtype)
+            };
+            rho.unsqueeze_dim::<2>(1)
+        });
+        // sum_i rho_i t_i for the rows' own weights t_i (absent: all 1).
+        let weighted_count = |own: Option<&Tensor<2>>, rows: usize| match (own, &row_scale) {
+            (Some(own), Some(rho)) => (own.clone() * rho.clone()).sum(),
+            (Some(own), None) => own.clone().sum(),
+            (None, Some(rho)) => rho.clone().sum(),
+            (None, None) => Tensor::full([1], rows as f64, (device, dtype)),
+        };
         let (targets, denominator) = match targets.kind() {
             TargetKind::Classes { indices, .. } => {
                 let indices = indices.clone().to_device(device);
@@ -125,10 +146,7 @@ impl ResolvedLoss {
                     (Some(w), Some(v)) => Some(w * v),
                     (w, v) => w.or(v),
                 };
-                let denominator = match &row_weights {
-                    Some(r) => r.clone().sum(),
-                    None => Tensor::full([1], rows as f64, (device, dtype)),
-                };
+                let denominator = weighted_count(row_weights.as_ref(), rows);
                 (
                     ResolvedTargets::Classes {
                         labels,
@@ -148,7 +166,7 @@ impl ResolvedLoss {
                 let rows = probabilities.dims()[0];
                 (
                     ResolvedTargets::Probabilities(probabilities),
-                    Tensor::full([1], rows as f64, (device, dtype)),
+                    weighted_count(None, rows),
                 )
             }
         };
@@ -162,6 +180,7 @@ impl ResolvedLoss {
             class_weights,
             weight_sum: options.class_weight_sum(n_classes),
             denominator,
+            row_scale,
             smoothing: options.label_smoothing,
             z_loss: options.z_loss,
         }
@@ -186,6 +205,7 @@ impl ResolvedLoss {
         };
         Self {
             targets,
+            row_scale: self.row_scale.as_ref().map(slice),
             ..self.clone()
         }
     }

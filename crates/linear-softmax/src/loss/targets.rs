@@ -44,6 +44,8 @@ pub struct Targets {
     n_classes: usize,
     /// The leading shape (`[N]`, `[B, T]`, ...), whose product is the number of rows.
     shape: Vec<usize>,
+    /// Per-row loss weights `rho_i` `[N]`, finite and `>= 0` (absent: all 1).
+    row_weights: Option<Tensor<1>>,
 }
 
 /// The kinds of targets.
@@ -97,6 +99,7 @@ impl Targets {
             },
             n_classes,
             shape: vec![labels.len()],
+            row_weights: None,
         })
     }
 
@@ -137,6 +140,7 @@ impl Targets {
             },
             n_classes,
             shape,
+            row_weights: None,
         })
     }
 
@@ -164,6 +168,7 @@ impl Targets {
             kind: TargetKind::Probabilities(probabilities),
             n_classes,
             shape: vec![rows],
+            row_weights: None,
         })
     }
 
@@ -185,6 +190,7 @@ impl Targets {
                 kind,
                 n_classes,
                 shape,
+                row_weights: None,
             });
         }
         let probabilities = probabilities.reshape([rows, n_classes]);
@@ -193,6 +199,7 @@ impl Targets {
             kind: TargetKind::Probabilities(probabilities),
             n_classes,
             shape,
+            row_weights: None,
         })
     }
 
@@ -265,12 +272,13 @@ impl Targets {
     }
 
     /// The denominator reduction mean divides these targets' summed loss by under `options`:
-    /// `sum_i v_i w_{y_i}` (the non-ignored rows, weighted by their class weights) for class
-    /// indices, `N` for probabilities. Summed over the micro-batches of an optimiser step, it
-    /// is the [`LossOptions::mean_denominator`] that makes their accumulated gradients those
-    /// of the whole batch's mean (Hugging Face's `num_items_in_batch`).
+    /// `sum_i rho_i v_i w_{y_i}` (the non-ignored rows, weighted by their class weights and row
+    /// weights) for class indices, `sum_i rho_i` (`N` without row weights) for probabilities.
+    /// Summed over the micro-batches of an optimiser step, it is the
+    /// [`LossOptions::mean_denominator`] that makes their accumulated gradients those of the
+    /// whole batch's mean (Hugging Face's `num_items_in_batch`).
     ///
-    /// Reads the labels back to the host once (exact in f64): call it once per micro-batch
+    /// Reads the labels (and row weights) back to the host once (exact in f64): call it once per micro-batch
     /// when the step is assembled, or count on the host where the batches are made.
     ///
     /// ```
@@ -300,6 +308,11 @@ impl Targets {
     pub fn mean_denominator(&self, options: &LossOptions) -> Result<f64> {
         options.validate_for(self.n_classes)?;
         self.check_options(options)?;
+        let rows = self.len();
+        let row_weights = match &self.row_weights {
+            Some(weights) => to_host_f64(weights)?,
+            None => vec![1.0; rows],
+        };
         match &self.kind {
             TargetKind::Classes {
                 indices,
@@ -311,12 +324,96 @@ impl Targets {
                 };
                 Ok(to_host_i64(indices)?
                     .into_iter()
-                    .filter(|&label| !options.ignores(*ignore_index, label))
-                    .map(weight)
+                    .zip(row_weights)
+                    .filter(|&(label, _)| !options.ignores(*ignore_index, label))
+                    .map(|(label, r)| r * weight(label))
                     .sum())
             }
-            TargetKind::Probabilities(probabilities) => Ok(probabilities.dims()[0] as f64),
+            TargetKind::Probabilities(_) => Ok(row_weights.into_iter().sum()),
         }
+    }
+
+    /// The same targets with per-row loss weights `rho_i` (per-token weights for a sequence
+    /// batch), of the targets' leading shape (`[N]`, `[B, T]`), finite and `>= 0`; validated
+    /// here (one read back to the host) and moved to the targets' device.
+    ///
+    /// Row `i`'s loss (every term of it: the cross-entropy, label smoothing's share, the
+    /// z-loss) is multiplied by `rho_i`, and reduction mean divides by the weighted count:
+    ///
+    /// ```text
+    /// l'_i = rho_i l_i
+    /// mean: L = sum_i rho_i l_i / sum_i rho_i v_i w_{y_i}     (sum_i rho_i for probability targets)
+    /// ```
+    ///
+    /// so all-ones weights give the unweighted loss, and a row with `rho_i = 0` contributes
+    /// nothing to the loss or the gradients. The statistics ([`LossStats`](crate::LossStats))
+    /// are not weighted. `rho_i` is data, not a parameter: no gradient flows to it.
+    ///
+    /// ```
+    /// use burn::prelude::*;
+    /// use linear_softmax::host::to_host_f64;
+    /// use linear_softmax::{LinearSoftmaxConfig, LossOptions, LossReduction, Targets};
+    ///
+    /// let device = Device::flex().autodiff();
+    /// let head = LinearSoftmaxConfig::new(3, 4).init(&device)?;
+    /// let x = Tensor::<3>::from_data(
+    ///     [[[0.5, -1.0, 2.0], [1.5, 0.0, -0.5]], [[0.0, 1.0, 0.0], [1.0, 1.0, 1.0]]],
+    ///     &device,
+    /// );
+    /// // Two sequences of two tokens: the third token weighs double, the last one nothing.
+    /// let labels = Tensor::<2, Int>::from_data([[3, 1], [0, 2]], &device);
+    /// let weights = Tensor::<2>::from_data([[1.0, 1.0], [2.0, 0.0]], &device);
+    /// let targets = Targets::from_tensor(labels, 4, None)?.with_row_weights(weights)?;
+    /// let loss = head.loss(x.clone(), &targets, &LossOptions::new())?;
+    ///
+    /// // The weighted mean of the tokens' losses (reduction none gives them weighted).
+    /// let none = LossOptions::new().with_reduction(LossReduction::None);
+    /// let rows = to_host_f64(&head.loss(x, &targets, &none)?)?;
+    /// assert_eq!(rows[3], 0.0);
+    /// let expected = (rows[0] + rows[1] + rows[2]) / 4.0;
+    /// assert!((loss.into_scalar::<f32>() as f64 - expected).abs() < 1e-6);
+    /// # Ok::<(), linear_softmax::Error>(())
+    /// ```
+    pub fn with_row_weights<const K: usize>(self, weights: Tensor<K>) -> Result<Self> {
+        if weights.dims()[..] != self.shape[..] {
+            return Err(Error::ShapeMismatch {
+                what: "row weights",
+                expected: self.shape.clone(),
+                got: weights.dims().to_vec(),
+            });
+        }
+        let rows = self.len();
+        let weights = if rows == 0 {
+            // Burn's `reshape` reads a 0 as "keep this dimension".
+            let empty = TensorData::new(Vec::<f64>::new(), [0]);
+            Tensor::from_data(empty, (&weights.device(), weights.dtype()))
+        } else {
+            weights.reshape([rows])
+        };
+        if let Some((row, value)) = to_host_f64(&weights)?
+            .into_iter()
+            .enumerate()
+            .find(|(_, r)| !(r.is_finite() && *r >= 0.0))
+        {
+            return Err(Error::InvalidTarget {
+                row,
+                message: format!("row weight {value} is not a finite value >= 0"),
+            });
+        }
+        let device = match &self.kind {
+            TargetKind::Classes { indices, .. } => indices.device(),
+            TargetKind::Probabilities(probabilities) => probabilities.device(),
+        };
+        Ok(Self {
+            row_weights: Some(weights.to_device(&device)),
+            ..self
+        })
+    }
+
+    /// The per-row loss weights `rho_i` `[N]`, when given
+    /// ([`with_row_weights`](Self::with_row_weights)).
+    pub fn row_weights(&self) -> Option<&Tensor<1>> {
+        self.row_weights.as_ref()
     }
 
     /// The class indices `[N]`, for class-index targets.
@@ -348,12 +445,21 @@ impl Targets {
             },
             TargetKind::Probabilities(p) => TargetKind::Probabilities(p.to_device(device)),
         };
-        Self { kind, ..self }
+        let row_weights = self.row_weights.map(|r| r.to_device(device));
+        Self {
+            kind,
+            row_weights,
+            ..self
+        }
     }
 
     /// Targets made of already validated parts (the fused kernel rebuilding them from its
     /// backend's primitives).
-    pub(crate) fn trusted(kind: TargetKind, n_classes: usize) -> Self {
+    pub(crate) fn trusted(
+        kind: TargetKind,
+        n_classes: usize,
+        row_weights: Option<Tensor<1>>,
+    ) -> Self {
         let rows = match &kind {
             TargetKind::Classes { indices, .. } => indices.dims()[0],
             TargetKind::Probabilities(probabilities) => probabilities.dims()[0],
@@ -362,6 +468,7 @@ impl Targets {
             kind,
             n_classes,
             shape: vec![rows],
+            row_weights,
         }
     }
 

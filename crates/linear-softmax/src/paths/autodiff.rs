@@ -19,7 +19,8 @@ use crate::loss::resolved::{ResolvedLoss, ResolvedTargets};
 use crate::loss::{HeadGradients, LossOptions, LossOutput, LossStats, Targets};
 use crate::math::{linear_forward, log_sum_exp, reduction_forward, with_l2};
 
-/// The per-row losses `l_i` `[N]` of `logits` `[N, C]` and the mean's denominator `[1]`.
+/// The per-row losses `l_i` `[N]` of `logits` `[N, C]` (times the targets' row weights) and
+/// the mean's denominator `[1]`.
 ///
 /// `logits` are taken as they are: apply the softcap first if wanted.
 pub(crate) fn cross_entropy_rows(
@@ -77,6 +78,11 @@ pub(crate) fn cross_entropy_rows(
             }
     } else {
         row_losses
+    };
+    // The targets' row weights scale each row's whole loss.
+    let row_losses = match resolved.row_scale {
+        Some(rho) => row_losses * rho.squeeze_dim(1),
+        None => row_losses,
     };
     (row_losses, resolved.denominator)
 }

@@ -20,12 +20,38 @@ pub enum Kind {
     AllIgnored,
     Probabilities,
     MultiHot,
+    /// [`Kind::Ignored`] with per-row loss weights in `[0, 2)`, two of them 0.
+    RowWeighted,
+    /// [`Kind::Probabilities`] with the same kind of row weights.
+    RowWeightedProbabilities,
+}
+
+/// Row weights in `[0, 2)` for `n` rows, rows 0 and `n - 2` weighing 0 (`n >= 2`).
+pub fn row_weights(n: usize, seed: u64) -> Vec<f64> {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
+    (0..n)
+        .map(|i| {
+            let rho: f64 = rng.random_range(0.0..2.0);
+            if i == 0 || i + 2 == n { 0.0 } else { rho }
+        })
+        .collect()
 }
 
 pub fn targets(kind: Kind, p: &Problem, [n, c]: [usize; 2], device: &Device, seed: u64) -> Targets {
     let mut rng = StdRng::seed_from_u64(seed);
     match kind {
         Kind::Classes => p.targets.clone(),
+        Kind::RowWeighted | Kind::RowWeightedProbabilities => {
+            let plain = match kind {
+                Kind::RowWeighted => Kind::Ignored,
+                _ => Kind::Probabilities,
+            };
+            let rho = row_weights(n, seed);
+            let rho = Tensor::<1>::from_data(TensorData::new(rho, [n]), device);
+            targets(plain, p, [n, c], device, seed)
+                .with_row_weights(rho)
+                .unwrap()
+        }
         Kind::Ignored | Kind::AllIgnored => {
             let labels: Vec<i64> = p
                 .labels
@@ -143,6 +169,26 @@ pub fn cases(c: usize) -> Vec<(&'static str, LossOptions, Kind)> {
             Kind::Classes,
         ),
         ("all rows ignored", base(), Kind::AllIgnored),
+        ("row weights + ignore", base(), Kind::RowWeighted),
+        (
+            "row weights + class weights + smoothing + z-loss, sum",
+            base()
+                .with_weights(Some(weights(c)))
+                .with_label_smoothing(0.1)
+                .with_z_loss(0.02)
+                .with_reduction(LossReduction::Sum),
+            Kind::RowWeighted,
+        ),
+        (
+            "row weights, none",
+            base().with_reduction(LossReduction::None),
+            Kind::RowWeighted,
+        ),
+        (
+            "probabilities + row weights + smoothing",
+            base().with_label_smoothing(0.1),
+            Kind::RowWeightedProbabilities,
+        ),
         (
             "mean over a given denominator + weights + ignore",
             base()

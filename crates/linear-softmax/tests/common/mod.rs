@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod cases;
+pub mod confident;
 pub mod mlp;
 pub mod reference;
 

@@ -33,6 +33,10 @@ pub fn reference_loss(
         TargetKind::Probabilities(p) => (None, Some(to_host_f64(p).unwrap())),
     };
     let rows = x.len() / d;
+    let rho = match targets.row_weights() {
+        Some(rho) => to_host_f64(rho).unwrap(),
+        None => vec![1.0; rows],
+    };
     let (mut total, mut denominator) = (0.0, 0.0);
     let mut logits = vec![0.0; c];
     for row in 0..rows {
@@ -58,7 +62,7 @@ pub fn reference_loss(
                     continue;
                 }
                 let label = label as usize;
-                denominator += class_weight(label);
+                denominator += rho[row] * class_weight(label);
                 (0..c)
                     .map(|k| {
                         let hot = if k == label { 1.0 - eps } else { 0.0 };
@@ -67,15 +71,16 @@ pub fn reference_loss(
                     .collect()
             }
             (None, Some(p)) => {
-                denominator += 1.0;
+                denominator += rho[row];
                 (0..c)
                     .map(|k| class_weight(k) * ((1.0 - eps) * p[row * c + k] + eps / c as f64))
                     .collect()
             }
             (None, None) => unreachable!("targets are labels or probabilities"),
         };
-        total +=
-            (0..c).map(|k| target[k] * (lse - logits[k])).sum::<f64>() + options.z_loss * lse * lse;
+        total += rho[row]
+            * ((0..c).map(|k| target[k] * (lse - logits[k])).sum::<f64>()
+                + options.z_loss * lse * lse);
     }
     let denominator = options.mean_denominator.unwrap_or(denominator);
     let reduced = match options.reduction {

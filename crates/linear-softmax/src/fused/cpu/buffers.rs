@@ -22,6 +22,17 @@ pub(crate) enum RawSlice<'a> {
     Bf16(Cow<'a, [bf16]>),
 }
 
+impl RawSlice<'_> {
+    /// The elements widened to f64.
+    pub(crate) fn to_f64(&self) -> Vec<f64> {
+        match self {
+            Self::F32(values) => values.iter().map(|&v| f64::from(v)).collect(),
+            Self::F64(values) => values.to_vec(),
+            Self::Bf16(values) => values.iter().map(|v| v.to_f64()).collect(),
+        }
+    }
+}
+
 /// A plain CPU backend whose primitives expose their buffers.
 pub(crate) trait RawBackend: Backend {
     /// The tensor's elements in row-major order (`None` for dtypes other than f32, f64 and

@@ -495,6 +495,7 @@ mod tests {
             weight_sum: c as f64,
             smoothing: 0.1,
             z_loss: 0.01,
+            row_scale: None,
         };
         let factors = vec![1.0 / n as f64; n];
         let chunk = ChunkRows {

@@ -115,6 +115,7 @@ pub(crate) fn linear_cross_entropy<B: RawBackend>(
         bias,
         targets,
         class_weights,
+        row_weights,
     } = inputs;
     const CHOSEN: &str = "choice.rs chose the raw kernel for class indices in f32, f64 or bf16";
     let TargetPrimitives::Classes(labels) = targets else {
@@ -126,6 +127,8 @@ pub(crate) fn linear_cross_entropy<B: RawBackend>(
     let raw = |tensor| B::raw(tensor).expect(CHOSEN);
     let bias = bias.as_option().map(raw);
     let class_weights = class_weights.as_option().map(raw);
+    // In f64 whatever the float type: they multiply f64 losses and factors.
+    let row_scale = || row_weights.as_option().map(|rho| raw(rho).to_f64());
     let upstream = match upstream {
         RowUpstream::Ones => None,
         RowUpstream::Rows(rows) => Some(raw(rows)),
@@ -163,6 +166,7 @@ pub(crate) fn linear_cross_entropy<B: RawBackend>(
             let row_targets = row_targets::<$ty>(
                 &labels,
                 class_weights,
+                row_scale(),
                 n_classes,
                 options,
                 spec.ignore_index,
@@ -201,6 +205,7 @@ pub(crate) fn linear_cross_entropy<B: RawBackend>(
             let row_targets = row_targets::<f32>(
                 &labels,
                 class_weights.as_deref(),
+                row_scale(),
                 n_classes,
                 options,
                 spec.ignore_index,
@@ -324,12 +329,15 @@ fn kernel<E: RawFloat, M: Operand<E>>(run: Run<'_, E, M>) -> HostOutput<E> {
     };
     let chunk_rows = chunk_rows.clamp(1, n_rows);
 
-    // The mean's denominator: the caller's, or sum_i v_i w_{y_i} (N when no row is
+    // The mean's denominator: the caller's, or sum_i rho_i v_i w_{y_i} (N when no row is
     // weighted), 0 -> 1.
-    let weighted = targets.valid.is_some() || targets.class_weights.is_some();
+    let weighted =
+        targets.valid.is_some() || targets.class_weights.is_some() || targets.row_scale.is_some();
     let denominator = match options.mean_denominator {
         Some(given) => given,
-        None if weighted => (0..n_rows).map(|i| targets.row_weight(i)).sum::<f64>(),
+        None if weighted => (0..n_rows)
+            .map(|i| targets.row_scale(i) * targets.row_weight(i))
+            .sum::<f64>(),
         None => n_rows as f64,
     };
     let denominator = if denominator == 0.0 { 1.0 } else { denominator };
@@ -350,7 +358,8 @@ fn kernel<E: RawFloat, M: Operand<E>>(run: Run<'_, E, M>) -> HostOutput<E> {
     let mut d_bias = wanted.bias.then(|| vec![E::ZERO; c]);
     let mut predictions = stats.then(|| vec![0_i64; n_rows]);
     let mut target_log_probabilities = stats.then(|| vec![E::ZERO; n_rows]);
-    let factor = |i: usize| mean_scale * upstream.map_or(1.0, |g| g[i].to_f64());
+    let factor =
+        |i: usize| mean_scale * targets.row_scale(i) * upstream.map_or(1.0, |g| g[i].to_f64());
     let outputs = Outputs {
         rows: RowOutputs {
             losses: &mut row_losses,

@@ -29,9 +29,17 @@ pub(super) struct RowTargets<E> {
     pub(super) smoothing: f64,
     /// z-loss `beta`.
     pub(super) z_loss: f64,
+    /// The targets' row weights `rho_i` (absent: all 1): they scale row `i`'s loss here and
+    /// its upstream factor `f_i` where the factors are made.
+    pub(super) row_scale: Option<Vec<f64>>,
 }
 
 impl<E: RawFloat> RowTargets<E> {
+    /// `rho_i`.
+    pub(super) fn row_scale(&self, row: usize) -> f64 {
+        self.row_scale.as_ref().map_or(1.0, |rho| rho[row])
+    }
+
     /// `r_i = v_i w_{y_i}`.
     pub(super) fn row_weight(&self, row: usize) -> f64 {
         if self.valid.as_ref().is_some_and(|valid| !valid[row]) {
@@ -47,11 +55,12 @@ impl<E: RawFloat> RowTargets<E> {
     }
 }
 
-/// The per-row target data of a batch: its labels and class weights (read from the backend's
-/// buffers) and the options, resolved once per call.
+/// The per-row target data of a batch: its labels, class weights and row weights (read from
+/// the backend's buffers) and the options, resolved once per call.
 pub(super) fn row_targets<E: RawFloat>(
     labels: &[i64],
     class_weights: Option<&[E]>,
+    row_scale: Option<Vec<f64>>,
     n_classes: usize,
     options: &LossOptions,
     ignore_index: Option<i64>,
@@ -79,6 +88,7 @@ pub(super) fn row_targets<E: RawFloat>(
         weight_sum: options.class_weight_sum(n_classes),
         smoothing: options.label_smoothing,
         z_loss: options.z_loss,
+        row_scale,
     }
 }
 
@@ -385,7 +395,7 @@ pub(super) fn row_kernel<E: RawFloat>(
         }
     }
     RowResult {
-        loss: E::of(loss),
+        loss: E::of(targets.row_scale(row) * loss),
         log_sum_exp: lse,
         prediction,
         target_log_probability: E::of(true_shifted - log_sum64),

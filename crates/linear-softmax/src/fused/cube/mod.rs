@@ -65,6 +65,13 @@ pub(crate) fn row_pass(
         z_loss: rows.z_loss as f32,
         weight_sum: rows.weight_sum as f32,
     };
+    // The targets' row weights scale a row's loss and its upstream gradient (the kernel's
+    // formulas are per unweighted row).
+    let rho = rows.row_scale.clone().map(|rho| rho.reshape([n]));
+    let factors = match &rho {
+        Some(rho) => factors * rho.clone(),
+        None => factors,
+    };
     let (losses, log_sum_exp, log_probabilities, d_logits) = Dispatch::cross_entropy_rows(
         logits.into_dispatch(),
         labels.clone().reshape([n]).into_dispatch(),
@@ -74,8 +81,12 @@ pub(crate) fn row_pass(
         column(&rows.class_weights, c).into_dispatch(),
         spec,
     );
+    let losses = Tensor::from_dispatch(losses);
     (
-        Tensor::from_dispatch(losses),
+        match rho {
+            Some(rho) => losses * rho,
+            None => losses,
+        },
         Tensor::from_dispatch(log_sum_exp),
         Tensor::from_dispatch(log_probabilities),
         Tensor::from_dispatch(d_logits),
