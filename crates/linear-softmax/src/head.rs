@@ -12,6 +12,9 @@ use crate::host::to_host_f64;
 use crate::loss::{LossOptions, Targets};
 use crate::math::log_sum_exp;
 
+/// The largest finite f16 value.
+const F16_MAX: f64 = 65504.0;
+
 /// Configuration of a [`LinearSoftmax`] head, created with [`init`](LinearSoftmaxConfig::init).
 #[derive(Config, Debug)]
 pub struct LinearSoftmaxConfig {
@@ -233,7 +236,21 @@ impl LinearSoftmax {
     ) -> Result<()> {
         options.validate_for(self.n_classes())?;
         self.check_batch(x, targets)?;
-        targets.check_options(options)
+        targets.check_options(options)?;
+        // The tensor paths hold a given denominator in the input's float type: f16 would turn
+        // a step's token count above its largest value into infinity (and the loss into 0).
+        if let Some(denominator) = options.mean_denominator
+            && x.dtype() == DType::F16
+            && denominator > F16_MAX
+        {
+            return Err(Error::InvalidOption {
+                name: "mean_denominator",
+                value: denominator.to_string(),
+                expected: "at most 65504 with f16 inputs (held in the input's float type): \
+                           compute the loss in f32 or bf16",
+            });
+        }
+        Ok(())
     }
 
     /// Logits `S = X W + b`, `[.., C]` for `x` `[.., D]`.

@@ -118,7 +118,8 @@ pub struct SoftmaxCrossEntropyCache {
     pub probabilities: Tensor<2>,
     /// `lse_i`, `[N]`.
     pub log_sum_exp: Tensor<1>,
-    /// The mean's denominator, `[1]`: `sum_i v_i w_{y_i}`, or `N` for probability targets.
+    /// The mean's denominator, `[1]`: `sum_i rho_i v_i w_{y_i}`, or `sum_i rho_i` (`N`) for
+    /// probability targets, or the options' `mean_denominator`.
     pub denominator: Tensor<1>,
     /// `m_i = max_k S'_ik`, `[N, 1]`.
     pub(crate) row_max: Tensor<2>,

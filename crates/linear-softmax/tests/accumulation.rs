@@ -140,3 +140,21 @@ fn a_given_denominator_must_be_positive_and_with_reduction_mean() {
         }
     }
 }
+
+/// f16 cannot hold a step's token count above 65504: refused, not turned into infinity (and a
+/// loss of 0); f32 takes it.
+#[test]
+fn a_denominator_beyond_f16_is_refused_in_f16() {
+    let device = Device::flex();
+    let options = LossOptions::new().with_mean_denominator(Some(100_000.0));
+    for path in LossPath::ALL {
+        let options = options.clone().with_path(path);
+        let p = problem([3, 2, 4], true, DType::F16, &device, 1);
+        let error = p.head.loss(p.x.clone(), &p.targets, &options).unwrap_err();
+        assert!(error.to_string().contains("65504"), "{path}: {error}");
+        let p = problem([3, 2, 4], true, DType::F32, &device, 1);
+        let loss = p.head.loss(p.x.clone(), &p.targets, &options).unwrap();
+        let loss = host(&loss)[0];
+        assert!(loss > 0.0 && loss.is_finite(), "{path}: {loss}");
+    }
+}

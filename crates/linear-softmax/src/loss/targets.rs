@@ -278,6 +278,10 @@ impl Targets {
     /// [`LossOptions::mean_denominator`] that makes their accumulated gradients those of the
     /// whole batch's mean (Hugging Face's `num_items_in_batch`).
     ///
+    /// It is this batch's own denominator: the options' `mean_denominator`, if set, is not
+    /// consulted. A step whose micro-batches are all ignored has a total of 0, which
+    /// `mean_denominator` refuses: skip the step (its loss and gradients would be 0).
+    ///
     /// Reads the labels (and row weights) back to the host once (exact in f64): call it once per micro-batch
     /// when the step is assembled, or count on the host where the batches are made.
     ///
@@ -347,7 +351,9 @@ impl Targets {
     ///
     /// so all-ones weights give the unweighted loss, and a row with `rho_i = 0` contributes
     /// nothing to the loss or the gradients. The statistics ([`LossStats`](crate::LossStats))
-    /// are not weighted. `rho_i` is data, not a parameter: no gradient flows to it.
+    /// are not weighted. `rho_i` is data, not a parameter: no gradient flows to it. The loss
+    /// uses the weights in the input's float type (in bf16 a weight keeps 8 significant bits,
+    /// and [`mean_denominator`](Self::mean_denominator) sums them as given).
     ///
     /// ```
     /// use burn::prelude::*;
@@ -404,8 +410,9 @@ impl Targets {
             TargetKind::Classes { indices, .. } => indices.device(),
             TargetKind::Probabilities(probabilities) => probabilities.device(),
         };
+        // Data, not a parameter: no gradient flows to them, on any path.
         Ok(Self {
-            row_weights: Some(weights.to_device(&device)),
+            row_weights: Some(weights.detach().to_device(&device)),
             ..self
         })
     }
@@ -424,13 +431,19 @@ impl Targets {
         }
     }
 
-    /// The same targets with probabilities stored as `dtype` (to avoid a cast at every step).
+    /// The same targets with probabilities and row weights stored as `dtype` (to avoid a cast
+    /// at every step).
     pub fn cast(self, dtype: DType) -> Self {
         let kind = match self.kind {
             TargetKind::Probabilities(p) => TargetKind::Probabilities(p.cast(dtype)),
             classes => classes,
         };
-        Self { kind, ..self }
+        let row_weights = self.row_weights.map(|rho| rho.cast(dtype));
+        Self {
+            kind,
+            row_weights,
+            ..self
+        }
     }
 
     /// The same targets on another device.

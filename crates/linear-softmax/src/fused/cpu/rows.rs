@@ -340,11 +340,15 @@ pub(super) fn row_kernel<E: RawFloat>(
         Some(bias) => lane_add_max(s, bias),
         None => lane_max(s),
     };
-    // sum_k w_k s_k in f64, whose 53 bits keep W max - sum_k w_k s_k (formed below) exact to
-    // far below E's resolution.
+    // sum_k w_k s_k summed in f64, whose 53 bits keep W max - sum_k w_k s_k (formed below)
+    // free of cancellation at E's resolution.
     let weighted_sum = if eps > 0.0 && valid {
         match &targets.class_weights {
-            Some(w) => s.iter().zip(w).map(|(&s, &w)| (s * w).to_f64()).sum(),
+            Some(w) => s
+                .iter()
+                .zip(w)
+                .map(|(&s, &w)| s.to_f64() * w.to_f64())
+                .sum(),
             None => s.iter().map(|&s| s.to_f64()).sum(),
         }
     } else {
