@@ -141,18 +141,34 @@ impl LossStats {
     }
 
     /// The statistics from the full logits `S` and capped logits `S'` `[N, C]` (the same
-    /// tensor without a softcap), as the autodiff and manual paths have them.
+    /// tensor without a softcap), as the autodiff path has them.
     pub(crate) fn from_logits(
         logits: Tensor<2>,
         capped: Tensor<2>,
         targets: &Targets,
         options: &LossOptions,
     ) -> Self {
-        let (logits, capped) = (logits.detach(), capped.detach());
-        let predictions = logits.argmax(1).squeeze_dim(1);
-        let resolved = ResolvedLoss::new(targets, options, &capped.device(), capped.dtype());
+        let capped = capped.detach();
         let row_max = capped.clone().max_dim(1);
         let log_sum = (capped.clone() - row_max.clone()).exp().sum_dim(1).log();
+        Self::from_shifted(logits, capped, row_max, log_sum, targets, options)
+    }
+
+    /// [`from_logits`](Self::from_logits) given the rows' maxima `m` and
+    /// `log sum_k exp(S'_ik - m_i)` `[N, 1]` that a forward pass already formed (the manual
+    /// path's cache), so no second pass over the logits is made for them.
+    pub(crate) fn from_shifted(
+        logits: Tensor<2>,
+        capped: Tensor<2>,
+        row_max: Tensor<2>,
+        log_sum: Tensor<2>,
+        targets: &Targets,
+        options: &LossOptions,
+    ) -> Self {
+        let (logits, capped) = (logits.detach(), capped.detach());
+        let (row_max, log_sum) = (row_max.detach(), log_sum.detach());
+        let predictions = logits.argmax(1).squeeze_dim(1);
+        let resolved = ResolvedLoss::new(targets, options, &capped.device(), capped.dtype());
         let log_probability =
             target_log_probabilities(&capped, &row_max, &log_sum, &resolved.targets);
         Self::from_rows(predictions, log_probability, targets, options)

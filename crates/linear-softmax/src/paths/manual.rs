@@ -39,7 +39,10 @@ pub(crate) fn loss_output(
         .unwrap_or_else(|| logits.clone());
     let (row_losses, cache) = softmax_cross_entropy_forward(capped.clone(), targets, options);
     let log_sum_exp = cache.log_sum_exp.clone();
-    let stats = stats.then(|| LossStats::from_logits(logits, capped, targets, options));
+    let stats = stats.then(|| {
+        let (row_max, log_sum) = (cache.row_max.clone(), cache.log_sum.clone());
+        LossStats::from_shifted(logits, capped, row_max, log_sum, targets, options)
+    });
     let loss = reduction_forward(row_losses, cache.denominator, options.reduction);
     LossOutput {
         loss: with_l2(loss, weight, options),
@@ -76,7 +79,8 @@ pub(crate) fn gradients(
     let log_sum_exp = cache.log_sum_exp.clone();
     let stats = options.stats.then(|| {
         let capped = capped.clone().unwrap_or_else(|| logits.clone());
-        LossStats::from_logits(logits, capped, targets, options)
+        let (row_max, log_sum) = (cache.row_max.clone(), cache.log_sum.clone());
+        LossStats::from_shifted(logits, capped, row_max, log_sum, targets, options)
     });
     let denominator = cache.denominator.clone();
     let loss = reduction_forward(row_losses, denominator.clone(), options.reduction);
