@@ -8,7 +8,8 @@ Run by hand (never by the tests or CI), in a virtual environment with torch from
 Every case goes through torch.nn.functional.cross_entropy with the PyTorch arguments that
 match LossOptions; the options PyTorch lacks are written as torch expressions of their
 formula: z-loss `beta * logsumexp(S)^2` averaged with the main loss's denominator, softcap
-`c * tanh(S / c)` applied to the logits, L2 `lambda * sum(W^2)`, row weights as the per-row
+`c * tanh(S / c)` applied to the logits, temperature as F.cross_entropy of the (capped) logits
+divided by tau, the next-token shift as F.cross_entropy(logits[:, :-s], labels[:, s:]), L2 `lambda * sum(W^2)`, row weights as the per-row
 losses times the weights over the weighted count. Burn's pad_tokens is
 PyTorch's ignore_index with that class.
 """
@@ -30,7 +31,7 @@ def f32_exact(t):
 
 def make_case(name, n, d, c, seed, bias=True, reduction="mean", ignore_index=None,
               ignored_rows=(), pad_tokens=None, weights=False, smoothing=0.0, targets="classes",
-              z_loss=0.0, softcap=None, l2=0.0, scale=1.0, row_weights=False):
+              z_loss=0.0, softcap=None, l2=0.0, scale=1.0, row_weights=False, temperature=1.0):
     g = torch.Generator().manual_seed(seed)
     x = f32_exact(torch.rand(n, d, generator=g, dtype=torch.float64) * 4 - 2).requires_grad_()
     w = f32_exact((torch.rand(d, c, generator=g, dtype=torch.float64) * 2 - 1) * scale).requires_grad_()
@@ -57,6 +58,8 @@ def make_case(name, n, d, c, seed, bias=True, reduction="mean", ignore_index=Non
     logits = x @ w + (b if b is not None else 0.0)
     if softcap is not None:
         logits = softcap * torch.tanh(logits / softcap)
+    # The temperature divides the capped logits: F.cross_entropy(S' / tau, ..).
+    logits = logits / temperature
     # PyTorch's ignore_index; Burn's pad_tokens (one class) maps onto it.
     torch_ignore = ignore_index if ignore_index is not None else (pad_tokens[0] if pad_tokens else -100)
     if probabilities is not None:
@@ -96,6 +99,7 @@ def make_case(name, n, d, c, seed, bias=True, reduction="mean", ignore_index=Non
     flat = lambda t: t.detach().reshape(-1).tolist()
     # Written only where given: the files of the cases without them stay as they were.
     extra = {"row_weights": flat(rho)} if rho is not None else {}
+    options_extra = {"temperature": temperature} if temperature != 1.0 else {}
     return extra | {
         "name": name,
         "torch_version": torch.__version__,
@@ -115,7 +119,7 @@ def make_case(name, n, d, c, seed, bias=True, reduction="mean", ignore_index=Non
             "z_loss": z_loss,
             "softcap": softcap,
             "l2": l2,
-        },
+        } | options_extra,
         "loss": flat(loss.reshape(-1)),
         "d_weight": flat(w.grad),
         "d_bias": flat(b.grad) if b is not None else None,
@@ -124,10 +128,14 @@ def make_case(name, n, d, c, seed, bias=True, reduction="mean", ignore_index=Non
 
 
 def make_sequence_case(name, batch, time, d, c, seed, lengths, reduction="mean", weights=False,
-                       smoothing=0.0):
+                       smoothing=0.0, shift=0):
     """An LM head on a padded batch in PyTorch's own sequence form: logits [B, T, C] and
     F.cross_entropy(logits.transpose(1, 2), labels [B, T]) (its K-dimensional path), positions
-    past each sequence's length labelled -100. Stored flat, row b * T + t, with "sequence"."""
+    past each sequence's length labelled -100. Stored flat, row b * T + t, with "sequence".
+
+    With a next-token shift s: the logits of positions 0..T-s against the labels of positions
+    s..T, as a causal LM's loss is written in PyTorch (logits[:, :-s], labels[:, s:]); the
+    per-row losses of reduction none are stored in the [B, T] layout, the last s positions 0."""
     g = torch.Generator().manual_seed(seed)
     x = f32_exact(torch.rand(batch, time, d, generator=g, dtype=torch.float64) * 4 - 2).requires_grad_()
     w = f32_exact(torch.rand(d, c, generator=g, dtype=torch.float64) * 2 - 1).requires_grad_()
@@ -137,9 +145,12 @@ def make_sequence_case(name, batch, time, d, c, seed, lengths, reduction="mean",
         labels[row, length:] = IGNORE
     class_weights = f32_exact(0.25 + torch.rand(c, generator=g, dtype=torch.float64) * 2) if weights else None
     logits = x @ w + b
-    loss = F.cross_entropy(logits.transpose(1, 2), labels, weight=class_weights, reduction=reduction,
+    logits, targets = (logits[:, :time - shift], labels[:, shift:]) if shift else (logits, labels)
+    loss = F.cross_entropy(logits.transpose(1, 2), targets, weight=class_weights, reduction=reduction,
                            ignore_index=IGNORE, label_smoothing=smoothing)
     loss.sum().backward()
+    if shift and reduction == "none":
+        loss = torch.cat([loss.detach(), torch.zeros(batch, shift, dtype=torch.float64)], 1)
     flat = lambda t: t.detach().reshape(-1).tolist()
     return {
         "name": name,
@@ -161,7 +172,7 @@ def make_sequence_case(name, batch, time, d, c, seed, lengths, reduction="mean",
             "z_loss": 0.0,
             "softcap": None,
             "l2": 0.0,
-        },
+        } | ({"shift": shift} if shift else {}),
         "loss": flat(loss.reshape(-1)),
         "d_weight": flat(w.grad),
         "d_bias": flat(b.grad),
@@ -222,6 +233,26 @@ ROW_WEIGHT_CASES = [
 ]
 
 
+# Temperature: F.cross_entropy(S' / tau) of the (capped) logits. Seeded after the other cases.
+TEMPERATURE_CASES = [
+    dict(name="temperature", n=9, d=5, c=6, temperature=0.7, scale=2.0),
+    dict(name="temperature_softcap_z_loss_ignore", n=9, d=5, c=6, temperature=2.5, softcap=1.5,
+         z_loss=0.05, ignore_index=IGNORE, ignored_rows=(3,), scale=3.0),
+    dict(name="temperature_probabilities_smoothing_none", n=9, d=5, c=6, temperature=1.7,
+         targets="probabilities", smoothing=0.1, reduction="none"),
+    dict(name="temperature_row_weights_weights", n=23, d=7, c=40, temperature=0.5,
+         row_weights=True, weights=True),
+]
+
+
+# Next-token shift: logits[:, :-s] against labels[:, s:]. Seeded after the other cases.
+SHIFT_CASES = [
+    dict(name="shift_padded", batch=3, time=6, d=5, c=11, lengths=(6, 3, 5), shift=1),
+    dict(name="shift_2_padded_weights_smoothing_none", batch=2, time=7, d=4, c=9, lengths=(7, 4),
+         weights=True, smoothing=0.1, reduction="none", shift=2),
+]
+
+
 def main():
     OUT.mkdir(parents=True, exist_ok=True)
     for seed, spec in enumerate(CASES):
@@ -234,7 +265,16 @@ def main():
     for seed, spec in enumerate(ROW_WEIGHT_CASES, start=start):
         case = make_case(seed=seed, **spec)
         (OUT / f"{case['name']}.json").write_text(json.dumps(case) + "\n")
-    total = len(CASES) + len(SEQUENCE_CASES) + len(ROW_WEIGHT_CASES)
+    start += len(ROW_WEIGHT_CASES)
+    for seed, spec in enumerate(TEMPERATURE_CASES, start=start):
+        case = make_case(seed=seed, **spec)
+        (OUT / f"{case['name']}.json").write_text(json.dumps(case) + "\n")
+    start += len(TEMPERATURE_CASES)
+    for seed, spec in enumerate(SHIFT_CASES, start=start):
+        case = make_sequence_case(seed=seed, **spec)
+        (OUT / f"{case['name']}.json").write_text(json.dumps(case) + "\n")
+    total = (len(CASES) + len(SEQUENCE_CASES) + len(ROW_WEIGHT_CASES) + len(TEMPERATURE_CASES)
+             + len(SHIFT_CASES))
     print(f"wrote {total} cases with torch {torch.__version__} to {OUT}")
 
 

@@ -219,6 +219,16 @@ fn head_rows() -> Vec<Case> {
             LossOptions::new().with_softcap(Some(f64::INFINITY)),
             "softcap = inf",
         ),
+        (
+            "temperature 0",
+            LossOptions::new().with_temperature(0.0),
+            "temperature = 0",
+        ),
+        (
+            "temperature NaN",
+            LossOptions::new().with_temperature(f64::NAN),
+            "temperature = NaN",
+        ),
         ("l2 -0.5", LossOptions::new().with_l2(-0.5), "l2 = -0.5"),
         (
             "l2 with reduction none",
@@ -931,6 +941,12 @@ fn cli_rows(files: &Files) -> Vec<Case> {
             "softcap -1",
             train(&["--softcap=-1", "--epochs", "1"]),
             &["softcap = -1"],
+        ),
+        cli_case(
+            files,
+            "temperature -2",
+            train(&["--temperature=-2", "--epochs", "1"]),
+            &["temperature = -2"],
         ),
         cli_case(
             files,

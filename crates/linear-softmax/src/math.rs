@@ -8,6 +8,7 @@
 //! ```text
 //! linear:                S = X W + b            dW = X^T dS, db = colsum(dS), dX = dS W^T
 //! softcap:               S' = c tanh(S / c)     dS = dS' (1 - (S' / c)^2)
+//! temperature:           S'' = S' / tau         dS' = dS'' / tau
 //! softmax cross-entropy: l_i = rho_i [ sum_k P_ik (lse_i - S'_ik) + beta v_i lse_i^2 ]
 //!                        dS'_i = g_i rho_i [ (sum_k P_ik + 2 beta v_i lse_i) A_i - P_i ]
 //! reduction:             L = sum_i l_i / den    g_i = dL / den
@@ -25,6 +26,8 @@
 //! Row weights `rho_i` (the targets', 1 without them) scale a row's whole loss, so they scale
 //! its gradient alike: the kernels apply them to the row's loss and its upstream `g_i`.
 //! softcap: `d(c tanh(S / c))/dS = 1 - tanh^2(S / c) = 1 - (S' / c)^2`, reusing `S'`.
+//! In the softmax cross-entropy line `S'` stands for the logits the softmax sees: capped,
+//! then divided by the temperature (`S''`; either step absent when its option is off).
 
 use burn::prelude::*;
 use burn::tensor::IndexingUpdateOp;
@@ -85,6 +88,18 @@ pub fn softcap_forward(logits: Tensor<2>, cap: f64) -> Tensor<2> {
 /// Backward of [`softcap_forward`] from its output: `dS = dS' (1 - (S' / c)^2)`.
 pub fn softcap_backward(capped_logits: Tensor<2>, cap: f64, d_capped: Tensor<2>) -> Tensor<2> {
     d_capped * ((capped_logits / cap).square().neg() + 1.0)
+}
+
+/// Temperature `S'' = S' / tau`: the softmax of the tempered logits is the distribution a
+/// sampler at temperature `tau` draws from.
+pub fn temperature_forward(logits: Tensor<2>, temperature: f64) -> Tensor<2> {
+    // `* (1 / tau)`, not `/ tau`: see `softcap_forward`.
+    logits * (1.0 / temperature)
+}
+
+/// Backward of [`temperature_forward`]: `dS' = dS'' / tau`.
+pub fn temperature_backward(temperature: f64, d_tempered: Tensor<2>) -> Tensor<2> {
+    d_tempered * (1.0 / temperature)
 }
 
 /// The targets side of the loss, as the backward needs it.

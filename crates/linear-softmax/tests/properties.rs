@@ -86,8 +86,8 @@ struct Spec {
     kind: Kind,
     reduction: LossReduction,
     /// Class weights, label smoothing, z-loss, softcap, L2, bias, row weights, a given mean
-    /// denominator.
-    on: [bool; 8],
+    /// denominator, temperature.
+    on: [bool; 9],
     f64: bool,
     backend: usize,
     /// Rows per chunk of the fused op (0: the default).
@@ -113,7 +113,7 @@ fn spec() -> impl Strategy<Value = Spec> {
         (-3i32..=4, -3i32..=4, -3i32..=4),
         kind,
         reduction,
-        any::<[bool; 8]>(),
+        any::<[bool; 9]>(),
         any::<bool>(),
         0..backends().len(),
         0usize..=64,
@@ -192,6 +192,7 @@ impl Case {
             bias_on,
             row_weights_on,
             denominator_on,
+            temperature_on,
         ] = spec.on;
         let x = values(&mut rng, n * d, scale(spec.scales[0]));
         let weight = values(&mut rng, d * c, scale(spec.scales[1]));
@@ -277,6 +278,15 @@ impl Case {
         if denominator_on && spec.reduction == LossReduction::Mean {
             options.mean_denominator = Some(f32_exact(rng.random_range(0.5..(2 * n) as f64)));
         }
+        // Drawn last, so the other options of a seed stay what they were.
+        if temperature_on {
+            options.temperature = f32_exact(2f64.powf(rng.random_range(-2.0..2.0)));
+        }
+        // A next-token shift of 1 or 2 in a third of the label cases (the N rows are one
+        // sequence).
+        if matches!(targets, HostTargets::Labels(_)) && n > 1 && rng.random_range(0..3) == 0 {
+            options.shift = rng.random_range(1..=2.min(n - 1));
+        }
         let upstream = match spec.reduction {
             LossReduction::None => values(&mut rng, n, 2.0),
             _ => vec![1.0],
@@ -344,15 +354,20 @@ impl Case {
 
     /// Row `row`'s loss weight (1 without row weights).
     fn row_weight(&self, row: usize) -> f64 {
+        // Past the shift's end the row is ignored: any weight does.
+        let row = (row + self.options.shift).min(self.shape[0] - 1);
         self.row_weights.as_ref().map_or(1.0, |rho| rho[row])
     }
 
-    /// The target distribution `T` of a row, or its label (`None` when ignored).
+    /// The target distribution `T` of a row, or its label (`None` when ignored); with a
+    /// next-token shift `s`, row `i`'s is row `i + s`'s, and the last `s` rows are ignored.
     fn row_target(&self, row: usize) -> RowTarget {
         let c = self.shape[2];
         match &self.targets {
             HostTargets::Labels(labels) => {
-                let label = labels[row];
+                let Some(&label) = labels.get(row + self.options.shift) else {
+                    return RowTarget::Ignored;
+                };
                 let ignored = self.ignore_index == Some(label)
                     || self
                         .options
@@ -517,9 +532,14 @@ fn reference(case: &Case, upstream: &[f64]) -> Reference {
             *logit = sum;
             max_term = max_term.max(term);
         }
+        // The softmax sees the capped logits over the temperature.
+        let tau = options.temperature;
         let capped: Vec<f64> = match options.softcap {
-            Some(cap) => logits.iter().map(|s| cap * (s / cap).tanh()).collect(),
-            None => logits.clone(),
+            Some(cap) => logits
+                .iter()
+                .map(|s| cap * (s / cap).tanh() / tau)
+                .collect(),
+            None => logits.iter().map(|s| s / tau).collect(),
         };
         let max = capped.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         let lse = max + capped.iter().map(|s| (s - max).exp()).sum::<f64>().ln();
@@ -561,19 +581,22 @@ fn reference(case: &Case, upstream: &[f64]) -> Reference {
             if let Some(cap) = options.softcap {
                 g *= 1.0 - (logits[k] / cap).tanh().powi(2);
             }
-            d_logits[i * c + k] = g;
+            d_logits[i * c + k] = g / tau;
         }
-        // The error analysis of the row.
-        let m = u * ((d + 4) as f64 * max_term + (c + 8) as f64 * (1.0 + lse.abs()));
+        // The error analysis of the row. A temperature divides the logits' error (and adds one
+        // rounding: the fused op takes X / tau) and every dS_ik.
+        let logit_error = u * (d + 5) as f64 * max_term;
+        let lse_error = u * (c + 8) as f64 * (1.0 + lse.abs());
+        let m = logit_error / tau + lse_error;
         let delta = (3.0 * m).min(1.0);
         let g_max = q_sum + q_max + 2.0 * beta * valid * lse.abs();
         let mut error =
             2.0 * g_max * delta + 2.0 * beta * valid * m + (n + c + 16) as f64 * u * g_max;
         if let Some(cap) = options.softcap {
-            error += g_max * (2.0 * m / cap).min(1.0);
+            error += g_max * (2.0 * (logit_error + lse_error) / cap).min(1.0);
         }
-        row_gradient_bounds[i] = g_max;
-        row_gradient_errors[i] = error;
+        row_gradient_bounds[i] = g_max / tau;
+        row_gradient_errors[i] = error / tau;
         row_loss_errors[i] = 2.0 * q_sum * m
             + 2.0 * beta * valid * (lse.abs() * m + m * m)
             + (c + 8) as f64 * u * row_losses[i].abs();
@@ -722,7 +745,7 @@ proptest! {
     /// softcap (it caps the shifted logits).
     #[test]
     fn shifting_every_logit_changes_nothing(spec in spec(), shift in -1e4f64..1e4) {
-        let mut case = Case::new(&Spec { on: [spec.on[0], spec.on[1], false, false, spec.on[4], true, spec.on[6], spec.on[7]], ..spec });
+        let mut case = Case::new(&Spec { on: [spec.on[0], spec.on[1], false, false, spec.on[4], true, spec.on[6], spec.on[7], spec.on[8]], ..spec });
         let original = case.clone();
         let shift = f32_exact(shift);
         case.bias = case.bias.map(|bias| bias.iter().map(|b| f32_exact(b + shift)).collect());
@@ -744,7 +767,7 @@ proptest! {
     /// on: so do `db` and each row of `dW - 2 lambda W`.
     #[test]
     fn rows_of_d_logits_sum_to_zero(spec in spec()) {
-        let case = Case::new(&Spec { on: [spec.on[0], spec.on[1], false, false, spec.on[4], true, spec.on[6], spec.on[7]], ..spec });
+        let case = Case::new(&Spec { on: [spec.on[0], spec.on[1], false, false, spec.on[4], true, spec.on[6], spec.on[7], spec.on[8]], ..spec });
         let [_, d, c] = case.shape;
         for PathResult { path, values: [_, d_weight, d_bias, _], upstream } in case.paths() {
             let bound = reference(&case, &upstream).bounds;
@@ -775,7 +798,7 @@ fn option_edit() -> impl Strategy<Value = (usize, f64)> {
         Just(1.5),
         -2.0f64..2.0,
     ];
-    (0usize..6, value)
+    (0usize..7, value)
 }
 
 proptest! {
@@ -794,7 +817,8 @@ proptest! {
             2 => options.softcap = Some(value),
             3 => options.l2 = value,
             4 => options.weights = Some(vec![value; c]),
-            _ => options.weights = Some(vec![value.abs(); c + 1]),
+            5 => options.weights = Some(vec![value.abs(); c + 1]),
+            _ => options.temperature = value,
         }
         let expected = case.options.validate_for(c).err().map(|err| err.to_string());
         let device = case.device.clone();

@@ -38,8 +38,8 @@ fn host_int(tensor: &Tensor<1, Int>) -> Vec<i64> {
 }
 
 /// The statistics of `head` on `(x, targets)` by definition: the predictions are `predict`'s,
-/// the rest host f64 arithmetic on the logits `head.forward` gives (the softcap applied in
-/// f64).
+/// the rest host f64 arithmetic on the logits `head.forward` gives (the softcap and the
+/// temperature applied in f64).
 fn expected(
     head: &LinearSoftmax,
     x: &Tensor<2>,
@@ -50,7 +50,7 @@ fn expected(
     let [n, c] = [x.dims()[0], head.n_classes()];
     let logits: Vec<f64> = host(&head.forward(x.clone()).unwrap())
         .into_iter()
-        .map(|s| options.softcap.map_or(s, |cap| cap * (s / cap).tanh()))
+        .map(|s| options.softcap.map_or(s, |cap| cap * (s / cap).tanh()) / options.temperature)
         .collect();
     let log_sum_exp: Vec<f64> = logits
         .chunks(c)
@@ -63,7 +63,14 @@ fn expected(
     let mut target_log_probability = vec![0.0; n];
     match targets.kind() {
         TargetKind::Classes { indices, .. } => {
-            for (i, &label) in host_int(indices).iter().enumerate() {
+            let labels = host_int(indices);
+            // The next-token shift: row i is scored against row i + s of its sequence.
+            let time = *targets.shape().last().unwrap();
+            for i in 0..n {
+                if i % time + options.shift >= time {
+                    continue;
+                }
+                let label = labels[i + options.shift];
                 let ignored = targets.ignore_index() == Some(label)
                     || options
                         .pad_tokens

@@ -151,6 +151,9 @@ pub struct LossArgs {
     /// Soft-cap the logits to `c * tanh(S / c)` (Gemma 2).
     #[arg(long, value_name = "C")]
     softcap: Option<f64>,
+    /// Divide the (capped) logits by this temperature before the softmax.
+    #[arg(long, default_value_t = 1.0, value_name = "TAU")]
+    temperature: f64,
 }
 
 impl LossArgs {
@@ -162,6 +165,7 @@ impl LossArgs {
             .with_weights((!self.class_weights.is_empty()).then(|| self.class_weights.clone()))
             .with_z_loss(self.z_loss)
             .with_softcap(self.softcap)
+            .with_temperature(self.temperature)
     }
 }
 

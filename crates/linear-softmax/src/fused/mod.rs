@@ -20,7 +20,8 @@
 //!
 //! Every [`LossOptions`] option is supported by every kernel: the raw CPU kernels and the Cube
 //! row pass apply the formulas of [`crate::math`] row by row, the tensor kernel runs
-//! [`crate::math`]'s own forward/backward pair on each chunk. `reduction = none` is the one
+//! [`crate::math`]'s own forward/backward pair on each chunk. The temperature never reaches a
+//! kernel: it is folded into the op's inputs (`X / tau`, `b / tau`, softcap `c / tau`). `reduction = none` is the one
 //! case whose gradients cannot be finished in the forward pass: its upstream gradient is a
 //! vector `g_i`, which must scale row `i` of `dS` before `dW = X^T dS` is summed. As in
 //! Liger-Kernel, the forward pass then only computes the losses and keeps `X`, `W`, `b` (no
@@ -218,8 +219,9 @@ fn prepare(
         Graph::Keep => bias,
         Graph::Detach => bias.detach(),
     });
+    let (x, bias, options) = fold_temperature(detach(x.clone()), bias, options);
     let (device, dtype) = (x.device(), x.dtype());
-    let class_weights = resolved::class_weights(options, &device, dtype);
+    let class_weights = resolved::class_weights(&options, &device, dtype);
     let row_weights = targets.row_weights().map(|rho| {
         let rho = rho.clone().to_device(&device);
         if rho.dtype() == dtype {
@@ -229,7 +231,7 @@ fn prepare(
         }
     });
     let inputs = FusedInputs {
-        x: detach(x.clone()).into_dispatch(),
+        x: x.into_dispatch(),
         weight: detach(head.weight()).into_dispatch(),
         bias: Optional::from(bias.map(Tensor::into_dispatch)),
         targets: target_primitives(targets, &device),
@@ -237,12 +239,40 @@ fn prepare(
         row_weights: Optional::from(row_weights.map(Tensor::into_dispatch)),
     };
     let spec = FusedSpec {
-        options: options.clone(),
+        stats: options.stats,
+        options,
         ignore_index: targets.ignore_index(),
         chunk_rows,
-        stats: options.stats,
     };
     Ok((inputs, spec))
+}
+
+/// The temperature folded into the op's inputs, so that no kernel needs to know it: the
+/// logits the softmax sees are
+///
+/// ```text
+/// S / tau = (X / tau) W + b / tau,   (c / tau) tanh(S / c) = c' tanh((S / tau) / c'),  c' = c / tau
+/// ```
+///
+/// so the op gets `X / tau`, `b / tau` and the softcap `c / tau`, and the temperature 1. The
+/// two scalings are ordinary tensor ops (`[N, D]` and `[C]`, no `[N, C]` tensor): on an
+/// autodiff device Burn's autograd carries `dX` and `db` through them; `dW = (X / tau)^T dS`
+/// is already right. Nothing changes at temperature 1.
+fn fold_temperature(
+    x: Tensor<2>,
+    bias: Option<Tensor<1>>,
+    options: &LossOptions,
+) -> (Tensor<2>, Option<Tensor<1>>, LossOptions) {
+    let tau = options.temperature;
+    if tau == 1.0 {
+        return (x, bias, options.clone());
+    }
+    // `* (1 / tau)`, not `/ tau`: see `math::softcap_forward`.
+    let folded = options
+        .clone()
+        .with_softcap(options.softcap.map(|cap| cap / tau))
+        .with_temperature(1.0);
+    (x * (1.0 / tau), bias.map(|b| b * (1.0 / tau)), folded)
 }
 
 /// The fused loss and its gradients `dW, db, dX` as plain values (no graph), and the
@@ -279,11 +309,26 @@ pub(crate) fn gradients(
         // The penalty does not touch the [N, C] logits: ordinary ops, outside the op.
         loss: math::with_l2(loss, weight.clone(), options),
         d_weight: math::with_l2_gradient(d_weight, weight, options),
-        d_bias: output.d_bias.into_option().map(Tensor::from_dispatch),
-        d_input: Tensor::from_dispatch(output.d_input.into_option().expect(computed)),
+        // The op saw X / tau and b / tau (`fold_temperature`): their gradients take 1 / tau.
+        d_bias: output
+            .d_bias
+            .into_option()
+            .map(|d_bias| untemper(Tensor::from_dispatch(d_bias), options)),
+        d_input: untemper(
+            Tensor::from_dispatch(output.d_input.into_option().expect(computed)),
+            options,
+        ),
         log_sum_exp: Tensor::from_dispatch(output.log_sum_exp),
         stats,
     })
+}
+
+/// The gradient of `X` or `b` from that of `X / tau` or `b / tau`: `d / tau`.
+fn untemper<const K: usize>(gradient: Tensor<K>, options: &LossOptions) -> Tensor<K> {
+    match options.temperature {
+        1.0 => gradient,
+        tau => gradient * (1.0 / tau),
+    }
 }
 
 /// The targets as dispatch primitives on the device of `x` (a no-op when they are there

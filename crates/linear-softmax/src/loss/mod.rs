@@ -7,6 +7,7 @@ pub(crate) mod options;
 pub(crate) mod output;
 pub(crate) mod path;
 pub(crate) mod resolved;
+mod shift;
 pub(crate) mod stats;
 pub(crate) mod targets;
 

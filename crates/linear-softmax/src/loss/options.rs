@@ -27,7 +27,8 @@ pub enum LossReduction {
 /// [`loss_output`](crate::LinearSoftmax::loss_output),
 /// [`gradients`](crate::LinearSoftmax::gradients)).
 ///
-/// With `S' = c tanh(S / c)` (softcap `c`, else `S' = S`), `logp = log_softmax(S')`,
+/// With `S' = c tanh(S / c) / tau` (softcap `c`, else `S' = S / tau`; temperature `tau`, 1 by
+/// default: the temperature divides the capped logits), `logp = log_softmax(S')`,
 /// `lse_i = log sum_k exp(S'_ik)`, class weights `w` (all 1 when absent), label smoothing
 /// `eps`, z-loss coefficient `beta`, and `v_i = 1` unless row `i` is ignored:
 ///
@@ -57,6 +58,8 @@ pub enum LossReduction {
 /// | `label_smoothing` | `label_smoothing` | `smoothing` |
 /// | `z_loss` | - (Liger's `lse_square_scale`) | - |
 /// | `softcap` | - (Gemma 2's final-logit soft-capping) | - |
+/// | `temperature` | - (`F.cross_entropy(S / tau, ..)`; Liger's `temperature`) | - |
+/// | `shift` | - (`logits[:, :-s]` against `labels[:, s:]`; Cut Cross-Entropy's `shift`) | - |
 /// | `l2` | - (cs231n's `reg`) | - |
 ///
 /// The settings change how the loss is computed, never its value (beyond rounding):
@@ -106,6 +109,20 @@ pub struct LossOptions {
     /// Logit soft-capping `c > 0`: the loss sees `c tanh(S / c)` (Gemma 2).
     #[config(default = "None")]
     pub softcap: Option<f64>,
+    /// Temperature `tau > 0`: the softmax (and so the loss, `lse`, the z-loss and the
+    /// statistics) sees `S' / tau`, after the softcap when there is one: the log-probabilities
+    /// a sampler at temperature `tau` draws from (RL fine-tuning), or a distillation's
+    /// softened student. 1 leaves the logits as they are.
+    #[config(default = 1.0)]
+    pub temperature: f64,
+    /// Next-token shift `s` for sequence batches (Cut Cross-Entropy's `shift`): with `x`
+    /// `[.., T, D]` and targets `[.., T]`, position `t` is scored against the label of
+    /// position `t + s` of the same sequence, and the last `s` positions of each sequence are
+    /// not counted (their loss is 0, as an ignored row's). So the labels of a language model
+    /// are its input tokens, unshifted: no copy of `x` (the rows stay `x.reshape([B * T, D])`)
+    /// and no shifted copy made by the caller. Class-index targets only; `s` below `T`.
+    #[config(default = 0)]
+    pub shift: usize,
     /// Coefficient `lambda >= 0` of the L2 penalty `lambda * sum(W^2)` on the weight (not the
     /// bias); a scalar, so it needs reduction mean or sum.
     #[config(default = 0.0)]
@@ -165,6 +182,12 @@ impl LossOptions {
         if let Some(cap) = self.softcap {
             text += &format!(", softcap {cap}");
         }
+        if self.temperature != 1.0 {
+            text += &format!(", temperature {}", self.temperature);
+        }
+        if self.shift != 0 {
+            text += &format!(", next-token shift {}", self.shift);
+        }
         text
     }
 }
@@ -220,6 +243,13 @@ impl LossOptions {
             && !(cap.is_finite() && cap > 0.0)
         {
             return Err(invalid("softcap", cap, "a finite cap > 0"));
+        }
+        if !(self.temperature.is_finite() && self.temperature > 0.0) {
+            return Err(invalid(
+                "temperature",
+                self.temperature,
+                "a finite temperature > 0",
+            ));
         }
         if let Some(weights) = &self.weights
             && let Some(bad) = weights.iter().find(|w| !(w.is_finite() && **w >= 0.0))

@@ -40,12 +40,12 @@ pub const PROBABILITY_SUM_TOLERANCE: f64 = 1e-4;
 /// ```
 #[derive(Clone, Debug)]
 pub struct Targets {
-    kind: TargetKind,
-    n_classes: usize,
+    pub(super) kind: TargetKind,
+    pub(super) n_classes: usize,
     /// The leading shape (`[N]`, `[B, T]`, ...), whose product is the number of rows.
-    shape: Vec<usize>,
+    pub(super) shape: Vec<usize>,
     /// Per-row loss weights `rho_i` `[N]`, finite and `>= 0` (absent: all 1).
-    row_weights: Option<Tensor<1>>,
+    pub(super) row_weights: Option<Tensor<1>>,
 }
 
 /// The kinds of targets.
@@ -312,6 +312,11 @@ impl Targets {
     pub fn mean_denominator(&self, options: &LossOptions) -> Result<f64> {
         options.validate_for(self.n_classes)?;
         self.check_options(options)?;
+        if options.shift > 0 {
+            // The positions the shift leaves out count for nothing.
+            let shifted = self.shifted(options.shift);
+            return shifted.mean_denominator(&options.clone().with_shift(0));
+        }
         let rows = self.len();
         let row_weights = match &self.row_weights {
             Some(weights) => to_host_f64(weights)?,
@@ -488,12 +493,15 @@ impl Targets {
     /// Checks that these targets can be used with `options` (no per-row work).
     pub(crate) fn check_options(&self, options: &LossOptions) -> Result<()> {
         match &self.kind {
-            TargetKind::Probabilities(_) if options.ignores_rows(None) => Err(Error::TargetKind {
-                option: "pad_tokens",
-                expected: "class-index targets",
-            }),
-            _ => Ok(()),
+            TargetKind::Probabilities(_) if options.ignores_rows(None) => {
+                return Err(Error::TargetKind {
+                    option: "pad_tokens",
+                    expected: "class-index targets",
+                });
+            }
+            _ => {}
         }
+        self.check_shift(options)
     }
 }
 

@@ -2,7 +2,8 @@
 //! autograd.
 //!
 //! A direct transcription of PyTorch's `F.cross_entropy` (see [`LossOptions`]):
-//! `S = X W + b`, `S' = c tanh(S / c)` (softcap), `logp = log_softmax(S')` (stable: the row
+//! `S = X W + b`, `S' = c tanh(S / c)` (softcap), divided by the temperature `tau`,
+//! `logp = log_softmax(S')` (stable: the row
 //! maximum is subtracted),
 //! `l_i = v_i [(1 - eps) w_{y_i} (-logp_{i,y_i}) + (eps / C) sum_k w_k (-logp_ik)] + beta v_i lse_i^2`,
 //! reduced by mean, sum or none, plus `lambda sum(W^2)`.
@@ -118,7 +119,8 @@ pub(crate) fn loss_output(
     }
 }
 
-/// The logits of a loss: `S = X W + b` and `S'`, after the softcap (`S` itself without one).
+/// The logits of a loss: `S = X W + b` and `S'`, what the softmax sees: after the softcap and
+/// the temperature (`S` itself without either).
 pub(crate) struct Logits {
     pub(crate) raw: Tensor<2>,
     pub(crate) capped: Tensor<2>,
@@ -139,6 +141,10 @@ pub(crate) fn loss_of_parts(
         // scalar to f32, which would cost f64 gradients 8 digits.
         Some(cap) => (raw.clone() * (1.0 / cap)).tanh() * cap,
         None => raw.clone(),
+    };
+    let capped = match options.temperature {
+        1.0 => capped,
+        tau => capped * (1.0 / tau),
     };
     let (rows, denominator) = cross_entropy_rows(capped.clone(), targets, options);
     let loss = reduction_forward(rows, denominator, options.reduction);

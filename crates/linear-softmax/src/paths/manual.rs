@@ -2,9 +2,11 @@
 //! composed as explicit tensor code on a plain (non-autodiff) device.
 //!
 //! ```text
-//! forward:   S = X W + b  ->  S' = c tanh(S / c)  ->  l_i, lse_i  ->  L = sum_i l_i / den (+ lambda sum(W^2))
-//! backward:  g_i = dL / den  ->  dS' = g_i [(sum_k P_ik + 2 beta v_i lse_i) A_i - P_i]
-//!            ->  dS = dS' (1 - (S' / c)^2)  ->  dW = X^T dS (+ 2 lambda W), db = colsum(dS), dX = dS W^T
+//! forward:   S = X W + b  ->  S' = c tanh(S / c)  ->  S'' = S' / tau  ->  l_i, lse_i
+//!            ->  L = sum_i l_i / den (+ lambda sum(W^2))
+//! backward:  g_i = dL / den  ->  dS'' = g_i [(sum_k P_ik + 2 beta v_i lse_i) A_i - P_i]
+//!            ->  dS' = dS'' / tau  ->  dS = dS' (1 - (S' / c)^2)
+//!            ->  dW = X^T dS (+ 2 lambda W), db = colsum(dS), dX = dS W^T
 //! ```
 //!
 //! The entry points are [`LinearSoftmax::loss`], [`loss_output`](LinearSoftmax::loss_output)
@@ -18,8 +20,23 @@ use crate::loss::{HeadGradients, LossOptions, LossOutput, LossStats, Targets};
 use crate::math::{
     LinearGradients, linear_backward, linear_forward, reduction_backward, reduction_forward,
     softcap_backward, softcap_forward, softmax_cross_entropy_backward,
-    softmax_cross_entropy_forward, with_l2, with_l2_gradient,
+    softmax_cross_entropy_forward, temperature_backward, temperature_forward, with_l2,
+    with_l2_gradient,
 };
+
+/// The logits the softmax sees, `S''`: `S` soft-capped and divided by the temperature, each
+/// only when its option is on.
+fn softmax_input(
+    logits: &Tensor<2>,
+    capped: Option<&Tensor<2>>,
+    options: &LossOptions,
+) -> Tensor<2> {
+    let capped = capped.cloned().unwrap_or_else(|| logits.clone());
+    match options.temperature {
+        1.0 => capped,
+        tau => temperature_forward(capped, tau),
+    }
+}
 
 /// The loss composed of [`crate::math`]'s forward functions (on an autodiff device, Burn's
 /// autograd differentiates it), its `lse` and, when `stats`, the statistics from the `[N, C]`
@@ -35,13 +52,13 @@ pub(crate) fn loss_output(
     let logits = linear_forward(x, weight.clone(), head.bias());
     let capped = options
         .softcap
-        .map(|cap| softcap_forward(logits.clone(), cap))
-        .unwrap_or_else(|| logits.clone());
-    let (row_losses, cache) = softmax_cross_entropy_forward(capped.clone(), targets, options);
+        .map(|cap| softcap_forward(logits.clone(), cap));
+    let tempered = softmax_input(&logits, capped.as_ref(), options);
+    let (row_losses, cache) = softmax_cross_entropy_forward(tempered.clone(), targets, options);
     let log_sum_exp = cache.log_sum_exp.clone();
     let stats = stats.then(|| {
         let (row_max, log_sum) = (cache.row_max.clone(), cache.log_sum.clone());
-        LossStats::from_shifted(logits, capped, row_max, log_sum, targets, options)
+        LossStats::from_shifted(logits, tempered, row_max, log_sum, targets, options)
     });
     let loss = reduction_forward(row_losses, cache.denominator, options.reduction);
     LossOutput {
@@ -71,22 +88,21 @@ pub(crate) fn gradients(
     let capped = options
         .softcap
         .map(|cap| softcap_forward(logits.clone(), cap));
-    let (row_losses, cache) = softmax_cross_entropy_forward(
-        capped.clone().unwrap_or_else(|| logits.clone()),
-        targets,
-        options,
-    );
+    let tempered = softmax_input(&logits, capped.as_ref(), options);
+    let (row_losses, cache) = softmax_cross_entropy_forward(tempered.clone(), targets, options);
     let log_sum_exp = cache.log_sum_exp.clone();
     let stats = options.stats.then(|| {
-        let capped = capped.clone().unwrap_or_else(|| logits.clone());
         let (row_max, log_sum) = (cache.row_max.clone(), cache.log_sum.clone());
-        LossStats::from_shifted(logits, capped, row_max, log_sum, targets, options)
+        LossStats::from_shifted(logits, tempered, row_max, log_sum, targets, options)
     });
     let denominator = cache.denominator.clone();
     let loss = reduction_forward(row_losses, denominator.clone(), options.reduction);
 
     let d_rows = reduction_backward(loss.ones_like(), denominator, options.reduction, rows);
     let mut d_logits = softmax_cross_entropy_backward(cache, d_rows);
+    if options.temperature != 1.0 {
+        d_logits = temperature_backward(options.temperature, d_logits);
+    }
     if let (Some(capped), Some(cap)) = (capped, options.softcap) {
         d_logits = softcap_backward(capped, cap, d_logits);
     }

@@ -68,6 +68,7 @@ impl LinearSoftmax {
     ) -> Result<Tensor<1>> {
         self.check_loss_inputs(&x, targets, options)?;
         let x = self.rows(x);
+        let targets = &targets.shifted(options.shift);
         // Nothing but the loss: the statistics are not computed, and the autodiff path (alone
         // in not getting `lse` for free) skips it.
         let options = if options.stats {
@@ -119,6 +120,7 @@ impl LinearSoftmax {
     ) -> Result<LossOutput> {
         self.check_loss_inputs(&x, targets, options)?;
         let x = self.rows(x);
+        let targets = &targets.shifted(options.shift);
         let stats = options.stats;
         Ok(match options.path {
             LossPath::Autodiff => autodiff::loss_output(self, x, targets, options, stats),
@@ -167,6 +169,7 @@ impl LinearSoftmax {
     ) -> Result<HeadGradients> {
         self.check_loss_inputs(&x, targets, options)?;
         let x = self.rows(x);
+        let targets = &targets.shifted(options.shift);
         Ok(match options.path {
             LossPath::Autodiff => autodiff::gradients(self, x, targets, options),
             LossPath::Manual => manual::gradients(self, x, targets, options),

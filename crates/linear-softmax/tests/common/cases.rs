@@ -201,6 +201,35 @@ pub fn cases(c: usize) -> Vec<(&'static str, LossOptions, Kind)> {
             base().with_mean_denominator(Some(2.5)),
             Kind::Probabilities,
         ),
+        ("temperature", base().with_temperature(0.7), Kind::Classes),
+        (
+            "temperature + softcap + z-loss + ignore",
+            base()
+                .with_temperature(2.5)
+                .with_softcap(Some(1.5))
+                .with_z_loss(0.05),
+            Kind::Ignored,
+        ),
+        (
+            "next-token shift 2 + ignore + row weights",
+            base().with_shift(2),
+            Kind::RowWeighted,
+        ),
+        (
+            "next-token shift 1 + smoothing, none",
+            base()
+                .with_shift(1)
+                .with_label_smoothing(0.1)
+                .with_reduction(LossReduction::None),
+            Kind::Classes,
+        ),
+        (
+            "probabilities + temperature + row weights, none",
+            base()
+                .with_temperature(1.7)
+                .with_reduction(LossReduction::None),
+            Kind::RowWeightedProbabilities,
+        ),
     ]
 }
 

@@ -37,6 +37,10 @@ pub fn reference_loss(
         Some(rho) => to_host_f64(rho).unwrap(),
         None => vec![1.0; rows],
     };
+    // The next-token shift s: row i takes the target of row i + s of its sequence (the last
+    // dimension of the targets' shape), and the last s rows of each sequence count nowhere.
+    let time = *targets.shape().last().unwrap();
+    let source = |row: usize| (row % time + options.shift < time).then_some(row + options.shift);
     let (mut total, mut denominator) = (0.0, 0.0);
     let mut logits = vec![0.0; c];
     for row in 0..rows {
@@ -48,13 +52,17 @@ pub fn reference_loss(
                     .enumerate()
                     .map(|(j, x)| x * weight[j * c + k])
                     .sum::<f64>();
-            *logit = options
+            let capped = options
                 .softcap
                 .map_or(score, |cap| cap * (score / cap).tanh());
+            *logit = capped / options.temperature;
         }
         let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         let lse = max + logits.iter().map(|s| (s - max).exp()).sum::<f64>().ln();
         // Weighted target P_i: the loss is sum_k P_ik (lse - S_ik).
+        let Some(row) = source(row) else {
+            continue;
+        };
         let target: Vec<f64> = match (&labels, &probabilities) {
             (Some(labels), _) => {
                 let label = labels[row];
