@@ -9,7 +9,8 @@ Every case goes through torch.nn.functional.cross_entropy with the PyTorch argum
 match LossOptions; the options PyTorch lacks are written as torch expressions of their
 formula: z-loss `beta * logsumexp(S)^2` averaged with the main loss's denominator, softcap
 `c * tanh(S / c)` applied to the logits, temperature as F.cross_entropy of the (capped) logits
-divided by tau, the next-token shift as F.cross_entropy(logits[:, :-s], labels[:, s:]), L2 `lambda * sum(W^2)`, row weights as the per-row
+divided by tau, the entropy bonus as -alpha times -(softmax * log_softmax).sum() of each counted row,
+the next-token shift as F.cross_entropy(logits[:, :-s], labels[:, s:]), L2 `lambda * sum(W^2)`, row weights as the per-row
 losses times the weights over the weighted count. Burn's pad_tokens is
 PyTorch's ignore_index with that class.
 """
@@ -31,7 +32,8 @@ def f32_exact(t):
 
 def make_case(name, n, d, c, seed, bias=True, reduction="mean", ignore_index=None,
               ignored_rows=(), pad_tokens=None, weights=False, smoothing=0.0, targets="classes",
-              z_loss=0.0, softcap=None, l2=0.0, scale=1.0, row_weights=False, temperature=1.0):
+              z_loss=0.0, softcap=None, l2=0.0, scale=1.0, row_weights=False, temperature=1.0,
+              entropy_bonus=0.0):
     g = torch.Generator().manual_seed(seed)
     x = f32_exact(torch.rand(n, d, generator=g, dtype=torch.float64) * 4 - 2).requires_grad_()
     w = f32_exact((torch.rand(d, c, generator=g, dtype=torch.float64) * 2 - 1) * scale).requires_grad_()
@@ -77,6 +79,9 @@ def make_case(name, n, d, c, seed, bias=True, reduction="mean", ignore_index=Non
     # The reductions as F.cross_entropy computes them (checked below against its own mean).
     if z_loss:
         rows = rows + z_loss * torch.logsumexp(logits, 1) ** 2 * valid
+    if entropy_bonus:
+        entropy = -(F.softmax(logits, 1) * F.log_softmax(logits, 1)).sum(1)
+        rows = rows - entropy_bonus * entropy * valid
     # Row weights scale each row's whole loss; the mean divides by the weighted count.
     if rho is not None:
         rows = rows * rho
@@ -86,7 +91,7 @@ def make_case(name, n, d, c, seed, bias=True, reduction="mean", ignore_index=Non
         loss = rows.sum()
     else:
         loss = rows
-    if not z_loss and rho is None and reduction != "none":
+    if not z_loss and not entropy_bonus and rho is None and reduction != "none":
         kwargs = dict(weight=class_weights, reduction=reduction, label_smoothing=smoothing)
         if probabilities is None:
             kwargs["ignore_index"] = torch_ignore
@@ -100,6 +105,8 @@ def make_case(name, n, d, c, seed, bias=True, reduction="mean", ignore_index=Non
     # Written only where given: the files of the cases without them stay as they were.
     extra = {"row_weights": flat(rho)} if rho is not None else {}
     options_extra = {"temperature": temperature} if temperature != 1.0 else {}
+    if entropy_bonus:
+        options_extra["entropy_bonus"] = entropy_bonus
     return extra | {
         "name": name,
         "torch_version": torch.__version__,
@@ -245,6 +252,18 @@ TEMPERATURE_CASES = [
 ]
 
 
+# The entropy bonus: -alpha H_i per counted row. Seeded after the other cases.
+ENTROPY_CASES = [
+    dict(name="entropy_bonus", n=9, d=5, c=6, entropy_bonus=0.3, scale=2.0),
+    dict(name="entropy_bonus_temperature_ignore_none", n=9, d=5, c=6, entropy_bonus=0.5,
+         temperature=1.5, smoothing=0.1, ignore_index=IGNORE, ignored_rows=(2, 6), reduction="none"),
+    dict(name="entropy_bonus_probabilities_row_weights_softcap", n=9, d=5, c=6, entropy_bonus=0.2,
+         targets="probabilities", row_weights=True, softcap=2.0, scale=3.0),
+    dict(name="entropy_bonus_large_c_weights_z_loss", n=23, d=7, c=40, entropy_bonus=0.4,
+         weights=True, z_loss=0.01),
+]
+
+
 # Next-token shift: logits[:, :-s] against labels[:, s:]. Seeded after the other cases.
 SHIFT_CASES = [
     dict(name="shift_padded", batch=3, time=6, d=5, c=11, lengths=(6, 3, 5), shift=1),
@@ -273,8 +292,12 @@ def main():
     for seed, spec in enumerate(SHIFT_CASES, start=start):
         case = make_sequence_case(seed=seed, **spec)
         (OUT / f"{case['name']}.json").write_text(json.dumps(case) + "\n")
+    start += len(SHIFT_CASES)
+    for seed, spec in enumerate(ENTROPY_CASES, start=start):
+        case = make_case(seed=seed, **spec)
+        (OUT / f"{case['name']}.json").write_text(json.dumps(case) + "\n")
     total = (len(CASES) + len(SEQUENCE_CASES) + len(ROW_WEIGHT_CASES) + len(TEMPERATURE_CASES)
-             + len(SHIFT_CASES))
+             + len(SHIFT_CASES) + len(ENTROPY_CASES))
     print(f"wrote {total} cases with torch {torch.__version__} to {OUT}")
 
 

@@ -9,8 +9,9 @@
 //! linear:                S = X W + b            dW = X^T dS, db = colsum(dS), dX = dS W^T
 //! softcap:               S' = c tanh(S / c)     dS = dS' (1 - (S' / c)^2)
 //! temperature:           S'' = S' / tau         dS' = dS'' / tau
-//! softmax cross-entropy: l_i = rho_i [ sum_k P_ik (lse_i - S'_ik) + beta v_i lse_i^2 ]
-//!                        dS'_i = g_i rho_i [ (sum_k P_ik + 2 beta v_i lse_i) A_i - P_i ]
+//! softmax cross-entropy: l_i = rho_i [ sum_k P_ik (lse_i - S'_ik) + beta v_i lse_i^2 - alpha v_i H_i ]
+//!                        dS'_i = g_i rho_i [ (sum_k P_ik + 2 beta v_i lse_i) A_i - P_i
+//!                                            + alpha v_i A_i (log A_i + H_i) ]
 //! reduction:             L = sum_i l_i / den    g_i = dL / den
 //! L2 penalty:            lambda sum(W^2)        dW += 2 lambda W
 //! ```
@@ -23,6 +24,10 @@
 //! terms are scattered onto `A`.
 //!
 //! z-loss: `d(beta lse_i^2)/dS'_ik = 2 beta lse_i A_ik`, since `d lse_i / dS'_ik = A_ik`.
+//! Entropy `H_i = -sum_k A_ik log A_ik`: with `d log A_ij / dS'_ik = [j = k] - A_ik`,
+//! `dH_i/dS'_ik = -sum_j A_ij ([j = k] - A_ik)(log A_ij + 1) = -A_ik (log A_ik + H_i)`, so the
+//! bonus `-alpha H_i` adds `alpha A_ik (log A_ik + H_i)`; `log A_ik = (S'_ik - m_i) -
+//! log sum_j exp(S'_ij - m_i)`, never `log` of an underflowed `A_ik`.
 //! Row weights `rho_i` (the targets', 1 without them) scale a row's whole loss, so they scale
 //! its gradient alike: the kernels apply them to the row's loss and its upstream `g_i`.
 //! softcap: `d(c tanh(S / c))/dS = 1 - tanh^2(S / c) = 1 - (S' / c)^2`, reusing `S'`.
@@ -144,6 +149,20 @@ pub struct SoftmaxCrossEntropyCache {
     row_scale: Option<Tensor<2>>,
     target: WeightedTarget,
     z_loss: f64,
+    /// What the entropy bonus's backward needs, when it is on.
+    entropy_bonus: Option<EntropyBonus>,
+}
+
+/// The entropy bonus `-alpha v_i H_i` of [`SoftmaxCrossEntropyCache`].
+#[derive(Clone, Debug)]
+struct EntropyBonus {
+    /// `log A = (S' - m) - log sum_k exp(S'_k - m)`, `[N, C]`.
+    log_probabilities: Tensor<2>,
+    /// `H_i`, `[N, 1]`.
+    entropy: Tensor<2>,
+    /// `v_i`, `[N, 1]` (absent: all 1).
+    valid: Option<Tensor<2>>,
+    alpha: f64,
 }
 
 /// Per-row loss `l_i = rho_i [ sum_k P_ik (lse_i - S'_ik) + beta v_i lse_i^2 ]` (see the module
@@ -228,7 +247,7 @@ pub(crate) fn softmax_cross_entropy_forward_resolved(
                 weighted = weighted * w.clone();
             }
             let losses = log_sum.clone() * weighted.clone().sum_dim(1)
-                - (weighted.clone() * shifted).sum_dim(1);
+                - (weighted.clone() * shifted.clone()).sum_dim(1);
             (losses, WeightedTarget::Probabilities(weighted), None)
         }
     };
@@ -239,6 +258,25 @@ pub(crate) fn softmax_cross_entropy_forward_resolved(
             z = z * v.clone();
         }
         row_losses = row_losses + z;
+    }
+    let entropy_bonus = (resolved.entropy_bonus > 0.0).then(|| {
+        let log_probabilities = shifted - log_sum.clone();
+        let entropy = (probabilities.clone() * log_probabilities.clone())
+            .sum_dim(1)
+            .neg();
+        EntropyBonus {
+            log_probabilities,
+            entropy,
+            valid: valid.clone(),
+            alpha: resolved.entropy_bonus,
+        }
+    });
+    if let Some(bonus) = &entropy_bonus {
+        let mut term = bonus.entropy.clone() * -bonus.alpha;
+        if let Some(v) = &bonus.valid {
+            term = term * v.clone();
+        }
+        row_losses = row_losses + term;
     }
     // The targets' row weights scale each row's whole loss (and, in the backward, its
     // upstream gradient).
@@ -256,6 +294,7 @@ pub(crate) fn softmax_cross_entropy_forward_resolved(
             row_scale: resolved.row_scale.clone(),
             target,
             z_loss,
+            entropy_bonus,
         },
     )
 }
@@ -276,8 +315,17 @@ pub fn softmax_cross_entropy_backward(
         target,
         z_loss,
         row_scale,
+        entropy_bonus,
         ..
     } = cache;
+    // alpha v_i A_i (log A_i + H_i), from A before the match below takes it.
+    let bonus = entropy_bonus.map(|bonus| {
+        let term = probabilities.clone() * (bonus.log_probabilities + bonus.entropy) * bonus.alpha;
+        match bonus.valid {
+            Some(v) => term * v,
+            None => term,
+        }
+    });
     let [rows, n_classes] = probabilities.dims();
     let (device, dtype) = (probabilities.device(), probabilities.dtype());
     let d_rows = d_row_losses.unsqueeze_dim::<2>(1);
@@ -340,6 +388,10 @@ pub fn softmax_cross_entropy_backward(
             }
             probabilities * coefficient - weighted
         }
+    };
+    let d_logits = match bonus {
+        Some(bonus) => d_logits + bonus,
+        None => d_logits,
     };
     d_logits * d_rows
 }

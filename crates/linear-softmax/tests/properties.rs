@@ -86,8 +86,8 @@ struct Spec {
     kind: Kind,
     reduction: LossReduction,
     /// Class weights, label smoothing, z-loss, softcap, L2, bias, row weights, a given mean
-    /// denominator, temperature.
-    on: [bool; 9],
+    /// denominator, temperature, entropy bonus.
+    on: [bool; 10],
     f64: bool,
     backend: usize,
     /// Rows per chunk of the fused op (0: the default).
@@ -113,7 +113,7 @@ fn spec() -> impl Strategy<Value = Spec> {
         (-3i32..=4, -3i32..=4, -3i32..=4),
         kind,
         reduction,
-        any::<[bool; 9]>(),
+        any::<[bool; 10]>(),
         any::<bool>(),
         0..backends().len(),
         0usize..=64,
@@ -193,6 +193,7 @@ impl Case {
             row_weights_on,
             denominator_on,
             temperature_on,
+            entropy_on,
         ] = spec.on;
         let x = values(&mut rng, n * d, scale(spec.scales[0]));
         let weight = values(&mut rng, d * c, scale(spec.scales[1]));
@@ -281,6 +282,9 @@ impl Case {
         // Drawn last, so the other options of a seed stay what they were.
         if temperature_on {
             options.temperature = f32_exact(2f64.powf(rng.random_range(-2.0..2.0)));
+        }
+        if entropy_on {
+            options.entropy_bonus = f32_exact(rng.random_range(0.0..1.0));
         }
         // A next-token shift of 1 or 2 in a third of the label cases (the N rows are one
         // sequence).
@@ -570,14 +574,20 @@ fn reference(case: &Case, upstream: &[f64]) -> Reference {
         let valid = rho * valid;
         let q_sum: f64 = q.iter().sum();
         let q_max = q.iter().copied().fold(0.0, f64::max);
+        // The entropy bonus: -alpha v H, its gradient alpha v a_k (log a_k + H).
+        let alpha = options.entropy_bonus;
+        let entropy: f64 = a.iter().zip(&capped).map(|(a, s)| -a * (s - lse)).sum();
         row_losses[i] = q
             .iter()
             .zip(&capped)
             .map(|(q, s)| q * (lse - s))
             .sum::<f64>()
-            + beta * valid * lse * lse;
+            + beta * valid * lse * lse
+            - alpha * valid * entropy;
         for k in 0..c {
-            let mut g = q_sum * a[k] - q[k] + 2.0 * beta * valid * lse * a[k];
+            let mut g = q_sum * a[k] - q[k]
+                + 2.0 * beta * valid * lse * a[k]
+                + alpha * valid * a[k] * (capped[k] - lse + entropy);
             if let Some(cap) = options.softcap {
                 g *= 1.0 - (logits[k] / cap).tanh().powi(2);
             }
@@ -589,15 +599,20 @@ fn reference(case: &Case, upstream: &[f64]) -> Reference {
         let lse_error = u * (c + 8) as f64 * (1.0 + lse.abs());
         let m = logit_error / tau + lse_error;
         let delta = (3.0 * m).min(1.0);
-        let g_max = q_sum + q_max + 2.0 * beta * valid * lse.abs();
-        let mut error =
-            2.0 * g_max * delta + 2.0 * beta * valid * m + (n + c + 16) as f64 * u * g_max;
+        // a_k |log a_k| <= 1 / e: the bonus's share of a gradient is at most alpha v (1 + H).
+        let bonus_max = alpha * valid * (1.0 + entropy);
+        let g_max = q_sum + q_max + 2.0 * beta * valid * lse.abs() + bonus_max;
+        let mut error = 2.0 * g_max * delta
+            + 2.0 * beta * valid * m
+            + 4.0 * alpha * valid * m
+            + (n + c + 16) as f64 * u * g_max;
         if let Some(cap) = options.softcap {
             error += g_max * (2.0 * (logit_error + lse_error) / cap).min(1.0);
         }
         row_gradient_bounds[i] = g_max / tau;
         row_gradient_errors[i] = error / tau;
         row_loss_errors[i] = 2.0 * q_sum * m
+            + alpha * valid * (entropy * delta + 2.0 * m)
             + 2.0 * beta * valid * (lse.abs() * m + m * m)
             + (c + 8) as f64 * u * row_losses[i].abs();
     }
@@ -745,7 +760,7 @@ proptest! {
     /// softcap (it caps the shifted logits).
     #[test]
     fn shifting_every_logit_changes_nothing(spec in spec(), shift in -1e4f64..1e4) {
-        let mut case = Case::new(&Spec { on: [spec.on[0], spec.on[1], false, false, spec.on[4], true, spec.on[6], spec.on[7], spec.on[8]], ..spec });
+        let mut case = Case::new(&Spec { on: [spec.on[0], spec.on[1], false, false, spec.on[4], true, spec.on[6], spec.on[7], spec.on[8], spec.on[9]], ..spec });
         let original = case.clone();
         let shift = f32_exact(shift);
         case.bias = case.bias.map(|bias| bias.iter().map(|b| f32_exact(b + shift)).collect());
@@ -767,7 +782,7 @@ proptest! {
     /// on: so do `db` and each row of `dW - 2 lambda W`.
     #[test]
     fn rows_of_d_logits_sum_to_zero(spec in spec()) {
-        let case = Case::new(&Spec { on: [spec.on[0], spec.on[1], false, false, spec.on[4], true, spec.on[6], spec.on[7], spec.on[8]], ..spec });
+        let case = Case::new(&Spec { on: [spec.on[0], spec.on[1], false, false, spec.on[4], true, spec.on[6], spec.on[7], spec.on[8], spec.on[9]], ..spec });
         let [_, d, c] = case.shape;
         for PathResult { path, values: [_, d_weight, d_bias, _], upstream } in case.paths() {
             let bound = reference(&case, &upstream).bounds;
@@ -798,7 +813,7 @@ fn option_edit() -> impl Strategy<Value = (usize, f64)> {
         Just(1.5),
         -2.0f64..2.0,
     ];
-    (0usize..7, value)
+    (0usize..8, value)
 }
 
 proptest! {
@@ -818,7 +833,8 @@ proptest! {
             3 => options.l2 = value,
             4 => options.weights = Some(vec![value; c]),
             5 => options.weights = Some(vec![value.abs(); c + 1]),
-            _ => options.temperature = value,
+            6 => options.temperature = value,
+            _ => options.entropy_bonus = value,
         }
         let expected = case.options.validate_for(c).err().map(|err| err.to_string());
         let device = case.device.clone();

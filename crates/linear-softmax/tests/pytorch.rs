@@ -1,6 +1,6 @@
 //! Values pinned from PyTorch: all three paths reproduce `F.cross_entropy`'s loss and gradients
-//! (and the torch expressions of z-loss, softcap, temperature, L2 and row weights) for every
-//! option.
+//! (and the torch expressions of z-loss, softcap, temperature, the entropy bonus, L2 and row
+//! weights) for every option.
 //!
 //! The fixtures in `tests/fixtures/` were written by `scripts/pytorch_reference.py` (torch
 //! version recorded in each file); the tests never run Python.
@@ -87,6 +87,7 @@ fn load(path: &Path, device: &Device, dtype: DType) -> Fixture {
         // Written only by the cases that have one.
         .with_temperature(o["temperature"].as_f64().unwrap_or(1.0))
         .with_shift(o["shift"].as_u64().unwrap_or(0) as usize)
+        .with_entropy_bonus(o["entropy_bonus"].as_f64().unwrap_or(0.0))
         .with_l2(o["l2"].as_f64().unwrap());
     let labels: Option<Vec<i64>> = json["labels"]
         .as_array()

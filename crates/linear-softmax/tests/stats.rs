@@ -26,6 +26,7 @@ struct Expected {
     correct: i64,
     counted: i64,
     target_log_probability: Vec<f64>,
+    entropy: Vec<f64>,
     log_sum_exp: Vec<f64>,
 }
 
@@ -61,6 +62,14 @@ fn expected(
         .collect();
     let (mut correct, mut counted) = (0, 0);
     let mut target_log_probability = vec![0.0; n];
+    // H_i = -sum_k p_k log p_k of each row; 0 where the row does not count.
+    let row_entropy = |i: usize| -> f64 {
+        logits[i * c..(i + 1) * c]
+            .iter()
+            .map(|s| -(s - log_sum_exp[i]).exp() * (s - log_sum_exp[i]))
+            .sum()
+    };
+    let mut entropy = vec![0.0; n];
     match targets.kind() {
         TargetKind::Classes { indices, .. } => {
             let labels = host_int(indices);
@@ -83,6 +92,7 @@ fn expected(
                 counted += 1;
                 correct += i64::from(predictions[i] == label);
                 target_log_probability[i] = logits[i * c + label as usize] - log_sum_exp[i];
+                entropy[i] = row_entropy(i);
             }
         }
         TargetKind::Probabilities(probabilities) => {
@@ -91,6 +101,7 @@ fn expected(
                 counted += 1;
                 let largest = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
                 correct += i64::from(row[predictions[i] as usize] == largest);
+                entropy[i] = row_entropy(i);
                 target_log_probability[i] = row
                     .iter()
                     .zip(&logits[i * c..(i + 1) * c])
@@ -104,6 +115,7 @@ fn expected(
         correct,
         counted,
         target_log_probability,
+        entropy,
         log_sum_exp,
     }
 }
@@ -136,6 +148,12 @@ fn assert_stats(what: &str, output: &LossOutput, expected: &Expected, tolerance:
         &format!("{what}: target log-probability"),
         &host(&stats.target_log_probability),
         &expected.target_log_probability,
+        tolerance,
+    );
+    assert_close(
+        &format!("{what}: entropy"),
+        &host(&stats.entropy),
+        &expected.entropy,
         tolerance,
     );
     assert_close(

@@ -31,12 +31,13 @@
 //! over the machine's measured peak (`peak.rs`: every core running f32 FMAs, or bf16 dot
 //! products, in its widest vector registers).
 
+mod allocator;
 mod peak;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use allocator::{ALLOCATED, PEAK};
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::prelude::*;
 use burn::tensor::DType;
@@ -45,53 +46,6 @@ use linear_softmax::{Chunking, LinearSoftmax, LossOptions, LossPath, Targets};
 use peak::Peak;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-
-/// The system allocator, counting the bytes currently allocated and their peak.
-struct CountingAllocator;
-
-static ALLOCATED: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: every call is forwarded to `System` unchanged; the counters are only bookkeeping.
-unsafe impl GlobalAlloc for CountingAllocator {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let pointer = unsafe { System.alloc(layout) };
-        if !pointer.is_null() {
-            record_allocation(layout.size());
-        }
-        pointer
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        let pointer = unsafe { System.alloc_zeroed(layout) };
-        if !pointer.is_null() {
-            record_allocation(layout.size());
-        }
-        pointer
-    }
-
-    unsafe fn dealloc(&self, pointer: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(pointer, layout) };
-        ALLOCATED.fetch_sub(layout.size(), Ordering::Relaxed);
-    }
-
-    unsafe fn realloc(&self, pointer: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let new_pointer = unsafe { System.realloc(pointer, layout, new_size) };
-        if !new_pointer.is_null() {
-            ALLOCATED.fetch_sub(layout.size(), Ordering::Relaxed);
-            record_allocation(new_size);
-        }
-        new_pointer
-    }
-}
-
-fn record_allocation(size: usize) {
-    let now = ALLOCATED.fetch_add(size, Ordering::Relaxed) + size;
-    PEAK.fetch_max(now, Ordering::Relaxed);
-}
-
-#[global_allocator]
-static GLOBAL: CountingAllocator = CountingAllocator;
 
 const MIB: f64 = 1024.0 * 1024.0;
 

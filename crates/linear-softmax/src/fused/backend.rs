@@ -167,8 +167,8 @@ pub enum RowUpstream<B: Backend> {
 /// # Shapes
 /// - `loss`: `[1]` (`[N]` for reduction none), without the L2 term
 /// - `d_input`: `[N, D]`, `d_weight`: `[D, C]`, `d_bias`: `[C]`, `log_sum_exp`: `[N]`,
-///   `predictions`: `[N]` (Int), `target_log_probability`: `[N]`, `correct` and `counted`:
-///   `[1]` (Int)
+///   `predictions`: `[N]` (Int), `target_log_probability`, `entropy`: `[N]`, `correct` and
+///   `counted`: `[1]` (Int)
 #[derive(Clone, Debug, ExtensionType)]
 pub struct FusedOutput<B: Backend> {
     /// The reduced loss.
@@ -191,6 +191,9 @@ pub struct FusedOutput<B: Backend> {
     /// `sum_k T_ik (S'_ik - lse_i)` for the targets as given, 0 for ignored rows.
     #[extension_type]
     pub target_log_probability: Optional<B>,
+    /// `H_i = -sum_k A_ik log A_ik` of the (capped) softmax, 0 for ignored rows.
+    #[extension_type]
+    pub entropy: Optional<B>,
     /// The counted rows predicted right (see [`crate::LossStats`]).
     #[extension_type]
     pub correct: OptionalInt<B>,

@@ -81,19 +81,24 @@ fn tensor_kernel<B: PlainBackend>(
     let optional = |tensor: Option<FloatTensor<B>>| Optional::from(tensor);
     // The statistics' reductions on the device, from the chunks' predictions and target
     // log-probabilities.
-    let stats = output.predictions.zip(output.target_log_probabilities).map(
-        |(predictions, log_probabilities)| {
-            LossStats::from_rows(predictions, log_probabilities, &targets, &spec.options)
-        },
-    );
-    let (predictions, target_log_probability, correct, counted) = match stats {
+    let stats = output.stats.map(|rows| {
+        LossStats::from_rows(
+            rows.predictions,
+            rows.target_log_probabilities,
+            rows.entropies,
+            &targets,
+            &spec.options,
+        )
+    });
+    let (predictions, target_log_probability, entropy, correct, counted) = match stats {
         Some(stats) => (
             Some(B::unwrap_int(stats.predictions)),
             Some(B::unwrap(stats.target_log_probability)),
+            Some(B::unwrap(stats.entropy)),
             Some(B::unwrap_int(stats.correct)),
             Some(B::unwrap_int(stats.counted)),
         ),
-        None => (None, None, None, None),
+        None => (None, None, None, None, None),
     };
     FusedOutput {
         loss: B::unwrap(output.loss),
@@ -103,6 +108,7 @@ fn tensor_kernel<B: PlainBackend>(
         log_sum_exp: B::unwrap(output.log_sum_exp),
         predictions: predictions.into(),
         target_log_probability: optional(target_log_probability),
+        entropy: optional(entropy),
         correct: correct.into(),
         counted: counted.into(),
     }

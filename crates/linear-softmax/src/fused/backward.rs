@@ -173,6 +173,7 @@ impl<B: FusedLinearCrossEntropyOps, C: CheckpointStrategy> FusedLinearCrossEntro
             log_sum_exp: constant(output.log_sum_exp),
             predictions: inner_int(output.predictions),
             target_log_probability: optional(output.target_log_probability),
+            entropy: optional(output.entropy),
             correct: inner_int(output.correct),
             counted: inner_int(output.counted),
         }
@@ -197,6 +198,7 @@ fn with_constants<B: Backend, C: CheckpointStrategy>(
             .into_option()
             .map(constant)
             .into(),
+        entropy: output.entropy.into_option().map(constant).into(),
         correct: inner_int(output.correct),
         counted: inner_int(output.counted),
     }

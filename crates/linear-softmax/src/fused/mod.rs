@@ -147,6 +147,7 @@ pub(crate) fn loss_output(
             output.correct,
             output.counted,
             output.target_log_probability,
+            output.entropy,
             &device,
         )
     });
@@ -166,6 +167,7 @@ fn loss_stats(
     correct: OptionalInt<Dispatch>,
     counted: OptionalInt<Dispatch>,
     target_log_probability: Optional<Dispatch>,
+    entropy: Optional<Dispatch>,
     device: &Device,
 ) -> LossStats {
     LossStats {
@@ -175,6 +177,7 @@ fn loss_stats(
         target_log_probability: Tensor::from_dispatch(
             target_log_probability.into_option().expect(STATS_ASKED),
         ),
+        entropy: Tensor::from_dispatch(entropy.into_option().expect(STATS_ASKED)),
     }
 }
 
@@ -300,6 +303,7 @@ pub(crate) fn gradients(
             output.correct,
             output.counted,
             output.target_log_probability,
+            output.entropy,
             &device,
         )
     });

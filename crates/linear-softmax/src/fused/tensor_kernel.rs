@@ -127,11 +127,18 @@ pub(crate) struct ChunkedOutput {
     pub d_bias: Option<Tensor<1>>,
     /// `lse_i`, `[N]`.
     pub log_sum_exp: Tensor<1>,
-    /// `argmax_k S_ik` of the uncapped logits, `[N]`.
-    pub predictions: Option<Tensor<1, Int>>,
-    /// `sum_k T_ik log softmax(S')_ik` of the (capped) logits, `[N]` (any value for ignored
-    /// rows).
-    pub target_log_probabilities: Option<Tensor<1>>,
+    /// The per-row statistics, when asked for.
+    pub stats: Option<RowStats>,
+}
+
+/// The per-row statistics of [`ChunkedOutput`], each `[N]` (any value for ignored rows).
+pub(crate) struct RowStats {
+    /// `argmax_k S_ik` of the uncapped logits.
+    pub predictions: Tensor<1, Int>,
+    /// `sum_k T_ik log softmax(S')_ik` of the (capped) logits.
+    pub target_log_probabilities: Tensor<1>,
+    /// `-sum_k A_ik log A_ik`, `A = softmax(S')`.
+    pub entropies: Tensor<1>,
 }
 
 /// Runs the chunked forward pass and the gradients in `wanted`, with each row's prediction and
@@ -180,6 +187,7 @@ pub(crate) fn linear_cross_entropy(
     let mut log_sum_exps = Vec::new();
     let mut predictions = Vec::new();
     let mut target_log_probabilities = Vec::new();
+    let mut entropies = Vec::new();
     let mut d_weight: Option<Tensor<2>> = None;
     let mut d_bias: Option<Tensor<1>> = None;
     let mut d_input_chunks = Vec::with_capacity(n_rows.div_ceil(chunk_rows));
@@ -214,6 +222,7 @@ pub(crate) fn linear_cross_entropy(
                     let log_probabilities =
                         stats::target_log_probabilities(&kept, row_max, log_sum, &rows.targets);
                     target_log_probabilities.push(log_probabilities);
+                    entropies.push(stats::entropies(&kept, row_max, log_sum));
                 }
                 row_losses.push(losses);
                 log_sum_exps.push(cache.log_sum_exp.clone());
@@ -228,10 +237,11 @@ pub(crate) fn linear_cross_entropy(
             }
             #[cfg(any(feature = "wgpu", feature = "cuda"))]
             RowPass::Cube => {
-                let (losses, log_sum_exp, log_probabilities, d_logits) =
+                let (losses, log_sum_exp, log_probabilities, entropy, d_logits) =
                     super::cube::row_pass(logits, &rows, d_rows());
                 if stats {
                     target_log_probabilities.push(log_probabilities);
+                    entropies.push(entropy);
                 }
                 row_losses.push(losses);
                 log_sum_exps.push(log_sum_exp);
@@ -282,8 +292,11 @@ pub(crate) fn linear_cross_entropy(
         d_weight: d_weight.map(mean_scale),
         d_bias: d_bias.map(|d_bias| mean_scale(d_bias.unsqueeze_dim(0)).squeeze_dim(0)),
         log_sum_exp: Tensor::cat(log_sum_exps, 0),
-        predictions: stats.then(|| Tensor::cat(predictions, 0)),
-        target_log_probabilities: stats.then(|| Tensor::cat(target_log_probabilities, 0)),
+        stats: stats.then(|| RowStats {
+            predictions: Tensor::cat(predictions, 0),
+            target_log_probabilities: Tensor::cat(target_log_probabilities, 0),
+            entropies: Tensor::cat(entropies, 0),
+        }),
     }
 }
 

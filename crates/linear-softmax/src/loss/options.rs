@@ -30,11 +30,12 @@ pub enum LossReduction {
 /// With `S' = c tanh(S / c) / tau` (softcap `c`, else `S' = S / tau`; temperature `tau`, 1 by
 /// default: the temperature divides the capped logits), `logp = log_softmax(S')`,
 /// `lse_i = log sum_k exp(S'_ik)`, class weights `w` (all 1 when absent), label smoothing
-/// `eps`, z-loss coefficient `beta`, and `v_i = 1` unless row `i` is ignored:
+/// `eps`, z-loss coefficient `beta`, entropy bonus `alpha` with `H_i = -sum_k A_ik logp_ik`
+/// (`A = softmax(S')`), and `v_i = 1` unless row `i` is ignored:
 ///
 /// ```text
-/// class indices:  l_i = v_i [ (1 - eps) w_{y_i} (-logp_{i,y_i}) + (eps / C) sum_k w_k (-logp_ik) ] + beta v_i lse_i^2
-/// probabilities:  l_i = sum_k w_k ((1 - eps) T_ik + eps / C) (-logp_ik) + beta lse_i^2
+/// class indices:  l_i = v_i [ (1 - eps) w_{y_i} (-logp_{i,y_i}) + (eps / C) sum_k w_k (-logp_ik) ] + beta v_i lse_i^2 - alpha v_i H_i
+/// probabilities:  l_i = sum_k w_k ((1 - eps) T_ik + eps / C) (-logp_ik) + beta lse_i^2 - alpha H_i
 /// mean:           L = sum_i l_i / sum_i v_i w_{y_i}   (N for probability targets)
 /// mean over d:    L = sum_i l_i / d                   (`mean_denominator` d)
 /// ```
@@ -57,6 +58,7 @@ pub enum LossReduction {
 /// | `weights` | `weight` | `weights` |
 /// | `label_smoothing` | `label_smoothing` | `smoothing` |
 /// | `z_loss` | - (Liger's `lse_square_scale`) | - |
+/// | `entropy_bonus` | - (RL's entropy bonus: TorchRL's `entropy_coef`) | - |
 /// | `softcap` | - (Gemma 2's final-logit soft-capping) | - |
 /// | `temperature` | - (`F.cross_entropy(S / tau, ..)`; Liger's `temperature`) | - |
 /// | `shift` | - (`logits[:, :-s]` against `labels[:, s:]`; Cut Cross-Entropy's `shift`) | - |
@@ -106,6 +108,13 @@ pub struct LossOptions {
     /// z-loss coefficient `beta >= 0` of `beta * lse^2` (PaLM; Liger's `lse_square_scale`).
     #[config(default = 0.0)]
     pub z_loss: f64,
+    /// Entropy bonus `alpha >= 0`: `- alpha H_i` joins each counted row's loss, with
+    /// `H_i = -sum_k A_ik log A_ik` the entropy of its softmax (capped and tempered), so that
+    /// minimising the loss keeps the policy from collapsing (policy-gradient RL). Its gradient,
+    /// `d(-alpha H_i)/dS'_ik = alpha A_ik (log A_ik + H_i)`, is derived by hand on the manual and
+    /// fused paths.
+    #[config(default = 0.0)]
+    pub entropy_bonus: f64,
     /// Logit soft-capping `c > 0`: the loss sees `c tanh(S / c)` (Gemma 2).
     #[config(default = "None")]
     pub softcap: Option<f64>,
@@ -173,6 +182,7 @@ impl LossOptions {
         for (name, value) in [
             ("label smoothing", self.label_smoothing),
             ("z-loss", self.z_loss),
+            ("entropy bonus", self.entropy_bonus),
             ("l2", self.l2),
         ] {
             if value != 0.0 {
@@ -238,6 +248,13 @@ impl LossOptions {
         }
         if !(self.z_loss.is_finite() && self.z_loss >= 0.0) {
             return Err(invalid("z_loss", self.z_loss, "a finite coefficient >= 0"));
+        }
+        if !(self.entropy_bonus.is_finite() && self.entropy_bonus >= 0.0) {
+            return Err(invalid(
+                "entropy_bonus",
+                self.entropy_bonus,
+                "a finite coefficient >= 0",
+            ));
         }
         if let Some(cap) = self.softcap
             && !(cap.is_finite() && cap > 0.0)

@@ -38,6 +38,8 @@ pub(crate) struct ResolvedLoss {
     pub(crate) smoothing: f64,
     /// z-loss `beta`.
     pub(crate) z_loss: f64,
+    /// The entropy bonus `alpha`.
+    pub(crate) entropy_bonus: f64,
 }
 
 /// The targets side of a [`ResolvedLoss`].
@@ -183,6 +185,7 @@ impl ResolvedLoss {
             row_scale,
             smoothing: options.label_smoothing,
             z_loss: options.z_loss,
+            entropy_bonus: options.entropy_bonus,
         }
     }
 

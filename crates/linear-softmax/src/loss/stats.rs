@@ -24,6 +24,7 @@ use crate::loss::targets::{TargetKind, Targets};
 /// correct                  = #{ i counted : predictions_i is a right answer }
 /// counted                  = #{ i : row i is not ignored }
 /// target_log_probability_i = sum_k T_ik (S'_ik - lse_i)          (0 for ignored rows)
+/// entropy_i                = - sum_k A_ik log A_ik,  A = softmax(S')   (0 for ignored rows)
 /// ```
 ///
 /// For class indices a prediction is right when it is the label, and ignored rows (the
@@ -39,7 +40,7 @@ use crate::loss::targets::{TargetKind, Targets};
 ///
 /// # Shapes
 /// - `predictions`: `[N]` (Int), `correct`: `[1]` (Int), `counted`: `[1]` (Int),
-///   `target_log_probability`: `[N]` (`lse` is [`LossOutput::log_sum_exp`](crate::LossOutput::log_sum_exp))
+///   `target_log_probability`, `entropy`: `[N]` (`lse` is [`LossOutput::log_sum_exp`](crate::LossOutput::log_sum_exp))
 ///
 /// # Example
 /// ```
@@ -75,6 +76,11 @@ pub struct LossStats {
     pub counted: Tensor<1, Int>,
     /// `sum_k T_ik log softmax(S')_ik`, `[N]`; 0 for ignored rows.
     pub target_log_probability: Tensor<1>,
+    /// The entropy `H_i = -sum_k A_ik log A_ik` of the row's softmax `A = softmax(S')` (of the
+    /// capped, tempered logits: the distribution a sampler draws from), `[N]`, in nats; 0 for
+    /// ignored rows. The entropy of RL fine-tuning's monitoring (and, as
+    /// [`LossOptions::entropy_bonus`], its bonus).
+    pub entropy: Tensor<1>,
 }
 
 impl LossStats {
@@ -87,18 +93,19 @@ impl LossStats {
         Ok((counted > 0).then(|| correct as f64 / counted as f64))
     }
 
-    /// The statistics from a pass's per-row results: `predictions` `[N]` and the target
-    /// log-probabilities `[N]` (any value for ignored rows), from [`target_log_probabilities`]
-    /// or a kernel's row pass.
+    /// The statistics from a pass's per-row results: `predictions` `[N]`, the target
+    /// log-probabilities and the entropies `[N]` (any value for ignored rows), from
+    /// [`target_log_probabilities`] and [`entropies`] or a kernel's row pass.
     pub(crate) fn from_rows(
         predictions: Tensor<1, Int>,
         target_log_probability: Tensor<1>,
+        entropy: Tensor<1>,
         targets: &Targets,
         options: &LossOptions,
     ) -> Self {
         let device = target_log_probability.device();
         let rows = target_log_probability.dims()[0];
-        let (correct, counted, target_log_probability) = match targets.kind() {
+        let (correct, counted, target_log_probability, entropy) = match targets.kind() {
             TargetKind::Classes { indices, .. } => {
                 let labels = indices.clone().to_device(&device);
                 let ignored = ignored_rows(&labels, targets.ignore_index(), options);
@@ -110,11 +117,13 @@ impl LossStats {
                         right.int().sum(),
                         Tensor::from_data([rows as i64], &device),
                         target_log_probability,
+                        entropy,
                     ),
                     Some(ignored) => (
                         right.bool_and(ignored.clone().bool_not()).int().sum(),
                         ignored.clone().bool_not().int().sum(),
-                        target_log_probability.mask_fill(ignored, 0.0),
+                        target_log_probability.mask_fill(ignored.clone(), 0.0),
+                        entropy.mask_fill(ignored, 0.0),
                     ),
                 }
             }
@@ -129,6 +138,7 @@ impl LossStats {
                     right.int().sum(),
                     Tensor::from_data([rows as i64], &device),
                     target_log_probability,
+                    entropy,
                 )
             }
         };
@@ -137,6 +147,7 @@ impl LossStats {
             correct,
             counted,
             target_log_probability,
+            entropy,
         }
     }
 
@@ -171,8 +182,18 @@ impl LossStats {
         let resolved = ResolvedLoss::new(targets, options, &capped.device(), capped.dtype());
         let log_probability =
             target_log_probabilities(&capped, &row_max, &log_sum, &resolved.targets);
-        Self::from_rows(predictions, log_probability, targets, options)
+        let entropy = entropies(&capped, &row_max, &log_sum);
+        Self::from_rows(predictions, log_probability, entropy, targets, options)
     }
+}
+
+/// `H_i = -sum_k A_ik log A_ik = log sum_k exp(S'_ik - m_i) - sum_k A_ik (S'_ik - m_i)` of each
+/// row of the (capped) logits `[R, C]`, `[R]`, from their row maxima `m` and log-sums `[R, 1]`:
+/// the shifted form keeps a confident row's small entropy free of `m_i`'s rounding.
+pub(crate) fn entropies(logits: &Tensor<2>, row_max: &Tensor<2>, log_sum: &Tensor<2>) -> Tensor<1> {
+    let shifted = logits.clone() - row_max.clone();
+    let probabilities = (shifted.clone() - log_sum.clone()).exp();
+    (log_sum.clone() - (probabilities * shifted).sum_dim(1)).squeeze_dim(1)
 }
 
 /// `log A_{i, y_i}` for class indices (of class 0 for ignored rows), `sum_k T_ik log A_ik` for

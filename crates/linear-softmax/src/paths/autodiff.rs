@@ -5,7 +5,8 @@
 //! `S = X W + b`, `S' = c tanh(S / c)` (softcap), divided by the temperature `tau`,
 //! `logp = log_softmax(S')` (stable: the row
 //! maximum is subtracted),
-//! `l_i = v_i [(1 - eps) w_{y_i} (-logp_{i,y_i}) + (eps / C) sum_k w_k (-logp_ik)] + beta v_i lse_i^2`,
+//! `l_i = v_i [(1 - eps) w_{y_i} (-logp_{i,y_i}) + (eps / C) sum_k w_k (-logp_ik)] + beta v_i lse_i^2 - alpha v_i H_i`
+//! with the entropy `H_i = -sum_k exp(logp_ik) logp_ik`,
 //! reduced by mean, sum or none, plus `lambda sum(W^2)`.
 //!
 //! The entry points are [`LinearSoftmax::loss`], [`loss_output`](LinearSoftmax::loss_output)
@@ -32,6 +33,13 @@ pub(crate) fn cross_entropy_rows(
     let n_classes = logits.dims()[1];
     let resolved = ResolvedLoss::new(targets, options, &logits.device(), logits.dtype());
     let log_probabilities = log_softmax(logits.clone(), 1);
+    // -sum_k A_ik log A_ik, for the entropy bonus.
+    let entropy = (resolved.entropy_bonus > 0.0).then(|| {
+        (log_probabilities.clone().exp() * log_probabilities.clone())
+            .sum_dim(1)
+            .squeeze_dim::<1>(1)
+            .neg()
+    });
     let eps = resolved.smoothing;
     let (row_losses, valid) = match &resolved.targets {
         ResolvedTargets::Classes {
@@ -73,12 +81,23 @@ pub(crate) fn cross_entropy_rows(
     let row_losses = if resolved.z_loss > 0.0 {
         let z = log_sum_exp(logits).square() * resolved.z_loss;
         row_losses
-            + match valid {
-                Some(v) => z * v.squeeze_dim(1),
+            + match &valid {
+                Some(v) => z * v.clone().squeeze_dim(1),
                 None => z,
             }
     } else {
         row_losses
+    };
+    let row_losses = match entropy {
+        Some(entropy) => {
+            let bonus = entropy * -resolved.entropy_bonus;
+            row_losses
+                + match &valid {
+                    Some(v) => bonus * v.clone().squeeze_dim(1),
+                    None => bonus,
+                }
+        }
+        None => row_losses,
     };
     // The targets' row weights scale each row's whole loss.
     let row_losses = match resolved.row_scale {

@@ -211,6 +211,25 @@ pub fn cases(c: usize) -> Vec<(&'static str, LossOptions, Kind)> {
             Kind::Ignored,
         ),
         (
+            "entropy bonus",
+            base().with_entropy_bonus(0.3),
+            Kind::Classes,
+        ),
+        (
+            "entropy bonus + temperature + smoothing + ignore, none",
+            base()
+                .with_entropy_bonus(0.5)
+                .with_temperature(1.5)
+                .with_label_smoothing(0.1)
+                .with_reduction(LossReduction::None),
+            Kind::Ignored,
+        ),
+        (
+            "probabilities + entropy bonus + softcap + row weights",
+            base().with_entropy_bonus(0.2).with_softcap(Some(2.0)),
+            Kind::RowWeightedProbabilities,
+        ),
+        (
             "next-token shift 2 + ignore + row weights",
             base().with_shift(2),
             Kind::RowWeighted,

@@ -86,9 +86,11 @@ pub fn reference_loss(
             }
             (None, None) => unreachable!("targets are labels or probabilities"),
         };
+        let entropy: f64 = logits.iter().map(|s| -(s - lse).exp() * (s - lse)).sum();
         total += rho[row]
             * ((0..c).map(|k| target[k] * (lse - logits[k])).sum::<f64>()
-                + options.z_loss * lse * lse);
+                + options.z_loss * lse * lse
+                - options.entropy_bonus * entropy);
     }
     let denominator = options.mean_denominator.unwrap_or(denominator);
     let reduced = match options.reduction {

@@ -146,11 +146,12 @@ pub(super) fn into_primitives<B: Backend, E: Element>(
         let len = values.len();
         B::int_from_data(TensorData::new(values, vec![len]), device)
     };
-    let (mut predictions, mut target_log_probability, mut correct, mut counted) =
-        (None, None, None, None);
+    let (mut predictions, mut target_log_probability, mut entropy) = (None, None, None);
+    let (mut correct, mut counted) = (None, None);
     if let Some(stats) = output.stats {
         predictions = Some(int(stats.predictions));
         target_log_probability = Some(primitive(stats.target_log_probability, vec![n_rows]));
+        entropy = Some(primitive(stats.entropy, vec![n_rows]));
         correct = Some(int(vec![stats.correct]));
         counted = Some(int(vec![stats.counted]));
     }
@@ -165,6 +166,7 @@ pub(super) fn into_primitives<B: Backend, E: Element>(
         log_sum_exp: primitive(output.log_sum_exp, vec![n_rows]),
         predictions: predictions.into(),
         target_log_probability: target_log_probability.into(),
+        entropy: entropy.into(),
         correct: correct.into(),
         counted: counted.into(),
     }

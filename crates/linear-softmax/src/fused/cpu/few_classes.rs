@@ -495,6 +495,7 @@ mod tests {
             weight_sum: c as f64,
             smoothing: 0.1,
             z_loss: 0.01,
+            entropy_bonus: 0.0,
             row_scale: None,
         };
         let factors = vec![1.0 / n as f64; n];
@@ -535,6 +536,7 @@ mod tests {
                     log_sum_exp: &mut lse,
                     predictions: Some(&mut predictions),
                     target_log_probabilities: Some(&mut log_probabilities),
+                    entropies: None,
                 },
                 d_input: Some(&mut d_input),
             });

@@ -358,6 +358,7 @@ fn kernel<E: RawFloat, M: Operand<E>>(run: Run<'_, E, M>) -> HostOutput<E> {
     let mut d_bias = wanted.bias.then(|| vec![E::ZERO; c]);
     let mut predictions = stats.then(|| vec![0_i64; n_rows]);
     let mut target_log_probabilities = stats.then(|| vec![E::ZERO; n_rows]);
+    let mut entropies = stats.then(|| vec![E::ZERO; n_rows]);
     let factor =
         |i: usize| mean_scale * targets.row_scale(i) * upstream.map_or(1.0, |g| g[i].to_f64());
     let outputs = Outputs {
@@ -366,6 +367,7 @@ fn kernel<E: RawFloat, M: Operand<E>>(run: Run<'_, E, M>) -> HostOutput<E> {
             log_sum_exp: &mut log_sum_exp,
             predictions: predictions.as_deref_mut(),
             target_log_probabilities: target_log_probabilities.as_deref_mut(),
+            entropies: entropies.as_deref_mut(),
         },
         d_input: d_input.as_deref_mut(),
         d_weight: d_weight_out,
@@ -408,25 +410,27 @@ fn kernel<E: RawFloat, M: Operand<E>>(run: Run<'_, E, M>) -> HostOutput<E> {
     }
 
     // The statistics' reductions here, on the host buffers (no tensor operations).
-    let stats = predictions.zip(target_log_probabilities).map(
-        |(predictions, mut target_log_probability)| {
+    let stats = predictions
+        .zip(target_log_probabilities.zip(entropies))
+        .map(|(predictions, (mut target_log_probability, mut entropy))| {
             let (mut correct, mut counted) = (0, 0);
-            for (row, value) in target_log_probability.iter_mut().enumerate() {
+            for row in 0..n_rows {
                 if targets.is_valid(row) {
                     counted += 1;
                     correct += i64::from(predictions[row] == targets.labels[row] as i64);
                 } else {
-                    *value = E::ZERO;
+                    target_log_probability[row] = E::ZERO;
+                    entropy[row] = E::ZERO;
                 }
             }
             HostStats {
                 predictions,
                 target_log_probability,
+                entropy,
                 correct,
                 counted,
             }
-        },
-    );
+        });
     let loss = match options.reduction {
         LossReduction::None => row_losses,
         LossReduction::Mean | LossReduction::Sum => {
@@ -486,6 +490,7 @@ impl HostOutput<f32> {
             log_sum_exp: round(self.log_sum_exp),
             stats: self.stats.map(|stats| HostStats {
                 target_log_probability: round(stats.target_log_probability),
+                entropy: round(stats.entropy),
                 predictions: stats.predictions,
                 correct: stats.correct,
                 counted: stats.counted,
@@ -498,6 +503,7 @@ impl HostOutput<f32> {
 pub(super) struct HostStats<E> {
     pub(super) predictions: Vec<i64>,
     pub(super) target_log_probability: Vec<E>,
+    pub(super) entropy: Vec<E>,
     pub(super) correct: i64,
     pub(super) counted: i64,
 }

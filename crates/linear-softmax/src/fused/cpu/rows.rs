@@ -1,8 +1,9 @@
 //! The row pass: one chunk's logits turned into row losses, log-sum-exps and `dS` in place.
 //!
 //! ```text
-//! l_i  = (1 - eps) r_i (lse - s_y) + v_i (eps / C) (W lse - sum_k w_k s_k) + beta v_i lse^2
+//! l_i  = (1 - eps) r_i (lse - s_y) + v_i (eps / C) (W lse - sum_k w_k s_k) + beta v_i lse^2 - alpha v_i H_i
 //! dS_i = f_i [coef_i softmax(s) - v_i (eps / C) w] - f_i (1 - eps) r_i e_y
+//!        + f_i alpha v_i softmax(s) (log softmax(s) + H_i)
 //! ```
 //!
 //! Three passes over each row (bias and max, `exp` and its sum, `dS`), vectorised through
@@ -29,6 +30,8 @@ pub(super) struct RowTargets<E> {
     pub(super) smoothing: f64,
     /// z-loss `beta`.
     pub(super) z_loss: f64,
+    /// The entropy bonus `alpha`.
+    pub(super) entropy_bonus: f64,
     /// The targets' row weights `rho_i` (absent: all 1): they scale row `i`'s loss here and
     /// its upstream factor `f_i` where the factors are made.
     pub(super) row_scale: Option<Vec<f64>>,
@@ -88,6 +91,7 @@ pub(super) fn row_targets<E: RawFloat>(
         weight_sum: options.class_weight_sum(n_classes),
         smoothing: options.label_smoothing,
         z_loss: options.z_loss,
+        entropy_bonus: options.entropy_bonus,
         row_scale,
     }
 }
@@ -123,6 +127,8 @@ pub(in crate::fused) struct RowOutputs<'a, E> {
     pub(super) predictions: Option<&'a mut [i64]>,
     /// `log A_{i, y_i}`, when the statistics are wanted.
     pub(super) target_log_probabilities: Option<&'a mut [E]>,
+    /// `H_i`, when the statistics are wanted.
+    pub(super) entropies: Option<&'a mut [E]>,
 }
 
 impl<'a, E> RowOutputs<'a, E> {
@@ -142,6 +148,9 @@ impl<'a, E> RowOutputs<'a, E> {
         if let Some(log_probabilities) = self.target_log_probabilities.as_deref_mut() {
             log_probabilities[row] = result.target_log_probability;
         }
+        if let Some(entropies) = self.entropies.as_deref_mut() {
+            entropies[row] = result.entropy;
+        }
     }
 
     /// Rows `start..end`, borrowed.
@@ -154,6 +163,7 @@ impl<'a, E> RowOutputs<'a, E> {
                 .target_log_probabilities
                 .as_deref_mut()
                 .map(|t| &mut t[start..end]),
+            entropies: self.entropies.as_deref_mut().map(|h| &mut h[start..end]),
         }
     }
 
@@ -163,6 +173,7 @@ impl<'a, E> RowOutputs<'a, E> {
         let mut predictions = optional_blocks(self.predictions, rows, blocks).into_iter();
         let mut log_probabilities =
             optional_blocks(self.target_log_probabilities, rows, blocks).into_iter();
+        let mut entropies = optional_blocks(self.entropies, rows, blocks).into_iter();
         self.losses
             .chunks_mut(rows)
             .zip(self.log_sum_exp.chunks_mut(rows))
@@ -171,6 +182,7 @@ impl<'a, E> RowOutputs<'a, E> {
                 log_sum_exp,
                 predictions: predictions.next().flatten(),
                 target_log_probabilities: log_probabilities.next().flatten(),
+                entropies: entropies.next().flatten(),
             })
             .collect()
     }
@@ -201,6 +213,9 @@ pub(super) struct RowResult<E> {
     pub(super) prediction: usize,
     /// `log A_{i, y_i} = (S_{i, y_i} - m_i) - log sum_k exp(S_ik - m_i)`.
     pub(super) target_log_probability: E,
+    /// `H_i = log sum_k exp(S_ik - m_i) - sum_k A_ik (S_ik - m_i)` (0 unless the chunk wants
+    /// statistics or the entropy bonus is on).
+    pub(super) entropy: E,
 }
 
 /// The row pass over a chunk's logits `[rows, C]`: row losses and log-sum-exps (and the
@@ -312,10 +327,14 @@ pub(super) const LANES: usize = 16;
 /// `LinearSoftmax::predict` gives for the same logits.
 ///
 /// ```text
-/// l_i  = (1 - eps) r_i (lse - s_y) + v_i (eps / C) (W lse - sum_k w_k s_k) + beta v_i lse^2
+/// l_i  = (1 - eps) r_i (lse - s_y) + v_i (eps / C) (W lse - sum_k w_k s_k) + beta v_i lse^2 - alpha v_i H_i
 /// dS_i = f_i [coef_i softmax(s) - v_i (eps / C) w] - f_i (1 - eps) r_i e_y
+///        + f_i alpha v_i softmax(s) (log softmax(s) + H_i)
 /// coef_i = (1 - eps) r_i + (eps / C) v_i W + 2 beta v_i lse_i,   W = sum_k w_k
 /// ```
+///
+/// With the entropy bonus (`alpha > 0`) and gradients, pass 2 keeps the logits and pass 3
+/// computes `exp(s_k - max)` again: `log softmax(s)_k` needs `s_k - max`.
 ///
 /// `lse - s_k` is formed as `log sum_j exp(s_j - max) - (s_k - max)` in f64, never from `lse`
 /// after `max` was added back (which keeps only the resolution of `max` in `E`): a confident
@@ -358,8 +377,17 @@ pub(super) fn row_kernel<E: RawFloat>(
     // Before pass 2 overwrites the logits (the row is still in cache).
     let prediction = if chunk.stats { first_max(s, max) } else { 0 };
 
-    // Pass 2: exp(s - max) in place, and its sum.
-    let sum = lane_exp_sum(s, max);
+    // Pass 2: exp(s - max) in place (kept as logits when pass 3 needs them), its sum, and
+    // sum_k exp(s_k - max) (s_k - max) for the entropy.
+    let alpha = targets.entropy_bonus;
+    let keep_logits = alpha > 0.0 && chunk.gradients;
+    let (sum, spread_out) = if keep_logits {
+        lane_exp_sum_spread::<E, true>(s, max)
+    } else if chunk.stats || alpha > 0.0 {
+        lane_exp_sum_spread::<E, false>(s, max)
+    } else {
+        (lane_exp_sum(s, max), E::ZERO)
+    };
     let log_sum = sum.ln();
     let lse = max + log_sum;
     let (max64, log_sum64) = (max.to_f64(), log_sum.to_f64());
@@ -368,9 +396,11 @@ pub(super) fn row_kernel<E: RawFloat>(
     let true_shifted = true_logit.to_f64() - max64;
     let v = if valid { 1.0 } else { 0.0 };
     let weighted_shifted = weighted_sum - targets.weight_sum * max64;
+    let entropy = log_sum64 - spread_out.to_f64() / sum.to_f64();
     let loss = (1.0 - eps) * r * (log_sum64 - true_shifted)
         + v * (eps / c as f64) * (targets.weight_sum * log_sum64 - weighted_shifted)
-        + targets.z_loss * v * lse64 * lse64;
+        + targets.z_loss * v * lse64 * lse64
+        - alpha * v * entropy;
 
     if chunk.gradients {
         // Pass 3: dS_i in place.
@@ -380,7 +410,20 @@ pub(super) fn row_kernel<E: RawFloat>(
             + 2.0 * targets.z_loss * v * lse64;
         let scale = E::of(f * coef / sum.to_f64());
         let spread = f * v * eps / c as f64;
-        match (&targets.class_weights, spread != 0.0) {
+        if keep_logits {
+            // f alpha v p_k (log p_k + H) = bonus e_k ((s_k - max) - log_sum + H)
+            let bonus = E::of(f * alpha * v / sum.to_f64());
+            let offset = E::of(entropy - log_sum64);
+            let weights = targets.class_weights.as_deref();
+            let spread = E::of(spread);
+            for (k, s) in s.iter_mut().enumerate() {
+                let shifted = *s - max;
+                let e = shifted.exp_nonpositive();
+                let w = weights.map_or(E::of(1.0), |w| w[k]);
+                *s = e * scale - spread * w + bonus * e * (shifted + offset);
+            }
+        }
+        match (&targets.class_weights, spread != 0.0 && !keep_logits) {
             (Some(w), true) => {
                 let spread = E::of(spread);
                 s.iter_mut()
@@ -391,6 +434,7 @@ pub(super) fn row_kernel<E: RawFloat>(
                 let spread = E::of(spread);
                 s.iter_mut().for_each(|s| *s = *s * scale - spread);
             }
+            (_, false) if keep_logits => {}
             (_, false) => s.iter_mut().for_each(|s| *s = *s * scale),
         }
         s[label] = s[label] - E::of(f * (1.0 - eps) * r);
@@ -403,6 +447,7 @@ pub(super) fn row_kernel<E: RawFloat>(
         log_sum_exp: lse,
         prediction,
         target_log_probability: E::of(true_shifted - log_sum64),
+        entropy: E::of(entropy),
     }
 }
 
@@ -468,6 +513,37 @@ fn lane_add_max<E: RawFloat>(s: &mut [E], bias: &[E]) -> E {
     lanes
         .iter()
         .fold(max, |max, &lane| if lane > max { lane } else { max })
+}
+
+/// `sum_k exp(s_k - max)` and `sum_k exp(s_k - max) (s_k - max)`, with `exp(s - max)` written
+/// in place unless `KEEP` (pass 3 of the entropy bonus needs the logits).
+#[inline(always)]
+fn lane_exp_sum_spread<E: RawFloat, const KEEP: bool>(s: &mut [E], max: E) -> (E, E) {
+    let mut lanes = [E::ZERO; LANES];
+    let mut spread = [E::ZERO; LANES];
+    let step = |value: &mut E, sum: &mut E, spread: &mut E| {
+        let shifted = *value - max;
+        let e = shifted.exp_nonpositive();
+        if !KEEP {
+            *value = e;
+        }
+        *sum += e;
+        *spread += e * shifted;
+    };
+    let mut blocks = s.chunks_exact_mut(LANES);
+    for block in &mut blocks {
+        for ((lane, spread), value) in lanes.iter_mut().zip(&mut spread).zip(block.iter_mut()) {
+            step(value, lane, spread);
+        }
+    }
+    let (mut sum, mut spread_sum) = (E::ZERO, E::ZERO);
+    for value in blocks.into_remainder() {
+        step(value, &mut sum, &mut spread_sum);
+    }
+    (
+        lanes.iter().fold(sum, |acc, &lane| acc + lane),
+        spread.iter().fold(spread_sum, |acc, &lane| acc + lane),
+    )
 }
 
 #[inline(always)]

@@ -35,8 +35,8 @@ use row_pass_kernel::cross_entropy_rows_kernel;
 const UNITS: usize = 256;
 
 /// One chunk's row pass in one launch, for class-index targets: the row losses `[R]`, the
-/// log-sum-exps `[R]`, the target log-probabilities `[R]` and `dS` `[R, C]` for the per-row
-/// upstream factors `f_i` `[R]`.
+/// log-sum-exps `[R]`, the target log-probabilities `[R]`, the entropies `[R]` and `dS`
+/// `[R, C]` for the per-row upstream factors `f_i` `[R]`.
 ///
 /// # Shapes
 /// - `logits`: `[R, C]` (the bias added), `rows`: the chunk's rows, `factors`: `[R]`
@@ -44,7 +44,7 @@ pub(crate) fn row_pass(
     logits: Tensor<2>,
     rows: &ResolvedLoss,
     factors: Tensor<1>,
-) -> (Tensor<1>, Tensor<1>, Tensor<1>, Tensor<2>) {
+) -> (Tensor<1>, Tensor<1>, Tensor<1>, Tensor<1>, Tensor<2>) {
     let ResolvedTargets::Classes {
         labels,
         valid,
@@ -64,6 +64,7 @@ pub(crate) fn row_pass(
         smoothing: rows.smoothing as f32,
         z_loss: rows.z_loss as f32,
         weight_sum: rows.weight_sum as f32,
+        entropy_bonus: rows.entropy_bonus as f32,
     };
     // The targets' row weights scale a row's loss and its upstream gradient (the kernel's
     // formulas are per unweighted row).
@@ -72,7 +73,7 @@ pub(crate) fn row_pass(
         Some(rho) => factors * rho.clone(),
         None => factors,
     };
-    let (losses, log_sum_exp, log_probabilities, d_logits) = Dispatch::cross_entropy_rows(
+    let (losses, log_sum_exp, log_probabilities, entropy, d_logits) = Dispatch::cross_entropy_rows(
         logits.into_dispatch(),
         labels.clone().reshape([n]).into_dispatch(),
         column(row_weights, n).into_dispatch(),
@@ -89,6 +90,7 @@ pub(crate) fn row_pass(
         },
         Tensor::from_dispatch(log_sum_exp),
         Tensor::from_dispatch(log_probabilities),
+        Tensor::from_dispatch(entropy),
         Tensor::from_dispatch(d_logits),
     )
 }
@@ -102,6 +104,8 @@ pub(crate) struct RowPassSpec {
     pub(crate) z_loss: f32,
     /// `W = sum_k w_k` (`C` without class weights).
     pub(crate) weight_sum: f32,
+    /// The entropy bonus `alpha`.
+    pub(crate) entropy_bonus: f32,
 }
 
 /// The row pass on a CubeCL backend.
@@ -110,8 +114,8 @@ pub(crate) struct RowPassSpec {
     Fusion: cfg(any(feature = "wgpu", feature = "cuda"))
 )]
 pub(crate) trait CubeRowPassOps: Backend {
-    /// Row losses `[R]`, log-sum-exps `[R]`, target log-probabilities `[R]` and `dS` `[R, C]`
-    /// of a chunk's logits `[R, C]`,
+    /// Row losses `[R]`, log-sum-exps `[R]`, target log-probabilities `[R]`, entropies `[R]`
+    /// and `dS` `[R, C]` of a chunk's logits `[R, C]`,
     /// for labels `[R]` (Int), `r_i` `[R]`, `v_i` `[R]`, `f_i` `[R]` and class weights `[C]`.
     #[fusion(meta = row_pass_outputs)]
     fn cross_entropy_rows(
@@ -127,10 +131,11 @@ pub(crate) trait CubeRowPassOps: Backend {
         FloatTensor<Self>,
         FloatTensor<Self>,
         FloatTensor<Self>,
+        FloatTensor<Self>,
     );
 }
 
-/// The outputs' shapes, for Fusion: `[R]`, `[R]`, `[R]` and the logits' `[R, C]`.
+/// The outputs' shapes, for Fusion: `[R]` four times and the logits' `[R, C]`.
 fn row_pass_outputs(
     logits: &TensorSpec,
     _labels: &TensorSpec,
@@ -139,9 +144,15 @@ fn row_pass_outputs(
     _factors: &TensorSpec,
     _class_weights: &TensorSpec,
     _spec: &RowPassSpec,
-) -> (TensorSpec, TensorSpec, TensorSpec, TensorSpec) {
+) -> (TensorSpec, TensorSpec, TensorSpec, TensorSpec, TensorSpec) {
     let rows = TensorSpec::new(Shape::new([logits.shape[0]]), logits.dtype);
-    (rows.clone(), rows.clone(), rows, logits.clone())
+    (
+        rows.clone(),
+        rows.clone(),
+        rows.clone(),
+        rows,
+        logits.clone(),
+    )
 }
 
 impl CubeRowPassOps for CubeBackend {
@@ -158,6 +169,7 @@ impl CubeRowPassOps for CubeBackend {
         FloatTensor<Self>,
         FloatTensor<Self>,
         FloatTensor<Self>,
+        FloatTensor<Self>,
     ) {
         // The kernel indexes rows by stride: contiguous inputs (a no-op when they are).
         let logits = into_contiguous(logits);
@@ -170,6 +182,7 @@ impl CubeRowPassOps for CubeBackend {
             empty_device_dtype(client.clone(), device.clone(), Shape::new([rows]), float);
         let log_probabilities =
             empty_device_dtype(client.clone(), device.clone(), Shape::new([rows]), float);
+        let entropy = empty_device_dtype(client.clone(), device.clone(), Shape::new([rows]), float);
         let d_logits = empty_device_dtype(client.clone(), device, logits.shape(), float);
         cross_entropy_rows_kernel::launch(
             &client,
@@ -184,14 +197,16 @@ impl CubeRowPassOps for CubeBackend {
             losses.clone().into_tensor_arg(),
             log_sum_exp.clone().into_tensor_arg(),
             log_probabilities.clone().into_tensor_arg(),
+            entropy.clone().into_tensor_arg(),
             d_logits.clone().into_tensor_arg(),
             spec.smoothing,
             spec.z_loss,
             spec.weight_sum,
+            spec.entropy_bonus,
             UNITS,
             [dtype_to_storage_type(float), dtype_to_storage_type(int)],
         );
-        (losses, log_sum_exp, log_probabilities, d_logits)
+        (losses, log_sum_exp, log_probabilities, entropy, d_logits)
     }
 }
 

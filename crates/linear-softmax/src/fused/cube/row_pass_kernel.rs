@@ -27,8 +27,8 @@ fn reduce<F: Float>(shared: &mut Shared<[F]>, value: F, #[comptime] max: bool) {
 }
 
 /// One cube of `units` (a power of two, = `CUBE_DIM_X`) per row of `logits` `[R, C]`: the row's
-/// loss, log-sum-exp and target log-probability, and its `dS` row in `d_logits` (formulas in
-/// the parent module). Every per-row input and output is `[R]`; `class_weights` is `[C]`.
+/// loss, log-sum-exp, target log-probability and entropy, and its `dS` row in `d_logits`
+/// (formulas in `fused/cpu/rows.rs`, the raw CPU kernel's row pass). Every per-row input and output is `[R]`; `class_weights` is `[C]`.
 ///
 /// The loss and the log-probability are formed from the shifted logits `s_k - max` and
 /// `log sum_k exp(s_k - max)`, never from `lse - s_y` (which keeps only the resolution of
@@ -45,10 +45,12 @@ pub(super) fn cross_entropy_rows_kernel<F: Float, I: Numeric>(
     losses: &mut Tensor<F>,
     log_sum_exp: &mut Tensor<F>,
     target_log_probability: &mut Tensor<F>,
+    entropy: &mut Tensor<F>,
     d_logits: &mut Tensor<F>,
     smoothing: f32,
     z_loss: f32,
     weight_sum: f32,
+    entropy_bonus: f32,
     #[comptime] units: usize,
     #[define(F, I)] _dtypes: [ElemType; 2],
 ) {
@@ -75,14 +77,18 @@ pub(super) fn cross_entropy_rows_kernel<F: Float, I: Numeric>(
     let max = shared[0];
     sync_cube();
 
-    // Pass 2: sum_k exp(s_k - max), and sum_k w_k (s_k - max) for label smoothing.
+    // Pass 2: sum_k exp(s_k - max), sum_k w_k (s_k - max) for label smoothing, and
+    // sum_k exp(s_k - max) (s_k - max) for the entropy.
     let mut sum = F::new(0.0);
     let mut weighted = F::new(0.0);
+    let mut spread_out = F::new(0.0);
     let mut k = unit;
     while k < c {
         let shifted = logits[base + k] - max;
+        let e = F::exp(shifted);
         weighted += class_weights[k] * shifted;
-        sum += F::exp(shifted);
+        sum += e;
+        spread_out += e * shifted;
         k += step;
     }
     reduce::<F>(&mut shared, sum, false);
@@ -90,8 +96,14 @@ pub(super) fn cross_entropy_rows_kernel<F: Float, I: Numeric>(
     sync_cube();
     reduce::<F>(&mut shared, weighted, false);
     let weighted = shared[0];
+    sync_cube();
+    reduce::<F>(&mut shared, spread_out, false);
+    let spread_out = shared[0];
 
     let log_sum = F::ln(sum);
+    // H = log sum_k exp(s_k - max) - sum_k p_k (s_k - max)
+    let row_entropy = log_sum - spread_out / sum;
+    let alpha = F::cast_from(entropy_bonus);
     let lse = max + log_sum;
     let label = u32::cast_from(labels[row]) as usize;
     let true_shifted = logits[base + label] - max;
@@ -104,9 +116,11 @@ pub(super) fn cross_entropy_rows_kernel<F: Float, I: Numeric>(
     if unit == 0 {
         losses[row] = (F::new(1.0) - eps) * r * (log_sum - true_shifted)
             + v * spread * (total * log_sum - weighted)
-            + beta * v * lse * lse;
+            + beta * v * lse * lse
+            - alpha * v * row_entropy;
         log_sum_exp[row] = lse;
         target_log_probability[row] = true_shifted - log_sum;
+        entropy[row] = row_entropy;
     }
 
     // Pass 3: dS.
@@ -115,9 +129,14 @@ pub(super) fn cross_entropy_rows_kernel<F: Float, I: Numeric>(
     let scale = f * coef / sum;
     let spread = f * v * spread;
     let hit = f * (F::new(1.0) - eps) * r;
+    // The entropy bonus: f alpha v p_k (log p_k + H), log p_k = (s_k - max) - log_sum.
+    let bonus = f * alpha * v / sum;
     let mut k = unit;
     while k < c {
-        let mut d = F::exp(logits[base + k] - max) * scale - spread * class_weights[k];
+        let shifted = logits[base + k] - max;
+        let e = F::exp(shifted);
+        let mut d =
+            e * scale - spread * class_weights[k] + bonus * e * (shifted - log_sum + row_entropy);
         if k == label {
             d -= hit;
         }
