@@ -15,7 +15,9 @@
 //! `CrossEntropyLoss` (`burn_ce`), all through `.backward()` except `manual` (`head.gradients`,
 //! which returns its gradients directly), `fused_stats` (the fused step through
 //! `head.loss_output` with `LossOptions::stats`, which also returns the predictions and the
-//! correct count: its cost over `fused` is the statistics'), and the `floor`: the step's three
+//! correct count: its cost over `fused` is the statistics'), `fused_rl` (the fused step with
+//! per-token row weights and the entropy bonus, what RL fine-tuning adds: its cost over
+//! `fused` is theirs), and the `floor`: the step's three
 //! GEMMs `S = XW`, `X^T G`, `G W^T` on the same backend (transposes made contiguous before
 //! timing). The LM-sized steps take about a second each: those groups take ten
 //! single-iteration samples.
@@ -36,15 +38,17 @@ enum Step {
     Manual,
     Fused,
     FusedStats,
+    FusedRl,
     BurnCe,
     Floor,
 }
 
-const STEPS: [Step; 6] = [
+const STEPS: [Step; 7] = [
     Step::Autodiff,
     Step::Manual,
     Step::Fused,
     Step::FusedStats,
+    Step::FusedRl,
     Step::BurnCe,
     Step::Floor,
 ];
@@ -56,6 +60,7 @@ impl Step {
             Self::Manual => "manual",
             Self::Fused => "fused",
             Self::FusedStats => "fused_stats",
+            Self::FusedRl => "fused_rl",
             Self::BurnCe => "burn_ce",
             Self::Floor => "floor",
         }
@@ -67,6 +72,8 @@ struct Problem {
     head: LinearSoftmax,
     x: Tensor<2>,
     targets: Targets,
+    /// The same targets with row weights in `[0, 2)`.
+    weighted_targets: Targets,
     x_t: Tensor<2>,
     w_t: Tensor<2>,
 }
@@ -82,12 +89,17 @@ fn problem([n, d, c]: [usize; 3], device: &Device, dtype: DType) -> Problem {
     let bias = Tensor::<1>::from_data(TensorData::new(uniform(c, scale), [c]), device);
     let (x, weight, bias) = (x.cast(dtype), weight.cast(dtype), bias.cast(dtype));
     let labels: Vec<i64> = (0..n).map(|i| ((i * 7919) % c) as i64).collect();
+    let row_weights =
+        Tensor::<1>::from_data(TensorData::new(uniform(n, 1.0), [n]), device).abs() * 2.0;
     // Reshaping a transposed view to its own shape makes it contiguous.
     let x_t = x.clone().transpose().reshape([d, n]);
     let w_t = weight.clone().transpose().reshape([c, d]);
     Problem {
         head: LinearSoftmax::from_tensors(weight, Some(bias)).expect("valid parameters"),
         targets: Targets::from_indices(&labels, c, device).expect("labels in range"),
+        weighted_targets: Targets::from_indices(&labels, c, device)
+            .and_then(|targets| targets.with_row_weights(row_weights))
+            .expect("labels in range, weights >= 0"),
         x,
         x_t,
         w_t,
@@ -113,7 +125,7 @@ fn step(kind: Step, p: &Problem) -> f32 {
                 .expect("a valid batch");
             first(g.d_weight) + first(g.d_input)
         }
-        Step::Autodiff | Step::Fused | Step::FusedStats | Step::BurnCe => {
+        Step::Autodiff | Step::Fused | Step::FusedStats | Step::FusedRl | Step::BurnCe => {
             let head = p.head.clone().train();
             let x = p.x.clone().autodiff().require_grad();
             let mut correct = 0.0;
@@ -123,6 +135,10 @@ fn step(kind: Step, p: &Problem) -> f32 {
                     head.loss(x.clone(), &p.targets, &options)
                 }
                 Step::Fused => head.loss(x.clone(), &p.targets, &options),
+                Step::FusedRl => {
+                    let options = options.with_entropy_bonus(0.01);
+                    head.loss(x.clone(), &p.weighted_targets, &options)
+                }
                 Step::FusedStats => head
                     .loss_output(x.clone(), &p.targets, &options.with_stats(true))
                     .map(|output| {

@@ -1,18 +1,23 @@
 //! The row pass of the fused head as one CubeCL kernel launch per chunk (wgpu, CUDA): one cube
 //! per row turns the chunk's `[R, C]` logits into row losses, log-sum-exps, target
-//! log-probabilities and `dS`, the same math as the CPU row pass (`cpu/rows.rs`), with
-//! `lse - s_k` formed as `log sum_j exp(s_j - max) - (s_k - max)`:
+//! log-probabilities, entropies and `dS`, the same math as the CPU row pass (`cpu/rows.rs`),
+//! with `lse - s_k` formed as `log sum_j exp(s_j - max) - (s_k - max)`:
 //!
 //! ```text
-//! l_i  = (1 - eps) r_i (lse - s_y) + v_i (eps / C) (W lse - sum_k w_k s_k) + beta v_i lse^2
-//! log A_{i, y_i} = s_y - lse
+//! l_i  = (1 - eps) r_i (lse - s_y) + v_i (eps / C) (W lse - sum_k w_k s_k) + beta v_i lse^2 - alpha v_i H_i
+//! log A_{i, y_i} = s_y - lse,   H_i = -sum_k A_ik log A_ik
 //! dS_i = f_i [coef_i softmax(s) - v_i (eps / C) w] - f_i (1 - eps) r_i e_y
+//!        + f_i alpha v_i softmax(s) (log softmax(s) + H_i)
 //! coef_i = (1 - eps) r_i + (eps / C) v_i W + 2 beta v_i lse_i,   W = sum_k w_k
 //! ```
 //!
 //! The tensor operations of the manual path take about ten launches and several `[R, C]`
 //! temporaries for the same work. The kernel is a backend extension with a Fusion lowering, so
 //! under Burn's `fusion` it is one opaque operation in the fused stream.
+
+// The row pass returns five tensors as a tuple, which the backend-extension macro maps across
+// the dispatch boundary (a type alias would hide the tuple from it).
+#![allow(clippy::type_complexity)]
 
 use burn::backend::TensorMetadata;
 use burn::backend::cubecl::dtype_to_storage_type;
