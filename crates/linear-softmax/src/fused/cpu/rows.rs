@@ -381,9 +381,10 @@ pub(super) fn row_kernel<E: RawFloat>(
     // sum_k exp(s_k - max) (s_k - max) for the entropy.
     let alpha = targets.entropy_bonus;
     let keep_logits = alpha > 0.0 && chunk.gradients;
+    let wants_entropy = chunk.stats || alpha > 0.0;
     let (sum, spread_out) = if keep_logits {
         lane_exp_sum_spread::<E, true>(s, max)
-    } else if chunk.stats || alpha > 0.0 {
+    } else if wants_entropy {
         lane_exp_sum_spread::<E, false>(s, max)
     } else {
         (lane_exp_sum(s, max), E::ZERO)
@@ -396,7 +397,11 @@ pub(super) fn row_kernel<E: RawFloat>(
     let true_shifted = true_logit.to_f64() - max64;
     let v = if valid { 1.0 } else { 0.0 };
     let weighted_shifted = weighted_sum - targets.weight_sum * max64;
-    let entropy = log_sum64 - spread_out.to_f64() / sum.to_f64();
+    let entropy = if wants_entropy {
+        log_sum64 - spread_out.to_f64() / sum.to_f64()
+    } else {
+        0.0
+    };
     let loss = (1.0 - eps) * r * (log_sum64 - true_shifted)
         + v * (eps / c as f64) * (targets.weight_sum * log_sum64 - weighted_shifted)
         + targets.z_loss * v * lse64 * lse64
@@ -422,20 +427,20 @@ pub(super) fn row_kernel<E: RawFloat>(
                 let w = weights.map_or(E::of(1.0), |w| w[k]);
                 *s = e * scale - spread * w + bonus * e * (shifted + offset);
             }
-        }
-        match (&targets.class_weights, spread != 0.0 && !keep_logits) {
-            (Some(w), true) => {
-                let spread = E::of(spread);
-                s.iter_mut()
-                    .zip(w)
-                    .for_each(|(s, &w)| *s = *s * scale - spread * w);
+        } else {
+            match (&targets.class_weights, spread != 0.0) {
+                (Some(w), true) => {
+                    let spread = E::of(spread);
+                    s.iter_mut()
+                        .zip(w)
+                        .for_each(|(s, &w)| *s = *s * scale - spread * w);
+                }
+                (None, true) => {
+                    let spread = E::of(spread);
+                    s.iter_mut().for_each(|s| *s = *s * scale - spread);
+                }
+                (_, false) => s.iter_mut().for_each(|s| *s = *s * scale),
             }
-            (None, true) => {
-                let spread = E::of(spread);
-                s.iter_mut().for_each(|s| *s = *s * scale - spread);
-            }
-            (_, false) if keep_logits => {}
-            (_, false) => s.iter_mut().for_each(|s| *s = *s * scale),
         }
         s[label] = s[label] - E::of(f * (1.0 - eps) * r);
         if let Some(partial) = partial {
