@@ -419,13 +419,16 @@ pub(super) fn row_kernel<E: RawFloat>(
             // f alpha v p_k (log p_k + H) = bonus e_k ((s_k - max) - log_sum + H)
             let bonus = E::of(f * alpha * v / sum.to_f64());
             let offset = E::of(entropy - log_sum64);
-            let weights = targets.class_weights.as_deref();
             let spread = E::of(spread);
-            for (k, s) in s.iter_mut().enumerate() {
+            let step = |s: &mut E, w: E| {
                 let shifted = *s - max;
                 let e = shifted.exp_nonpositive();
-                let w = weights.map_or(E::of(1.0), |w| w[k]);
                 *s = e * scale - spread * w + bonus * e * (shifted + offset);
+            };
+            // One loop per case, with no branch inside, so that each vectorises.
+            match &targets.class_weights {
+                Some(w) => s.iter_mut().zip(w).for_each(|(s, &w)| step(s, w)),
+                None => s.iter_mut().for_each(|s| step(s, E::of(1.0))),
             }
         } else {
             match (&targets.class_weights, spread != 0.0) {
