@@ -27,12 +27,20 @@
 //! `time/ref` and `mem/ref` are ratios to Burn's `Linear` + `CrossEntropyLoss`, or to the floor
 //! when `--rows` leaves Burn's path out.
 //!
+//! `--rss PATH` (`fused`, `autodiff`, `manual`, `burn_ce` or `floor`, one backend, one shape)
+//! measures that path alone the way `scripts/pytorch_bench.py --rss` measures PyTorch: in this
+//! fresh process, after a warm-up step on a small batch, the first step's peak resident-memory
+//! growth (`rss.rs`), then the best of `--repeats` steps; it prints one JSON line for
+//! `scripts/head_to_head.py`, with the machine's measured peak.
+//!
 //! `GFLOP/s` is the step's three GEMMs (`6 N D C` FLOP) over its time, and `of peak` that rate
 //! over the machine's measured peak (`peak.rs`: every core running f32 FMAs, or bf16 dot
 //! products, in its widest vector registers).
 
 mod allocator;
+mod batch;
 mod peak;
+mod rss;
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -44,8 +52,6 @@ use burn::tensor::DType;
 use linear_softmax::diagnostics::{self, Kernel};
 use linear_softmax::{Chunking, LinearSoftmax, LossOptions, LossPath, Targets};
 use peak::Peak;
-use rand::rngs::StdRng;
-use rand::{RngExt, SeedableRng};
 
 const MIB: f64 = 1024.0 * 1024.0;
 
@@ -224,23 +230,8 @@ fn print_chunk_gemms([rows, d, c]: [usize; 3], dtype: DType, repeats: usize, pea
 
 fn problem(shape: [usize; 3], device: &Device, dtype: DType) -> Problem {
     let [n, d, c] = shape;
-    let mut rng = StdRng::seed_from_u64(7);
-    let mut uniform = |len: usize, scale: f32| -> Vec<f32> {
-        (0..len).map(|_| rng.random_range(-scale..scale)).collect()
-    };
-    let x = Tensor::<2>::from_data(TensorData::new(uniform(n * d, 1.0), [n, d]), device);
-    let scale = 1.0 / (d as f32).sqrt();
-    let head = LinearSoftmax::from_tensors(
-        Tensor::from_data(TensorData::new(uniform(d * c, scale), [d, c]), device),
-        Some(Tensor::from_data(
-            TensorData::new(uniform(c, scale), [c]),
-            device,
-        )),
-    )
-    .expect("valid parameters")
-    .cast(dtype);
-    let x = x.cast(dtype);
-    let labels: Vec<i64> = (0..n).map(|i| ((i * 7919) % c) as i64).collect();
+    let (head, x, labels) = batch::seeded(shape, device);
+    let (head, x) = (head.cast(dtype), x.cast(dtype));
     let targets = Targets::from_indices(&labels, c, device).expect("labels in range");
     // Reshaping a transposed view to its own shape makes it contiguous.
     let x_t = x.clone().transpose().reshape([d, n]);
@@ -266,6 +257,8 @@ struct Args {
     rows: Option<Vec<usize>>,
     /// `--dtype f32|bf16`.
     dtype: DType,
+    /// `--rss PATH`: that path alone, measured by resident memory (`rss.rs`).
+    rss: Option<Method>,
 }
 
 /// A comma-separated list of numbers.
@@ -283,6 +276,7 @@ fn args() -> Args {
         shape: None,
         rows: None,
         dtype: DType::F32,
+        rss: None,
     };
     let mut backend = "both".to_string();
     let mut args = std::env::args().skip(1);
@@ -309,8 +303,18 @@ fn args() -> Args {
                     _ => panic!("--dtype f32|bf16"),
                 }
             }
+            "--rss" => {
+                parsed.rss = Some(match args.next().as_deref() {
+                    Some("fused") => Method::Fused(None),
+                    Some("autodiff") => Method::OurAutodiff,
+                    Some("manual") => Method::Manual,
+                    Some("burn_ce") => Method::BurnCrossEntropy,
+                    Some("floor") => Method::Floor,
+                    _ => panic!("--rss fused|autodiff|manual|burn_ce|floor"),
+                })
+            }
             other => panic!(
-                "unknown argument {other}: --sweep, --backend, --repeats, --csv, --shape, --rows, --dtype"
+                "unknown argument {other}: --sweep, --backend, --repeats, --csv, --shape, --rows, --dtype, --rss"
             ),
         }
     }
@@ -325,6 +329,10 @@ fn args() -> Args {
 
 fn main() {
     let args = args();
+    if let Some(method) = args.rss {
+        measure_rss(method, &args);
+        return;
+    }
     let (mut shapes, mut methods): (Vec<[usize; 3]>, Vec<Method>) = if args.sweep {
         (
             vec![
@@ -493,4 +501,41 @@ fn main() {
         std::fs::write(&path, csv).expect("writable CSV path");
         println!("\nwrote {path}");
     }
+}
+
+/// `--rss PATH`: one path on one backend and shape, in this fresh process: a warm-up step on a
+/// small batch (thread pools, first-use allocations), then the first step at full size with
+/// its peak resident growth, then the best of `--repeats` steps; one JSON line.
+fn measure_rss(method: Method, args: &Args) {
+    let [(backend, device)] = args.backends.as_slice() else {
+        panic!("--rss takes one backend: --backend flex|ndarray");
+    };
+    let dtype = args.dtype;
+    let shape = args.shape.unwrap_or([2048, 512, 32768]);
+    let isa = diagnostics::cpu_isa().expect("a CPU kernel level");
+    let peak = match dtype {
+        DType::BF16 => peak::bf16_peak(isa),
+        _ => peak::f32_peak(isa),
+    };
+    let _ = step(method, &problem([64, 64, 256], device, dtype));
+    let p = problem(shape, device, dtype);
+    let before = rss::reset_high_water().expect("Linux's /proc/self/clear_refs");
+    let first = step(method, &p);
+    let after = rss::high_water().expect("Linux's /proc/self/status");
+    let mut best = first.time;
+    for _ in 0..args.repeats {
+        best = best.min(step(method, &p).time);
+    }
+    let [n, d, c] = shape;
+    let dtype_name = if dtype == DType::BF16 { "bf16" } else { "f32" };
+    println!(
+        "{{\"side\": \"ours\", \"backend\": \"{}\", \"dtype\": \"{dtype_name}\", \"n\": {n}, \"d\": {d}, \"c\": {c}, \"path\": \"{}\", \"best_s\": {:.6}, \"rss_peak_mib\": {:.2}, \"alloc_peak_mib\": {:.2}, \"peak_gflops\": {:.1}, \"loss\": {:.6}}}",
+        backend.to_lowercase(),
+        method.key(),
+        best.as_secs_f64(),
+        after.saturating_sub(before) as f64 / MIB,
+        first.peak_extra as f64 / MIB,
+        peak.map_or(f64::NAN, |peak| peak.gflops),
+        first.loss,
+    );
 }

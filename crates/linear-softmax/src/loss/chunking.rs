@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 /// Why a minimum: each chunk reads and writes the whole `[D, C]` gradient once
 /// (`dW += X_r^T dS_r`) and packs `W` twice, costs shared by the chunk's `R` rows. Below ~200
 /// rows they show: at `C = 131072`, `R = 64` (what a 32 MiB budget alone gives) made the step
-/// 1.4x slower than `R = 256` (see BENCHMARKS.md). Set `min_rows` to 1 for a hard budget.
+/// 1.4x slower than `R = 256` (see docs/BENCHMARKS_HISTORY.md). Set `min_rows` to 1 for a hard budget.
 ///
 /// The raw CPU kernels hold exactly one such buffer (in f32 for a bf16 batch, whose row pass
 /// runs in f32: [`rows_on`](Self::rows_on) budgets it so); the tensor-level kernel

@@ -20,7 +20,7 @@
 //! On AVX-512 the three products of a full `f32` group are intrinsics (`few_classes/avx512.rs`); everything
 //! else runs the generic loops below, with fused multiply-adds in the AVX2 build. Against the
 //! GEMMs: 0.22-0.26 ms vs 0.25-0.27 ms per step at N = 256, 1.49 ms vs 2.48 ms at N = 2560
-//! (BENCHMARKS.md). The options, per-row factors and upstream gradients are exactly the chunk
+//! (docs/BENCHMARKS_HISTORY.md). The options, per-row factors and upstream gradients are exactly the chunk
 //! kernel's: the row code is shared, only the matrix products differ.
 
 use rayon::prelude::*;

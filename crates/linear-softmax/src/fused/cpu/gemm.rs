@@ -57,7 +57,7 @@ same_type_operand!(f32, gemm_f32);
 same_type_operand!(f64, gemm_f64);
 
 /// The f32 GEMM: our packed one where the CPU has AVX-512 or AVX2 and FMA, and the GEMM has
-/// at least [`PACKED_F32_MIN_WORK`] multiply-adds (the f32 LM-head step of BENCHMARKS.md takes
+/// at least [`PACKED_F32_MIN_WORK`] multiply-adds (the f32 LM-head step of docs/BENCHMARKS_HISTORY.md takes
 /// 1.14-1.18 s with it, 1.40 s on matrixmultiply's AVX-512 kernel; capped to AVX2, 1.16-1.18 s
 /// against 1.47-1.52 s on matrixmultiply's AVX2 kernel); matrixmultiply's kernels for smaller
 /// GEMMs and on other CPUs; the system OpenBLAS whenever the `openblas-system` feature asks

@@ -149,7 +149,7 @@ fn pack_rows<T: Copy, const W: usize>(
 /// Rows ahead of the one being packed whose runs [`pack_rows`] (and the bf16 pairs' packing)
 /// prefetch, within the block of `k` being packed (`W` for `S_r`; `dS_r` and `X_r^T` for
 /// `dW`): a run is short (a block's columns: 1 KiB for 256 f32), too short for the
-/// hardware's prefetchers to ramp up on. The f32 LM-head step of BENCHMARKS.md took ~2.5 % less
+/// hardware's prefetchers to ramp up on. The f32 LM-head step of docs/BENCHMARKS_HISTORY.md took ~2.5 % less
 /// with 4 rows ahead (`S_r` and `dW` 1-2 ms less a chunk, alternated runs), no less with 8,
 /// less so with 2; the bf16 step, whose runs are pairs of half the bytes, is level.
 const ROWS_AHEAD: usize = 4;
