@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Markdown tables for BENCHMARKS.md from the sweep CSVs (crates/linear-softmax/examples/peak_memory.rs --sweep --csv,
+"""Markdown tables for docs/BENCHMARKS_HISTORY.md from the sweep CSVs (crates/linear-softmax/examples/peak_memory/ --sweep --csv,
 one per backend) and the PyTorch JSON (scripts/pytorch_bench.py --json).
 
     python3 scripts/benchmarks_table.py ndarray.csv [flex.csv ...] torch.json

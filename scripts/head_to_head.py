@@ -17,6 +17,8 @@ peak resident growth.
 
 import argparse
 import json
+import os
+import pathlib
 import subprocess
 import sys
 
@@ -79,7 +81,7 @@ def table(results):
                      f"{r['best_s'] * 1e3:.1f} | {r['best_s'] / limit:.2f} | {ratio('pytorch')} | "
                      f"{ratio('linear_ce')} | {r['rss_peak_mib']:.1f} |")
     lines.append("")
-    lines.append("limits: " + ", ".join(f"{dtype} peak {gflops:.0f} GFLOP/s" for dtype, gflops in peaks.items()))
+    lines.append("limits: " + ", ".join(f"{dtype} peak {gflops:.1f} GFLOP/s" for dtype, gflops in peaks.items()))
     return "\n".join(lines)
 
 
@@ -90,6 +92,8 @@ def main():
     parser.add_argument("--json", help="write the measurements here")
     parser.add_argument("--table", help="only print the table of measurements written earlier")
     args = parser.parse_args()
+    # The binary and the script are named from the repository root.
+    os.chdir(pathlib.Path(__file__).resolve().parent.parent)
     if args.table:
         with open(args.table) as f:
             print(table(json.load(f)))
@@ -99,9 +103,10 @@ def main():
         result = measure(*run, args.python, args.repeats)
         print(json.dumps(result), file=sys.stderr, flush=True)
         results.append(result)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
+        # Written after every measurement: a failed one keeps those before it.
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(results, f, indent=1)
     print(table(results))
 
 

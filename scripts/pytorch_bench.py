@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """PyTorch CPU eager baseline for BENCHMARKS.md (not run by CI).
 
-The same workloads and step as `crates/linear-softmax/benches/head.rs` and `crates/linear-softmax/examples/peak_memory.rs`: a Linear layer
+The same workloads and step as `crates/linear-softmax/benches/head.rs` and `crates/linear-softmax/examples/peak_memory/`: a Linear layer
 (weight [D, C] used as x @ W + b) and `F.cross_entropy` (mean), x, W and b all requiring grad,
 one step = forward + backward + reading the three gradients. Also the three-GEMM floor
 (`S = X W`, `X^T S`, `S W^T`). Threads: `torch.set_num_threads(2)` (this machine's cores).
@@ -9,7 +9,7 @@ one step = forward + backward + reading the three gradients. Also the three-GEMM
 Peak extra memory: PyTorch's CPU allocator goes straight to the system allocator, so the step's
 peak above its start is measured with `torch.profiler` (profile_memory=True): the largest
 running total of the CPU allocations and frees recorded during the step, gradients included
-(as the counting allocator of crates/linear-softmax/examples/peak_memory.rs does).
+(as the counting allocator of crates/linear-softmax/examples/peak_memory/ does).
 
     python3 scripts/pytorch_bench.py [--repeats 3] [--json out.json] [--dtypes f32,bf16,autocast]
     python3 scripts/pytorch_bench.py --rss linear_ce --shape 2048,512,32768 --dtypes bf16
@@ -185,6 +185,8 @@ def main():
     dtypes = args.dtypes.split(",")
     torch.set_num_threads(2)
     if args.rss:
+        if dtypes[0] not in ("f32", "bf16"):
+            parser.error("--rss measures f32 or bf16 (--dtypes f32 or bf16)")
         shape = tuple(int(v) for v in args.shape.split(","))
         measure_rss(args.rss, shape, dtypes[0], args.repeats)
         return

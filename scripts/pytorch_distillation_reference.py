@@ -60,6 +60,7 @@ def divergence(student, teacher, beta):
 def make_case(name, n, d, d_teacher, c, seed, beta, temperature=1.0, reduction="mean",
               labels=False, ignored_rows=(), hard_weight=0.0, soft_weight=1.0, row_weights=False,
               bias=True, teacher_bias=True):
+    assert labels or not hard_weight, "the hard-label term needs labels"
     g = torch.Generator().manual_seed(seed)
     uniform = lambda *shape: torch.rand(*shape, generator=g, dtype=torch.float64)
     x = f32_exact(uniform(n, d) * 4 - 2).requires_grad_()

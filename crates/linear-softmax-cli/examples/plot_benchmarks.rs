@@ -1,5 +1,6 @@
-//! Draws `benchmarks.png` for BENCHMARKS.md: step time and peak extra memory of one training
-//! step against the class count C and the batch size N, every path, log-log, with plotters.
+//! Draws `benchmarks.png` for docs/BENCHMARKS_HISTORY.md: step time and peak extra memory of one
+//! training step against the class count C and the batch size N, every path, log-log, with
+//! plotters.
 //!
 //! ```text
 //! cargo run --release --example plot_benchmarks -- \

@@ -197,11 +197,13 @@ fn check_against_cpu(backend: &str, device: &Device) -> bool {
             .iter()
             .zip(on_gpu.iter().zip(&reference))
         {
+            assert_eq!(actual.len(), expected.len(), "{path} {name}: a shape");
             let scale = expected.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-            let difference = actual
-                .iter()
-                .zip(expected)
-                .fold(0.0f64, |m, (a, e)| m.max((a - e).abs()));
+            // `f64::max` drops a NaN: a NaN or infinite entry counts as an infinite difference.
+            let difference = actual.iter().zip(expected).fold(0.0f64, |m, (a, e)| {
+                let d = (a - e).abs();
+                m.max(if d.is_finite() { d } else { f64::INFINITY })
+            });
             let relative = difference / scale;
             let pass = relative <= GPU_F32;
             all &= pass;
