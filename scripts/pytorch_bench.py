@@ -164,12 +164,8 @@ def timed(fn):
 
 def best_time(fn, repeats):
     fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times), sorted(times)[len(times) // 2]
+    times = sorted(timed(fn) for _ in range(repeats))
+    return times[0], times[len(times) // 2]
 
 
 def main():

@@ -24,6 +24,12 @@ use linear_softmax::{Chunking, LinearSoftmax, LossOptions, LossPath, Targets};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
+// The reading of `/proc/self/status` that `peak_memory --rss` uses (its reset is not needed
+// here: each measurement has a fresh process).
+#[allow(dead_code)]
+#[path = "peak_memory/rss.rs"]
+mod rss;
+
 const FEATURES: usize = 256;
 const CLASSES: usize = 8192;
 const CHUNK_ROWS: usize = 256;
@@ -95,7 +101,7 @@ fn extra_bytes(path: LossPath, rows: usize) -> i64 {
     let targets = Targets::from_indices(&labels, CLASSES, &x.device()).expect("labels in range");
     let device = x.device();
     device.sync().expect("the uploads finish");
-    let before = peak_resident_bytes();
+    let before = rss::high_water().expect("Linux /proc") as i64;
 
     // The chunking is the fused path's; the autodiff path takes the whole batch at once.
     let options = LossOptions::new()
@@ -110,23 +116,8 @@ fn extra_bytes(path: LossPath, rows: usize) -> i64 {
     let d_input = x.grad(&grads).expect("dX");
     let d_bias = head.bias().expect("a bias").grad(&grads).expect("db");
     device.sync().expect("the step finishes");
-    let after = peak_resident_bytes();
+    let after = rss::high_water().expect("Linux /proc") as i64;
     drop((d_weight, d_input, d_bias));
     let gradient_bytes = ((FEATURES * CLASSES + rows * FEATURES + CLASSES) * 4) as i64;
     after - before - gradient_bytes
-}
-
-/// The process's peak resident set so far (`VmHWM`), in bytes.
-fn peak_resident_bytes() -> i64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("Linux /proc");
-    let line = status
-        .lines()
-        .find(|line| line.starts_with("VmHWM:"))
-        .expect("a VmHWM line");
-    let kib: i64 = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|value| value.parse().ok())
-        .expect("VmHWM in kB");
-    kib * 1024
 }
