@@ -8,6 +8,7 @@
 
 pub mod cli;
 pub mod data;
+pub mod distill;
 mod error;
 
 #[cfg(feature = "learner")]

@@ -760,3 +760,109 @@ fn training_on_wgpu_learns_and_evaluates_as_on_flex() {
     };
     assert_eq!(accuracy("wgpu"), accuracy("flex"));
 }
+
+/// The percentage after `label` in `text` (`... label 97.21% ...`).
+fn percentage_after(text: &str, label: &str) -> f64 {
+    let rest = &text[text
+        .find(label)
+        .unwrap_or_else(|| panic!("{label:?} in {text}"))
+        + label.len()..];
+    let number: String = rest
+        .trim_start()
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.')
+        .collect();
+    number.parse().unwrap()
+}
+
+#[test]
+fn distill_trains_a_linear_student_from_a_saved_teacher() {
+    let fixture = Fixture::new();
+    let teacher = fixture.path("teacher");
+    fixture.train(&teacher, 20, &["--hidden", "6", "--report-rows", "0"]);
+    let student = fixture.path("student");
+    let data = fixture.data.to_str().unwrap();
+    let args = [
+        "distill",
+        "--teacher",
+        teacher.to_str().unwrap(),
+        "--data",
+        data,
+    ];
+    let mut args = args.to_vec();
+    let out = student.to_str().unwrap();
+    args.extend([
+        "--label-column",
+        "y",
+        "--epochs",
+        "10",
+        "--batch-size",
+        "8",
+        "--out",
+        out,
+    ]);
+    let output = run(&args);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let text = stdout(&output);
+    assert!(
+        text.contains("distillation beta 0 soft 0.5 hard 0.5"),
+        "{text}"
+    );
+    // Ten epoch lines, then the two students' test accuracies on well-separated classes.
+    let epoch = |line: &&str| {
+        let first = line.split_whitespace().next();
+        first.is_some_and(|word| word.parse::<usize>().is_ok())
+    };
+    let epoch_lines = text.lines().filter(epoch);
+    assert_eq!(epoch_lines.count(), 10, "{text}");
+    let alone = percentage_after(&text, "on labels alone");
+    let distilled = percentage_after(&text, "distilled from the teacher");
+    assert!(alone >= 90.0 && distilled >= 90.0, "{text}");
+    // The distilled student is a linear classifier that evaluates as reported.
+    let device = Device::flex();
+    let (model, config) = model::load(&student, &device).unwrap();
+    assert!(config.hidden.is_empty() && model.hidden.is_empty());
+    let evaluation = run(&[
+        "evaluate",
+        "--model",
+        out,
+        "--data",
+        data,
+        "--label-column",
+        "y",
+    ]);
+    assert!(evaluation.status.success(), "{}", stderr(&evaluation));
+    assert!(
+        stdout(&evaluation).contains("accuracy"),
+        "{}",
+        stdout(&evaluation)
+    );
+}
+
+#[test]
+fn distill_refuses_a_teacher_of_other_data_and_bad_options() {
+    let fixture = Fixture::new();
+    let teacher = fixture.path("teacher");
+    fixture.train(&teacher, 1, &["--hidden", "6", "--report-rows", "0"]);
+    let teacher = teacher.to_str().unwrap();
+    // A teacher of the 4-feature CSV, on the embedded 64-pixel digits.
+    let output = run(&["distill", "--teacher", teacher, "--epochs", "1"]);
+    assert_input_error(&output, &["64 features", "expects 4"]);
+    let missing = fixture.path("nothing");
+    let output = run(&["distill", "--teacher", missing.to_str().unwrap()]);
+    assert_input_error(&output, &["no model directory"]);
+    let data = fixture.data.to_str().unwrap();
+    for (flag, named) in [("--beta=1.5", "beta"), ("--hard-weight=-1", "hard_weight")] {
+        let output = run(&[
+            "distill",
+            "--teacher",
+            teacher,
+            "--data",
+            data,
+            "--label-column",
+            "y",
+            flag,
+        ]);
+        assert_input_error(&output, &[named]);
+    }
+}

@@ -1,6 +1,8 @@
 //! The head itself: a [`Linear`] layer whose logits feed a softmax. Its losses live with the
 //! paths that compute them (`paths/mod.rs`): this module imports none of them.
 
+mod teacher_targets;
+
 use burn::module::Param;
 use burn::nn::{Initializer, Linear, LinearConfig};
 use burn::prelude::*;

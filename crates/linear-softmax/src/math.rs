@@ -33,12 +33,20 @@
 //! softcap: `d(c tanh(S / c))/dS = 1 - tanh^2(S / c) = 1 - (S' / c)^2`, reusing `S'`.
 //! In the softmax cross-entropy line `S'` stands for the logits the softmax sees: capped,
 //! then divided by the temperature (`S''`; either step absent when its option is off).
+//!
+//! Distillation (targets that carry a teacher) replaces the softmax cross-entropy pair by its
+//! own, in `math/distillation.rs`: the generalised JSD of the student's and the teacher's
+//! tempered distributions, mixed with the hard-label cross-entropy, and its gradient
+//! `dD/dS = (Q - P) / tau` (forward KL), `Q (lq - lp - D) / tau` (reverse KL),
+//! `(1 - beta) Q (lq - log M - G) / tau` (JSD).
 
 use burn::prelude::*;
 use burn::tensor::IndexingUpdateOp;
 
 use crate::loss::resolved::{ResolvedLoss, ResolvedTargets};
 use crate::loss::{LossOptions, LossReduction, Targets};
+
+pub(crate) mod distillation;
 
 /// Scores `S = X W + b`.
 ///
@@ -249,6 +257,9 @@ pub(crate) fn softmax_cross_entropy_forward_resolved(
             let losses = log_sum.clone() * weighted.clone().sum_dim(1)
                 - (weighted.clone() * shifted.clone()).sum_dim(1);
             (losses, WeightedTarget::Probabilities(weighted), None)
+        }
+        ResolvedTargets::Teacher { .. } => {
+            unreachable!("a teacher's targets take the distillation pair (math/distillation.rs)")
         }
     };
     let z_loss = resolved.z_loss;

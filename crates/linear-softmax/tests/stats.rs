@@ -109,6 +109,7 @@ fn expected(
                     .sum();
             }
         }
+        TargetKind::Teacher { .. } => unreachable!("statistics with a teacher are refused"),
     }
     Expected {
         predictions,

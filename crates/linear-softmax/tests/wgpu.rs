@@ -430,3 +430,27 @@ fn statistics_on_wgpu_match_predict_and_the_autodiff_path() {
     }
     finish_wgpu();
 }
+
+/// Distillation on wgpu: the PyTorch fixtures (`tests/fixtures/distillation/`) through every
+/// path's `loss(..)?.backward()` on the model's device, in f32 (chunks of 4 rows for the fused
+/// path, which takes the tensor kernel there), and no gradient to the teacher.
+#[test]
+fn distillation_matches_pytorch_on_wgpu() {
+    use common::distillation::{CASES, PYTORCH_F32, fixtures, load};
+    let device = wgpu().autodiff();
+    let paths = fixtures();
+    assert_eq!(paths.len(), CASES);
+    for path in &paths {
+        let f = load(path, &device, DType::F32);
+        let targets = f.targets(f.teacher_hidden.clone());
+        let choice = fused_kernel(&f.student, &f.x, &targets, &f.options);
+        assert_eq!(choice.kernel, Kernel::Tensor, "{}", choice.reason);
+        for loss_path in LossPath::ALL {
+            let context = format!("{}: {loss_path} wgpu", f.name);
+            let options = (f.options.clone().with_path(loss_path))
+                .with_chunking(Chunking::new().with_rows(Some(4)));
+            f.check_backward(&context, &options, PYTORCH_F32);
+        }
+    }
+    finish_wgpu();
+}

@@ -2,6 +2,7 @@
 
 mod compare;
 mod data;
+mod distill;
 mod evaluate;
 mod lm;
 mod predict;
@@ -51,6 +52,10 @@ enum Command {
     /// (next-token shift, padding, token accuracy from the head's pass): its validation loss
     /// against unigram and bigram baselines, tokens per second, and a sampled continuation.
     Lm(lm::LmArgs),
+    /// Train a linear student from a saved teacher (an MLP from `train --hidden`) through the
+    /// head's distillation loss, beside the same student trained on the labels alone: both
+    /// test accuracies, epoch by epoch, and the distilled student written to --out.
+    Distill(distill::DistillArgs),
 }
 
 /// How a run ends badly: bad input (exit status 2, like clap's usage errors) or a run that
@@ -100,6 +105,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Some(Command::Evaluate(args)) => evaluate::run(args),
         Some(Command::Predict(args)) => predict::run(args),
         Some(Command::Lm(args)) => lm::run(args),
+        Some(Command::Distill(args)) => distill::run(args),
     }
 }
 

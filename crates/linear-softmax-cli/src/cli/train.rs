@@ -24,21 +24,8 @@ use super::{Backend, DataArgs, Failure, LossArgs, path_parser};
 pub struct TrainArgs {
     #[command(flatten)]
     data: DataArgs,
-    /// Passes over the training set.
-    #[arg(long, default_value_t = 30)]
-    epochs: usize,
-    /// Rows per optimizer step.
-    #[arg(long, default_value_t = 32)]
-    batch_size: usize,
-    /// The optimizer, from burn::optim.
-    #[arg(long, value_enum, default_value_t = OptimizerArg::Sgd)]
-    optimizer: OptimizerArg,
-    /// Momentum of SGD (PyTorch's convention: no dampening); 0 for plain SGD.
-    #[arg(long, default_value_t = 0.9)]
-    momentum: f64,
-    /// Learning rate [default: 0.05 for sgd, 0.003 for adam].
-    #[arg(long)]
-    lr: Option<f64>,
+    #[command(flatten)]
+    steps: StepArgs,
     #[command(flatten)]
     loss: LossArgs,
     /// Widths of hidden ReLU layers, input side first, e.g. `128,64`, each at least 1; leave
@@ -67,6 +54,26 @@ pub struct TrainArgs {
     out: PathBuf,
 }
 
+/// The optimization flags `train` and `distill` share: epochs, batches, the optimizer.
+#[derive(Clone, Debug, Args)]
+pub(super) struct StepArgs {
+    /// Passes over the training set.
+    #[arg(long, default_value_t = 30)]
+    pub(super) epochs: usize,
+    /// Rows per optimizer step.
+    #[arg(long, default_value_t = 32)]
+    pub(super) batch_size: usize,
+    /// The optimizer, from burn::optim.
+    #[arg(long, value_enum, default_value_t = OptimizerArg::Sgd)]
+    optimizer: OptimizerArg,
+    /// Momentum of SGD (PyTorch's convention: no dampening); 0 for plain SGD.
+    #[arg(long, default_value_t = 0.9)]
+    momentum: f64,
+    /// Learning rate [default: 0.05 for sgd, 0.003 for adam].
+    #[arg(long)]
+    lr: Option<f64>,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum OptimizerArg {
     /// Stochastic gradient descent with momentum.
@@ -75,15 +82,17 @@ enum OptimizerArg {
     Adam,
 }
 
-impl TrainArgs {
-    fn learning_rate(&self) -> f64 {
+impl StepArgs {
+    /// The learning rate given, or the optimizer's default.
+    pub(super) fn learning_rate(&self) -> f64 {
         self.lr.unwrap_or(match self.optimizer {
             OptimizerArg::Sgd => 0.05,
             OptimizerArg::Adam => 0.003,
         })
     }
 
-    fn optimizer(&self) -> OptimizerKind {
+    /// The optimizer.
+    pub(super) fn optimizer(&self) -> OptimizerKind {
         match self.optimizer {
             OptimizerArg::Sgd => OptimizerKind::Sgd {
                 momentum: self.momentum,
@@ -92,16 +101,16 @@ impl TrainArgs {
         }
     }
 
-    fn optimizer_name(&self) -> String {
+    /// The optimizer as the run's header names it.
+    pub(super) fn optimizer_name(&self) -> String {
         match self.optimizer {
             OptimizerArg::Sgd => format!("sgd (momentum {})", self.momentum),
             OptimizerArg::Adam => "adam".into(),
         }
     }
 
-    /// Checks the flags no later check sees: a run of 0 epochs would write an untrained
-    /// model, and a hidden layer of width 0 cannot carry anything.
-    fn check(&self) -> Result<(), HeadError> {
+    /// Refuses a run of 0 epochs, which would write an untrained model.
+    pub(super) fn check(&self) -> Result<(), HeadError> {
         if self.epochs == 0 {
             return Err(HeadError::InvalidOption {
                 name: "epochs",
@@ -109,6 +118,15 @@ impl TrainArgs {
                 expected: "at least 1",
             });
         }
+        Ok(())
+    }
+}
+
+impl TrainArgs {
+    /// Checks the flags no later check sees: a run of 0 epochs would write an untrained
+    /// model, and a hidden layer of width 0 cannot carry anything.
+    fn check(&self) -> Result<(), HeadError> {
+        self.steps.check()?;
         if self.hidden.contains(&0) {
             return Err(HeadError::InvalidOption {
                 name: "hidden",
@@ -140,10 +158,10 @@ pub fn run(args: TrainArgs) -> Result<ExitCode, Failure> {
         ClassifierConfig::new(data.n_features, data.n_classes).with_hidden(args.hidden.clone());
     let model = model_config.init(&device)?;
     let config = TrainConfig {
-        epochs: args.epochs,
-        batch_size: args.batch_size,
-        learning_rate: args.learning_rate(),
-        optimizer: args.optimizer(),
+        epochs: args.steps.epochs,
+        batch_size: args.steps.batch_size,
+        learning_rate: args.steps.learning_rate(),
+        optimizer: args.steps.optimizer(),
         options: args.loss.options().with_path(path),
         seed: args.seed,
     };
@@ -151,7 +169,7 @@ pub fn run(args: TrainArgs) -> Result<ExitCode, Failure> {
         "model: {}\ntraining: {}, learning rate {}, batch {}, {} epochs, loss {}, {} gradients, \
          {:?} device",
         describe_model(&model_config),
-        args.optimizer_name(),
+        args.steps.optimizer_name(),
         config.learning_rate,
         config.batch_size,
         config.epochs,

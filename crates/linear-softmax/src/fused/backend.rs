@@ -123,6 +123,20 @@ pub enum TargetPrimitives<B: Backend> {
     Classes(IntTensor<B>),
     /// Class probabilities `[N, C]`, rows summing to 1.
     Probabilities(FloatTensor<B>),
+    /// A frozen teacher (distillation): its hidden states `[N, D_t]`, weight `[D_t, C]` and
+    /// bias `[C]`, constants of any graph, and the labels `[N]` when given.
+    Teacher {
+        /// `X_t`.
+        hidden: FloatTensor<B>,
+        /// `W_t`.
+        weight: FloatTensor<B>,
+        /// `b_t`.
+        #[extension_type]
+        bias: Optional<B>,
+        /// The labels (ignored rows, the hard term).
+        #[extension_type]
+        labels: OptionalInt<B>,
+    },
 }
 
 /// The tensors of one fused call, as primitives of its backend.

@@ -10,10 +10,10 @@ use super::backend::{
 };
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 use super::choice::choose_cube;
-use super::choice::{Kernel, choose};
+use super::choice::{Kernel, TargetForm, choose};
 use super::cpu::{self, RawBackend};
 use super::tensor_kernel::{self, PlainBackend, RowPass};
-use crate::loss::{LossStats, TargetKind, Targets};
+use crate::loss::{LossStats, TargetKind, Targets, Teacher};
 
 /// The CPU backends' implementation: the kernel [`choose`] picks.
 pub(crate) fn plain_kernel<B: PlainBackend + RawBackend>(
@@ -23,13 +23,22 @@ pub(crate) fn plain_kernel<B: PlainBackend + RawBackend>(
     upstream: RowUpstream<B>,
 ) -> FusedOutput<B> {
     let [_, n_classes] = inputs.weight.shape().dims::<2>();
-    let class_targets = matches!(inputs.targets, TargetPrimitives::Classes(_));
-    match choose(inputs.x.dtype(), n_classes, class_targets, &spec.options).kernel {
+    let form = target_form(&inputs.targets);
+    match choose(inputs.x.dtype(), n_classes, form, &spec.options).kernel {
         Kernel::Raw | Kernel::FewClasses => {
             cpu::linear_cross_entropy::<B>(&inputs, &spec, wanted, &upstream)
         }
         Kernel::Tensor => tensor_kernel(inputs, spec, wanted, upstream, RowPass::Tensor),
         Kernel::Cube | Kernel::Autodiff => unreachable!("the CPU rule picks a CPU kernel"),
+    }
+}
+
+/// The form of the targets, for the kernel choice.
+fn target_form<B: burn::backend::Backend>(targets: &TargetPrimitives<B>) -> TargetForm {
+    match targets {
+        TargetPrimitives::Classes(_) => TargetForm::Classes,
+        TargetPrimitives::Probabilities(_) => TargetForm::Probabilities,
+        TargetPrimitives::Teacher { .. } => TargetForm::Teacher,
     }
 }
 
@@ -59,6 +68,20 @@ fn tensor_kernel<B: PlainBackend>(
         TargetPrimitives::Probabilities(probabilities) => {
             TargetKind::Probabilities(B::wrap(probabilities))
         }
+        TargetPrimitives::Teacher {
+            hidden,
+            weight,
+            bias,
+            labels,
+        } => TargetKind::Teacher {
+            teacher: Teacher {
+                hidden: B::wrap(hidden),
+                weight: B::wrap(weight),
+                bias: bias.into_option().map(B::wrap),
+            },
+            labels: labels.into_option().map(B::wrap_int),
+            ignore_index: spec.ignore_index,
+        },
     };
     let targets = Targets::trusted(kind, n_classes, row_weights.into_option().map(B::wrap));
     let output = tensor_kernel::linear_cross_entropy(
@@ -155,8 +178,7 @@ impl super::backend::FusedLinearCrossEntropyOps for burn::backend::Cube {
         wanted: WantedGradients,
         upstream: RowUpstream<Self>,
     ) -> FusedOutput<Self> {
-        let class_targets = matches!(inputs.targets, TargetPrimitives::Classes(_));
-        let row_pass = match choose_cube(class_targets, &spec.options).kernel {
+        let row_pass = match choose_cube(target_form(&inputs.targets), &spec.options).kernel {
             Kernel::Cube => RowPass::Cube,
             _ => RowPass::Tensor,
         };
@@ -211,11 +233,14 @@ mod tests {
         assert_eq!(choice.kernel, Kernel::Tensor);
         assert!(choice.reason.contains("softcap"), "{}", choice.reason);
 
-        let choice = choose(DType::F16, 32768, true, &plain);
+        let choice = choose(DType::F16, 32768, TargetForm::Classes, &plain);
         assert_eq!(choice.kernel, Kernel::Tensor);
-        assert_eq!(choose(DType::BF16, 32768, true, &plain).kernel, Kernel::Raw);
         assert_eq!(
-            choose(DType::BF16, 10, true, &plain).kernel,
+            choose(DType::BF16, 32768, TargetForm::Classes, &plain).kernel,
+            Kernel::Raw
+        );
+        assert_eq!(
+            choose(DType::BF16, 10, TargetForm::Classes, &plain).kernel,
             Kernel::FewClasses
         );
     }
@@ -226,14 +251,17 @@ mod tests {
         let (head, x) = head_and_input(20, &device);
         let classes = Targets::from_indices(&[3, 19], 20, &device).unwrap();
         let probabilities = Targets::from_probabilities(&[0.05; 40], [2, 20], &device).unwrap();
-        // One target kind per kernel: the raw kernel and the tensor kernel.
-        for targets in [&classes, &probabilities] {
+        let teacher = LinearSoftmaxConfig::new(5, 20).init(&device).unwrap();
+        let hidden = Tensor::<2>::from_data([[1.0, -0.5, 0.0, 2.0, 0.5]; 2], &device);
+        let teacher = Targets::from_teacher(&teacher, hidden).unwrap();
+        // The raw kernel (class indices) and the tensor kernel (probabilities, a teacher).
+        for targets in [&classes, &probabilities, &teacher] {
             let run = |wanted: WantedGradients, bias: bool| {
                 let inputs = FusedInputs {
                     x: x.clone().into_dispatch(),
                     weight: head.weight().into_dispatch(),
                     bias: Optional::from(bias.then(|| head.bias().unwrap().into_dispatch())),
-                    targets: super::super::target_primitives(targets, &device),
+                    targets: super::super::target_primitives(targets, &device, DType::F32),
                     class_weights: Optional::Absent,
                     row_weights: Optional::Absent,
                 };

@@ -221,6 +221,18 @@ fn inner_targets<B: Backend, C: CheckpointStrategy>(
         TargetPrimitives::Probabilities(probabilities) => {
             TargetPrimitives::Probabilities(probabilities.into_primitive())
         }
+        // The teacher is frozen: its tensors are constants of the graph.
+        TargetPrimitives::Teacher {
+            hidden,
+            weight,
+            bias,
+            labels,
+        } => TargetPrimitives::Teacher {
+            hidden: hidden.into_primitive(),
+            weight: weight.into_primitive(),
+            bias: inner_optional(bias),
+            labels: labels.into_option().into(),
+        },
     }
 }
 

@@ -25,7 +25,8 @@ pub enum Kernel {
     /// raw kernel's row code without GEMMs (bf16 inputs widened to f32).
     FewClasses,
     /// The chunk loop on tensor operations: every option and target kind, any float type (on
-    /// the CubeCL backends: probability targets and softcap).
+    /// the CubeCL backends: probability targets and softcap; everywhere: a teacher's targets,
+    /// whose logits it forms chunk by chunk beside the student's).
     Tensor,
     /// The chunk loop on a CubeCL backend (wgpu, CUDA) with each chunk's row pass as one
     /// kernel launch (`fused/cube/`) and the GEMMs through the backend's matmul: class indices
@@ -71,15 +72,10 @@ pub fn kernel_for<const K: usize>(
     if options.path != LossPath::Fused {
         return None;
     }
+    let form = TargetForm::of(targets.kind());
     Some(match FusedBackend::of(&x.device()) {
-        FusedBackend::Cpu => {
-            let classes = matches!(targets.kind(), TargetKind::Classes { .. });
-            choose(x.dtype(), head.n_classes(), classes, options)
-        }
-        FusedBackend::Cube => {
-            let classes = matches!(targets.kind(), TargetKind::Classes { .. });
-            choose_cube(classes, options)
-        }
+        FusedBackend::Cpu => choose(x.dtype(), head.n_classes(), form, options),
+        FusedBackend::Cube => choose_cube(form, options),
         FusedBackend::Unsupported => KernelChoice {
             kernel: Kernel::Autodiff,
             reason: "this device's backend has no fused implementation: the autodiff path runs",
@@ -87,13 +83,40 @@ pub fn kernel_for<const K: usize>(
     })
 }
 
+/// What the kernel choice needs to know of the targets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum TargetForm {
+    /// Class indices.
+    Classes,
+    /// Class probabilities.
+    Probabilities,
+    /// A teacher (distillation).
+    Teacher,
+}
+
+impl TargetForm {
+    /// The form of `kind`.
+    pub(crate) fn of(kind: &TargetKind) -> Self {
+        match kind {
+            TargetKind::Classes { .. } => Self::Classes,
+            TargetKind::Probabilities(_) => Self::Probabilities,
+            TargetKind::Teacher { .. } => Self::Teacher,
+        }
+    }
+}
+
+/// The reason the tensor kernel runs a teacher's targets, on every backend.
+const TEACHER: &str = "a teacher (distillation): both heads' chunks on tensor operations";
+
 /// The rule of the CubeCL backends: the row-pass kernel where it applies.
-pub(crate) fn choose_cube(class_targets: bool, options: &LossOptions) -> KernelChoice {
+pub(crate) fn choose_cube(form: TargetForm, options: &LossOptions) -> KernelChoice {
     let tensor = |reason| KernelChoice {
         kernel: Kernel::Tensor,
         reason,
     };
-    if !class_targets {
+    if form == TargetForm::Teacher {
+        tensor(TEACHER)
+    } else if form == TargetForm::Probabilities {
         tensor("a CubeCL device with probability targets: the row pass on tensor operations")
     } else if options.softcap.is_some() {
         tensor("a CubeCL device with softcap: the row pass on tensor operations")
@@ -146,17 +169,20 @@ impl FusedBackend {
 pub(crate) fn choose(
     dtype: DType,
     n_classes: usize,
-    class_targets: bool,
+    form: TargetForm,
     options: &LossOptions,
 ) -> KernelChoice {
     let tensor = |reason| KernelChoice {
         kernel: Kernel::Tensor,
         reason,
     };
+    if form == TargetForm::Teacher {
+        return tensor(TEACHER);
+    }
     if !matches!(dtype, DType::F32 | DType::F64 | DType::BF16) {
         return tensor("the raw kernels run f32, f64 and bf16 only");
     }
-    if !class_targets {
+    if form == TargetForm::Probabilities {
         return tensor("probability targets: the raw kernels take class indices only");
     }
     if options.softcap.is_some() {

@@ -222,7 +222,12 @@ fn prepare(
         Graph::Keep => bias,
         Graph::Detach => bias.detach(),
     });
-    let (x, bias, options) = fold_temperature(detach(x.clone()), bias, options);
+    let (x, bias, options) = match targets.kind() {
+        // The distillation tempers both distributions, not its hard term: the kernel takes
+        // the temperature as it is.
+        TargetKind::Teacher { .. } => (detach(x.clone()), bias, options.clone()),
+        _ => fold_temperature(detach(x.clone()), bias, options),
+    };
     let (device, dtype) = (x.device(), x.dtype());
     let class_weights = resolved::class_weights(&options, &device, dtype);
     let row_weights = targets.row_weights().map(|rho| {
@@ -237,7 +242,7 @@ fn prepare(
         x: x.into_dispatch(),
         weight: detach(head.weight()).into_dispatch(),
         bias: Optional::from(bias.map(Tensor::into_dispatch)),
-        targets: target_primitives(targets, &device),
+        targets: target_primitives(targets, &device, dtype),
         class_weights: Optional::from(class_weights.map(Tensor::into_dispatch)),
         row_weights: Optional::from(row_weights.map(Tensor::into_dispatch)),
     };
@@ -297,6 +302,11 @@ pub(crate) fn gradients(
         RowUpstream::Ones,
     );
     let computed = "the kernel computes every wanted gradient";
+    // The temperature `prepare` folded into X and b (none for a teacher's targets).
+    let folded = match targets.kind() {
+        TargetKind::Teacher { .. } => 1.0,
+        _ => options.temperature,
+    };
     let stats = options.stats.then(|| {
         loss_stats(
             output.predictions,
@@ -317,10 +327,10 @@ pub(crate) fn gradients(
         d_bias: output
             .d_bias
             .into_option()
-            .map(|d_bias| untemper(Tensor::from_dispatch(d_bias), options)),
+            .map(|d_bias| untemper(Tensor::from_dispatch(d_bias), folded)),
         d_input: untemper(
             Tensor::from_dispatch(output.d_input.into_option().expect(computed)),
-            options,
+            folded,
         ),
         log_sum_exp: Tensor::from_dispatch(output.log_sum_exp),
         stats,
@@ -328,22 +338,41 @@ pub(crate) fn gradients(
 }
 
 /// The gradient of `X` or `b` from that of `X / tau` or `b / tau`: `d / tau`.
-fn untemper<const K: usize>(gradient: Tensor<K>, options: &LossOptions) -> Tensor<K> {
-    match options.temperature {
+fn untemper<const K: usize>(gradient: Tensor<K>, folded: f64) -> Tensor<K> {
+    match folded {
         1.0 => gradient,
         tau => gradient * (1.0 / tau),
     }
 }
 
 /// The targets as dispatch primitives on the device of `x` (a no-op when they are there
-/// already, as when built on the model's device).
-fn target_primitives(targets: &Targets, device: &Device) -> TargetPrimitives<Dispatch> {
+/// already, as when built on the model's device); a teacher in the float type of `x`.
+fn target_primitives(
+    targets: &Targets,
+    device: &Device,
+    dtype: DType,
+) -> TargetPrimitives<Dispatch> {
     match targets.kind() {
         TargetKind::Classes { indices, .. } => {
             TargetPrimitives::Classes(indices.clone().to_device(device).into_dispatch())
         }
         TargetKind::Probabilities(probabilities) => {
             TargetPrimitives::Probabilities(probabilities.clone().to_device(device).into_dispatch())
+        }
+        TargetKind::Teacher {
+            teacher, labels, ..
+        } => {
+            let teacher = teacher.to(device, dtype);
+            TargetPrimitives::Teacher {
+                hidden: teacher.hidden.into_dispatch(),
+                weight: teacher.weight.into_dispatch(),
+                bias: Optional::from(teacher.bias.map(Tensor::into_dispatch)),
+                labels: OptionalInt::from(
+                    labels
+                        .clone()
+                        .map(|labels| labels.to_device(device).into_dispatch()),
+                ),
+            }
         }
     }
 }

@@ -16,6 +16,10 @@
 //! [`crate::math`]'s forward/backward pair (the manual path's), run on `R` rows at a time;
 //! every option of [`LossOptions`] therefore holds here exactly as it does there.
 //!
+//! A teacher's targets (distillation) take the same loop with [`crate::math`]'s distillation
+//! pair: each chunk forms the teacher's logits `T_r = X_t,r W_t + b_t` beside the student's,
+//! so neither `[N, C]` exists.
+//!
 //! The options are resolved once for the whole batch (`ResolvedLoss`) and sliced per chunk.
 //! The per-row upstream gradient `g_i` is 1 for the sum, and for the mean the chunks are
 //! computed as for the sum and the finished gradients scaled once by `1 / den`. For reduction
@@ -29,10 +33,11 @@ use burn::prelude::*;
 
 use super::backend::WantedGradients;
 use crate::loss::options::{LossOptions, LossReduction};
-use crate::loss::resolved::ResolvedLoss;
+use crate::loss::resolved::{ResolvedLoss, ResolvedTargets};
 use crate::loss::stats;
 use crate::loss::targets::Targets;
 use crate::math;
+use crate::math::distillation;
 
 /// How the kernel gets `W^T` for `dX_r = dS_r W^T`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -206,6 +211,16 @@ pub(crate) fn linear_cross_entropy(
             predictions.push(logits.clone().argmax(1).squeeze_dim(1));
         }
         let d_logits = match row_pass {
+            // A teacher's chunk: its logits beside the student's, the distillation pair.
+            RowPass::Tensor if matches!(rows.targets, ResolvedTargets::Teacher { .. }) => {
+                let (losses, cache) = distillation::distillation_forward_resolved(logits, &rows);
+                row_losses.push(losses);
+                log_sum_exps.push(cache.log_sum_exp.clone());
+                if !wanted.any() {
+                    continue;
+                }
+                distillation::distillation_backward(cache, d_rows())
+            }
             RowPass::Tensor => {
                 let capped = options
                     .softcap

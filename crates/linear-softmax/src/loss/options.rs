@@ -5,6 +5,7 @@ use burn::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::loss::chunking::Chunking;
+use crate::loss::distillation_options::DistillationOptions;
 use crate::loss::path::LossPath;
 
 /// How the per-row losses `l_i` are combined (PyTorch's `reduction`; named apart from
@@ -47,7 +48,12 @@ pub enum LossReduction {
 /// the ignore index belongs to the labels, which are validated against it) or one of the
 /// `pad_tokens`. The z-loss is averaged with the same denominator as
 /// the main loss. When the denominator is 0 (every row ignored) the loss and the gradients are
-/// 0, where PyTorch and Burn return NaN.
+/// 0, where PyTorch and Burn return NaN. Targets that carry a teacher
+/// ([`Targets::from_teacher`](crate::Targets::from_teacher)) replace the cross-entropy by the
+/// distillation loss of [`DistillationOptions`] (at the temperature `tau`), with reduction,
+/// `mean_denominator`, ignored rows, row weights and `l2` as above; the options it has no term
+/// for (class weights, label smoothing, z-loss, entropy bonus, softcap, shift, stats) are
+/// refused.
 ///
 /// | option | PyTorch `F.cross_entropy` | Burn `CrossEntropyLossConfig` |
 /// |---|---|---|
@@ -63,6 +69,7 @@ pub enum LossReduction {
 /// | `temperature` | - (`F.cross_entropy(S / tau, ..)`; Liger's `temperature`) | - |
 /// | `shift` | - (`logits[:, :-s]` against `labels[:, s:]`; Cut Cross-Entropy's `shift`) | - |
 /// | `l2` | - (cs231n's `reg`) | - |
+/// | `distillation` | - (Liger's `LigerFusedLinearJSD`: `jsd_beta`; its distillation base's `weight_hard_loss`, `weight_soft_loss`) | - |
 ///
 /// The settings change how the loss is computed, never its value (beyond rounding):
 ///
@@ -136,6 +143,13 @@ pub struct LossOptions {
     /// bias); a scalar, so it needs reduction mean or sum.
     #[config(default = 0.0)]
     pub l2: f64,
+    /// The distillation loss, for targets that carry a teacher
+    /// ([`Targets::from_teacher`](crate::Targets::from_teacher)): the divergence (`beta`) and
+    /// its mix with the hard labels. The temperature above is then the distillation's: both
+    /// distributions see the logits divided by it, the hard-label term does not. Ignored for
+    /// other targets.
+    #[config(default = "DistillationOptions::new()")]
+    pub distillation: DistillationOptions,
     /// Which path computes the loss and its gradients (a setting: every path gives the same
     /// values).
     #[config(default = "LossPath::Fused")]
@@ -197,6 +211,9 @@ impl LossOptions {
         }
         if self.shift != 0 {
             text += &format!(", next-token shift {}", self.shift);
+        }
+        if self.distillation != DistillationOptions::new() {
+            text += &format!(", {}", self.distillation.summary());
         }
         text
     }
@@ -273,6 +290,7 @@ impl LossOptions {
         {
             return Err(invalid("class weight", bad, "finite weights >= 0"));
         }
+        self.distillation.validate()?;
         if self.chunking.rows == Some(0) {
             return Err(invalid("chunk rows", 0, "at least 1 row per chunk"));
         }

@@ -10,8 +10,10 @@ use core::ops::Range;
 use burn::prelude::*;
 use burn::tensor::DType;
 
+use crate::loss::distillation_options::DistillationOptions;
 use crate::loss::options::LossOptions;
 use crate::loss::targets::{TargetKind, Targets};
+use crate::loss::teacher::Teacher;
 
 /// The options of one loss call, resolved against its targets.
 ///
@@ -40,6 +42,10 @@ pub(crate) struct ResolvedLoss {
     pub(crate) z_loss: f64,
     /// The entropy bonus `alpha`.
     pub(crate) entropy_bonus: f64,
+    /// The temperature `tau` (a teacher's targets: the distillation's).
+    pub(crate) temperature: f64,
+    /// The distillation loss, for a teacher's targets.
+    pub(crate) distillation: DistillationOptions,
 }
 
 /// The targets side of a [`ResolvedLoss`].
@@ -58,6 +64,37 @@ pub(crate) enum ResolvedTargets {
     },
     /// Class probabilities `T`, `[N, C]`.
     Probabilities(Tensor<2>),
+    /// A teacher (distillation), on the logits' device in their float type.
+    Teacher {
+        /// The teacher's head and hidden states.
+        teacher: Teacher,
+        /// `[N, 1]` labels of the hard term (ignored rows point at class 0), when given.
+        labels: Option<Tensor<2, Int>>,
+        /// `v_i`, `[N, 1]` (absent: no row can be ignored).
+        valid: Option<Tensor<2>>,
+    },
+}
+
+/// Class indices `[N]` on `device` with the options' ignored rows resolved: the labels
+/// `[N, 1]` (ignored rows pointing at class 0) and `v_i` `[N, 1]` in `dtype` (absent when no
+/// row can be ignored).
+fn resolve_labels(
+    indices: &Tensor<1, Int>,
+    ignore_index: Option<i64>,
+    options: &LossOptions,
+    device: &Device,
+    dtype: DType,
+) -> (Tensor<2, Int>, Option<Tensor<2>>) {
+    let indices = indices.clone().to_device(device);
+    let ignored = ignored_rows(&indices, ignore_index, options);
+    let (labels, valid) = match ignored {
+        None => (indices, None),
+        Some(ignored) => (
+            indices.mask_fill(ignored.clone(), 0),
+            Some(ignored.bool_not().float().cast(dtype).unsqueeze_dim::<2>(1)),
+        ),
+    };
+    (labels.unsqueeze_dim::<2>(1), valid)
 }
 
 /// The options' class weights `w` as a `[C]` tensor of `dtype` on `device`.
@@ -127,17 +164,9 @@ impl ResolvedLoss {
         };
         let (targets, denominator) = match targets.kind() {
             TargetKind::Classes { indices, .. } => {
-                let indices = indices.clone().to_device(device);
                 let rows = indices.dims()[0];
-                let ignored = ignored_rows(&indices, targets.ignore_index(), options);
-                let (labels, valid) = match ignored {
-                    None => (indices, None),
-                    Some(ignored) => (
-                        indices.mask_fill(ignored.clone(), 0),
-                        Some(ignored.bool_not().float().cast(dtype).unsqueeze_dim::<2>(1)),
-                    ),
-                };
-                let labels = labels.unsqueeze_dim::<2>(1);
+                let (labels, valid) =
+                    resolve_labels(indices, targets.ignore_index(), options, device, dtype);
                 let label_weights = class_weights.as_ref().map(|w| {
                     w.clone()
                         .squeeze_dim::<1>(0)
@@ -171,6 +200,31 @@ impl ResolvedLoss {
                     weighted_count(None, rows),
                 )
             }
+            TargetKind::Teacher {
+                teacher,
+                labels,
+                ignore_index,
+            } => {
+                let rows = teacher.hidden().dims()[0];
+                let (labels, valid) = match labels {
+                    Some(indices) => {
+                        let (labels, valid) =
+                            resolve_labels(indices, *ignore_index, options, device, dtype);
+                        (Some(labels), valid)
+                    }
+                    None => (None, None),
+                };
+                let denominator = weighted_count(valid.as_ref(), rows);
+                let teacher = teacher.to(device, dtype);
+                (
+                    ResolvedTargets::Teacher {
+                        teacher,
+                        labels,
+                        valid,
+                    },
+                    denominator,
+                )
+            }
         };
         // The caller's denominator, when given, replaces the batch's own.
         let denominator = match options.mean_denominator {
@@ -186,6 +240,8 @@ impl ResolvedLoss {
             smoothing: options.label_smoothing,
             z_loss: options.z_loss,
             entropy_bonus: options.entropy_bonus,
+            temperature: options.temperature,
+            distillation: options.distillation.clone(),
         }
     }
 
@@ -205,6 +261,17 @@ impl ResolvedLoss {
             ResolvedTargets::Probabilities(probabilities) => {
                 ResolvedTargets::Probabilities(slice(probabilities))
             }
+            ResolvedTargets::Teacher {
+                teacher,
+                labels,
+                valid,
+            } => ResolvedTargets::Teacher {
+                teacher: teacher.rows(range.clone()),
+                labels: labels
+                    .as_ref()
+                    .map(|labels| labels.clone().slice([range.clone()])),
+                valid: valid.as_ref().map(slice),
+            },
         };
         Self {
             targets,

@@ -141,6 +141,9 @@ impl LossStats {
                     entropy,
                 )
             }
+            TargetKind::Teacher { .. } => {
+                unreachable!("statistics with a teacher are refused (Targets::check_teacher)")
+            }
         };
         Self {
             predictions,
@@ -219,6 +222,9 @@ pub(crate) fn target_log_probabilities(
             let shifted = (probabilities.clone() * (logits.clone() - row_max.clone())).sum_dim(1);
             let mass = probabilities.clone().sum_dim(1);
             (shifted - log_sum.clone() * mass).squeeze_dim(1)
+        }
+        ResolvedTargets::Teacher { .. } => {
+            unreachable!("statistics with a teacher are refused (Targets::check_teacher)")
         }
     }
 }

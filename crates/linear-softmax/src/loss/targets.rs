@@ -11,6 +11,8 @@ use burn::tensor::DType;
 use crate::error::{Error, Result};
 use crate::host::{to_host_f64, to_host_i64};
 use crate::loss::options::LossOptions;
+use crate::loss::teacher::Teacher;
+use crate::loss::validation::{check_class_count, validate_labels, validate_probabilities};
 
 /// How far a probability row's sum may stray from 1 (f32 data summed over many classes).
 pub const PROBABILITY_SUM_TOLERANCE: f64 = 1e-4;
@@ -49,6 +51,9 @@ pub struct Targets {
 }
 
 /// The kinds of targets.
+// One value per batch: the size difference between the variants (a teacher holds three
+// tensors) does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub enum TargetKind {
     /// One class index per row, `[N]`; labels equal to `ignore_index` (which may lie outside
@@ -61,6 +66,17 @@ pub enum TargetKind {
     },
     /// A class distribution per row, `[N, C]`: non-negative, each row summing to 1.
     Probabilities(Tensor<2>),
+    /// A frozen teacher's distribution, its logits formed from its hidden states `[N, D_t]`
+    /// (distillation: [`Targets::from_teacher`], [`Targets::with_teacher`]), with the labels
+    /// `[N]` of the hard term and of the ignored rows when given.
+    Teacher {
+        /// The teacher's head and hidden states.
+        teacher: Teacher,
+        /// The labels, when given ([`Targets::with_teacher`]).
+        labels: Option<Tensor<1, Int>>,
+        /// The labels' ignore index, if any.
+        ignore_index: Option<i64>,
+    },
 }
 
 impl Targets {
@@ -243,17 +259,16 @@ impl Targets {
     /// The label that marks ignored rows, given to the constructor, if any.
     pub fn ignore_index(&self) -> Option<i64> {
         match &self.kind {
-            TargetKind::Classes { ignore_index, .. } => *ignore_index,
+            TargetKind::Classes { ignore_index, .. } | TargetKind::Teacher { ignore_index, .. } => {
+                *ignore_index
+            }
             TargetKind::Probabilities(_) => None,
         }
     }
 
     /// Number of targets (rows).
     pub fn len(&self) -> usize {
-        match &self.kind {
-            TargetKind::Classes { indices, .. } => indices.dims()[0],
-            TargetKind::Probabilities(probabilities) => probabilities.dims()[0],
-        }
+        self.kind.rows()
     }
 
     /// Whether there are no targets.
@@ -338,7 +353,20 @@ impl Targets {
                     .map(|(label, r)| r * weight(label))
                     .sum())
             }
-            TargetKind::Probabilities(_) => Ok(row_weights.into_iter().sum()),
+            // A teacher's rows: the labels say which are ignored; class weights are refused.
+            TargetKind::Teacher {
+                labels: Some(labels),
+                ignore_index,
+                ..
+            } => Ok(to_host_i64(labels)?
+                .into_iter()
+                .zip(row_weights)
+                .filter(|&(label, _)| !options.ignores(*ignore_index, label))
+                .map(|(_, r)| r)
+                .sum()),
+            TargetKind::Probabilities(_) | TargetKind::Teacher { labels: None, .. } => {
+                Ok(row_weights.into_iter().sum())
+            }
         }
     }
 
@@ -414,6 +442,7 @@ impl Targets {
         let device = match &self.kind {
             TargetKind::Classes { indices, .. } => indices.device(),
             TargetKind::Probabilities(probabilities) => probabilities.device(),
+            TargetKind::Teacher { teacher, .. } => teacher.hidden.device(),
         };
         // Data, not a parameter: no gradient flows to them, on any path.
         Ok(Self {
@@ -428,10 +457,11 @@ impl Targets {
         self.row_weights.as_ref()
     }
 
-    /// The class indices `[N]`, for class-index targets.
+    /// The class indices `[N]`, for class-index targets (and a teacher's labels, when given).
     pub fn indices(&self) -> Option<&Tensor<1, Int>> {
         match &self.kind {
             TargetKind::Classes { indices, .. } => Some(indices),
+            TargetKind::Teacher { labels, .. } => labels.as_ref(),
             TargetKind::Probabilities(_) => None,
         }
     }
@@ -441,6 +471,15 @@ impl Targets {
     pub fn cast(self, dtype: DType) -> Self {
         let kind = match self.kind {
             TargetKind::Probabilities(p) => TargetKind::Probabilities(p.cast(dtype)),
+            TargetKind::Teacher {
+                teacher,
+                labels,
+                ignore_index,
+            } => TargetKind::Teacher {
+                teacher: teacher.to(&teacher.hidden.device(), dtype),
+                labels,
+                ignore_index,
+            },
             classes => classes,
         };
         let row_weights = self.row_weights.map(|rho| rho.cast(dtype));
@@ -462,6 +501,15 @@ impl Targets {
                 ignore_index,
             },
             TargetKind::Probabilities(p) => TargetKind::Probabilities(p.to_device(device)),
+            TargetKind::Teacher {
+                teacher,
+                labels,
+                ignore_index,
+            } => TargetKind::Teacher {
+                teacher: teacher.to(device, teacher.hidden.dtype()),
+                labels: labels.map(|labels| labels.to_device(device)),
+                ignore_index,
+            },
         };
         let row_weights = self.row_weights.map(|r| r.to_device(device));
         Self {
@@ -478,10 +526,7 @@ impl Targets {
         n_classes: usize,
         row_weights: Option<Tensor<1>>,
     ) -> Self {
-        let rows = match &kind {
-            TargetKind::Classes { indices, .. } => indices.dims()[0],
-            TargetKind::Probabilities(probabilities) => probabilities.dims()[0],
-        };
+        let rows = kind.rows();
         Self {
             kind,
             n_classes,
@@ -501,59 +546,18 @@ impl Targets {
             }
             _ => {}
         }
+        self.check_teacher(options)?;
         self.check_shift(options)
     }
 }
 
-/// Targets need a class to point at: a count of 0 classes is refused by every constructor.
-fn check_class_count(n_classes: usize) -> Result<()> {
-    if n_classes == 0 {
-        return Err(Error::InvalidOption {
-            name: "n_classes",
-            value: "0".into(),
-            expected: "at least 1",
-        });
-    }
-    Ok(())
-}
-
-fn validate_labels(labels: &[i64], n_classes: usize, ignore_index: Option<i64>) -> Result<()> {
-    check_class_count(n_classes)?;
-    let bad = labels.iter().enumerate().find(|&(_, &label)| {
-        !(0..n_classes as i64).contains(&label) && Some(label) != ignore_index
-    });
-    match bad {
-        Some((index, &value)) => Err(Error::LabelOutOfRange {
-            index,
-            value,
-            n_classes,
-        }),
-        None => Ok(()),
-    }
-}
-
-fn validate_probabilities(values: &[f64], n_classes: usize) -> Result<()> {
-    check_class_count(n_classes)?;
-    for (row, probabilities) in values.chunks(n_classes).enumerate() {
-        if let Some((class, &value)) = probabilities
-            .iter()
-            .enumerate()
-            .find(|(_, p)| !(p.is_finite() && **p >= 0.0))
-        {
-            return Err(Error::InvalidTarget {
-                row,
-                message: format!("probability {value} of class {class} is not a finite value >= 0"),
-            });
-        }
-        let sum: f64 = probabilities.iter().sum();
-        if (sum - 1.0).abs() > PROBABILITY_SUM_TOLERANCE {
-            return Err(Error::InvalidTarget {
-                row,
-                message: format!(
-                    "probabilities sum to {sum}, not 1 (tolerance {PROBABILITY_SUM_TOLERANCE})"
-                ),
-            });
+impl TargetKind {
+    /// The number of rows.
+    fn rows(&self) -> usize {
+        match self {
+            TargetKind::Classes { indices, .. } => indices.dims()[0],
+            TargetKind::Probabilities(probabilities) => probabilities.dims()[0],
+            TargetKind::Teacher { teacher, .. } => teacher.hidden.dims()[0],
         }
     }
-    Ok(())
 }

@@ -18,13 +18,14 @@ use burn::tensor::activation::log_softmax;
 
 use crate::head::LinearSoftmax;
 use crate::loss::resolved::{ResolvedLoss, ResolvedTargets};
-use crate::loss::{HeadGradients, LossOptions, LossOutput, LossStats, Targets};
+use crate::loss::{HeadGradients, LossOptions, LossOutput, LossStats, TargetKind, Targets};
 use crate::math::{linear_forward, log_sum_exp, reduction_forward, with_l2};
 
 /// The per-row losses `l_i` `[N]` of `logits` `[N, C]` (times the targets' row weights) and
 /// the mean's denominator `[1]`.
 ///
-/// `logits` are taken as they are: apply the softcap first if wanted.
+/// `logits` are taken as they are: apply the softcap and the temperature first if wanted;
+/// for a teacher's targets, give them untempered (the distillation tempers them itself).
 pub(crate) fn cross_entropy_rows(
     logits: Tensor<2>,
     targets: &Targets,
@@ -32,6 +33,9 @@ pub(crate) fn cross_entropy_rows(
 ) -> (Tensor<1>, Tensor<1>) {
     let n_classes = logits.dims()[1];
     let resolved = ResolvedLoss::new(targets, options, &logits.device(), logits.dtype());
+    if let ResolvedTargets::Teacher { .. } = &resolved.targets {
+        return distillation_rows(logits, &resolved);
+    }
     let log_probabilities = log_softmax(logits.clone(), 1);
     // -sum_k A_ik log A_ik, for the entropy bonus.
     let entropy = (resolved.entropy_bonus > 0.0).then(|| {
@@ -66,6 +70,7 @@ pub(crate) fn cross_entropy_rows(
             }
             (losses.squeeze_dim::<1>(1), valid.clone())
         }
+        ResolvedTargets::Teacher { .. } => unreachable!("returned above"),
         ResolvedTargets::Probabilities(probabilities) => {
             let mut smoothed = probabilities.clone() * (1.0 - eps) + eps / n_classes as f64;
             if let Some(w) = &resolved.class_weights {
@@ -105,6 +110,55 @@ pub(crate) fn cross_entropy_rows(
         None => row_losses,
     };
     (row_losses, resolved.denominator)
+}
+
+/// The per-row distillation losses `l_i` `[N]` of the student's untempered `logits` against
+/// the resolved targets' teacher, and the mean's denominator `[1]`: `DistillationOptions`'s
+/// formula transcribed with `log_softmax` (autograd derives the gradient).
+fn distillation_rows(logits: Tensor<2>, resolved: &ResolvedLoss) -> (Tensor<1>, Tensor<1>) {
+    let ResolvedTargets::Teacher {
+        teacher,
+        labels,
+        valid,
+    } = &resolved.targets
+    else {
+        unreachable!("the caller matched a teacher");
+    };
+    let options = &resolved.distillation;
+    let beta = options.beta;
+    let inverse = 1.0 / resolved.temperature;
+    let student = log_softmax(logits.clone() * inverse, 1);
+    let teacher = log_softmax(teacher.logits().detach() * inverse, 1);
+    // KL(A || B) per row from log-probabilities, `[N, 1]`.
+    let kl = |a: &Tensor<2>, b: &Tensor<2>| (a.clone().exp() * (a.clone() - b.clone())).sum_dim(1);
+    let divergence = match beta {
+        0.0 => kl(&teacher, &student),
+        1.0 => kl(&student, &teacher),
+        _ => {
+            // log M = logaddexp(log beta + lp, log(1 - beta) + lq), around the larger term.
+            let (a, b) = (
+                teacher.clone() + beta.ln(),
+                student.clone() + (1.0 - beta).ln(),
+            );
+            let larger = a.clone().max_pair(b.clone()).detach();
+            let log_mixture =
+                larger.clone() + ((a - larger.clone()).exp() + (b - larger).exp()).log();
+            kl(&teacher, &log_mixture) * beta + kl(&student, &log_mixture) * (1.0 - beta)
+        }
+    };
+    let mut row_losses = divergence * options.soft_weight;
+    if options.hard_weight != 0.0 {
+        let labels = labels.clone().expect("the hard term's labels were checked");
+        let nll = log_softmax(logits, 1).gather(1, labels).neg();
+        row_losses = row_losses + nll * options.hard_weight;
+    }
+    if let Some(v) = valid {
+        row_losses = row_losses * v.clone();
+    }
+    if let Some(rho) = &resolved.row_scale {
+        row_losses = row_losses * rho.clone();
+    }
+    (row_losses.squeeze_dim(1), resolved.denominator.clone())
 }
 
 /// The loss of `head` on `(x, targets)` as a graph of ordinary ops, alone.
@@ -165,7 +219,12 @@ pub(crate) fn loss_of_parts(
         1.0 => capped,
         tau => capped * (1.0 / tau),
     };
-    let (rows, denominator) = cross_entropy_rows(capped.clone(), targets, options);
+    // A teacher's distillation tempers both distributions itself (its hard term does not).
+    let scored = match targets.kind() {
+        TargetKind::Teacher { .. } => raw.clone(),
+        _ => capped.clone(),
+    };
+    let (rows, denominator) = cross_entropy_rows(scored, targets, options);
     let loss = reduction_forward(rows, denominator, options.reduction);
     (with_l2(loss, weight, options), Logits { raw, capped })
 }

@@ -16,7 +16,11 @@
 use burn::prelude::*;
 
 use crate::head::LinearSoftmax;
-use crate::loss::{HeadGradients, LossOptions, LossOutput, LossStats, Targets};
+use crate::loss::resolved::ResolvedLoss;
+use crate::loss::{HeadGradients, LossOptions, LossOutput, LossStats, TargetKind, Targets};
+use crate::math::distillation::{
+    DistillationCache, distillation_backward, distillation_forward_resolved,
+};
 use crate::math::{
     LinearGradients, linear_backward, linear_forward, reduction_backward, reduction_forward,
     softcap_backward, softcap_forward, softmax_cross_entropy_backward,
@@ -38,6 +42,20 @@ fn softmax_input(
     }
 }
 
+/// A teacher's distillation loss on the student's logits `S = X W + b`: the reduced loss
+/// (without the L2 term), the mean's denominator and what the backward needs.
+fn distillation(
+    logits: Tensor<2>,
+    targets: &Targets,
+    options: &LossOptions,
+) -> (Tensor<1>, Tensor<1>, DistillationCache) {
+    let resolved = ResolvedLoss::new(targets, options, &logits.device(), logits.dtype());
+    let (row_losses, cache) = distillation_forward_resolved(logits, &resolved);
+    let denominator = resolved.denominator;
+    let loss = reduction_forward(row_losses, denominator.clone(), options.reduction);
+    (loss, denominator, cache)
+}
+
 /// The loss composed of [`crate::math`]'s forward functions (on an autodiff device, Burn's
 /// autograd differentiates it), its `lse` and, when `stats`, the statistics from the `[N, C]`
 /// logits this path forms anyway; `lse` and the statistics are detached from any graph.
@@ -50,6 +68,14 @@ pub(crate) fn loss_output(
 ) -> LossOutput {
     let weight = head.weight();
     let logits = linear_forward(x, weight.clone(), head.bias());
+    if let TargetKind::Teacher { .. } = targets.kind() {
+        let (loss, _, cache) = distillation(logits, targets, options);
+        return LossOutput {
+            loss: with_l2(loss, weight, options),
+            log_sum_exp: cache.log_sum_exp.detach(),
+            stats: None,
+        };
+    }
     let capped = options
         .softcap
         .map(|cap| softcap_forward(logits.clone(), cap));
@@ -85,6 +111,25 @@ pub(crate) fn gradients(
     let rows = x.dims()[0];
 
     let logits = linear_forward(x.clone(), weight.clone(), bias);
+    if let TargetKind::Teacher { .. } = targets.kind() {
+        let (loss, denominator, cache) = distillation(logits, targets, options);
+        let log_sum_exp = cache.log_sum_exp.clone().detach();
+        let d_rows = reduction_backward(loss.ones_like(), denominator, options.reduction, rows);
+        let d_logits = distillation_backward(cache, d_rows);
+        let LinearGradients {
+            d_weight,
+            d_bias,
+            d_input,
+        } = linear_backward(x, weight.clone(), has_bias, d_logits);
+        return HeadGradients {
+            loss: with_l2(loss, weight.clone(), options),
+            d_weight: with_l2_gradient(d_weight, weight, options),
+            d_bias,
+            d_input,
+            log_sum_exp,
+            stats: None,
+        };
+    }
     let capped = options
         .softcap
         .map(|cap| softcap_forward(logits.clone(), cap));

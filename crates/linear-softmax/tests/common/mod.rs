@@ -3,6 +3,7 @@
 
 pub mod cases;
 pub mod confident;
+pub mod distillation;
 pub mod mlp;
 pub mod reference;
 

@@ -31,6 +31,7 @@ pub fn reference_loss(
     let (labels, probabilities) = match targets.kind() {
         TargetKind::Classes { indices, .. } => (Some(to_host_i64(indices).unwrap()), None),
         TargetKind::Probabilities(p) => (None, Some(to_host_f64(p).unwrap())),
+        TargetKind::Teacher { .. } => unimplemented!("the naive reference has no distillation"),
     };
     let rows = x.len() / d;
     let rho = match targets.row_weights() {
