@@ -18,11 +18,12 @@ use rand::seq::SliceRandom;
 
 use crate::data::Dataset;
 use crate::error::Result;
+
 use crate::metrics::evaluate;
 use crate::model::Classifier;
-use crate::train::TrainConfig;
-use linear_softmax::host::to_host_f64;
+use crate::train::{TrainConfig, TrainError, check_step_settings};
 use linear_softmax::Error as HeadError;
+use linear_softmax::host::to_host_f64;
 
 /// What one epoch of [`train_student`] reached.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -42,8 +43,9 @@ pub struct StudentEpoch {
 /// without the teacher.
 ///
 /// # Errors
-/// A teacher whose input width or class count is not the data's, bad settings, or a loss
-/// error (bad options for the targets).
+/// [`TrainError::Invalid`] for a teacher whose input width or class count is not the data's,
+/// bad settings or options; [`TrainError::NonFiniteLoss`] when a step's loss is NaN or
+/// infinite (the step is not taken).
 pub fn train_student(
     mut student: Classifier,
     teacher: Option<&Classifier>,
@@ -52,15 +54,9 @@ pub fn train_student(
     config: &TrainConfig,
     device: &Device,
     mut on_epoch: impl FnMut(&StudentEpoch),
-) -> Result<Classifier> {
-    if config.batch_size == 0 {
-        return Err(HeadError::InvalidOption {
-            name: "batch size",
-            value: "0".into(),
-            expected: "at least 1",
-        }
-        .into());
-    }
+) -> Result<Classifier, TrainError> {
+    check_step_settings(config.batch_size, config.learning_rate)?;
+    config.options.validate_for(student.head.n_classes())?;
     if let Some(teacher) = teacher {
         check_teacher(teacher, train)?;
     }
@@ -72,7 +68,7 @@ pub fn train_student(
         order.shuffle(&mut rng);
         let mut loss_sum = 0.0;
         let steps = order.len().div_ceil(config.batch_size);
-        for rows in order.chunks(config.batch_size) {
+        for (step, rows) in order.chunks(config.batch_size).enumerate() {
             let batch = train.subset(rows);
             let x = batch.features_tensor(device);
             let labels = batch.targets(device)?;
@@ -84,7 +80,16 @@ pub fn train_student(
             let loss = student
                 .head
                 .loss(student.features(x), &targets, &config.options)?;
-            loss_sum += to_host_f64(&loss)?[0];
+            let value = to_host_f64(&loss)?[0];
+            // As `train`: a non-finite loss stops the run before its step is applied.
+            if !value.is_finite() {
+                return Err(TrainError::NonFiniteLoss {
+                    epoch,
+                    step: step + 1,
+                    value,
+                });
+            }
+            loss_sum += value;
             let gradients = GradientsParams::from_grads(loss.backward(), &student);
             student = optimizer.step(config.learning_rate, student, gradients);
         }

@@ -299,7 +299,8 @@ fn manual_step(
     })
 }
 
-fn check_step_settings(batch_size: usize, learning_rate: f64) -> Result<()> {
+/// Refuses a batch of 0 rows and a learning rate that is not finite and `> 0`.
+pub(crate) fn check_step_settings(batch_size: usize, learning_rate: f64) -> Result<()> {
     if batch_size == 0 {
         return Err(HeadError::InvalidOption {
             name: "batch size",

@@ -852,7 +852,11 @@ fn distill_refuses_a_teacher_of_other_data_and_bad_options() {
     let output = run(&["distill", "--teacher", missing.to_str().unwrap()]);
     assert_input_error(&output, &["no model directory"]);
     let data = fixture.data.to_str().unwrap();
-    for (flag, named) in [("--beta=1.5", "beta"), ("--hard-weight=-1", "hard_weight")] {
+    for (flag, named) in [
+        ("--beta=1.5", "beta"),
+        ("--hard-weight=-1", "hard_weight"),
+        ("--lr=-1", "learning rate"),
+    ] {
         let output = run(&[
             "distill",
             "--teacher",

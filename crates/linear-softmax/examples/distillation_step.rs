@@ -261,6 +261,7 @@ fn main() {
                     Method::Floor,
                     Method::Graph(LossPath::Fused, None),
                     Method::Graph(LossPath::Fused, Some(256)),
+                    Method::Graph(LossPath::Fused, Some(64)),
                     Method::Manual,
                     Method::Graph(LossPath::Autodiff, None),
                 ],

@@ -181,6 +181,134 @@ fn bad_distillation_inputs_are_refused() {
     assert!(err.to_string().contains("beta"), "{err}");
 }
 
+/// The fixture with labels, an ignore index and row weights, reduction mean.
+fn labelled_fixture(device: &Device, dtype: DType) -> common::distillation::Fixture {
+    let path = fixtures()
+        .into_iter()
+        .find(|path| path.ends_with("jsd_row_weights_hard_mean.json"))
+        .expect("the fixture");
+    load(&path, device, dtype)
+}
+
+/// The options' other ways to leave rows out and to divide, with a teacher: a pad token counts
+/// as the ignore index; `Targets::mean_denominator` is `sum_i rho_i v_i`, and a loss over
+/// that denominator is the ordinary mean (every path).
+#[test]
+fn pad_tokens_and_the_mean_denominator_with_a_teacher() {
+    let device = Device::flex();
+    let f = labelled_fixture(&device, DType::F64);
+    let targets = f.targets(f.teacher_hidden.clone());
+    let labels = f.labels.clone().unwrap();
+    let rho = f.row_weights.clone().unwrap();
+    let counted: f64 = labels
+        .iter()
+        .zip(&rho)
+        .filter(|(l, _)| **l != -100)
+        .map(|(_, r)| r)
+        .sum();
+    let denominator = targets.mean_denominator(&f.options).unwrap();
+    assert!(
+        (denominator - counted).abs() < 1e-12,
+        "{denominator} vs {counted}"
+    );
+    // Class `pad` as a pad token: its rows leave like ignored ones.
+    let pad = labels.iter().copied().find(|&l| l >= 0).unwrap();
+    let padded: Vec<i64> = labels
+        .iter()
+        .map(|&l| if l == pad { -100 } else { l })
+        .collect();
+    let c = f.student.n_classes();
+    let ignored = Targets::from_indices_with_ignore(&padded, c, -100, &device)
+        .unwrap()
+        .with_teacher(&f.teacher, f.teacher_hidden.clone())
+        .unwrap()
+        .with_row_weights(tensor(rho.clone(), [rho.len()], DType::F64, &device))
+        .unwrap();
+    for path in LossPath::ALL {
+        let options = f.options.clone().with_path(path);
+        let with_pads = options.clone().with_pad_tokens(Some(vec![pad as usize]));
+        let by_pad = f
+            .student
+            .gradients(f.x.clone(), &targets, &with_pads)
+            .unwrap();
+        let by_label = f
+            .student
+            .gradients(f.x.clone(), &ignored, &options)
+            .unwrap();
+        for (what, a, b) in [
+            ("loss", host(&by_pad.loss), host(&by_label.loss)),
+            ("dW", host(&by_pad.d_weight), host(&by_label.d_weight)),
+            ("dX", host(&by_pad.d_input), host(&by_label.d_input)),
+        ] {
+            common::assert_close(&format!("{path} pad token {what}"), &a, &b, PYTORCH_F64);
+        }
+        let over = options.clone().with_mean_denominator(Some(denominator));
+        let given = f.student.gradients(f.x.clone(), &targets, &over).unwrap();
+        let own = f
+            .student
+            .gradients(f.x.clone(), &targets, &options)
+            .unwrap();
+        common::assert_close(
+            &format!("{path} mean over d"),
+            &host(&given.loss),
+            &host(&own.loss),
+            PYTORCH_F64,
+        );
+    }
+}
+
+/// A teacher in another float type than the student's is cast to the student's; in bf16
+/// (Flex) every path stays within bf16's rounding of the f32 result.
+#[test]
+fn a_teacher_of_another_float_type_and_bf16_heads() {
+    let device = Device::flex();
+    let f32_case = labelled_fixture(&device, DType::F32);
+    let f64_case = labelled_fixture(&device, DType::F64);
+    // The f64 teacher with the f32 student: as the f32 teacher.
+    let mixed = f32_case.targets(f32_case.teacher_hidden.clone());
+    let f64_teacher = {
+        let c = f64_case.student.n_classes();
+        Targets::from_indices_with_ignore(f64_case.labels.as_ref().unwrap(), c, -100, &device)
+            .unwrap()
+            .with_teacher(&f64_case.teacher, f64_case.teacher_hidden.clone())
+            .unwrap()
+            .with_row_weights(mixed.row_weights().unwrap().clone())
+            .unwrap()
+    };
+    for path in LossPath::ALL {
+        let options = f32_case.options.clone().with_path(path);
+        let same = f32_case
+            .student
+            .gradients(f32_case.x.clone(), &mixed, &options)
+            .unwrap();
+        let cast = f32_case
+            .student
+            .gradients(f32_case.x.clone(), &f64_teacher, &options)
+            .unwrap();
+        assert_eq!(cast.loss.dtype(), DType::F32);
+        common::assert_close(
+            &format!("{path} f64 teacher dW"),
+            &host(&cast.d_weight),
+            &host(&same.d_weight),
+            1e-6,
+        );
+        // bf16: the student, its input and the teacher in bf16.
+        let head = f32_case.student.clone().cast(DType::BF16);
+        let targets = mixed.clone().cast(DType::BF16);
+        let half = head
+            .gradients(f32_case.x.clone().cast(DType::BF16), &targets, &options)
+            .unwrap();
+        assert_eq!(half.d_weight.dtype(), DType::BF16);
+        for (what, a, b) in [
+            ("loss", host(&half.loss), host(&same.loss)),
+            ("dW", host(&half.d_weight), host(&same.d_weight)),
+            ("dX", host(&half.d_input), host(&same.d_input)),
+        ] {
+            common::assert_close(&format!("{path} bf16 {what}"), &a, &b, common::BF16_VS_F32);
+        }
+    }
+}
+
 /// Paths that compute the same f64 distillation loss by different formulas (`log_softmax`
 /// under autograd against the hand-derived pair, the fused op's chunks): a few ulps of the
 /// largest term times the length of the longest sum (`C`, `D` at most 40), with room for the

@@ -8,10 +8,11 @@ use std::time::Instant;
 use clap::Args;
 use linear_softmax::{DistillationOptions, LossOptions, LossPath};
 
-use crate::distill::{StudentEpoch, check_teacher, train_student};
+use crate::distill::{StudentEpoch, train_student};
+use crate::error::Error;
 use crate::metrics::evaluate;
 use crate::model::{self, ClassifierConfig};
-use crate::train::TrainConfig;
+use crate::train::{TrainConfig, TrainError};
 
 use super::train::StepArgs;
 use super::{Backend, DataArgs, Failure, path_parser};
@@ -42,7 +43,9 @@ pub struct DistillArgs {
     /// Weight of the cross-entropy on the labels (at temperature 1).
     #[arg(long, default_value_t = 0.5)]
     hard_weight: f64,
-    /// How the gradients are computed.
+    /// How the head's loss is computed, as a node of the student's graph (`manual`: Burn's
+    /// autograd over the manual forward functions; `train --path manual` is where the
+    /// hand-derived backward runs a network).
     #[arg(long, default_value_t = LossPath::Fused, value_parser = path_parser())]
     path: LossPath,
     /// Seed of the initialisation, the split and the batch order.
@@ -65,7 +68,18 @@ pub fn run(args: DistillArgs) -> Result<ExitCode, Failure> {
     let device = args.device.device(args.seed);
     let (teacher, teacher_config) = model::load(&args.teacher, &device)?;
     let data = args.data.load(Some(teacher_config.n_classes))?;
-    check_teacher(&teacher, &data)?;
+    if data.n_features != teacher_config.d_input {
+        return Err(Error::Data {
+            source_name: args.data.describe(),
+            message: format!(
+                "{} features per row, but the teacher in {} expects {}",
+                data.n_features,
+                args.teacher.display(),
+                teacher_config.d_input
+            ),
+        }
+        .into());
+    }
     let (train_set, test_set) = data.stratified_split(args.test_fraction, args.seed)?;
     println!(
         "data: {}: {} training rows, {} test rows",
@@ -110,26 +124,27 @@ pub fn run(args: DistillArgs) -> Result<ExitCode, Failure> {
         options.summary()
     );
     let student_config = ClassifierConfig::new(data.n_features, data.n_classes);
-    // The same initialisation for both students: the device's seed, reset before each.
-    let fresh = || {
-        device.seed(args.seed);
-        student_config.init(&device)
-    };
+    // One initial student for both runs: its parameters drawn now (Burn draws them at first
+    // use), then cloned, so both start from the same values whatever runs in between.
+    let initial = student_config.init(&device)?;
+    let _drawn = (initial.head.weight(), initial.head.bias());
+    let fresh = || initial.clone();
     let mut alone = Vec::new();
     train_student(
-        fresh()?,
+        fresh(),
         None,
         &train_set,
         &test_set,
         &config,
         &device,
         |epoch: &StudentEpoch| alone.push(*epoch),
-    )?;
+    )
+    .map_err(failure)?;
     config.options = options;
     println!("epoch  labels alone: loss, test accuracy   distilled: loss, test accuracy");
     let mut distilled = Vec::new();
     let student = train_student(
-        fresh()?,
+        fresh(),
         Some(&teacher),
         &train_set,
         &test_set,
@@ -147,7 +162,8 @@ pub fn run(args: DistillArgs) -> Result<ExitCode, Failure> {
             );
             distilled.push(*epoch);
         },
-    )?;
+    )
+    .map_err(failure)?;
     model::save(&student, &student_config, &args.out)?;
     let last = |epochs: &[StudentEpoch]| epochs.last().map_or(0.0, |e| e.test_accuracy);
     println!(
@@ -162,4 +178,15 @@ pub fn run(args: DistillArgs) -> Result<ExitCode, Failure> {
         args.out.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// A student's training error as the command's failure: bad input (exit status 2), or a loss
+/// that became non-finite (1).
+fn failure(err: TrainError) -> Failure {
+    match err {
+        TrainError::Invalid(err) => err.into(),
+        err @ TrainError::NonFiniteLoss { .. } => {
+            Failure::Run(format!("{err}: training stopped (try a smaller --lr)"))
+        }
+    }
 }

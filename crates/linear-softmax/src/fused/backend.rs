@@ -142,7 +142,8 @@ pub enum TargetPrimitives<B: Backend> {
 /// The tensors of one fused call, as primitives of its backend.
 ///
 /// # Shapes
-/// - `x`: `[N, D]`, `weight`: `[D, C]`, `bias`: `[C]`, `targets`: `[N]` or `[N, C]`,
+/// - `x`: `[N, D]`, `weight`: `[D, C]`, `bias`: `[C]`, `targets`: `[N]` or `[N, C]` (a
+///   teacher: `[N, D_t]`, `[D_t, C]`, `[C]` and the labels `[N]`),
 ///   `class_weights`: `[C]`, `row_weights`: `[N]`
 #[derive(Clone, Debug, ExtensionType)]
 pub struct FusedInputs<B: Backend> {

@@ -255,8 +255,9 @@ fn prepare(
     Ok((inputs, spec))
 }
 
-/// The temperature folded into the op's inputs, so that no kernel needs to know it: the
-/// logits the softmax sees are
+/// The temperature folded into the op's inputs, so that no kernel needs to know it (but the
+/// tensor kernel for a teacher's targets, whose hard term does not see it: `prepare` passes
+/// the temperature through for those): the logits the softmax sees are
 ///
 /// ```text
 /// S / tau = (X / tau) W + b / tau,   (c / tau) tanh(S / c) = c' tanh((S / tau) / c'),  c' = c / tau
@@ -302,7 +303,8 @@ pub(crate) fn gradients(
         RowUpstream::Ones,
     );
     let computed = "the kernel computes every wanted gradient";
-    // The temperature `prepare` folded into X and b (none for a teacher's targets).
+    // The temperature `prepare` folded into X and b (not for a teacher's targets, whose
+    // kernel takes it as it is).
     let folded = match targets.kind() {
         TargetKind::Teacher { .. } => 1.0,
         _ => options.temperature,

@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 /// The distillation loss of a student against a frozen teacher: a generalised Jensen-Shannon
 /// divergence between their tempered distributions, optionally mixed with the hard-label
 /// cross-entropy. Used when the targets carry a teacher ([`crate::Targets::from_teacher`]);
-/// ignored otherwise.
+/// other targets leave it unused (its ranges are checked all the same).
 ///
 /// With the student's logits `S`, the teacher's `T` (no gradient flows to the teacher), the
 /// options' temperature `tau`, `lq = log_softmax(S / tau)`, `Q = exp(lq)`,

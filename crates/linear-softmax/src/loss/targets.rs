@@ -288,7 +288,8 @@ impl Targets {
 
     /// The denominator reduction mean divides these targets' summed loss by under `options`:
     /// `sum_i rho_i v_i w_{y_i}` (the non-ignored rows, weighted by their class weights and row
-    /// weights) for class indices, `sum_i rho_i` (`N` without row weights) for probabilities.
+    /// weights) for class indices, `sum_i rho_i` (`N` without row weights) for probabilities,
+    /// `sum_i rho_i v_i` for a teacher's (its labels, when given, say which rows count).
     /// Summed over the micro-batches of an optimiser step, it is the
     /// [`LossOptions::mean_denominator`] that makes their accumulated gradients those of the
     /// whole batch's mean (Hugging Face's `num_items_in_batch`).
@@ -466,8 +467,8 @@ impl Targets {
         }
     }
 
-    /// The same targets with probabilities and row weights stored as `dtype` (to avoid a cast
-    /// at every step).
+    /// The same targets with probabilities, a teacher's tensors and row weights stored as
+    /// `dtype` (to avoid a cast at every step).
     pub fn cast(self, dtype: DType) -> Self {
         let kind = match self.kind {
             TargetKind::Probabilities(p) => TargetKind::Probabilities(p.cast(dtype)),

@@ -196,22 +196,22 @@ impl Targets {
         let TargetKind::Teacher { labels, .. } = &self.kind else {
             return Ok(());
         };
-        const EXPECTED: &str =
+        const NO_TERM: &str =
             "class-index or probability targets (the distillation loss has no such term)";
         let refused = [
-            ("weights", options.weights.is_some()),
-            ("label_smoothing", options.label_smoothing != 0.0),
-            ("z_loss", options.z_loss != 0.0),
-            ("entropy_bonus", options.entropy_bonus != 0.0),
-            ("softcap", options.softcap.is_some()),
-            ("shift", options.shift != 0),
-            ("stats", options.stats),
+            ("weights", options.weights.is_some(), NO_TERM),
+            ("label_smoothing", options.label_smoothing != 0.0, NO_TERM),
+            ("z_loss", options.z_loss != 0.0, NO_TERM),
+            ("entropy_bonus", options.entropy_bonus != 0.0, NO_TERM),
+            ("softcap", options.softcap.is_some(), NO_TERM),
+            // A teacher's rows would have to move with the labels: shift them before.
+            ("shift", options.shift != 0, "class-index targets"),
+            // The statistics' target log-probabilities and counts are not defined for a
+            // teacher's distribution yet.
+            ("stats", options.stats, NO_TERM),
         ];
-        if let Some((option, _)) = refused.into_iter().find(|(_, set)| *set) {
-            return Err(Error::TargetKind {
-                option,
-                expected: EXPECTED,
-            });
+        if let Some((option, _, expected)) = refused.into_iter().find(|(_, set, _)| *set) {
+            return Err(Error::TargetKind { option, expected });
         }
         if labels.is_none() && options.distillation.hard_weight != 0.0 {
             return Err(Error::TargetKind {

@@ -7,7 +7,9 @@
 //! maximum is subtracted),
 //! `l_i = v_i [(1 - eps) w_{y_i} (-logp_{i,y_i}) + (eps / C) sum_k w_k (-logp_ik)] + beta v_i lse_i^2 - alpha v_i H_i`
 //! with the entropy `H_i = -sum_k exp(logp_ik) logp_ik`,
-//! reduced by mean, sum or none, plus `lambda sum(W^2)`.
+//! reduced by mean, sum or none, plus `lambda sum(W^2)`. For a teacher's targets the rows are
+//! the distillation loss instead (`DistillationOptions`), from `log_softmax` of both heads'
+//! logits at the temperature.
 //!
 //! The entry points are [`LinearSoftmax::loss`], [`loss_output`](LinearSoftmax::loss_output)
 //! and [`gradients`](LinearSoftmax::gradients) with

@@ -9,6 +9,10 @@
 //!            ->  dW = X^T dS (+ 2 lambda W), db = colsum(dS), dX = dS W^T
 //! ```
 //!
+//! For a teacher's targets the softmax cross-entropy pair is replaced by the distillation pair
+//! (`math/distillation.rs`): `dS` of the divergence and the hard term, then the same linear
+//! backward.
+//!
 //! The entry points are [`LinearSoftmax::loss`], [`loss_output`](LinearSoftmax::loss_output)
 //! and [`gradients`](LinearSoftmax::gradients) with
 //! [`LossPath::Manual`](crate::LossPath::Manual); the caller checked the inputs.
