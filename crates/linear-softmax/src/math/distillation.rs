@@ -106,18 +106,17 @@ pub(crate) fn distillation_forward(
         (divergence, DivergenceCache::Mixed { centred })
     };
     let mut row_losses = divergence * options.soft_weight;
-    let hard = (options.hard_weight != 0.0).then(|| {
+    // The hard term at temperature 1: its loss joins the row's, `A` and the labels its backward.
+    let mut hard = None;
+    if options.hard_weight != 0.0 {
         let labels = labels
             .expect("the hard term's labels were checked (Targets::check_teacher)")
             .clone();
         let (log_probabilities, _, _) = log_softmax_parts(logits);
         let nll = log_probabilities.clone().gather(1, labels.clone()).neg();
-        (nll, log_probabilities.exp(), labels)
-    });
-    let hard = hard.map(|(nll, probabilities, labels)| {
-        row_losses = row_losses.clone() + nll * options.hard_weight;
-        (probabilities, labels)
-    });
+        row_losses = row_losses + nll * options.hard_weight;
+        hard = Some((log_probabilities.exp(), labels));
+    }
     if let Some(scale) = &scale {
         row_losses = row_losses * scale.clone();
     }
