@@ -64,8 +64,8 @@ mod paths;
 pub use error::{Error, Result};
 pub use head::{LinearSoftmax, LinearSoftmaxConfig, check_dtype};
 pub use loss::{
-    Chunking, DistillationOptions, HeadGradients, LossOptions, LossOutput, LossPath, LossReduction,
-    LossStats, PROBABILITY_SUM_TOLERANCE, TargetKind, Targets, Teacher,
+    Chunking, DistillationOptions, GradientFilter, HeadGradients, LossOptions, LossOutput,
+    LossPath, LossReduction, LossStats, PROBABILITY_SUM_TOLERANCE, TargetKind, Targets, Teacher,
 };
 
 #[doc = include_str!("../README.md")]

@@ -46,6 +46,7 @@ use burn::tensor::IndexingUpdateOp;
 use crate::loss::resolved::{ResolvedLoss, ResolvedTargets};
 use crate::loss::{LossOptions, LossReduction, Targets};
 
+pub(crate) mod block_filter;
 pub(crate) mod distillation;
 
 /// Scores `S = X W + b`.

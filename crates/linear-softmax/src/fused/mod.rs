@@ -209,6 +209,8 @@ fn prepare(
 ) -> Result<(FusedInputs<Dispatch>, FusedSpec)> {
     let chunk_rows =
         (options.chunking).rows_on(&x.device(), x.dims(), head.n_classes(), x.dtype())?;
+    // Every chunk starts a block of the gradient filter.
+    let chunk_rows = options.gradient_filter.chunk_rows(chunk_rows);
     if FusedBackend::of(&x.device()) == FusedBackend::Cpu {
         // The CPU kernels' instruction-set cap, refused here if it names no level: the kernels
         // below read it, and cannot return an error. Other devices never read it.
@@ -263,7 +265,8 @@ fn prepare(
 /// S / tau = (X / tau) W + b / tau,   (c / tau) tanh(S / c) = c' tanh((S / tau) / c'),  c' = c / tau
 /// ```
 ///
-/// so the op gets `X / tau`, `b / tau` and the softcap `c / tau`, and the temperature 1. The
+/// so the op gets `X / tau`, `b / tau`, the softcap `c / tau` and the gradient filter's
+/// threshold times `tau`, and the temperature 1. The
 /// two scalings are ordinary tensor ops (`[N, D]` and `[C]`, no `[N, C]` tensor): on an
 /// autodiff device Burn's autograd carries `dX` and `db` through them; `dW = (X / tau)^T dS`
 /// is already right. Nothing changes at temperature 1.
@@ -276,11 +279,15 @@ fn fold_temperature(
     if tau == 1.0 {
         return (x, bias, options.clone());
     }
-    // `* (1 / tau)`, not `/ tau`: see `math::softcap_forward`.
+    // `* (1 / tau)`, not `/ tau`: see `math::softcap_forward`. The kernels' `dS` is then
+    // the gradient with respect to `S / tau`, `tau` times the one the gradient filter's
+    // threshold is stated for.
+    let filter = &options.gradient_filter;
     let folded = options
         .clone()
         .with_softcap(options.softcap.map(|cap| cap / tau))
-        .with_temperature(1.0);
+        .with_temperature(1.0)
+        .with_gradient_filter(filter.clone().with_threshold(filter.threshold * tau));
     (x * (1.0 / tau), bias.map(|b| b * (1.0 / tau)), folded)
 }
 

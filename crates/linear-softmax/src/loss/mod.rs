@@ -4,6 +4,7 @@
 
 pub(crate) mod chunking;
 pub(crate) mod distillation_options;
+pub(crate) mod gradient_filter;
 pub(crate) mod options;
 pub(crate) mod output;
 pub(crate) mod path;
@@ -16,6 +17,7 @@ mod validation;
 
 pub use chunking::Chunking;
 pub use distillation_options::DistillationOptions;
+pub use gradient_filter::GradientFilter;
 pub use options::{LossOptions, LossReduction};
 pub use output::{HeadGradients, LossOutput};
 pub use path::LossPath;

@@ -6,6 +6,7 @@ use burn::prelude::*;
 use crate::error::{Error, Result};
 use crate::loss::chunking::Chunking;
 use crate::loss::distillation_options::DistillationOptions;
+use crate::loss::gradient_filter::GradientFilter;
 use crate::loss::path::LossPath;
 
 /// How the per-row losses `l_i` are combined (PyTorch's `reduction`; named apart from
@@ -69,6 +70,7 @@ pub enum LossReduction {
 /// | `temperature` | - (`F.cross_entropy(S / tau, ..)`; Liger's `temperature`) | - |
 /// | `shift` | - (`logits[:, :-s]` against `labels[:, s:]`; Cut Cross-Entropy's `shift`) | - |
 /// | `l2` | - (cs231n's `reg`) | - |
+/// | `gradient_filter` | - (Cut Cross-Entropy's `filter_eps`) | - |
 /// | `distillation` | - (Liger's `LigerFusedLinearJSD`: `jsd_beta`; its distillation base's `weight_hard_loss`, `weight_soft_loss`) | - |
 ///
 /// The settings change how the loss is computed, never its value (beyond rounding):
@@ -150,6 +152,11 @@ pub struct LossOptions {
     /// other targets.
     #[config(default = "DistillationOptions::new()")]
     pub distillation: DistillationOptions,
+    /// Gradient filtering (Cut Cross-Entropy's): the backward GEMMs skip the blocks of `dS`
+    /// whose entries are all below a threshold, an approximation of `dW` and `dX` with a
+    /// documented bound. Off by default; refused where Burn's autograd derives the gradient.
+    #[config(default = "GradientFilter::new()")]
+    pub gradient_filter: GradientFilter,
     /// Which path computes the loss and its gradients (a setting: every path gives the same
     /// values).
     #[config(default = "LossPath::Fused")]
@@ -214,6 +221,9 @@ impl LossOptions {
         }
         if self.distillation != DistillationOptions::new() {
             text += &format!(", {}", self.distillation.summary());
+        }
+        if self.gradient_filter.is_on() {
+            text += &format!(", {}", self.gradient_filter.summary());
         }
         text
     }
@@ -291,6 +301,15 @@ impl LossOptions {
             return Err(invalid("class weight", bad, "finite weights >= 0"));
         }
         self.distillation.validate()?;
+        self.gradient_filter.validate()?;
+        if self.gradient_filter.is_on() && self.path == LossPath::Autodiff {
+            return Err(invalid(
+                "gradient_filter threshold",
+                self.gradient_filter.threshold,
+                "0 on the autodiff path (Burn's autograd derives its gradient and cannot \
+                 filter it: use the fused or manual path)",
+            ));
+        }
         if self.chunking.rows == Some(0) {
             return Err(invalid("chunk rows", 0, "at least 1 row per chunk"));
         }

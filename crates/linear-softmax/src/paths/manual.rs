@@ -22,6 +22,7 @@ use burn::prelude::*;
 use crate::head::LinearSoftmax;
 use crate::loss::resolved::ResolvedLoss;
 use crate::loss::{HeadGradients, LossOptions, LossOutput, LossStats, TargetKind, Targets};
+use crate::math::block_filter::{filter_blocks, row_factors};
 use crate::math::distillation::{
     DistillationCache, distillation_backward, distillation_forward_resolved,
 };
@@ -115,24 +116,36 @@ pub(crate) fn gradients(
     let rows = x.dims()[0];
 
     let logits = linear_forward(x.clone(), weight.clone(), bias);
-    if let TargetKind::Teacher { .. } = targets.kind() {
-        let (loss, denominator, cache) = distillation(logits, targets, options);
-        let log_sum_exp = cache.log_sum_exp.clone().detach();
-        let d_rows = reduction_backward(loss.ones_like(), denominator, options.reduction, rows);
-        let d_logits = distillation_backward(cache, d_rows);
+    // dW, db, dX from dS (the gradient filter on the way) and the outputs assembled.
+    let backward = |d_logits, d_rows, loss: Tensor<1>, log_sum_exp, stats| {
         let LinearGradients {
             d_weight,
             d_bias,
             d_input,
-        } = linear_backward(x, weight.clone(), has_bias, d_logits);
-        return HeadGradients {
+        } = filtered_linear_backward(
+            x,
+            weight.clone(),
+            has_bias,
+            d_logits,
+            d_rows,
+            targets,
+            options,
+        );
+        HeadGradients {
             loss: with_l2(loss, weight.clone(), options),
-            d_weight: with_l2_gradient(d_weight, weight, options),
+            d_weight: with_l2_gradient(d_weight, weight.clone(), options),
             d_bias,
             d_input,
             log_sum_exp,
-            stats: None,
-        };
+            stats,
+        }
+    };
+    if let TargetKind::Teacher { .. } = targets.kind() {
+        let (loss, denominator, cache) = distillation(logits, targets, options);
+        let log_sum_exp = cache.log_sum_exp.clone().detach();
+        let d_rows = reduction_backward(loss.ones_like(), denominator, options.reduction, rows);
+        let d_logits = distillation_backward(cache, d_rows.clone());
+        return backward(d_logits, d_rows, loss, log_sum_exp, None);
     }
     let capped = options
         .softcap
@@ -148,24 +161,43 @@ pub(crate) fn gradients(
     let loss = reduction_forward(row_losses, denominator.clone(), options.reduction);
 
     let d_rows = reduction_backward(loss.ones_like(), denominator, options.reduction, rows);
-    let mut d_logits = softmax_cross_entropy_backward(cache, d_rows);
+    let mut d_logits = softmax_cross_entropy_backward(cache, d_rows.clone());
     if options.temperature != 1.0 {
         d_logits = temperature_backward(options.temperature, d_logits);
     }
     if let (Some(capped), Some(cap)) = (capped, options.softcap) {
         d_logits = softcap_backward(capped, cap, d_logits);
     }
-    let LinearGradients {
-        d_weight,
+    backward(d_logits, d_rows, loss, log_sum_exp.detach(), stats)
+}
+
+/// [`linear_backward`] with the options' gradient filter on `dS` for `dW` and `dX` (`f_i` is
+/// the row's upstream `d_rows` times its row weight); `db` from the whole `dS`, which the
+/// filter leaves alone.
+fn filtered_linear_backward(
+    x: Tensor<2>,
+    weight: Tensor<2>,
+    has_bias: bool,
+    d_logits: Tensor<2>,
+    d_rows: Tensor<1>,
+    targets: &Targets,
+    options: &LossOptions,
+) -> LinearGradients {
+    if !options.gradient_filter.is_on() {
+        return linear_backward(x, weight, has_bias, d_logits);
+    }
+    let (device, dtype) = (d_logits.device(), d_logits.dtype());
+    let row_scale = targets.row_weights().map(|rho| {
+        rho.clone()
+            .to_device(&device)
+            .cast(dtype)
+            .unsqueeze_dim::<2>(1)
+    });
+    let factors = row_factors(d_rows, row_scale.as_ref());
+    let d_bias = has_bias.then(|| d_logits.clone().sum_dim(0).squeeze_dim(0));
+    let d_logits = filter_blocks(d_logits, factors, &options.gradient_filter);
+    LinearGradients {
         d_bias,
-        d_input,
-    } = linear_backward(x, weight.clone(), has_bias, d_logits);
-    HeadGradients {
-        loss: with_l2(loss, weight.clone(), options),
-        d_weight: with_l2_gradient(d_weight, weight, options),
-        d_bias,
-        d_input,
-        log_sum_exp: log_sum_exp.detach(),
-        stats,
+        ..linear_backward(x, weight, false, d_logits)
     }
 }

@@ -17,7 +17,7 @@ use std::borrow::Cow;
 
 use burn::prelude::*;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::fused;
 use crate::head::LinearSoftmax;
 use crate::loss::{HeadGradients, LossOptions, LossOutput, LossPath, Targets};
@@ -67,6 +67,7 @@ impl LinearSoftmax {
         options: &LossOptions,
     ) -> Result<Tensor<1>> {
         self.check_loss_inputs(&x, targets, options)?;
+        check_gradient_filter(options, &x.device(), Graph::Autograd)?;
         let x = self.rows(x);
         let targets = &targets.shifted(options.shift);
         // Nothing but the loss: the statistics are not computed, and the autodiff path (alone
@@ -119,6 +120,7 @@ impl LinearSoftmax {
         options: &LossOptions,
     ) -> Result<LossOutput> {
         self.check_loss_inputs(&x, targets, options)?;
+        check_gradient_filter(options, &x.device(), Graph::Autograd)?;
         let x = self.rows(x);
         let targets = &targets.shifted(options.shift);
         let stats = options.stats;
@@ -168,6 +170,7 @@ impl LinearSoftmax {
         options: &LossOptions,
     ) -> Result<HeadGradients> {
         self.check_loss_inputs(&x, targets, options)?;
+        check_gradient_filter(options, &x.device(), Graph::Values)?;
         let x = self.rows(x);
         let targets = &targets.shifted(options.shift);
         Ok(match options.path {
@@ -186,4 +189,39 @@ impl LinearSoftmax {
         let rows = dims[..K - 1].iter().product::<usize>();
         x.reshape([rows, dims[K - 1]])
     }
+}
+
+/// What an entry point returns: a node of the caller's graph, or plain gradients.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Graph {
+    /// `loss`, `loss_output`: on an autodiff device the loss is a graph node.
+    Autograd,
+    /// `gradients`: the gradients as values, by the path's own backward.
+    Values,
+}
+
+/// Refuses a gradient filter where Burn's autograd would derive the gradient, which cannot
+/// filter it (the autodiff path is refused by `LossOptions::validate`): the manual path's
+/// loss on an autodiff device, and the fused path on a backend without the fused op.
+fn check_gradient_filter(options: &LossOptions, device: &Device, graph: Graph) -> Result<()> {
+    if !options.gradient_filter.is_on() {
+        return Ok(());
+    }
+    let expected = match options.path {
+        LossPath::Manual if graph == Graph::Autograd && device.is_autodiff() => {
+            "0 for the manual path's loss on an autodiff device (Burn's autograd \
+             differentiates it and cannot filter: use the fused path, or the manual path's \
+             gradients())"
+        }
+        LossPath::Fused if !fused::is_available(device) => {
+            "0 on a backend without the fused op (Burn's autograd differentiates the loss \
+             there and cannot filter)"
+        }
+        _ => return Ok(()),
+    };
+    Err(Error::InvalidOption {
+        name: "gradient_filter threshold",
+        value: options.gradient_filter.threshold.to_string(),
+        expected,
+    })
 }

@@ -1,10 +1,12 @@
 //! The kernel for many classes: chunks of `R` rows, three GEMMs each, around the row pass.
 
+use super::filter::filter_chunk;
 use super::float::RawFloat;
 use super::gemm::{MatMut, MatRef, Operand};
 use super::isa::Isa;
 use super::rows::{ChunkRows, RowTargets, row_pass};
 use super::{Inputs, Outputs};
+use crate::loss::GradientFilter;
 
 /// The batch-wide settings of the chunk loop.
 pub(super) struct Chunks<'a, E> {
@@ -18,6 +20,8 @@ pub(super) struct Chunks<'a, E> {
     /// Whether the row pass finds the predictions.
     pub(super) stats: bool,
     pub(super) isa: Isa,
+    /// The gradient filter: when on, the chunks start at its blocks' first rows.
+    pub(super) filter: &'a GradientFilter,
 }
 
 /// Runs the batch `chunk_rows` rows at a time through one reused `[R, C]` buffer:
@@ -42,6 +46,7 @@ pub(super) fn pass<E: RawFloat, M: Operand<E>>(
         chunk_rows,
         stats,
         isa,
+        filter,
     } = *chunks;
     let n_rows = out.rows.len();
     let c = weight.len() / d;
@@ -86,18 +91,37 @@ pub(super) fn pass<E: RawFloat, M: Operand<E>>(
         if !operands {
             continue;
         }
+        // The classes the backward GEMMs take: all, or those the gradient filter keeps (its
+        // filtered blocks zeroed; dS_r's other classes are all zero, which the GEMMs skip).
+        let classes = if filter.is_on() {
+            filter_chunk::<E, M>(logits, c, &factors, filter)
+        } else {
+            std::iter::once(0..c).collect()
+        };
         let d_logits = M::operand_matrix(logits, rows, c);
         if let Some(d_weight) = &mut out.d_weight {
             // dW += X_r^T dS_r, X_r^T read through strides; the first chunk overwrites the
-            // zeros (beta = 0: no read of dW).
+            // zeros (beta = 0: no read of dW; columns it skips keep their zeros).
             let beta = if start == 0 { E::ZERO } else { E::of(1.0) };
-            let d_weight = MatMut::row_major(d_weight, d, c);
-            M::gemm(x_chunk.t(), d_logits, beta, d_weight);
+            for columns in &classes {
+                let d_weight = MatMut::row_major(d_weight, d, c).columns(columns.clone());
+                M::gemm(
+                    x_chunk.t(),
+                    d_logits.columns(columns.clone()),
+                    beta,
+                    d_weight,
+                );
+            }
         }
         if let Some(d_input) = &mut out.d_input {
-            // dX_r = dS_r W^T straight into the output, W^T read through strides.
-            let d_input = MatMut::row_major(&mut d_input[start * d..end * d], rows, d);
-            M::gemm(d_logits, weight.t(), E::ZERO, d_input);
+            // dX_r = dS_r W^T straight into the output, W^T read through strides; a sum over
+            // the kept classes' ranges (none: dX_r keeps its zeros).
+            for (run, columns) in classes.iter().enumerate() {
+                let beta = if run == 0 { E::ZERO } else { E::of(1.0) };
+                let d_input = MatMut::row_major(&mut d_input[start * d..end * d], rows, d);
+                let d_logits = d_logits.columns(columns.clone());
+                M::gemm(d_logits, weight.columns(columns.clone()).t(), beta, d_input);
+            }
         }
     }
 }

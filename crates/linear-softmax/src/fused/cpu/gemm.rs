@@ -4,10 +4,12 @@
 //! our packed GEMM on AVX-512 or AVX2 for GEMMs of at least `PACKED_F32_MIN_WORK` multiply-adds
 //! and the library otherwise, bf16 through our packed GEMM with f32 sums).
 
+use std::ops::Range;
+
 use burn::tensor::bf16;
 
 use super::float::RawFloat;
-use super::rounding::{round_in_place, rounded_rows};
+use super::rounding::{round_in_place, rounded_rows, rounded_rows_mut};
 
 #[cfg(feature = "openblas-system")]
 pub(super) mod blas;
@@ -29,6 +31,17 @@ pub(super) trait Operand<E: RawFloat>: Copy + Send + Sync + 'static {
 
     /// `values` in `E` when the types agree (`None` for bf16).
     fn as_compute(values: &[Self]) -> Option<&[E]>;
+
+    /// The operand values of one finished row of `dS_r` (a row passed through
+    /// [`Operand::finish_row`]), `row.len()` of them, in place: for the gradient filter to
+    /// read and zero.
+    fn operand_row(row: &mut [E]) -> &mut [Self];
+
+    /// `|value|`.
+    fn magnitude(self) -> f64;
+
+    /// Zero.
+    const OPERAND_ZERO: Self;
 }
 
 /// The `Operand` impl of a compute type as its own operand type: the row pass's buffer as it
@@ -49,6 +62,16 @@ macro_rules! same_type_operand {
             fn as_compute(values: &[$ty]) -> Option<&[$ty]> {
                 Some(values)
             }
+
+            fn operand_row(row: &mut [$ty]) -> &mut [$ty] {
+                row
+            }
+
+            fn magnitude(self) -> f64 {
+                self.abs() as f64
+            }
+
+            const OPERAND_ZERO: $ty = 0.0;
         }
     };
 }
@@ -119,6 +142,18 @@ impl Operand<f32> for bf16 {
     fn as_compute(_: &[bf16]) -> Option<&[f32]> {
         None
     }
+
+    /// The row's rounding, in the first half of its bytes (`rounding.rs`).
+    fn operand_row(row: &mut [f32]) -> &mut [bf16] {
+        let cols = row.len();
+        &mut rounded_rows_mut(row)[..cols]
+    }
+
+    fn magnitude(self) -> f64 {
+        self.to_f64().abs()
+    }
+
+    const OPERAND_ZERO: bf16 = bf16::ZERO;
 }
 
 /// A matrix over a slice: `rows x cols`, element `(i, j)` at `i * row_stride + j * col_stride`.
@@ -152,6 +187,16 @@ impl<'a, E> MatRef<'a, E> {
                 < self.data.len()
     }
 
+    /// Columns `columns` of the matrix, the same elements (no copy).
+    pub(super) fn columns(self, columns: Range<usize>) -> Self {
+        assert!(columns.start <= columns.end && columns.end <= self.cols);
+        Self {
+            data: &self.data[(columns.start * self.col_stride).min(self.data.len())..],
+            cols: columns.len(),
+            ..self
+        }
+    }
+
     /// The transpose: the same elements, read through swapped strides (no copy).
     pub(super) fn t(self) -> Self {
         Self {
@@ -164,19 +209,43 @@ impl<'a, E> MatRef<'a, E> {
     }
 }
 
-/// A mutable row-major `[rows, cols]` matrix over a slice.
+/// A mutable `[rows, cols]` matrix over a slice, row `i` at `i * row_stride` (unit column
+/// stride).
 #[derive(Debug)]
 pub(super) struct MatMut<'a, E> {
     data: &'a mut [E],
     rows: usize,
     cols: usize,
+    row_stride: usize,
 }
 
 impl<'a, E> MatMut<'a, E> {
     /// `data` as a row-major `[rows, cols]` matrix (exactly `rows * cols` elements).
     pub(super) fn row_major(data: &'a mut [E], rows: usize, cols: usize) -> Self {
         assert_eq!(data.len(), rows * cols, "a [{rows}, {cols}] matrix");
-        Self { data, rows, cols }
+        Self {
+            data,
+            rows,
+            cols,
+            row_stride: cols,
+        }
+    }
+
+    /// Columns `columns` of the matrix, the same elements (no copy).
+    pub(super) fn columns(self, columns: Range<usize>) -> Self {
+        assert!(columns.start <= columns.end && columns.end <= self.cols);
+        Self {
+            data: &mut self.data[columns.start..],
+            cols: columns.len(),
+            ..self
+        }
+    }
+
+    /// Whether every row lies inside the slice.
+    fn fits(&self) -> bool {
+        self.rows == 0
+            || self.cols == 0
+            || (self.rows - 1) * self.row_stride + self.cols <= self.data.len()
     }
 }
 
@@ -191,7 +260,7 @@ fn dimensions<A, B, C>(a: &MatRef<'_, A>, b: &MatRef<'_, B>, c: &MatMut<'_, C>) 
     assert_eq!((c.rows, c.cols), (m, n), "C for A [{m}, {k}] B [{k}, {n}]");
     // Every element a view addresses lies inside its slice (checked where the views are made:
     // `row_major`, `t` and the bf16 `dS` of `operand_matrix`).
-    debug_assert!(a.fits() && b.fits() && c.data.len() == m * n);
+    debug_assert!(a.fits() && b.fits() && c.fits());
     [m, k, n]
 }
 
@@ -215,7 +284,7 @@ pub(super) fn gemm<E: RawFloat>(
     }
     let (rsa, csa) = (a.row_stride as isize, a.col_stride as isize);
     let (rsb, csb) = (b.row_stride as isize, b.col_stride as isize);
-    let (rsc, csc) = (n as isize, 1);
+    let (rsc, csc) = (c.row_stride as isize, 1);
     let (pa, pb, pc) = (a.data.as_ptr(), b.data.as_ptr(), c.data.as_mut_ptr());
     // SAFETY: the views describe valid matrices of their slices (checked above and in the
     // constructors), and C is borrowed mutably, so it aliases neither A nor B. The transposed

@@ -38,6 +38,7 @@
 //! | `isa.rs` | the instruction sets: detected once per process, capped by `LINEAR_SOFTMAX_MAX_CPU_ISA`; the row code's build of a call |
 //! | `probe.rs` | the chunk loop's three GEMMs alone, timed (for the `peak_memory` example) |
 //! | `rows.rs` | the row pass: losses, log-sum-exps, `dS` in place, `colsum(dS)` |
+//! | `filter.rs` | the gradient filter: a chunk's filtered blocks of `dS` zeroed, the classes the GEMMs keep |
 //! | `chunks.rs` | many classes: chunks of `R` rows, three GEMMs each |
 //! | `few_classes.rs` | `C <= 16`: one streaming pass over the rows instead of GEMMs |
 //! | `few_classes/avx512.rs` | that pass's AVX-512 block code |
@@ -71,6 +72,7 @@
 mod buffers;
 mod chunks;
 pub(crate) mod few_classes;
+mod filter;
 mod float;
 mod gemm;
 pub(crate) mod isa;
@@ -373,7 +375,8 @@ fn kernel<E: RawFloat, M: Operand<E>>(run: Run<'_, E, M>) -> HostOutput<E> {
         d_weight: d_weight_out,
         d_bias: d_bias.as_deref_mut(),
     };
-    if c <= few_classes::MAX_CLASSES {
+    // The few-classes pass forms no `dS` for a filter to act on; the chunk loop does.
+    if c <= few_classes::MAX_CLASSES && !options.gradient_filter.is_on() {
         const WIDENED: &str = "bf16 inputs reach the few-classes pass widened to f32";
         let inputs = Inputs {
             x: M::as_compute(x).expect(WIDENED),
@@ -400,6 +403,7 @@ fn kernel<E: RawFloat, M: Operand<E>>(run: Run<'_, E, M>) -> HostOutput<E> {
             chunk_rows,
             stats,
             isa,
+            filter: &options.gradient_filter,
         };
         let inputs = Inputs {
             x,

@@ -97,6 +97,12 @@ pub(super) fn rounded_rows(values: &[f32]) -> &[bf16] {
     unsafe { std::slice::from_raw_parts(values.as_ptr().cast::<bf16>(), 2 * values.len()) }
 }
 
+/// [`rounded_rows`], mutable.
+pub(super) fn rounded_rows_mut(values: &mut [f32]) -> &mut [bf16] {
+    // SAFETY: as `rounded_rows`, borrowed mutably from `values`.
+    unsafe { std::slice::from_raw_parts_mut(values.as_mut_ptr().cast::<bf16>(), 2 * values.len()) }
+}
+
 /// An f32 accumulator whose allocation becomes its bf16 rounding: `2 n + 1` bf16 (one spare,
 /// for an allocation that is only 2-aligned) seen as `n` f32, then rounded in place and shrunk
 /// to `n` bf16.

@@ -197,7 +197,7 @@ pub(in crate::fused::cpu) fn gemm<P: Packed>(
         beta,
     };
     let threads = rayon::current_num_threads();
-    let shared = SharedC::of(c.data, n);
+    let shared = SharedC::of(c.data, m, n, c.row_stride);
     // A split by k: one range of whole blocks per thread, no more than the budget of private
     // tiles allows (the first range's tile is C itself).
     let block_depth = KU * P::K_PER_UNIT;
@@ -257,14 +257,19 @@ pub(in crate::fused::cpu) fn gemm<P: Packed>(
                     return None;
                 }
                 let mut partial = vec![0.0_f32; m * n];
-                micro.run(task(0..m, depths, 0..n, 0.0), SharedC::of(&mut partial, n));
+                micro.run(
+                    task(0..m, depths, 0..n, 0.0),
+                    SharedC::of(&mut partial, m, n, n),
+                );
                 Some(partial)
             })
             .collect();
-        // SAFETY: no task runs any more; `shared` is the whole of C.
-        let c = unsafe { shared.all() };
         for partial in &partials {
-            c.iter_mut().zip(partial).for_each(|(c, p)| *c += p);
+            for (row, partial_row) in partial.chunks_exact(n).enumerate() {
+                // SAFETY: no task runs any more; this row is the only reference into C.
+                let c_row = unsafe { shared.whole_row(row) };
+                c_row.iter_mut().zip(partial_row).for_each(|(c, p)| *c += p);
+            }
         }
     }
 }
@@ -476,7 +481,7 @@ fn block<P: Packed>(task: Task<'_, P>, c: SharedC<'_>) {
                         let whole = r0 + MR <= rows.end && nr == NR;
                         if whole && (!first || beta == 0.0 || beta == 1.0) {
                             // A whole tile of C, read only when accumulating: straight into C.
-                            assert!(r0 + MR <= c.rows() && j0 + NR <= c.ldc);
+                            assert!(r0 + MR <= c.rows() && j0 + NR <= c.cols());
                             let accumulate = !first || beta == 1.0;
                             // SAFETY: `micro` is the kernel of a `MicroKernel` (see `Micro`);
                             // the tile's MR rows of NR columns at stride ldc lie in C (asserted)

@@ -6,13 +6,14 @@ use std::ops::Range;
 
 use super::{MR, NR};
 
-/// C (row-major `[len / ldc, ldc]`) as a pointer that a GEMM's tasks share: each touches only
-/// its own columns, or its own rows (or, in a split by `k`, one task the whole of C and the
-/// others only their own tiles), through references to those elements alone.
+/// C (`[rows, cols]`, row `i` at `i * ldc`) as a pointer that a GEMM's tasks share: each
+/// touches only its own columns, or its own rows (or, in a split by `k`, one task the whole of
+/// C and the others only their own tiles), through references to those elements alone.
 #[derive(Clone, Copy)]
 pub(super) struct SharedC<'a> {
     ptr: *mut f32,
-    len: usize,
+    rows: usize,
+    cols: usize,
     pub(super) ldc: usize,
     /// The borrow of C's slice, for as long as the tasks run.
     _c: PhantomData<&'a mut [f32]>,
@@ -24,17 +25,24 @@ unsafe impl Send for SharedC<'_> {}
 unsafe impl Sync for SharedC<'_> {}
 
 impl<'a> SharedC<'a> {
-    pub(super) fn of(c: &'a mut [f32], ldc: usize) -> Self {
+    /// `c` as `[rows, cols]` at row stride `ldc >= cols` (every row inside the slice).
+    pub(super) fn of(c: &'a mut [f32], rows: usize, cols: usize, ldc: usize) -> Self {
+        assert!(cols <= ldc && (rows == 0 || (rows - 1) * ldc + cols <= c.len()));
         Self {
             ptr: c.as_mut_ptr(),
-            len: c.len(),
+            rows,
+            cols,
             ldc,
             _c: PhantomData,
         }
     }
 
     pub(super) fn rows(self) -> usize {
-        self.len / self.ldc
+        self.rows
+    }
+
+    pub(super) fn cols(self) -> usize {
+        self.cols
     }
 
     /// The element at `(row, column)`, for a micro kernel's tile.
@@ -52,7 +60,7 @@ impl<'a> SharedC<'a> {
     /// No other live reference covers these elements.
     #[allow(clippy::mut_from_ref)]
     pub(super) unsafe fn row(&self, row: usize, columns: Range<usize>) -> &mut [f32] {
-        assert!(row < self.rows() && columns.end <= self.ldc && columns.start <= columns.end);
+        assert!(row < self.rows && columns.end <= self.cols && columns.start <= columns.end);
         // SAFETY: in bounds (asserted); exclusive by the caller's contract.
         unsafe {
             let start = self.ptr.add(row * self.ldc + columns.start);
@@ -60,14 +68,14 @@ impl<'a> SharedC<'a> {
         }
     }
 
-    /// The whole of C.
+    /// Row `row` of C, its `cols` elements.
     ///
     /// # Safety
-    /// No other live reference covers any of it.
+    /// No other live reference covers any of them.
     #[allow(clippy::mut_from_ref)]
-    pub(super) unsafe fn all(&self) -> &mut [f32] {
-        // SAFETY: made from a live `&mut [f32]` of this length; exclusive by the contract.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    pub(super) unsafe fn whole_row(&self, row: usize) -> &mut [f32] {
+        // SAFETY: in bounds (`row` checked by `row`); exclusive by the contract.
+        unsafe { self.row(row, 0..self.cols) }
     }
 }
 

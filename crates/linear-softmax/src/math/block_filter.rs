@@ -1,0 +1,71 @@
+//! Gradient filtering on tensors ([`GradientFilter`]): the filtered blocks of `dS` set to 0,
+//! for the manual path's backward and the fused path's tensor kernel (the CPU kernel does the
+//! same on its buffer, `fused/cpu/filter.rs`, and skips what it can).
+
+use burn::prelude::*;
+
+use crate::loss::GradientFilter;
+
+/// `f_i`, the factor of row `i` of `dS` (`[R, 1]`): the upstream gradient the backward was
+/// seeded with (`d_rows`, `[R]`) times the row weight `rho_i` when there is one (`[R, 1]`).
+pub(crate) fn row_factors(d_rows: Tensor<1>, row_scale: Option<&Tensor<2>>) -> Tensor<2> {
+    let d_rows = d_rows.unsqueeze_dim::<2>(1);
+    match row_scale {
+        Some(rho) => d_rows * rho.clone(),
+        None => d_rows,
+    }
+}
+
+/// `dS` with every filtered block set to 0: the blocks of `block_rows x block_classes`
+/// (counted from row 0 of `d_logits`, which starts a block) in which every entry has
+/// `|dS_ik| < threshold |f_i|`, a row with `f_i = 0` counting as all zeros. Unchanged when
+/// the filter is off.
+///
+/// # Shapes
+/// - `d_logits`: `[R, C]`, `factors`: `[R, 1]`, result: `[R, C]`
+pub(crate) fn filter_blocks(
+    d_logits: Tensor<2>,
+    factors: Tensor<2>,
+    filter: &GradientFilter,
+) -> Tensor<2> {
+    if !filter.is_on() {
+        return d_logits;
+    }
+    let [rows, classes] = d_logits.dims();
+    let (block_rows, block_classes) = (filter.block_rows, filter.block_classes);
+    let (row_blocks, class_blocks) = (rows.div_ceil(block_rows), classes.div_ceil(block_classes));
+    // 1 where an entry keeps its block: not |dS_ik| < threshold |f_i| (a NaN keeps it), in a
+    // row with f_i != 0.
+    let bound = factors.abs() * filter.threshold;
+    let counted = bound
+        .clone()
+        .greater_elem(0.0)
+        .float()
+        .cast(d_logits.dtype());
+    let above = (d_logits.clone().abs() - bound)
+        .lower_elem(0.0)
+        .bool_not()
+        .float()
+        .cast(d_logits.dtype());
+    let keeps = above * counted;
+    // Padded to whole blocks with zeros (which keep nothing), then reduced per block.
+    let padded = keeps.pad(
+        [
+            (0, row_blocks * block_rows - rows),
+            (0, class_blocks * block_classes - classes),
+        ],
+        burn::tensor::ops::PadMode::Constant(0.0),
+    );
+    let live = padded
+        .reshape([row_blocks, block_rows, class_blocks, block_classes])
+        .sum_dim(3)
+        .sum_dim(1)
+        .greater_elem(0.0)
+        .float()
+        .cast(d_logits.dtype());
+    let mask = live
+        .expand([row_blocks, block_rows, class_blocks, block_classes])
+        .reshape([row_blocks * block_rows, class_blocks * block_classes])
+        .slice([0..rows, 0..classes]);
+    d_logits * mask
+}
