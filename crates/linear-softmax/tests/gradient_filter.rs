@@ -10,323 +10,9 @@ mod common;
 
 use burn::prelude::*;
 use burn::tensor::DType;
-use common::{BF16_VS_F32, F32_VS_F64, assert_close, backends, host, tensor, uniform};
-use linear_softmax::{
-    Chunking, Error, GradientFilter, HeadGradients, LinearSoftmax, LossOptions, LossPath,
-    LossReduction, Targets,
-};
-use rand::rngs::StdRng;
-use rand::{RngExt, SeedableRng};
-
-/// f64 paths against the host's f64 reference: sums in other orders, a few ulps of the
-/// largest entry times the longest sum (300 classes).
-const F64_REFERENCE: f64 = 1e-10;
-/// The threshold of the tests, between the head's frequent and rare classes.
-const THRESHOLD: f64 = 1e-3;
-/// No block's largest `|q_ik|` lies within this relative distance of the threshold, so that
-/// f32 and bf16 roundings (2^-8 relative in bf16, a few times over) decide every block as f64
-/// does.
-const DECISION_MARGIN: f64 = 0.05;
-const IGNORE: i64 = -100;
-/// The first seed whose blocks all clear the decision margin (0 to 4 each have a block within
-/// 5 % of the threshold).
-const SEED: u64 = 5;
-const N: usize = 80;
-const D: usize = 6;
-const C: usize = 300;
-
-fn filter() -> GradientFilter {
-    GradientFilter::new()
-        .with_threshold(THRESHOLD)
-        .with_block_rows(16)
-        .with_block_classes(32)
-}
-
-/// A head whose softmax is peaked on a frequency-sorted vocabulary, as a trained language
-/// model's: the bias falls by 0.08 per class, so the classes past ~60 are rare; most labels
-/// are frequent classes, every 13th a rare one. Every value is exact in bf16.
-struct Fixture {
-    x: Vec<f64>,
-    weight: Vec<f64>,
-    bias: Vec<f64>,
-    labels: Vec<i64>,
-    row_weights: Vec<f64>,
-    upstream: Vec<f64>,
-}
-
-fn bf16_exact(values: Vec<f64>) -> Vec<f64> {
-    values
-        .into_iter()
-        .map(|v| burn::tensor::bf16::from_f64(v).to_f64())
-        .collect()
-}
-
-fn fixture(seed: u64) -> Fixture {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let x = bf16_exact(uniform(&mut rng, N * D, 1.0));
-    let weight = bf16_exact(uniform(&mut rng, D * C, 0.5));
-    let bias = bf16_exact((0..C).map(|k| -0.08 * k as f64).collect());
-    let labels = (0..N)
-        .map(|i| match i % 13 {
-            12 => rng.random_range(200..C as i64),
-            _ => rng.random_range(0..30),
-        })
-        .collect();
-    let row_weights = bf16_exact((0..N).map(|_| rng.random_range(0.5..1.5)).collect());
-    let upstream = bf16_exact(uniform(&mut rng, N, 1.0));
-    Fixture {
-        x,
-        weight,
-        bias,
-        labels,
-        row_weights,
-        upstream,
-    }
-}
-
-/// One case: its options, and how the rows are weighted, ignored and seeded.
-struct Case {
-    name: &'static str,
-    options: LossOptions,
-    /// Row weights, rows 5, 18, ... ignored, and a random upstream gradient (reduction none).
-    weighted: bool,
-}
-
-fn cases() -> Vec<Case> {
-    let filtered = LossOptions::new().with_gradient_filter(filter());
-    vec![
-        Case {
-            name: "mean (CPU kernel)",
-            options: filtered.clone(),
-            weighted: false,
-        },
-        Case {
-            name: "none, row weights, ignored rows, upstream (CPU kernel)",
-            options: filtered.clone().with_reduction(LossReduction::None),
-            weighted: true,
-        },
-        Case {
-            name: "sum, temperature 2 (CPU kernel, folded temperature)",
-            options: filtered
-                .clone()
-                .with_reduction(LossReduction::Sum)
-                .with_temperature(2.0),
-            weighted: false,
-        },
-        Case {
-            name: "mean, softcap 4 (tensor kernel)",
-            options: filtered.with_softcap(Some(4.0)),
-            weighted: false,
-        },
-    ]
-}
-
-fn labels_of(fixture: &Fixture, case: &Case) -> Vec<i64> {
-    let mut labels = fixture.labels.clone();
-    if case.weighted {
-        labels
-            .iter_mut()
-            .skip(5)
-            .step_by(13)
-            .for_each(|l| *l = IGNORE);
-    }
-    labels
-}
-
-/// The gradients from the definition, on the host in f64: `dS = f_i q_ik`, the filtered
-/// blocks zeroed for `dW` and `dX`, `db` from the whole `dS`; with the unfiltered `dW`, `dX`,
-/// the filtered share of blocks and `||E||_F`.
-struct Reference {
-    d_weight: Vec<f64>,
-    d_bias: Vec<f64>,
-    d_input: Vec<f64>,
-    full_d_weight: Vec<f64>,
-    full_d_input: Vec<f64>,
-    filtered_blocks: f64,
-    dropped_norm: f64,
-    /// The classes filtered in every block of rows: their column of `dW` is 0.
-    dead_classes: Vec<usize>,
-}
-
-fn reference(fixture: &Fixture, case: &Case, upstream: bool) -> Reference {
-    let options = &case.options;
-    let labels = labels_of(fixture, case);
-    let (tau, cap) = (options.temperature, options.softcap);
-    // f_i: upstream, row weight, v_i, and the mean's 1 / sum_i rho_i v_i.
-    let counted = |i: usize| labels[i] != IGNORE;
-    let rho = |i: usize| {
-        if case.weighted {
-            fixture.row_weights[i]
-        } else {
-            1.0
-        }
-    };
-    let denominator: f64 = (0..N).filter(|&i| counted(i)).map(rho).sum();
-    let factor = |i: usize| {
-        if !counted(i) {
-            return 0.0;
-        }
-        let g = if upstream && case.weighted {
-            fixture.upstream[i]
-        } else {
-            1.0
-        };
-        let mean = match options.reduction {
-            LossReduction::Mean => 1.0 / denominator,
-            _ => 1.0,
-        };
-        g * rho(i) * mean
-    };
-    // q_ik = dl_i / dS_ik.
-    let mut q = vec![0.0; N * C];
-    for i in 0..N {
-        let logits: Vec<f64> = (0..C)
-            .map(|k| {
-                fixture.bias[k]
-                    + (0..D)
-                        .map(|j| fixture.x[i * D + j] * fixture.weight[j * C + k])
-                        .sum::<f64>()
-            })
-            .collect();
-        let tempered: Vec<f64> = logits
-            .iter()
-            .map(|&s| cap.map_or(s, |c| c * (s / c).tanh()) / tau)
-            .collect();
-        let max = tempered.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-        let sum: f64 = tempered.iter().map(|t| (t - max).exp()).sum();
-        for k in 0..C {
-            let a = (tempered[k] - max).exp() / sum;
-            let target = if k as i64 == labels[i] { 1.0 } else { 0.0 };
-            let chain = cap.map_or(1.0, |c| 1.0 - (logits[k] / c).tanh().powi(2));
-            q[i * C + k] = (a - target) / tau * chain;
-        }
-    }
-    let filter = &options.gradient_filter;
-    let (br, bc) = (filter.block_rows, filter.block_classes);
-    let (row_blocks, class_blocks) = (N.div_ceil(br), C.div_ceil(bc));
-    let d_logits: Vec<f64> = (0..N * C).map(|e| factor(e / C) * q[e]).collect();
-    let mut kept = d_logits.clone();
-    let (mut filtered, mut dropped) = (0, 0.0);
-    let mut dead = vec![true; class_blocks];
-    for rb in 0..row_blocks {
-        for (cb, dead) in dead.iter_mut().enumerate() {
-            let entries = || {
-                (rb * br..((rb + 1) * br).min(N))
-                    .flat_map(|i| (cb * bc..((cb + 1) * bc).min(C)).map(move |k| (i, k)))
-            };
-            let largest = entries()
-                .filter(|&(i, _)| factor(i) != 0.0)
-                .map(|(i, k)| q[i * C + k].abs())
-                .fold(0.0, f64::max);
-            assert!(
-                largest == 0.0 || ((largest - THRESHOLD) / THRESHOLD).abs() > DECISION_MARGIN,
-                "{}: block ({rb}, {cb})'s largest |q| {largest:e} is too near the threshold",
-                case.name
-            );
-            *dead = *dead && largest < THRESHOLD;
-            if largest < THRESHOLD {
-                filtered += 1;
-                for (i, k) in entries() {
-                    dropped += d_logits[i * C + k].powi(2);
-                    kept[i * C + k] = 0.0;
-                }
-            }
-        }
-    }
-    let x = |i: usize, j: usize| fixture.x[i * D + j];
-    let w = |j: usize, k: usize| fixture.weight[j * C + k];
-    let d_weight = |ds: &[f64]| {
-        (0..D * C)
-            .map(|e| (0..N).map(|i| x(i, e / C) * ds[i * C + e % C]).sum())
-            .collect::<Vec<f64>>()
-    };
-    let d_input = |ds: &[f64]| {
-        (0..N * D)
-            .map(|e| (0..C).map(|k| ds[e / D * C + k] * w(e % D, k)).sum())
-            .collect::<Vec<f64>>()
-    };
-    Reference {
-        d_weight: d_weight(&kept),
-        d_bias: (0..C)
-            .map(|k| (0..N).map(|i| d_logits[i * C + k]).sum())
-            .collect(),
-        d_input: d_input(&kept),
-        full_d_weight: d_weight(&d_logits),
-        full_d_input: d_input(&d_logits),
-        filtered_blocks: filtered as f64 / (row_blocks * class_blocks) as f64,
-        dropped_norm: dropped.sqrt(),
-        dead_classes: (0..C).filter(|k| dead[k / bc]).collect(),
-    }
-}
-
-fn head(fixture: &Fixture, dtype: DType, device: &Device) -> LinearSoftmax {
-    LinearSoftmax::from_tensors(
-        tensor(fixture.weight.clone(), [D, C], dtype, device),
-        Some(tensor(fixture.bias.clone(), [C], dtype, device)),
-    )
-    .unwrap()
-}
-
-fn targets(fixture: &Fixture, case: &Case, dtype: DType, device: &Device) -> Targets {
-    let targets =
-        Targets::from_indices_with_ignore(&labels_of(fixture, case), C, IGNORE, device).unwrap();
-    if case.weighted {
-        let rho = tensor(fixture.row_weights.clone(), [N], dtype, device);
-        targets.with_row_weights(rho).unwrap()
-    } else {
-        targets
-    }
-}
-
-/// `[dW, db, dX]` through `loss(..)?.backward()` on the autodiff device, with the case's
-/// upstream gradient.
-fn backward(
-    fixture: &Fixture,
-    case: &Case,
-    options: &LossOptions,
-    dtype: DType,
-    device: &Device,
-) -> [Vec<f64>; 3] {
-    let device = device.clone().autodiff();
-    let head = head(fixture, dtype, &device);
-    let x = tensor(fixture.x.clone(), [N, D], dtype, &device).require_grad();
-    let loss = head
-        .loss(x.clone(), &targets(fixture, case, dtype, &device), options)
-        .unwrap();
-    let loss = if case.weighted {
-        loss * tensor(fixture.upstream.clone(), [N], dtype, &device)
-    } else {
-        loss
-    };
-    let grads = loss.sum().backward();
-    [
-        host(&head.weight().grad(&grads).unwrap()),
-        host(&head.bias().unwrap().grad(&grads).unwrap()),
-        host(&x.grad(&grads).unwrap()),
-    ]
-}
-
-/// `[dW, db, dX]` from `gradients` (upstream 1) on the plain device.
-fn gradients(
-    fixture: &Fixture,
-    case: &Case,
-    options: &LossOptions,
-    dtype: DType,
-    device: &Device,
-) -> HeadGradients {
-    let head = head(fixture, dtype, device);
-    let x = tensor(fixture.x.clone(), [N, D], dtype, device);
-    head.gradients(x, &targets(fixture, case, dtype, device), options)
-        .unwrap()
-}
-
-fn as_host(g: &HeadGradients) -> [Vec<f64>; 3] {
-    [
-        host(&g.d_weight),
-        host(g.d_bias.as_ref().unwrap()),
-        host(&g.d_input),
-    ]
-}
+use common::gradient_filter::*;
+use common::{BF16_VS_F32, F32_VS_F64, assert_close, backends, host, tensor};
+use linear_softmax::{Chunking, Error, GradientFilter, LossOptions, LossPath, LossReduction};
 
 /// Chunk sizes that the filter rounds down to whole blocks (to 16 and 32 rows).
 const ROUNDED_CHUNKS: [Option<usize>; 3] = [None, Some(20), Some(40)];
@@ -597,4 +283,34 @@ fn the_filter_is_refused_where_burns_autograd_derives_the_gradient_and_bad_filte
             other => panic!("{name}: {:?}", other.map(|g| g.d_weight.dims())),
         }
     }
+}
+
+/// A classifier (`C <= 16`): with a filter the fused path leaves the few-classes pass (which
+/// forms no `dS`) for the chunk loop, says so, and gives the manual path's filtered gradients.
+#[test]
+fn few_classes_take_the_chunk_loop_when_filtering() {
+    use linear_softmax::diagnostics::{Kernel, kernel_for};
+    let device = Device::flex();
+    let p = common::problem([40, 5, 10], true, DType::F64, &device, 3);
+    let filtering = LossOptions::new().with_gradient_filter(
+        GradientFilter::new()
+            .with_threshold(0.2)
+            .with_block_rows(4)
+            .with_block_classes(4),
+    );
+    let choice = kernel_for(&p.head, &p.x, &p.targets, &filtering).unwrap();
+    assert_eq!(choice.kernel, Kernel::Raw, "{}", choice.reason);
+    let plain = kernel_for(&p.head, &p.x, &p.targets, &LossOptions::new()).unwrap();
+    assert_eq!(plain.kernel, Kernel::FewClasses);
+    let run = |options: &LossOptions| {
+        let g = p.head.gradients(p.x.clone(), &p.targets, options).unwrap();
+        as_host(&g)
+    };
+    let fused = run(&filtering);
+    let manual = run(&filtering.clone().with_path(LossPath::Manual));
+    let unfiltered = run(&LossOptions::new());
+    for (name, index) in [("dW", 0), ("db", 1), ("dX", 2)] {
+        assert_close(name, &fused[index], &manual[index], F64_REFERENCE);
+    }
+    assert_ne!(fused[0], unfiltered[0], "the threshold filters some blocks");
 }

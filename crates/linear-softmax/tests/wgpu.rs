@@ -15,7 +15,7 @@ use burn::tensor::{DType, DeviceKind};
 use common::cases::{Kind, all_paths, cases, targets};
 use common::mlp::{Mlp, batch};
 use common::{
-    F16_VS_F32, F32_AGREEMENT, F32_NETWORK, assert_close, assert_gradients_close,
+    F16_VS_F32, F32_AGREEMENT, F32_NETWORK, F32_VS_F64, assert_close, assert_gradients_close,
     assert_half_precision_matches_f32, host, loss_backward, problem, uniform,
 };
 use linear_softmax::diagnostics::{Kernel, KernelChoice, kernel_for};
@@ -450,6 +450,36 @@ fn distillation_matches_pytorch_on_wgpu() {
             let options = (f.options.clone().with_path(loss_path))
                 .with_chunking(Chunking::new().with_rows(Some(4)));
             f.check_backward(&context, &options, PYTORCH_F32);
+        }
+    }
+    finish_wgpu();
+}
+
+/// Gradient filtering on wgpu (the tensor kernel with the Cube row pass; the softcap case on
+/// tensor operations; the manual path's `gradients`): the filtered gradients of
+/// `tests/common/gradient_filter.rs`'s definition, through `loss(..)?.backward()` and
+/// `gradients`.
+#[test]
+fn gradient_filtering_on_wgpu_is_the_definition() {
+    use common::gradient_filter::{SEED, as_host, backward, cases, fixture, gradients, reference};
+    let fixture = fixture(SEED);
+    let device = wgpu();
+    for case in cases() {
+        for path in [LossPath::Fused, LossPath::Manual] {
+            let options = case.options.clone().with_path(path);
+            let seeded = reference(&fixture, &case, false);
+            let plain = as_host(&gradients(&fixture, &case, &options, DType::F32, &device));
+            let mut routes = vec![("gradients", plain, seeded)];
+            if path == LossPath::Fused {
+                let graph = backward(&fixture, &case, &options, DType::F32, &device);
+                routes.push(("backward", graph, reference(&fixture, &case, true)));
+            }
+            for (route, actual, expected) in routes {
+                let what = |name| format!("{}, {path} {route} on wgpu: {name}", case.name);
+                assert_close(&what("dW"), &actual[0], &expected.d_weight, F32_VS_F64);
+                assert_close(&what("db"), &actual[1], &expected.d_bias, F32_VS_F64);
+                assert_close(&what("dX"), &actual[2], &expected.d_input, F32_VS_F64);
+            }
         }
     }
     finish_wgpu();

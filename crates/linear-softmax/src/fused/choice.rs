@@ -188,7 +188,12 @@ pub(crate) fn choose(
     if options.softcap.is_some() {
         return tensor("softcap: the raw kernels' row pass has no tanh");
     }
-    if n_classes <= few_classes::MAX_CLASSES {
+    if n_classes <= few_classes::MAX_CLASSES && options.gradient_filter.is_on() {
+        KernelChoice {
+            kernel: Kernel::Raw,
+            reason: "a gradient filter: the chunk loop (the few-classes pass forms no dS to filter)",
+        }
+    } else if n_classes <= few_classes::MAX_CLASSES {
         KernelChoice {
             kernel: Kernel::FewClasses,
             reason: "at most 16 classes: one streaming pass beats three narrow GEMMs",

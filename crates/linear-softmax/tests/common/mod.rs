@@ -4,6 +4,7 @@
 pub mod cases;
 pub mod confident;
 pub mod distillation;
+pub mod gradient_filter;
 pub mod mlp;
 pub mod reference;
 
