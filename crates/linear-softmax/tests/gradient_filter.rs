@@ -11,8 +11,10 @@ mod common;
 use burn::prelude::*;
 use burn::tensor::DType;
 use common::gradient_filter::*;
-use common::{BF16_VS_F32, F32_VS_F64, assert_close, backends, host, tensor};
-use linear_softmax::{Chunking, Error, GradientFilter, LossOptions, LossPath, LossReduction};
+use common::{BF16_VS_F32, F16_VS_F32, F32_VS_F64, assert_close, backends, host, tensor};
+use linear_softmax::{
+    Chunking, Error, GradientFilter, LinearSoftmax, LossOptions, LossPath, LossReduction, Targets,
+};
 
 /// Chunk sizes that the filter rounds down to whole blocks (to 16 and 32 rows).
 const ROUNDED_CHUNKS: [Option<usize>; 3] = [None, Some(20), Some(40)];
@@ -72,7 +74,7 @@ fn filtered_gradients_are_those_of_ds_with_the_filtered_blocks_zeroed() {
             }
         }
     }
-    assert!(checked >= 4 * 7 * 2, "{checked} routes checked");
+    assert!(checked >= 5 * 7 * 2 * 2, "{checked} routes checked");
 }
 
 #[test]
@@ -313,4 +315,76 @@ fn few_classes_take_the_chunk_loop_when_filtering() {
         assert_close(name, &fused[index], &manual[index], F64_REFERENCE);
     }
     assert_ne!(fused[0], unfiltered[0], "the threshold filters some blocks");
+}
+
+/// A teacher's targets (distillation) with a filter: the fused path's tensor kernel and the
+/// manual path zero the same blocks (f64), and the filter drops something.
+#[test]
+fn distillation_is_filtered_alike_on_the_fused_and_manual_paths() {
+    let fixture = fixture(SEED);
+    let case = &cases()[0];
+    for (backend, device) in backends() {
+        let student = head(&fixture, DType::F64, &device);
+        // The teacher: the student's head with its weights scaled, so the two softmaxes are
+        // close and their difference's tail lies below the threshold.
+        let teacher =
+            LinearSoftmax::from_tensors(student.weight() * 1.25, student.bias().map(|b| b * 0.9))
+                .unwrap();
+        let x = tensor(fixture.x.clone(), [N, D], DType::F64, &device);
+        let targets = Targets::from_indices(&fixture.labels, C, &device)
+            .and_then(|t| t.with_teacher(&teacher, x.clone()))
+            .unwrap();
+        let run = |options: &LossOptions| {
+            as_host(&student.gradients(x.clone(), &targets, options).unwrap())
+        };
+        let filtering = case.options.clone().with_temperature(2.0);
+        let fused = run(&filtering.clone().with_path(LossPath::Fused));
+        let manual = run(&filtering.clone().with_path(LossPath::Manual));
+        let unfiltered = run(&filtering.with_gradient_filter(GradientFilter::new()));
+        for (name, index) in [("dW", 0), ("db", 1), ("dX", 2)] {
+            let what = format!("{backend} distillation: {name}");
+            assert_close(&what, &fused[index], &manual[index], F64_REFERENCE);
+        }
+        assert_ne!(
+            fused[0], unfiltered[0],
+            "{backend}: the threshold filters some blocks"
+        );
+        let what = format!("{backend}: db is never filtered");
+        assert_close(&what, &fused[1], &unfiltered[1], F64_REFERENCE);
+    }
+}
+
+/// f16 decides in f32: with an upstream of 2^-14 per row, `threshold |f_i|` is 2^-24 x 2^-2,
+/// below f16's smallest subnormal, where a decision in f16 would filter every block (and
+/// return zero gradients). The fused path's tensor kernel (f16) against its f32 run.
+#[test]
+fn half_precision_decides_the_blocks_in_f32() {
+    let fixture = fixture(SEED);
+    let case = Case {
+        name: "none, f16",
+        options: cases()[0]
+            .options
+            .clone()
+            .with_reduction(LossReduction::None)
+            .with_gradient_filter(filter().with_threshold(2f64.powi(-12))),
+        weighted: false,
+    };
+    let device = Device::flex();
+    let run = |dtype: DType| {
+        let device = device.clone().autodiff();
+        let head = head(&fixture, dtype, &device);
+        let x = tensor(fixture.x.clone(), [N, D], dtype, &device).require_grad();
+        let loss = head
+            .loss(
+                x.clone(),
+                &targets(&fixture, &case, dtype, &device),
+                &case.options,
+            )
+            .unwrap();
+        let grads = (loss * 2f64.powi(-14)).sum().backward();
+        host(&head.weight().grad(&grads).unwrap())
+    };
+    let (half, single) = (run(DType::F16), run(DType::F32));
+    assert!(single.iter().any(|v| *v != 0.0));
+    assert_close("f16 dW", &half, &single, F16_VS_F32);
 }

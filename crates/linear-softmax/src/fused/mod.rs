@@ -85,7 +85,9 @@ use crate::math;
 impl Chunking {
     /// The chunk size `R` a fused call on `device` takes for an input of `[n_rows, n_features]`,
     /// `n_classes` classes, in `dtype`: [`rows_for`](Self::rows_for) on a CPU, with the budget
-    /// raised to the size of the input on a GPU.
+    /// raised to the size of the input on a GPU. With a gradient filter on
+    /// ([`LossOptions::gradient_filter`]) and more than one chunk, the call rounds it down to a
+    /// multiple of the filter's `block_rows` (at least one block, which may exceed the budget).
     ///
     /// Returns [`Error::InvalidOption`](crate::Error::InvalidOption) when `rows` is `Some(0)`.
     pub fn rows_on(
@@ -210,7 +212,7 @@ fn prepare(
     let chunk_rows =
         (options.chunking).rows_on(&x.device(), x.dims(), head.n_classes(), x.dtype())?;
     // Every chunk starts a block of the gradient filter.
-    let chunk_rows = options.gradient_filter.chunk_rows(chunk_rows);
+    let chunk_rows = options.gradient_filter.chunk_rows(chunk_rows, x.dims()[0]);
     if FusedBackend::of(&x.device()) == FusedBackend::Cpu {
         // The CPU kernels' instruction-set cap, refused here if it names no level: the kernels
         // below read it, and cannot return an error. Other devices never read it.

@@ -266,17 +266,17 @@ pub(crate) fn linear_cross_entropy(
                 d_logits
             }
         };
-        // db from the whole dS: the filter acts on the GEMMs' operand only.
-        let d_logits_for_bias = wanted.bias.then(|| d_logits.clone());
+        // db from the whole dS, before the filter, which acts on the GEMMs' operand only.
+        if wanted.bias {
+            let column_sums = d_logits.clone().sum_dim(0).squeeze_dim(0);
+            d_bias = Some(accumulate(d_bias, column_sums));
+        }
         let d_logits = if options.gradient_filter.is_on() {
             let factors = math::block_filter::row_factors(d_rows(), rows.row_scale.as_ref());
             math::block_filter::filter_blocks(d_logits, factors, &options.gradient_filter)
         } else {
             d_logits
         };
-        if let Some(d_logits) = d_logits_for_bias {
-            d_bias = Some(accumulate(d_bias, d_logits.sum_dim(0).squeeze_dim(0)));
-        }
         if let Some(weight_transposed) = &weight_transposed {
             d_input_chunks.push(d_logits.clone().matmul(weight_transposed.clone()));
         }

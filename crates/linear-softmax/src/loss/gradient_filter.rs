@@ -16,8 +16,8 @@ use crate::error::{Error, Result};
 /// `S = X W + b` (`A_i - e_{y_i}` for a plain cross-entropy; divided by the temperature when
 /// there is one). The rows and classes are cut into blocks of `block_rows x block_classes`
 /// (rows counted from the first row of the batch); a block is *filtered* when
-/// `|q_ik| < threshold` for every entry in it (a row with `f_i = 0`, an ignored row, counts as
-/// all zeros). The gradients are then those of `dS` with every filtered block set to 0:
+/// `|q_ik| < threshold` for every entry in it (a row with `f_i = 0`, whose `dS` row is 0,
+/// counts as all zeros; an ignored row's `dS` row is 0 too). The gradients are then those of `dS` with every filtered block set to 0:
 ///
 /// ```text
 /// dW~ = X^T (dS - E),   dX~ = (dS - E) W^T,   E = dS on the filtered blocks, 0 elsewhere
@@ -40,7 +40,7 @@ use crate::error::{Error, Result};
 /// manual path's `loss` on an autodiff device, differentiate with Burn's autograd, which
 /// cannot filter: a filter is refused there.
 ///
-/// CCE's threshold is `2^-12`, below which a bf16 addition to a value near 1 is lost.
+/// CCE's threshold for bf16 is `2^-12`.
 ///
 /// ```
 /// use linear_softmax::{GradientFilter, LossOptions};
@@ -57,8 +57,8 @@ pub struct GradientFilter {
     /// The threshold `>= 0` on `|q_ik|`; 0 filters nothing (the default).
     #[config(default = 0.0)]
     pub threshold: f64,
-    /// Rows per block, `>= 1`. The fused path's chunks are a whole number of blocks (their
-    /// row count is rounded down to a multiple, at least one block).
+    /// Rows per block, `>= 1`. The fused path's chunks, when there are several, are a whole
+    /// number of blocks (their row count is rounded down to a multiple, at least one block).
     #[config(default = 16)]
     pub block_rows: usize,
     /// Classes per block, `>= 1`.
@@ -106,10 +106,11 @@ impl GradientFilter {
         )
     }
 
-    /// `R` rounded down to a whole number of blocks (at least one) when the filter is on, so
-    /// that every chunk starts at a block's first row.
-    pub(crate) fn chunk_rows(&self, rows: usize) -> usize {
-        if self.is_on() {
+    /// `R` rounded down to a whole number of blocks (at least one) when the filter is on and
+    /// the batch's `n_rows` take more than one chunk, so that every chunk starts at a block's
+    /// first row.
+    pub(crate) fn chunk_rows(&self, rows: usize, n_rows: usize) -> usize {
+        if self.is_on() && rows < n_rows {
             (rows / self.block_rows).max(1) * self.block_rows
         } else {
             rows

@@ -3,6 +3,7 @@
 //! same on its buffer, `fused/cpu/filter.rs`, and skips what it can).
 
 use burn::prelude::*;
+use burn::tensor::DType;
 
 use crate::loss::GradientFilter;
 
@@ -34,20 +35,30 @@ pub(crate) fn filter_blocks(
     let [rows, classes] = d_logits.dims();
     let (block_rows, block_classes) = (filter.block_rows, filter.block_classes);
     let (row_blocks, class_blocks) = (rows.div_ceil(block_rows), classes.div_ceil(block_classes));
+    // The decisions in f32 at least: in f16 `threshold |f_i|` underflows to 0 for the factors
+    // of ordinary batches (2^-12 / 8192 < 2^-24), which would filter everything.
+    let decision_dtype = match d_logits.dtype() {
+        DType::F16 | DType::BF16 => DType::F32,
+        dtype => dtype,
+    };
+    let (magnitudes, factors) = (
+        d_logits.clone().abs().cast(decision_dtype),
+        factors.cast(decision_dtype),
+    );
     // 1 where an entry keeps its block: not |dS_ik| < threshold |f_i| (a NaN keeps it), in a
     // row with f_i != 0.
-    let bound = factors.abs() * filter.threshold;
-    let counted = bound
+    let counted = factors
         .clone()
-        .greater_elem(0.0)
+        .not_equal_elem(0.0)
         .float()
-        .cast(d_logits.dtype());
-    let above = (d_logits.clone().abs() - bound)
+        .cast(decision_dtype);
+    let bound = factors.abs() * filter.threshold;
+    let keeps = (magnitudes - bound)
         .lower_elem(0.0)
         .bool_not()
         .float()
-        .cast(d_logits.dtype());
-    let keeps = above * counted;
+        .cast(decision_dtype)
+        * counted;
     // Padded to whole blocks with zeros (which keep nothing), then reduced per block.
     let padded = keeps.pad(
         [
@@ -56,16 +67,16 @@ pub(crate) fn filter_blocks(
         ],
         burn::tensor::ops::PadMode::Constant(0.0),
     );
-    let live = padded
+    let filtered = padded
         .reshape([row_blocks, block_rows, class_blocks, block_classes])
         .sum_dim(3)
         .sum_dim(1)
-        .greater_elem(0.0)
-        .float()
-        .cast(d_logits.dtype());
-    let mask = live
+        .equal_elem(0.0);
+    let filtered = filtered
         .expand([row_blocks, block_rows, class_blocks, block_classes])
         .reshape([row_blocks * block_rows, class_blocks * block_classes])
         .slice([0..rows, 0..classes]);
-    d_logits * mask
+    // Set to 0 (not multiplied by 0: a NaN in a filtered row of f_i = 0 goes too, as on the
+    // CPU kernel).
+    d_logits.mask_fill(filtered, 0.0)
 }

@@ -54,6 +54,12 @@ pub(super) fn pass<E: RawFloat, M: Operand<E>>(
     let gradients = out.d_input.is_some() || out.d_weight.is_some() || out.d_bias.is_some();
     // Whether the backward GEMMs run, taking `dS_r` as their operand.
     let operands = out.d_input.is_some() || out.d_weight.is_some();
+    // Each chunk starts a block of the filter's rows (`fused::prepare` rounds `R`).
+    debug_assert!(
+        !filter.is_on() || chunk_rows % filter.block_rows == 0 || chunk_rows >= n_rows,
+        "chunks of {chunk_rows} rows for blocks of {}",
+        filter.block_rows
+    );
     let mut buffer = vec![E::ZERO; chunk_rows * c];
 
     for start in (0..n_rows).step_by(chunk_rows) {

@@ -125,9 +125,20 @@ fn check_product<P: Value>([m, k, n]: [usize; 3], pools: &[(usize, rayon::Thread
         ("A", MatRef::row_major(&a, m, k)),
         ("A^T^T", MatRef::row_major(&a_t, k, m).t()),
     ];
+    // B as columns 2.. of a wider matrix (the gradient filter's column ranges).
+    let b_wide: Vec<P> = (0..k * (n + 4))
+        .map(|i| match i % (n + 4) {
+            j if (2..2 + n).contains(&j) => b[i / (n + 4) * n + j - 2],
+            _ => P::of(7.0),
+        })
+        .collect();
     let b_views = [
         ("B", MatRef::row_major(&b, k, n)),
         ("B^T^T", MatRef::row_major(&b_t, n, k).t()),
+        (
+            "B[:, 2..]",
+            MatRef::row_major(&b_wide, k, n + 4).columns(2..2 + n),
+        ),
     ];
     for (threads, pool) in pools {
         for micro in P::kernels() {
@@ -135,13 +146,30 @@ fn check_product<P: Value>([m, k, n]: [usize; 3], pools: &[(usize, rayon::Thread
                 for (b_name, b_view) in b_views {
                     let context =
                         format!("{micro:?} [{m}, {k}, {n}] {a_name} {b_name}, {threads} threads");
-                    let mut c = vec![f32::NAN; m * n];
+                    // C is columns 3..3 + n of a wider matrix (row stride n + 5), whose
+                    // other columns hold a sentinel the GEMM must leave alone.
+                    const SENTINEL: f32 = 12345.0;
+                    let width = n + 5;
+                    let mut wide: Vec<f32> = (0..m * width)
+                        .map(|i| match i % width {
+                            j if (3..3 + n).contains(&j) => f32::NAN,
+                            _ => SENTINEL,
+                        })
+                        .collect();
                     // beta 0 over NaNs, then accumulating: C = AB, 2 AB, 0.5 (2 AB) + AB.
                     for (beta, factor, roundings) in
                         [(0.0, 1.0, k), (1.0, 2.0, k + 1), (0.5, 2.0, k + 2)]
                     {
-                        let c_view = MatMut::row_major(&mut c, m, n);
+                        let c_view = MatMut::row_major(&mut wide, m, width).columns(3..3 + n);
                         pool.install(|| gemm(micro, a_view, b_view, beta, c_view));
+                        let outside = (0..m * width).filter(|i| !(3..3 + n).contains(&(i % width)));
+                        assert!(
+                            outside.clone().all(|i| wide[i] == SENTINEL),
+                            "{context}, beta {beta}: a column outside C was written"
+                        );
+                        let c: Vec<f32> = (0..m * n)
+                            .map(|i| wide[i / n * width + 3 + i % n])
+                            .collect();
                         for ((c, e), s) in c.iter().zip(&expected).zip(&magnitude) {
                             let (e, s) = (factor * e, factor * s);
                             assert!(
